@@ -1,0 +1,228 @@
+//! Forwarding-table tests over a seeded lossy, reordering in-memory network.
+
+use super::*;
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+const VIDEO_PT: u8 = 96;
+
+fn track() -> TrackId {
+    TrackId::new("alice/cam")
+}
+
+fn alice() -> ParticipantId {
+    ParticipantId::new("alice")
+}
+
+fn sub(n: usize) -> ParticipantId {
+    ParticipantId::new(format!("sub{n}"))
+}
+
+fn video_packet(ssrc: u32, seq: u16, ts: u32) -> rtp::Packet {
+    let mut payload = vec![0u8; 200];
+    payload[..2].copy_from_slice(&seq.to_be_bytes());
+    payload[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            payload_type: 100,
+            ssrc,
+            sequence_number: seq,
+            timestamp: ts,
+            extension: true,
+            extension_profile: 0xBEDE,
+            extensions: vec![rtp::header::Extension { id: 3, payload: Bytes::from_static(&[1, 2]) }],
+            ..Default::default()
+        },
+        payload: Bytes::from(payload),
+    }
+}
+
+/// A forwarder with one video track and `n` subscribers that have all negotiated.
+fn room(n: usize, now: Instant) -> Forwarder {
+    let mut f = Forwarder::new(ForwarderSettings::default());
+    f.add_track(track(), alice(), MediaKind::Video, 90_000);
+    for i in 0..n {
+        f.subscribe(now, &track(), sub(i), 1000 + i as u32);
+        f.set_payload_type(now, &track(), &sub(i), VIDEO_PT);
+    }
+    f
+}
+
+/// A link that drops and reorders packets, reproducibly from its seed.
+struct LossyLink {
+    rng: StdRng,
+    loss: f64,
+    reorder: f64,
+}
+
+impl LossyLink {
+    fn new(seed: u64, loss: f64, reorder: f64) -> Self {
+        Self { rng: StdRng::seed_from_u64(seed), loss, reorder }
+    }
+
+    fn carry<T>(&mut self, batch: Vec<T>) -> Vec<T> {
+        let mut delivered: Vec<T> = batch.into_iter().filter(|_| !self.rng.random_bool(self.loss)).collect();
+        for i in 1..delivered.len() {
+            if self.rng.random_bool(self.reorder) {
+                delivered.swap(i - 1, i);
+            }
+        }
+        delivered
+    }
+}
+
+#[test]
+fn fans_out_to_every_subscriber_with_own_ssrc_and_identical_payload() {
+    let now = Instant::now();
+    let mut f = room(100, now);
+    let mut out = Vec::new();
+    for seq in 0..50u16 {
+        let sent = video_packet(42, seq, u32::from(seq) * 3000);
+        out.clear();
+        f.forward(now, &track(), sent.clone(), &mut out);
+        assert_eq!(out.len(), 100);
+        for (i, o) in out.iter().enumerate() {
+            assert_eq!(o.subscriber, sub(i));
+            assert_eq!(o.packet.header.ssrc, 1000 + i as u32);
+            assert_eq!(o.packet.header.payload_type, VIDEO_PT);
+            assert_eq!(o.packet.header.sequence_number, seq);
+            assert!(!o.packet.header.extension && o.packet.header.extensions.is_empty());
+            assert_eq!(o.packet.payload, sent.payload, "payload forwarded byte-identical");
+        }
+    }
+}
+
+#[test]
+fn subscriber_waits_for_negotiation_before_receiving() {
+    let now = Instant::now();
+    let mut f = room(0, now);
+    f.subscribe(now, &track(), sub(0), 5);
+    let mut out = Vec::new();
+    f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
+    assert!(out.is_empty());
+    f.set_payload_type(now, &track(), &sub(0), VIDEO_PT);
+    f.forward(now, &track(), video_packet(1, 2, 0), &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn publisher_restart_keeps_subscriber_sequence_continuous() {
+    let t0 = Instant::now();
+    let mut f = room(2, t0);
+    let mut seen: Vec<(u16, u32)> = Vec::new();
+    let mut out = Vec::new();
+    for seq in 60_000..60_100u16 {
+        f.forward(t0, &track(), video_packet(1, seq, u32::from(seq) * 3000), &mut out);
+    }
+    // The publisher restarts: new SSRC, random sequence and timestamp base.
+    let t1 = t0 + Duration::from_millis(40);
+    for seq in 17..117u16 {
+        f.forward(t1, &track(), video_packet(2, seq, 9_000_000 + u32::from(seq) * 3000), &mut out);
+    }
+    for o in out.iter().filter(|o| o.subscriber == sub(1)) {
+        seen.push((o.packet.header.sequence_number, o.packet.header.timestamp));
+    }
+    assert_eq!(seen.len(), 200);
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0.wrapping_add(1), "sequence numbers continue across the restart");
+        assert!(pair[1].1.wrapping_sub(pair[0].1) > 0 && pair[1].1.wrapping_sub(pair[0].1) < 0x8000_0000, "timestamps advance");
+    }
+}
+
+#[test]
+fn nack_is_served_from_cache_over_a_lossy_reordering_link() {
+    let now = Instant::now();
+    let mut f = room(3, now);
+    let mut link = LossyLink::new(7, 0.1, 0.1);
+    // What each subscriber received, by outgoing sequence number.
+    let mut received: Vec<BTreeMap<u16, Bytes>> = vec![BTreeMap::new(); 3];
+    let mut sent_payloads = BTreeMap::new();
+    let mut out = Vec::new();
+    for seq in 0..300u16 {
+        let p = video_packet(9, seq, u32::from(seq) * 3000);
+        sent_payloads.insert(seq, p.payload.clone());
+        f.forward(now, &track(), p, &mut out);
+    }
+    let mut in_flight = std::mem::take(&mut out);
+    let mut rounds = 0;
+    loop {
+        for o in link.carry(std::mem::take(&mut in_flight)) {
+            let idx = (o.packet.header.ssrc - 1000) as usize;
+            received[idx].insert(o.packet.header.sequence_number, o.packet.payload);
+        }
+        let mut any_missing = false;
+        for (i, got) in received.iter().enumerate() {
+            let missing: Vec<u16> = (0..300u16).filter(|s| !got.contains_key(s)).collect();
+            if !missing.is_empty() {
+                any_missing = true;
+                let found = f.on_nack(now, &track(), &sub(i), missing.iter().copied(), &mut in_flight);
+                assert_eq!(found, missing.len(), "every lost packet is still cached");
+            }
+        }
+        if !any_missing {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 20, "retransmissions converge");
+    }
+    assert!(rounds >= 1, "the seeded link did lose packets");
+    for got in &received {
+        assert_eq!(got, &sent_payloads);
+    }
+}
+
+#[test]
+fn nack_for_packets_older_than_the_cache_finds_nothing() {
+    let now = Instant::now();
+    let mut f = room(1, now);
+    let mut out = Vec::new();
+    for seq in 0..3000u16 {
+        f.forward(now, &track(), video_packet(9, seq, 0), &mut out);
+    }
+    out.clear();
+    assert_eq!(f.on_nack(now, &track(), &sub(0), [5, 2999], &mut out), 1);
+    assert_eq!(out[0].packet.header.sequence_number, 2999);
+}
+
+#[test]
+fn keyframe_requests_from_many_subscribers_are_throttled() {
+    let t0 = Instant::now();
+    let mut f = room(50, t0);
+    let mut out = Vec::new();
+    f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
+    let t1 = t0 + Duration::from_secs(1);
+    let relayed: Vec<_> = (0..50).filter_map(|_| f.keyframe_request(t1, &track())).collect();
+    assert_eq!(relayed, vec![KeyframeRequest { publisher: alice(), track: track(), media_ssrc: 77 }]);
+    assert!(f.keyframe_request(t1 + Duration::from_millis(499), &track()).is_none());
+    assert!(f.keyframe_request(t1 + Duration::from_millis(500), &track()).is_some());
+}
+
+#[test]
+fn subscriber_leaving_mid_stream_stops_only_its_packets() {
+    let now = Instant::now();
+    let mut f = room(3, now);
+    let mut out = Vec::new();
+    f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
+    assert_eq!(out.len(), 3);
+    assert!(f.remove_participant(&sub(1)).is_empty(), "sub1 published nothing");
+    out.clear();
+    f.forward(now, &track(), video_packet(1, 2, 0), &mut out);
+    let receivers: Vec<_> = out.iter().map(|o| o.subscriber.clone()).collect();
+    assert_eq!(receivers, vec![sub(0), sub(2)]);
+    assert_eq!(out[1].packet.header.sequence_number, 2);
+}
+
+#[test]
+fn publisher_leaving_removes_its_tracks_and_names_their_subscribers() {
+    let now = Instant::now();
+    let mut f = room(2, now);
+    let removed = f.remove_participant(&alice());
+    assert_eq!(removed, vec![(track(), vec![sub(0), sub(1)])]);
+    let mut out = Vec::new();
+    f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(f.subscription_count(), 0);
+}
