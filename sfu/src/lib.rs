@@ -2,12 +2,301 @@
 //!
 //! The [`forwarder`] is the sans-IO core: the forwarding table with its per-subscriber
 //! [`munger`], the per-track [`packet_cache`] for NACKs and the [`keyframe`] throttle.
+//! [`Sfu`] runs one worker thread per core, each with one UDP port, and places every room on
+//! exactly one worker; signaling drives a participant's media through its [`MediaSession`].
 #![forbid(unsafe_code)]
 
 pub mod forwarder;
 pub mod ids;
 pub mod keyframe;
+pub mod metrics;
 pub mod munger;
 pub mod packet_cache;
+pub mod peer;
+mod socket;
+mod stun;
+mod worker;
 
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use tokio::sync::{mpsc, oneshot};
+
+pub use forwarder::{ForwarderSettings, MediaKind};
 pub use ids::{ParticipantId, RoomId, TrackId};
+pub use metrics::SfuMetrics;
+pub use peer::PeerRole;
+pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+
+use worker::{Command, Worker, WorkerSetup};
+
+/// Failures of the media plane, each mapped to a protocol error code by signaling.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    /// The session description could not be parsed or applied.
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    /// The ICE candidate could not be parsed or applied.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    /// The participant's grants do not allow this.
+    #[error("not allowed by the access grants")]
+    NotAllowed,
+    /// The participant is not in the media plane (never joined, or already left).
+    #[error("unknown participant")]
+    UnknownParticipant,
+    /// The participant is already in the media plane.
+    #[error("participant already joined")]
+    AlreadyJoined,
+    /// The message does not fit the negotiation state (e.g. an answer with no offer out).
+    #[error("no negotiation in progress on that connection")]
+    NotNegotiated,
+    /// The worker owning the room is gone (shutting down).
+    #[error("media worker unavailable")]
+    WorkerGone,
+    /// The WebRTC engine failed.
+    #[error("media engine: {0}")]
+    Engine(String),
+    /// A UDP port could not be bound.
+    #[error("cannot bind media port {port}: {source}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What a participant may do with media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaGrants {
+    /// May send tracks.
+    pub publish: bool,
+    /// May receive the room's tracks.
+    pub subscribe: bool,
+}
+
+/// A published track as the room sees it.
+#[derive(Debug, Clone)]
+pub struct TrackInfo {
+    /// The node-unique track id.
+    pub id: TrackId,
+    /// Who publishes it.
+    pub publisher: ParticipantId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The codec the publisher negotiated.
+    pub codec: RTCRtpCodec,
+}
+
+/// What the media plane tells a participant's signaling session.
+#[derive(Debug, Clone)]
+pub enum SfuEvent {
+    /// A track was published in the room (the participant's own included).
+    TrackPublished(TrackInfo),
+    /// A track left the room.
+    TrackUnpublished(TrackId),
+    /// The server offers on the subscriber connection; answer with
+    /// [`MediaSession::subscriber_answer`].
+    SubscriberOffer(String),
+    /// One of the participant's connections failed (ICE or DTLS).
+    ConnectionFailed,
+}
+
+/// How to run the media plane.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Worker threads, each with its own UDP port.
+    pub workers: usize,
+    /// The address the UDP sockets bind to.
+    pub bind_ip: Ipv4Addr,
+    /// The first worker's port; worker `i` uses `port_base + i` (0: any free ports).
+    pub port_base: u16,
+    /// Addresses announced as host candidates (empty: every local IPv4 interface address).
+    pub announced_ips: Vec<Ipv4Addr>,
+    /// Forwarding tunables.
+    pub forwarder: ForwarderSettings,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            bind_ip: Ipv4Addr::UNSPECIFIED,
+            port_base: 50_000,
+            announced_ips: Vec::new(),
+            forwarder: ForwarderSettings::default(),
+        }
+    }
+}
+
+/// Room placement: which worker owns each room, and how many participants hold it there.
+#[derive(Default)]
+struct Placement {
+    rooms: HashMap<RoomId, (usize, usize)>,
+    rooms_per_worker: Vec<usize>,
+}
+
+/// The running media plane.
+pub struct Sfu {
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+    addrs: Vec<SocketAddr>,
+    placement: Arc<Mutex<Placement>>,
+}
+
+impl Sfu {
+    /// Binds every worker's port and starts the worker threads.
+    pub fn start(config: &SfuConfig, metrics: Arc<SfuMetrics>) -> Result<Self, SfuError> {
+        let announced = if config.announced_ips.is_empty() { local_ipv4_addresses() } else { config.announced_ips.clone() };
+        let mut workers = Vec::new();
+        let mut addrs = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(index as u16) };
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let announced = announced.clone();
+            let forwarder = config.forwarder.clone();
+            let metrics = metrics.clone();
+            let bind_ip = config.bind_ip;
+            std::thread::Builder::new()
+                .name(format!("media-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(source) => return drop(ready_tx.send(Err(SfuError::Bind { port, source }))),
+                    };
+                    runtime.block_on(async move {
+                        let socket = match socket::MediaSocket::bind(bind_ip, port, announced.clone()) {
+                            Ok(socket) => socket,
+                            Err(source) => return drop(ready_tx.send(Err(SfuError::Bind { port, source }))),
+                        };
+                        let port = socket.local_addr().port();
+                        let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
+                        let _ = ready_tx.send(Ok(port));
+                        Worker::new(WorkerSetup { index, socket, candidates, forwarder, metrics }).run(rx).await;
+                    });
+                })
+                .map_err(|source| SfuError::Bind { port, source })?;
+            let port = ready_rx.recv().map_err(|_| SfuError::WorkerGone)??;
+            addrs.push(SocketAddr::from((config.bind_ip, port)));
+            workers.push(tx);
+        }
+        let placement = Placement { rooms: HashMap::new(), rooms_per_worker: vec![0; workers.len()] };
+        Ok(Self { workers, addrs, placement: Arc::new(Mutex::new(placement)) })
+    }
+
+    /// The UDP addresses the workers listen on.
+    pub fn media_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Brings a participant into a room's media: returns its session and the tracks already
+    /// published there. Events for it arrive on `events`.
+    pub async fn join(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+        grants: MediaGrants,
+        events: mpsc::UnboundedSender<SfuEvent>,
+    ) -> Result<(MediaSession, Vec<TrackInfo>), SfuError> {
+        let worker = self.place(&room);
+        let (reply, rx) = oneshot::channel();
+        let session = MediaSession {
+            worker: self.workers[worker].clone(),
+            participant: participant.clone(),
+            room: room.clone(),
+            placement: self.placement.clone(),
+        };
+        let command = Command::Join { room, participant, grants, events, reply };
+        let tracks = session.request(command, rx).await?;
+        Ok((session, tracks))
+    }
+
+    /// Picks the worker owning `room`, placing a new room on the least-loaded worker.
+    fn place(&self, room: &RoomId) -> usize {
+        let mut placement = self.placement.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((worker, count)) = placement.rooms.get_mut(room) {
+            *count += 1;
+            return *worker;
+        }
+        let worker = (0..placement.rooms_per_worker.len()).min_by_key(|&w| placement.rooms_per_worker[w]).unwrap_or(0);
+        placement.rooms_per_worker[worker] += 1;
+        placement.rooms.insert(room.clone(), (worker, 1));
+        worker
+    }
+}
+
+/// One participant's handle on the media plane; dropping it leaves the room's media.
+pub struct MediaSession {
+    worker: mpsc::UnboundedSender<Command>,
+    participant: ParticipantId,
+    room: RoomId,
+    placement: Arc<Mutex<Placement>>,
+}
+
+/// How long a command may wait for its worker before the caller gives up.
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl MediaSession {
+    /// Applies the client's offer on its publisher connection; returns the server's answer.
+    pub async fn publisher_offer(&self, sdp: String) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Command::PublisherOffer { participant: self.participant.clone(), sdp, reply }, rx).await
+    }
+
+    /// Applies the client's answer to the server's latest subscriber offer.
+    pub async fn subscriber_answer(&self, sdp: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Command::SubscriberAnswer { participant: self.participant.clone(), sdp, reply }, rx).await
+    }
+
+    /// Adds a client ICE candidate to one of its connections.
+    pub async fn remote_candidate(&self, role: PeerRole, candidate: String, sdp_mid: Option<String>, sdp_mline_index: Option<u16>) -> Result<(), SfuError> {
+        let candidate = RTCIceCandidateInit { candidate, sdp_mid, sdp_mline_index, ..Default::default() };
+        let (reply, rx) = oneshot::channel();
+        self.request(Command::RemoteCandidate { participant: self.participant.clone(), role, candidate, reply }, rx).await
+    }
+
+    async fn request<T>(&self, command: Command, rx: oneshot::Receiver<Result<T, SfuError>>) -> Result<T, SfuError> {
+        self.worker.send(command).map_err(|_| SfuError::WorkerGone)?;
+        match tokio::time::timeout(WORKER_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            _ => Err(SfuError::WorkerGone),
+        }
+    }
+}
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        let _ = self.worker.send(Command::Leave { participant: self.participant.clone() });
+        let mut placement = self.placement.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((worker, count)) = placement.rooms.get_mut(&self.room) {
+            *count -= 1;
+            if *count == 0 {
+                let worker = *worker;
+                placement.rooms.remove(&self.room);
+                placement.rooms_per_worker[worker] -= 1;
+            }
+        }
+    }
+}
+
+/// Every IPv4 address of the machine's interfaces, loopback included.
+fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        ips.push(Ipv4Addr::LOCALHOST);
+    }
+    ips
+}

@@ -1,0 +1,71 @@
+//! Media-plane counters, shared by the workers and read by the `/metrics` endpoint.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Counters and gauges of the media plane. Relaxed atomics: each is independent.
+#[derive(Debug, Default)]
+pub struct SfuMetrics {
+    /// Rooms with at least one participant.
+    pub rooms: AtomicI64,
+    /// Participants with media on this node.
+    pub participants: AtomicI64,
+    /// Published tracks.
+    pub tracks: AtomicI64,
+    /// RTP packets received from publishers.
+    pub packets_in: AtomicU64,
+    /// RTP payload bytes received from publishers.
+    pub bytes_in: AtomicU64,
+    /// RTP packets forwarded to subscribers (retransmissions included).
+    pub packets_out: AtomicU64,
+    /// RTP payload bytes forwarded to subscribers.
+    pub bytes_out: AtomicU64,
+    /// NACKed packets received from subscribers.
+    pub nacks: AtomicU64,
+    /// Of those, packets retransmitted from the cache.
+    pub retransmits: AtomicU64,
+    /// Keyframe requests (PLI/FIR) received from subscribers.
+    pub keyframe_requests: AtomicU64,
+    /// PLIs sent to publishers after throttling.
+    pub plis_sent: AtomicU64,
+    /// Datagrams dropped because no connection claimed their source.
+    pub unroutable_datagrams: AtomicU64,
+}
+
+impl SfuMetrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Moves a gauge by `delta`.
+    pub fn shift(gauge: &AtomicI64, delta: i64) {
+        gauge.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Renders the metrics in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let gauges = [
+            ("switchboard_rooms", "Rooms with media on this node.", &self.rooms),
+            ("switchboard_participants", "Participants with media on this node.", &self.participants),
+            ("switchboard_tracks", "Published tracks.", &self.tracks),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let counters = [
+            ("switchboard_rtp_packets_in_total", "RTP packets received from publishers.", &self.packets_in),
+            ("switchboard_rtp_bytes_in_total", "RTP payload bytes received from publishers.", &self.bytes_in),
+            ("switchboard_rtp_packets_out_total", "RTP packets sent to subscribers.", &self.packets_out),
+            ("switchboard_rtp_bytes_out_total", "RTP payload bytes sent to subscribers.", &self.bytes_out),
+            ("switchboard_nacks_total", "Packets NACKed by subscribers.", &self.nacks),
+            ("switchboard_retransmits_total", "Packets retransmitted from the NACK cache.", &self.retransmits),
+            ("switchboard_keyframe_requests_total", "PLI/FIR received from subscribers.", &self.keyframe_requests),
+            ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling.", &self.plis_sent),
+            ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed.", &self.unroutable_datagrams),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Construction of the server side of a peer connection on the `rtc` engine.
+//!
+//! Every connection is ICE-lite with host candidates on its worker's one UDP port, and
+//! prefers AEAD AES-GCM SRTP. Publisher connections generate NACKs towards the browser;
+//! subscriber connections leave NACKs to the application, which answers them from the
+//! forwarder's per-track cache instead of keeping a cache per subscriber.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::distr::{Alphanumeric, SampleString};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::interceptor::{NackGeneratorBuilder, Registry, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+
+use crate::SfuError;
+
+/// Which of a participant's two connections a peer connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// The client offers and sends its media on it.
+    Publisher,
+    /// The server offers and sends the room's media on it.
+    Subscriber,
+}
+
+/// A freshly built connection and the ICE username fragment that demultiplexes it.
+pub struct NewPeer {
+    /// The connection.
+    pub pc: RTCPeerConnection,
+    /// The local ICE ufrag: the first half of the STUN USERNAME the client sends.
+    pub ufrag: String,
+}
+
+/// Builds a server-side connection whose host candidates are `candidates`.
+pub fn build_peer(now: Instant, role: PeerRole, candidates: &[SocketAddr]) -> Result<NewPeer, SfuError> {
+    let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
+    let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.clone(), pwd)
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
+        .build();
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().map_err(engine)?;
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() },
+            RtpCodecKind::Video,
+        );
+    }
+    let mut registry = configure_rtcp_reports(Registry::new());
+    if role == PeerRole::Publisher {
+        registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+        registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
+    }
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(engine)?;
+    for addr in candidates {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(engine)?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(engine)?).map_err(engine)?;
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(engine)?;
+    Ok(NewPeer { pc, ufrag })
+}
+
+fn engine(err: impl std::fmt::Display) -> SfuError {
+    SfuError::Engine(err.to_string())
+}

@@ -1,0 +1,644 @@
+//! A media worker: one thread, one UDP port, and every room assigned to it.
+//!
+//! The worker owns its rooms' peer connections and forwarding table outright; signaling talks
+//! to it only through [`Command`]s and hears back through [`SfuEvent`]s, so nothing on the
+//! packet path takes a lock. Datagrams are demultiplexed by the ICE ufrag of STUN binding
+//! requests, then by source address.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Outgoing};
+use crate::metrics::SfuMetrics;
+use crate::peer::{build_peer, PeerRole};
+use crate::socket::MediaSocket;
+use crate::{stun, MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+
+/// A request from signaling to the worker that owns the room.
+pub(crate) enum Command {
+    Join {
+        room: RoomId,
+        participant: ParticipantId,
+        grants: MediaGrants,
+        events: mpsc::UnboundedSender<SfuEvent>,
+        reply: oneshot::Sender<Result<Vec<TrackInfo>, SfuError>>,
+    },
+    PublisherOffer { participant: ParticipantId, sdp: String, reply: oneshot::Sender<Result<String, SfuError>> },
+    SubscriberAnswer { participant: ParticipantId, sdp: String, reply: oneshot::Sender<Result<(), SfuError>> },
+    RemoteCandidate {
+        participant: ParticipantId,
+        role: PeerRole,
+        candidate: RTCIceCandidateInit,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Leave { participant: ParticipantId },
+}
+
+type PeerKey = (ParticipantId, PeerRole);
+
+/// One of a participant's connections, with the deadline it last asked for.
+struct Peer {
+    pc: RTCPeerConnection,
+    ufrag: String,
+    deadline: Option<Instant>,
+}
+
+/// A track this participant publishes.
+struct Published {
+    track: TrackId,
+    receiver: RTCRtpReceiverId,
+    info: TrackInfo,
+}
+
+/// Where the server's offers on the subscriber connection stand.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Negotiation {
+    Stable,
+    /// An offer is out; `again` means tracks changed since and another offer must follow.
+    AwaitingAnswer { again: bool },
+}
+
+struct Participant {
+    room: RoomId,
+    grants: MediaGrants,
+    events: mpsc::UnboundedSender<SfuEvent>,
+    publisher: Option<Peer>,
+    subscriber: Option<Peer>,
+    /// By the publisher connection's media track id.
+    published: HashMap<String, Published>,
+    senders: HashMap<TrackId, RTCRtpSenderId>,
+    negotiation: Negotiation,
+}
+
+impl Participant {
+    fn peer_mut(&mut self, role: PeerRole) -> Option<&mut Peer> {
+        match role {
+            PeerRole::Publisher => self.publisher.as_mut(),
+            PeerRole::Subscriber => self.subscriber.as_mut(),
+        }
+    }
+}
+
+/// What a worker needs to run.
+pub(crate) struct WorkerSetup {
+    pub index: usize,
+    pub socket: MediaSocket,
+    /// Host candidates announced to clients.
+    pub candidates: Vec<SocketAddr>,
+    pub forwarder: ForwarderSettings,
+    pub metrics: Arc<SfuMetrics>,
+}
+
+pub(crate) struct Worker {
+    index: usize,
+    socket: MediaSocket,
+    candidates: Vec<SocketAddr>,
+    metrics: Arc<SfuMetrics>,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<RoomId, Vec<ParticipantId>>,
+    by_ufrag: HashMap<String, PeerKey>,
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    forwarder: Forwarder,
+    /// Peers with input since they were last drained.
+    dirty: HashSet<PeerKey>,
+    outgoing: Vec<Outgoing>,
+}
+
+/// How long a loop may sleep when no connection asks for a deadline.
+const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+/// Datagrams read per wakeup before outputs are flushed.
+const RECV_BATCH: usize = 64;
+
+impl Worker {
+    pub(crate) fn new(setup: WorkerSetup) -> Self {
+        Self {
+            index: setup.index,
+            socket: setup.socket,
+            candidates: setup.candidates,
+            metrics: setup.metrics,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            forwarder: Forwarder::new(setup.forwarder),
+            dirty: HashSet::new(),
+            outgoing: Vec::new(),
+        }
+    }
+
+    /// Runs until every command sender is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        info!(worker = self.index, addr = %self.socket.local_addr(), "media worker started");
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                ready = self.socket.readable() => match ready {
+                    Ok(()) => self.receive_batch(),
+                    Err(err) => warn!(worker = self.index, %err, "media socket not readable"),
+                },
+                () = tokio::time::sleep_until(deadline.into()) => self.handle_timeouts(Instant::now()),
+            }
+            self.flush();
+        }
+        info!(worker = self.index, "media worker stopped");
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let idle = Instant::now() + IDLE_WAKEUP;
+        self.participants
+            .values()
+            .flat_map(|p| [p.publisher.as_ref(), p.subscriber.as_ref()])
+            .flatten()
+            .filter_map(|peer| peer.deadline)
+            .fold(idle, Instant::min)
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        for (id, participant) in &mut self.participants {
+            for role in [PeerRole::Publisher, PeerRole::Subscriber] {
+                let Some(peer) = participant.peer_mut(role) else { continue };
+                if peer.deadline.is_some_and(|d| d <= now) {
+                    if let Err(err) = peer.pc.handle_timeout(now) {
+                        debug!(participant = %id, ?role, %err, "timeout handling failed");
+                    }
+                    self.dirty.insert((id.clone(), role));
+                }
+            }
+        }
+    }
+
+    fn receive_batch(&mut self) {
+        let now = Instant::now();
+        for _ in 0..RECV_BATCH {
+            let (message, peer_addr, local_addr) = match self.socket.try_recv() {
+                Ok(Some(d)) => (BytesMut::from(d.payload), d.peer, d.local),
+                Ok(None) => break,
+                Err(err) => {
+                    warn!(worker = self.index, %err, "media socket receive failed");
+                    break;
+                }
+            };
+            let Some(key) = self.route(&message, peer_addr) else {
+                SfuMetrics::add(&self.metrics.unroutable_datagrams, 1);
+                continue;
+            };
+            let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { continue };
+            let input = TaggedBytesMut {
+                now,
+                transport: TransportContext { local_addr, peer_addr, ecn: None, transport_protocol: TransportProtocol::UDP },
+                message,
+            };
+            if let Err(err) = peer.pc.handle_read(input) {
+                debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected");
+            }
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Finds the connection a datagram belongs to: STUN by ufrag (learning the source
+    /// address), everything else by source address.
+    fn route(&mut self, datagram: &[u8], from: SocketAddr) -> Option<PeerKey> {
+        if let Some(ufrag) = stun::local_ufrag(datagram) {
+            let key = self.by_ufrag.get(ufrag)?.clone();
+            self.by_addr.insert(from, key.clone());
+            return Some(key);
+        }
+        self.by_addr.get(&from).cloned()
+    }
+
+    /// Drains every dirty connection until no connection has pending work.
+    fn flush(&mut self) {
+        while let Some(key) = self.dirty.iter().next().cloned() {
+            self.dirty.remove(&key);
+            self.drain(&key);
+        }
+    }
+
+    fn drain(&mut self, key: &PeerKey) {
+        let now = Instant::now();
+        let (messages, events) = {
+            let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
+            let mut messages = Vec::new();
+            while let Some(message) = peer.pc.poll_read() {
+                messages.push(message);
+            }
+            let mut events = Vec::new();
+            while let Some(event) = peer.pc.poll_event() {
+                events.push(event);
+            }
+            (messages, events)
+        };
+        for event in events {
+            self.handle_event(now, key, event);
+        }
+        for message in messages {
+            self.handle_message(key, message);
+        }
+        let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
+        while let Some(out) = peer.pc.poll_write() {
+            self.socket.send(&out.message, out.transport.peer_addr);
+        }
+        peer.deadline = peer.pc.poll_timeout();
+    }
+
+    fn handle_event(&mut self, now: Instant, key: &PeerKey, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if key.1 == PeerRole::Publisher => {
+                self.publish_track(now, &key.0, init.track_id, init.receiver_id, init.ssrc);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
+                let removed = self.participants.get_mut(&key.0).and_then(|p| p.published.remove(&media_track_id));
+                if let Some(published) = removed {
+                    let subscribers = self.forwarder.remove_track(&published.track);
+                    self.unpublished(now, &key.0, published.track, subscribers);
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                debug!(participant = %key.0, role = ?key.1, %state, "connection state");
+                if state == RTCPeerConnectionState::Failed {
+                    if let Some(p) = self.participants.get(&key.0) {
+                        let _ = p.events.send(SfuEvent::ConnectionFailed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_message(&mut self, key: &PeerKey, message: TaggedRTCMessage) {
+        let now = message.now;
+        match (key.1, message.message) {
+            (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
+                let Some(track) = self
+                    .participants
+                    .get(&key.0)
+                    .and_then(|p| p.published.get(&media_track_id))
+                    .map(|p| p.track.clone())
+                else {
+                    return;
+                };
+                SfuMetrics::add(&self.metrics.packets_in, 1);
+                SfuMetrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
+                let mut outgoing = std::mem::take(&mut self.outgoing);
+                self.forwarder.forward(now, &track, packet, &mut outgoing);
+                self.send_outgoing(now, &mut outgoing);
+                self.outgoing = outgoing;
+            }
+            (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
+                self.handle_subscriber_rtcp(now, &key.0, &TrackId::new(track_id), &packets);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_subscriber_rtcp(&mut self, now: Instant, subscriber: &ParticipantId, track: &TrackId, packets: &[Box<dyn rtcp::Packet>]) {
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                let lost: Vec<u16> = nack.nacks.iter().flat_map(|pair| pair.packet_list()).collect();
+                SfuMetrics::add(&self.metrics.nacks, lost.len() as u64);
+                let mut outgoing = std::mem::take(&mut self.outgoing);
+                let found = self.forwarder.on_nack(now, track, subscriber, lost, &mut outgoing);
+                SfuMetrics::add(&self.metrics.retransmits, found as u64);
+                self.send_outgoing(now, &mut outgoing);
+                self.outgoing = outgoing;
+            } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                SfuMetrics::add(&self.metrics.keyframe_requests, 1);
+                if let Some(request) = self.forwarder.keyframe_request(now, track) {
+                    self.send_keyframe_request(now, request);
+                }
+            }
+        }
+    }
+
+    /// Hands rewritten packets to their subscribers' connections for SRTP and sending.
+    fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>) {
+        for out in outgoing.drain(..) {
+            let Some(subscriber) = self.participants.get_mut(&out.subscriber) else { continue };
+            let Some(&sender_id) = subscriber.senders.get(&out.track) else { continue };
+            let Some(peer) = subscriber.subscriber.as_mut() else { continue };
+            let Some(mut sender) = peer.pc.rtp_sender(sender_id) else { continue };
+            let bytes = out.packet.payload.len() as u64;
+            match sender.write_rtp(now, out.packet) {
+                Ok(()) => {
+                    SfuMetrics::add(&self.metrics.packets_out, 1);
+                    SfuMetrics::add(&self.metrics.bytes_out, bytes);
+                    self.dirty.insert((out.subscriber, PeerRole::Subscriber));
+                }
+                Err(err) => debug!(subscriber = %out.subscriber, track = %out.track, %err, "forward failed"),
+            }
+        }
+    }
+
+    fn send_keyframe_request(&mut self, now: Instant, request: KeyframeRequest) {
+        let Some(publisher) = self.participants.get_mut(&request.publisher) else { return };
+        let Some(receiver) = publisher.published.values().find(|p| p.track == request.track).map(|p| p.receiver) else {
+            return;
+        };
+        let Some(peer) = publisher.publisher.as_mut() else { return };
+        let Some(mut receiver) = peer.pc.rtp_receiver(receiver) else { return };
+        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: request.media_ssrc };
+        match receiver.write_rtcp(now, vec![Box::new(pli)]) {
+            Ok(()) => {
+                SfuMetrics::add(&self.metrics.plis_sent, 1);
+                self.dirty.insert((request.publisher, PeerRole::Publisher));
+            }
+            Err(err) => debug!(track = %request.track, %err, "PLI not sent"),
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Join { room, participant, grants, events, reply } => {
+                let _ = reply.send(self.join(now, room, participant, grants, events));
+            }
+            Command::PublisherOffer { participant, sdp, reply } => {
+                let _ = reply.send(self.publisher_offer(now, &participant, sdp));
+            }
+            Command::SubscriberAnswer { participant, sdp, reply } => {
+                let _ = reply.send(self.subscriber_answer(now, &participant, sdp));
+            }
+            Command::RemoteCandidate { participant, role, candidate, reply } => {
+                let result = self
+                    .participants
+                    .get_mut(&participant)
+                    .ok_or(SfuError::UnknownParticipant)
+                    .and_then(|p| p.peer_mut(role).ok_or(SfuError::NotNegotiated))
+                    .and_then(|peer| peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(e.to_string())));
+                let _ = reply.send(result);
+            }
+            Command::Leave { participant } => self.leave(now, &participant),
+        }
+    }
+
+    fn join(&mut self, now: Instant, room: RoomId, id: ParticipantId, grants: MediaGrants, events: mpsc::UnboundedSender<SfuEvent>) -> Result<Vec<TrackInfo>, SfuError> {
+        if self.participants.contains_key(&id) {
+            return Err(SfuError::AlreadyJoined);
+        }
+        let subscriber = if grants.subscribe {
+            let peer = build_peer(now, PeerRole::Subscriber, &self.candidates)?;
+            self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), PeerRole::Subscriber));
+            Some(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None })
+        } else {
+            None
+        };
+        let members = self.rooms.entry(room.clone()).or_default();
+        if members.is_empty() {
+            SfuMetrics::shift(&self.metrics.rooms, 1);
+        }
+        let existing: Vec<TrackInfo> = members
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .flat_map(|p| p.published.values().map(|published| published.info.clone()))
+            .collect();
+        members.push(id.clone());
+        SfuMetrics::shift(&self.metrics.participants, 1);
+        self.participants.insert(
+            id.clone(),
+            Participant {
+                room,
+                grants,
+                events,
+                publisher: None,
+                subscriber,
+                published: HashMap::new(),
+                senders: HashMap::new(),
+                negotiation: Negotiation::Stable,
+            },
+        );
+        if grants.subscribe {
+            for track in &existing {
+                self.subscribe(now, &id, track);
+            }
+            self.renegotiate(now, &id);
+        }
+        Ok(existing)
+    }
+
+    fn publisher_offer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<String, SfuError> {
+        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        if !participant.grants.publish {
+            return Err(SfuError::NotAllowed);
+        }
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        if participant.publisher.is_none() {
+            let peer = build_peer(now, PeerRole::Publisher, &self.candidates)?;
+            self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), PeerRole::Publisher));
+            participant.publisher = Some(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None });
+        }
+        let Some(peer) = participant.publisher.as_mut() else { return Err(SfuError::NotNegotiated) };
+        peer.pc.set_remote_description(now, offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = peer.pc.create_answer(None).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.pc.set_local_description(now, answer.clone()).map_err(|e| SfuError::Engine(e.to_string()))?;
+        self.dirty.insert((id.clone(), PeerRole::Publisher));
+        Ok(answer.sdp)
+    }
+
+    fn subscriber_answer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<(), SfuError> {
+        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        if participant.negotiation == Negotiation::Stable {
+            return Err(SfuError::NotNegotiated);
+        }
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let peer = participant.subscriber.as_mut().ok_or(SfuError::NotNegotiated)?;
+        peer.pc.set_remote_description(now, answer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let again = participant.negotiation == Negotiation::AwaitingAnswer { again: true };
+        participant.negotiation = Negotiation::Stable;
+        // Forwarding to a sender starts once its payload type is negotiated.
+        let mut ready = Vec::new();
+        for (track, &sender_id) in &participant.senders {
+            if let Some(mut sender) = peer.pc.rtp_sender(sender_id) {
+                let codec = sender.track().codings().first().map(|c| c.codec.clone());
+                if let Some(pt) = codec.and_then(|codec| negotiated_payload_type(&mut sender, &codec)) {
+                    ready.push((track.clone(), pt));
+                }
+            }
+        }
+        self.dirty.insert((id.clone(), PeerRole::Subscriber));
+        for (track, pt) in ready {
+            if let Some(request) = self.forwarder.set_payload_type(now, &track, id, pt) {
+                self.send_keyframe_request(now, request);
+            }
+        }
+        if again {
+            self.renegotiate(now, id);
+        }
+        Ok(())
+    }
+
+    fn publish_track(&mut self, now: Instant, id: &ParticipantId, media_track_id: String, receiver_id: RTCRtpReceiverId, ssrc: u32) {
+        let Some(participant) = self.participants.get_mut(id) else { return };
+        if participant.published.contains_key(&media_track_id) {
+            return; // another simulcast layer of a known track
+        }
+        let Some(peer) = participant.publisher.as_mut() else { return };
+        let Some(receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
+        let kind = match receiver.track().kind() {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let Some(codec) = receiver.track().codec(ssrc).cloned() else {
+            warn!(participant = %id, "published track without a codec");
+            return;
+        };
+        let track = TrackId::new(format!("{id}/{media_track_id}"));
+        let info = TrackInfo { id: track.clone(), publisher: id.clone(), kind, codec: codec.clone() };
+        participant.published.insert(media_track_id, Published { track: track.clone(), receiver: receiver_id, info: info.clone() });
+        self.forwarder.add_track(track.clone(), id.clone(), kind, codec.clock_rate);
+        SfuMetrics::shift(&self.metrics.tracks, 1);
+        info!(participant = %id, %track, codec = %codec.mime_type, "track published");
+        let room = participant.room.clone();
+        let members = self.rooms.get(&room).cloned().unwrap_or_default();
+        for member in &members {
+            if let Some(p) = self.participants.get(member) {
+                let _ = p.events.send(SfuEvent::TrackPublished(info.clone()));
+            }
+            if member != id && self.participants.get(member).is_some_and(|p| p.grants.subscribe) {
+                self.subscribe(now, member, &info);
+                self.renegotiate(now, member);
+            }
+        }
+    }
+
+    /// Adds a sender for `track` to the subscriber's connection (negotiated separately).
+    fn subscribe(&mut self, now: Instant, subscriber: &ParticipantId, track: &TrackInfo) {
+        let Some(participant) = self.participants.get_mut(subscriber) else { return };
+        let Some(peer) = participant.subscriber.as_mut() else { return };
+        let ssrc = rand::random::<u32>();
+        let kind = match track.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let media_track = MediaStreamTrack::new(
+            track.publisher.to_string(),
+            track.id.to_string(),
+            track.id.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                active: true,
+                codec: track.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        match peer.pc.add_track(media_track) {
+            Ok(sender) => {
+                participant.senders.insert(track.id.clone(), sender);
+                self.forwarder.subscribe(now, &track.id, subscriber.clone(), ssrc);
+            }
+            Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
+        }
+    }
+
+    /// Sends a new offer on the subscriber connection, or queues one behind the outstanding.
+    fn renegotiate(&mut self, now: Instant, id: &ParticipantId) {
+        let Some(participant) = self.participants.get_mut(id) else { return };
+        if let Negotiation::AwaitingAnswer { again } = &mut participant.negotiation {
+            *again = true;
+            return;
+        }
+        if participant.senders.is_empty() && participant.subscriber.as_ref().is_none_or(|p| p.pc.remote_description().is_none()) {
+            return; // nothing to offer yet
+        }
+        let Some(peer) = participant.subscriber.as_mut() else { return };
+        let offer = match peer.pc.create_offer(None) {
+            Ok(offer) => offer,
+            Err(err) => return warn!(participant = %id, %err, "cannot create subscriber offer"),
+        };
+        if let Err(err) = peer.pc.set_local_description(now, offer.clone()) {
+            return warn!(participant = %id, %err, "cannot apply subscriber offer");
+        }
+        participant.negotiation = Negotiation::AwaitingAnswer { again: false };
+        let _ = participant.events.send(SfuEvent::SubscriberOffer(offer.sdp));
+        self.dirty.insert((id.clone(), PeerRole::Subscriber));
+    }
+
+    fn unpublished(&mut self, now: Instant, publisher: &ParticipantId, track: TrackId, subscribers: Vec<ParticipantId>) {
+        SfuMetrics::shift(&self.metrics.tracks, -1);
+        for subscriber in &subscribers {
+            let Some(p) = self.participants.get_mut(subscriber) else { continue };
+            if let (Some(sender), Some(peer)) = (p.senders.remove(&track), p.subscriber.as_mut()) {
+                if let Err(err) = peer.pc.remove_track(sender) {
+                    debug!(%subscriber, %track, %err, "remove_track failed");
+                }
+            }
+            self.renegotiate(now, subscriber);
+        }
+        let room = self.participants.get(publisher).map(|p| p.room.clone());
+        let members = room.and_then(|r| self.rooms.get(&r)).cloned().unwrap_or_default();
+        for member in members.iter().chain(subscribers.iter().filter(|s| !members.contains(s))) {
+            if let Some(p) = self.participants.get(member) {
+                let _ = p.events.send(SfuEvent::TrackUnpublished(track.clone()));
+            }
+        }
+    }
+
+    fn leave(&mut self, now: Instant, id: &ParticipantId) {
+        let removed = self.forwarder.remove_participant(id);
+        for (track, subscribers) in removed {
+            self.unpublished(now, id, track, subscribers);
+        }
+        let Some(mut participant) = self.participants.remove(id) else { return };
+        SfuMetrics::shift(&self.metrics.participants, -1);
+        if let Some(members) = self.rooms.get_mut(&participant.room) {
+            members.retain(|m| m != id);
+            if members.is_empty() {
+                self.rooms.remove(&participant.room);
+                SfuMetrics::shift(&self.metrics.rooms, -1);
+            }
+        }
+        for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
+            self.close_peer(peer);
+        }
+        self.by_addr.retain(|_, key| &key.0 != id);
+        self.dirty.retain(|key| &key.0 != id);
+        info!(participant = %id, "participant left the media plane");
+    }
+
+    fn close_peer(&mut self, mut peer: Peer) {
+        self.by_ufrag.remove(&peer.ufrag);
+        if peer.pc.close().is_ok() {
+            while let Some(out) = peer.pc.poll_write() {
+                self.socket.send(&out.message, out.transport.peer_addr);
+            }
+        }
+    }
+}
+
+/// The payload type the subscriber's answer gave `codec` on this sender.
+fn negotiated_payload_type(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<u8> {
+    let codecs = &sender.get_parameters().rtp_parameters.codecs;
+    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type);
+    codecs
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
+        .or_else(|| codecs.iter().find(same_mime))
+        .map(|c| c.payload_type)
+}
