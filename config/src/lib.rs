@@ -1,1 +1,241 @@
-//! placeholder
+//! Switchboard's typed configuration: one YAML file, every key overridable by environment
+//! variables `SWITCHBOARD__SECTION__KEY`, validated with errors that name the bad key.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The embedded single-machine configuration (`config/default.yaml`).
+pub const DEFAULT_YAML: &str = include_str!("../default.yaml");
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "SWITCHBOARD__";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse.
+    #[error("config is not valid YAML: {0}")]
+    Yaml(String),
+    /// A key has the wrong type, is unknown, or is missing.
+    #[error("config key `{key}`: {message}")]
+    Key {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Which backends run: embedded (single machine, development) or production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// In-memory state and local storage; the development token endpoint is on.
+    Embedded,
+    /// Real services; no development endpoints.
+    Production,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Embedded or production.
+    pub mode: Mode,
+    /// The HTTP server.
+    pub http: HttpConfig,
+    /// The media plane.
+    pub media: MediaConfig,
+    /// Access tokens.
+    pub auth: AuthConfig,
+    /// Abuse limits.
+    pub limits: LimitsConfig,
+    /// Signaling behaviour.
+    pub signaling: SignalingConfig,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// The media plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+    /// Bind address of the UDP sockets.
+    pub bind_ip: Ipv4Addr,
+    /// First UDP port (0: any free ports).
+    pub port_base: u16,
+    /// Addresses announced as host candidates (empty: interface addresses).
+    pub announced_ips: Vec<Ipv4Addr>,
+    /// Packets kept per video track for NACKs.
+    pub nack_cache_packets: usize,
+    /// Minimum milliseconds between keyframe requests to one publisher track.
+    pub keyframe_interval_ms: u64,
+}
+
+/// Access-token keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key id → HS256 secret.
+    pub keys: BTreeMap<String, String>,
+    /// The key id used to issue tokens.
+    pub signing_key: String,
+    /// Lifetime of issued tokens, seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest signaling frame, bytes.
+    pub max_message_bytes: usize,
+    /// Signaling messages per second per connection.
+    pub messages_per_second: u32,
+    /// Token-bucket burst.
+    pub message_burst: u32,
+    /// Violations before the connection is closed.
+    pub abuse_threshold: u32,
+    /// Participants per room.
+    pub max_participants_per_room: usize,
+    /// Rooms per node.
+    pub max_rooms: usize,
+}
+
+/// Signaling behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+}
+
+impl Config {
+    /// Loads `path` (or the embedded default), then applies the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+            None => DEFAULT_YAML.to_owned(),
+        };
+        Self::from_yaml_and_env(&text, std::env::vars())
+    }
+
+    /// Parses YAML text, applies `SWITCHBOARD__A__B=value` overrides from `env`, validates.
+    pub fn from_yaml_and_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            let parsed: serde_yaml::Value =
+                serde_yaml::from_str(&value).unwrap_or(serde_yaml::Value::String(value.clone()));
+            set_path(&mut tree, &keys, parsed).map_err(|message| ConfigError::Key { key: keys.join("."), message })?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Key {
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| Err(ConfigError::Key { key: key.to_owned(), message: message.to_owned() });
+        if !self.auth.keys.contains_key(&self.auth.signing_key) {
+            return bad("auth.signing_key", "names no key in auth.keys");
+        }
+        if self.auth.keys.values().any(|secret| secret.len() < 16) {
+            return bad("auth.keys", "every secret must be at least 16 bytes");
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return bad("limits.max_message_bytes", "must be at least 1024");
+        }
+        if self.limits.messages_per_second == 0 || self.limits.message_burst == 0 {
+            return bad("limits.messages_per_second", "rate and burst must be positive");
+        }
+        if self.media.announced_ips.iter().any(|ip| ip.is_unspecified() || ip.is_multicast()) {
+            return bad("media.announced_ips", "must be unicast addresses clients can reach");
+        }
+        if self.signaling.ping_interval_secs == 0 {
+            return bad("signaling.ping_interval_secs", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+fn set_path(tree: &mut serde_yaml::Value, keys: &[String], value: serde_yaml::Value) -> Result<(), String> {
+    let Some((last, parents)) = keys.split_last() else { return Err("empty key".into()) };
+    let mut node = tree;
+    for key in parents {
+        let map = node.as_mapping_mut().ok_or_else(|| format!("`{key}` is not inside a section"))?;
+        node = map
+            .entry(serde_yaml::Value::String(key.clone()))
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    }
+    let map = node.as_mapping_mut().ok_or_else(|| format!("`{last}` is not inside a section"))?;
+    map.insert(serde_yaml::Value::String(last.clone()), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn default_config_loads() {
+        let config = Config::from_yaml_and_env(DEFAULT_YAML, env(&[])).unwrap();
+        assert_eq!(config.mode, Mode::Embedded);
+        assert_eq!(config.http.listen.port(), 7880);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_typed_values() {
+        let config = Config::from_yaml_and_env(
+            DEFAULT_YAML,
+            env(&[
+                ("SWITCHBOARD__HTTP__LISTEN", "0.0.0.0:9000"),
+                ("SWITCHBOARD__MEDIA__WORKERS", "3"),
+                ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS", "[203.0.113.7]"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.http.listen.port(), 9000);
+        assert_eq!(config.media.workers, 3);
+        assert_eq!(config.media.announced_ips, vec![Ipv4Addr::new(203, 0, 113, 7)]);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__PORT_BASE", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("media.port_base"), "{err}");
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__HTTP__LISTNE", "1")])).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__AUTH__SIGNING_KEY", "nope")])).unwrap_err();
+        assert!(err.to_string().contains("auth.signing_key"), "{err}");
+        assert!(matches!(Config::from_yaml_and_env("mode: [", env(&[])), Err(ConfigError::Yaml(_))));
+    }
+}

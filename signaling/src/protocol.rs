@@ -1,0 +1,362 @@
+//! Signaling protocol v1: the JSON messages exchanged over `/ws` (see docs/protocol.md).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version announced in `joined`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Stable error codes sent in `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON (or not a JSON object).
+    BadJson,
+    /// `type` names no message of the protocol.
+    UnknownType,
+    /// A field is missing or has the wrong type.
+    InvalidMessage,
+    /// The frame exceeds `limits.max_message_bytes`.
+    MessageTooLarge,
+    /// Too many messages per second.
+    RateLimited,
+    /// Binary frames are not part of the protocol.
+    UnsupportedFrame,
+    /// No or an invalid access token.
+    Unauthorized,
+    /// The access token expired.
+    TokenExpired,
+    /// The token's grants do not allow this.
+    Forbidden,
+    /// The message needs a joined session.
+    NotJoined,
+    /// `join` was already accepted on this connection.
+    AlreadyJoined,
+    /// The room has `limits.max_participants_per_room` participants.
+    RoomFull,
+    /// The node hosts `limits.max_rooms` rooms.
+    TooManyRooms,
+    /// The SDP could not be parsed or applied.
+    InvalidSdp,
+    /// The ICE candidate could not be parsed or applied.
+    InvalidCandidate,
+    /// The message does not fit the negotiation state.
+    NegotiationState,
+    /// The track is not one of this participant's.
+    UnknownTrack,
+    /// A publisher or subscriber connection failed.
+    MediaConnectionFailed,
+    /// Something failed on the server.
+    Internal,
+}
+
+/// Which of the participant's connections a candidate belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The connection the client offers on and publishes with.
+    Publisher,
+    /// The connection the server offers on and sends the room's media with.
+    Subscriber,
+}
+
+/// A message from the client. Every one may carry a request `id`, echoed in the reply.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Enter the room named by the token.
+    Join {
+        /// Request id.
+        id: Option<Value>,
+        /// The access token.
+        token: String,
+    },
+    /// The client's offer on its publisher connection.
+    PublishOffer {
+        /// Request id.
+        id: Option<Value>,
+        /// SDP offer.
+        sdp: String,
+    },
+    /// The client's answer to a `subscribe_offer`.
+    SubscribeAnswer {
+        /// Request id.
+        id: Option<Value>,
+        /// SDP answer.
+        sdp: String,
+    },
+    /// A client ICE candidate.
+    Trickle {
+        /// Request id.
+        id: Option<Value>,
+        /// Which connection.
+        target: Target,
+        /// The `candidate:` line.
+        candidate: String,
+        /// Its media id.
+        sdp_mid: Option<String>,
+        /// Its m-line index.
+        sdp_mline_index: Option<u16>,
+    },
+    /// Mute or unmute one of the participant's tracks.
+    Mute {
+        /// Request id.
+        id: Option<Value>,
+        /// The track.
+        track_id: String,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// A chat message to the room.
+    Chat {
+        /// Request id.
+        id: Option<Value>,
+        /// The text.
+        text: String,
+    },
+    /// Leave the room; the server closes the connection after the `ack`.
+    Leave {
+        /// Request id.
+        id: Option<Value>,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping {
+        /// Request id.
+        id: Option<Value>,
+    },
+    /// The client's answer to a server `ping`.
+    Pong {
+        /// Request id.
+        id: Option<Value>,
+    },
+}
+
+/// The message types a client may send, for error reporting and metrics.
+pub const CLIENT_TYPES: [&str; 9] =
+    ["join", "publish_offer", "subscribe_answer", "trickle", "mute", "chat", "leave", "ping", "pong"];
+
+/// Why a frame could not be turned into a [`ClientMessage`].
+#[derive(Debug)]
+pub struct ParseError {
+    /// The request id, when the frame had one.
+    pub id: Option<Value>,
+    /// The error code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl ClientMessage {
+    /// Parses one text frame, telling apart bad JSON, unknown types and bad fields.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| ParseError { id: None, code: ErrorCode::BadJson, message: e.to_string() })?;
+        let Some(object) = value.as_object() else {
+            return Err(ParseError { id: None, code: ErrorCode::BadJson, message: "a message must be a JSON object".into() });
+        };
+        let id = object.get("id").cloned();
+        let fail = |code, message: String| ParseError { id: id.clone(), code, message };
+        let kind = match object.get("type") {
+            Some(Value::String(kind)) => kind.as_str(),
+            Some(_) => return Err(fail(ErrorCode::InvalidMessage, "`type` must be a string".into())),
+            None => return Err(fail(ErrorCode::InvalidMessage, "missing field `type`".into())),
+        };
+        if !CLIENT_TYPES.contains(&kind) {
+            return Err(fail(ErrorCode::UnknownType, format!("unknown message type `{kind}`")));
+        }
+        serde_json::from_value(value).map_err(|e| fail(ErrorCode::InvalidMessage, e.to_string()))
+    }
+
+    /// The message's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::PublishOffer { .. } => "publish_offer",
+            Self::SubscribeAnswer { .. } => "subscribe_answer",
+            Self::Trickle { .. } => "trickle",
+            Self::Mute { .. } => "mute",
+            Self::Chat { .. } => "chat",
+            Self::Leave { .. } => "leave",
+            Self::Ping { .. } => "ping",
+            Self::Pong { .. } => "pong",
+        }
+    }
+
+    /// The request id.
+    pub fn id(&self) -> Option<Value> {
+        match self {
+            Self::Join { id, .. }
+            | Self::PublishOffer { id, .. }
+            | Self::SubscribeAnswer { id, .. }
+            | Self::Trickle { id, .. }
+            | Self::Mute { id, .. }
+            | Self::Chat { id, .. }
+            | Self::Leave { id }
+            | Self::Ping { id }
+            | Self::Pong { id } => id.clone(),
+        }
+    }
+}
+
+/// A participant as the room sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantInfo {
+    /// Server-assigned id, unique per session.
+    pub participant_id: String,
+    /// The identity from the token.
+    pub identity: String,
+    /// Display name.
+    pub name: Option<String>,
+}
+
+/// A published track as the room sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrackDescription {
+    /// Node-unique track id; also the `id` of the MediaStreamTrack on the subscriber side.
+    pub track_id: String,
+    /// The publisher; also the stream id on the subscriber side.
+    pub participant_id: String,
+    /// `audio` or `video`.
+    pub kind: &'static str,
+    /// The codec's MIME type.
+    pub codec: String,
+    /// Whether the publisher muted it.
+    pub muted: bool,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The join succeeded.
+    Joined {
+        /// The join request's id.
+        id: Option<Value>,
+        /// Protocol version.
+        protocol: u32,
+        /// The room.
+        room: String,
+        /// This participant.
+        participant: ParticipantInfo,
+        /// The others already in the room.
+        participants: Vec<ParticipantInfo>,
+        /// Tracks already published.
+        tracks: Vec<TrackDescription>,
+        /// ICE servers for the client's connections (none needed: the SFU is ICE-lite on
+        /// reachable addresses).
+        ice_servers: Vec<Value>,
+    },
+    /// The answer to a `publish_offer`.
+    PublishAnswer {
+        /// The offer's request id.
+        id: Option<Value>,
+        /// SDP answer.
+        sdp: String,
+    },
+    /// The server's offer on the subscriber connection.
+    SubscribeOffer {
+        /// SDP offer.
+        sdp: String,
+    },
+    /// Someone joined.
+    ParticipantJoined {
+        /// Who.
+        participant: ParticipantInfo,
+    },
+    /// Someone left.
+    ParticipantLeft {
+        /// Who.
+        participant_id: String,
+    },
+    /// A track was published.
+    TrackPublished {
+        /// The track.
+        track: TrackDescription,
+    },
+    /// A track was removed.
+    TrackUnpublished {
+        /// The track.
+        track_id: String,
+    },
+    /// A track was muted or unmuted.
+    TrackMuted {
+        /// The publisher.
+        participant_id: String,
+        /// The track.
+        track_id: String,
+        /// Its state.
+        muted: bool,
+    },
+    /// A chat message (sent to everyone, the author included).
+    Chat {
+        /// Server-assigned message id.
+        message_id: String,
+        /// Author's participant id.
+        participant_id: String,
+        /// Author's identity.
+        identity: String,
+        /// The text.
+        text: String,
+        /// Server time, Unix milliseconds.
+        timestamp_ms: u64,
+    },
+    /// A request without other reply succeeded.
+    Ack {
+        /// The request id.
+        id: Option<Value>,
+        /// For chat: the message's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+    },
+    /// Heartbeat from the server; answer with `pong`.
+    Ping {},
+    /// Answer to a client `ping`.
+    Pong {
+        /// The ping's id.
+        id: Option<Value>,
+    },
+    /// A request failed.
+    Error {
+        /// The request id, when known.
+        id: Option<Value>,
+        /// Stable code.
+        code: ErrorCode,
+        /// Explanation.
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    /// An error reply.
+    pub fn error(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error { id, code, message: message.into() }
+    }
+
+    /// The JSON text frame.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"type":"error","code":"internal","message":"{e}"}}"#))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_errors_apart() {
+        assert_eq!(ClientMessage::parse("{nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(ClientMessage::parse("[1]").unwrap_err().code, ErrorCode::BadJson);
+        let unknown = ClientMessage::parse(r#"{"type":"fly","id":7}"#).unwrap_err();
+        assert_eq!((unknown.code, unknown.id), (ErrorCode::UnknownType, Some(Value::from(7))));
+        let missing = ClientMessage::parse(r#"{"type":"join"}"#).unwrap_err();
+        assert_eq!(missing.code, ErrorCode::InvalidMessage);
+        assert!(missing.message.contains("token"), "{}", missing.message);
+        assert_eq!(ClientMessage::parse(r#"{"id":1}"#).unwrap_err().code, ErrorCode::InvalidMessage);
+        assert!(matches!(ClientMessage::parse(r#"{"type":"ping","id":"a"}"#), Ok(ClientMessage::Ping { .. })));
+    }
+
+    #[test]
+    fn server_messages_serialize_with_their_type() {
+        let text = ServerMessage::error(Some(Value::from(3)), ErrorCode::RateLimited, "slow down").to_text();
+        assert_eq!(text, r#"{"type":"error","id":3,"code":"rate_limited","message":"slow down"}"#);
+    }
+}

@@ -1,0 +1,156 @@
+//! Who is in which room, for presence, chat and track-state broadcasts.
+//!
+//! This is signaling state (not on the packet path): one short lock per join, leave or
+//! broadcast. Each member is reached through its session's bounded outbound queue; a member
+//! whose queue is full misses the broadcast rather than stalling the room.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::protocol::{ParticipantInfo, ServerMessage};
+
+/// A session's outbound queue of text frames.
+pub type Outbox = mpsc::Sender<String>;
+
+struct Member {
+    info: ParticipantInfo,
+    outbox: Outbox,
+}
+
+/// Why a room refused a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitError {
+    /// The room is at its participant limit.
+    RoomFull,
+    /// The node is at its room limit.
+    TooManyRooms,
+}
+
+/// The rooms of this node.
+pub struct Rooms {
+    max_participants: usize,
+    max_rooms: usize,
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+#[derive(Default)]
+struct Room {
+    members: Vec<Member>,
+    /// Tracks their publishers muted, so late joiners learn the state.
+    muted: HashSet<String>,
+}
+
+impl Rooms {
+    /// An empty registry with the given limits.
+    pub fn new(max_participants: usize, max_rooms: usize) -> Self {
+        Self { max_participants, max_rooms, rooms: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
+        self.rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Admits a participant, announces it to the others, and returns who was there.
+    pub fn admit(&self, room: &str, info: ParticipantInfo, outbox: Outbox) -> Result<Vec<ParticipantInfo>, AdmitError> {
+        let mut rooms = self.lock();
+        if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
+            return Err(AdmitError::TooManyRooms);
+        }
+        let members = &mut rooms.entry(room.to_owned()).or_default().members;
+        if members.len() >= self.max_participants {
+            return Err(AdmitError::RoomFull);
+        }
+        let others: Vec<ParticipantInfo> = members.iter().map(|m| m.info.clone()).collect();
+        let joined = ServerMessage::ParticipantJoined { participant: info.clone() }.to_text();
+        deliver(members.iter(), &joined);
+        members.push(Member { info, outbox });
+        Ok(others)
+    }
+
+    /// Removes a participant and announces its departure.
+    pub fn remove(&self, room: &str, participant_id: &str) {
+        let mut rooms = self.lock();
+        let Some(entry) = rooms.get_mut(room) else { return };
+        entry.members.retain(|m| m.info.participant_id != participant_id);
+        if entry.members.is_empty() {
+            rooms.remove(room);
+            return;
+        }
+        let left = ServerMessage::ParticipantLeft { participant_id: participant_id.to_owned() }.to_text();
+        deliver(entry.members.iter(), &left);
+    }
+
+    /// Sends a message to every member of the room.
+    pub fn broadcast(&self, room: &str, message: &ServerMessage) {
+        let rooms = self.lock();
+        if let Some(entry) = rooms.get(room) {
+            deliver(entry.members.iter(), &message.to_text());
+        }
+    }
+
+    /// Records a track's mute state and announces it to the room.
+    pub fn set_muted(&self, room: &str, participant_id: &str, track_id: &str, muted: bool) {
+        let mut rooms = self.lock();
+        let Some(entry) = rooms.get_mut(room) else { return };
+        if muted {
+            entry.muted.insert(track_id.to_owned());
+        } else {
+            entry.muted.remove(track_id);
+        }
+        let message = ServerMessage::TrackMuted { participant_id: participant_id.into(), track_id: track_id.into(), muted };
+        deliver(entry.members.iter(), &message.to_text());
+    }
+
+    /// Whether a track of the room is muted.
+    pub fn is_muted(&self, room: &str, track_id: &str) -> bool {
+        self.lock().get(room).is_some_and(|entry| entry.muted.contains(track_id))
+    }
+
+    /// Forgets the mute state of a removed track.
+    pub fn forget_track(&self, room: &str, track_id: &str) {
+        if let Some(entry) = self.lock().get_mut(room) {
+            entry.muted.remove(track_id);
+        }
+    }
+
+    /// Number of rooms with members.
+    pub fn room_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+fn deliver<'a>(members: impl Iterator<Item = &'a Member>, text: &str) {
+    for member in members {
+        if member.outbox.try_send(text.to_owned()).is_err() {
+            warn!(participant = %member.info.participant_id, "outbound queue full or closed; broadcast dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> ParticipantInfo {
+        ParticipantInfo { participant_id: id.into(), identity: id.into(), name: None }
+    }
+
+    #[test]
+    fn admits_announces_and_enforces_limits() {
+        let rooms = Rooms::new(2, 1);
+        let (a_tx, mut a_rx) = mpsc::channel(8);
+        let (b_tx, _b_rx) = mpsc::channel(8);
+        assert!(rooms.admit("r", info("a"), a_tx).unwrap().is_empty());
+        assert_eq!(rooms.admit("r", info("b"), b_tx.clone()).unwrap().len(), 1);
+        assert!(a_rx.try_recv().unwrap().contains("participant_joined"));
+        assert_eq!(rooms.admit("r", info("c"), b_tx.clone()).unwrap_err(), AdmitError::RoomFull);
+        assert_eq!(rooms.admit("other", info("d"), b_tx).unwrap_err(), AdmitError::TooManyRooms);
+        rooms.remove("r", "b");
+        assert!(a_rx.try_recv().unwrap().contains("participant_left"));
+        rooms.remove("r", "a");
+        assert_eq!(rooms.room_count(), 0);
+    }
+}
