@@ -1,0 +1,152 @@
+//! The HTTP surface: demo page and client library, `/ws` signaling, `/healthz`, `/metrics`,
+//! and the development token endpoint (embedded mode only).
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use sfu::SfuMetrics;
+use signaling::auth::{Grants, TokenAuthority};
+use signaling::metrics::SignalingMetrics;
+use signaling::session::{run_session, Inbound, SignalingContext};
+use tokio::sync::mpsc;
+
+/// Issues tokens over HTTP for the demo page; only in embedded mode.
+pub struct DevTokens {
+    pub authority: TokenAuthority,
+    pub ttl_secs: u64,
+}
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub signaling: Arc<SignalingContext>,
+    pub sfu_metrics: Arc<SfuMetrics>,
+    pub signaling_metrics: Arc<SignalingMetrics>,
+    pub dev_tokens: Option<DevTokens>,
+    /// Frames above this close the connection; between the protocol limit and this they get
+    /// a `message_too_large` error.
+    pub max_frame_bytes: usize,
+}
+
+/// Outbound frames queued per connection before broadcasts to it are dropped.
+const OUTBOX_CAPACITY: usize = 256;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { static_file("text/html; charset=utf-8", include_str!("../web/index.html")) }))
+        .route("/switchboard.js", get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../web/switchboard.js")) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/dev/token", get(dev_token))
+        .route("/ws", get(websocket))
+        .with_state(state)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    state.sfu_metrics.render(&mut out);
+    state.signaling_metrics.render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    room: String,
+    identity: String,
+    name: Option<String>,
+    /// Comma-separated grant names.
+    grants: Option<String>,
+}
+
+async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<TokenQuery>) -> Response {
+    let Some(dev) = state.dev_tokens.as_ref() else {
+        return (StatusCode::NOT_FOUND, "the development token endpoint is only enabled in embedded mode").into_response();
+    };
+    let grants = match query.grants.as_deref() {
+        Some(names) => match Grants::from_names(names.split(',').filter(|n| !n.is_empty())) {
+            Ok(grants) => grants,
+            Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+        },
+        None => Grants::participant(),
+    };
+    if query.room.is_empty() || query.identity.is_empty() {
+        return (StatusCode::BAD_REQUEST, "room and identity must not be empty").into_response();
+    }
+    match dev.authority.issue(&query.room, &query.identity, query.name.as_deref(), grants, dev.ttl_secs) {
+        Ok(token) => axum::Json(serde_json::json!({ "token": token })).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(state.max_frame_bytes)
+        .max_frame_size(state.max_frame_bytes)
+        .on_upgrade(move |socket| connection(state, socket))
+}
+
+/// Pumps frames between the WebSocket and the session.
+async fn connection(state: Arc<AppState>, socket: WebSocket) {
+    use std::sync::atomic::Ordering;
+    state.signaling_metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = socket.split();
+    let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let (outbox, mut outbox_rx) = mpsc::channel::<String>(OUTBOX_CAPACITY);
+    let (close_tx, mut close_rx) = tokio::sync::oneshot::channel();
+    let session = tokio::spawn(run_session(state.signaling.clone(), inbound_rx, outbox));
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                text = outbox_rx.recv() => match text {
+                    Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
+                    None => break,
+                },
+                close = &mut close_rx => {
+                    // Flush what the session queued before closing.
+                    while let Ok(text) = outbox_rx.try_recv() {
+                        if sink.send(Message::Text(text.into())).await.is_err() { return; }
+                    }
+                    if let Ok(Some(reason)) = close {
+                        let reason: signaling::session::CloseReason = reason;
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: reason.code, reason: reason.reason.into() }))).await;
+                    }
+                    break;
+                }
+            }
+        }
+    });
+    let reader = async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let inbound = match message {
+                Message::Text(text) => Inbound::Text(text.to_string()),
+                Message::Binary(_) => Inbound::Binary,
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            if inbound_tx.send(inbound).await.is_err() {
+                break;
+            }
+        }
+    };
+    let mut session = session;
+    let close = tokio::select! {
+        () = reader => {
+            // The client went away: ending the inbound side ends the session.
+            (&mut session).await.ok().flatten()
+        }
+        result = &mut session => result.ok().flatten(),
+    };
+    let _ = close_tx.send(close);
+    let _ = writer.await;
+    state.signaling_metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}

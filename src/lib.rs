@@ -1,0 +1,95 @@
+//! Switchboard's server: wires the media plane, signaling and the HTTP API together.
+//!
+//! Used by the binary and by the whole-server tests, which start a server on free ports.
+
+mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sb_config::{Config, Mode};
+use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics};
+use signaling::auth::TokenAuthority;
+use signaling::metrics::SignalingMetrics;
+use signaling::rooms::Rooms;
+use signaling::session::{SessionLimits, SignalingContext};
+
+/// Everything needed to start a server, derived from the configuration.
+pub struct Settings {
+    /// The loaded configuration.
+    pub config: Config,
+    /// The media plane's settings.
+    pub sfu: SfuConfig,
+}
+
+impl Settings {
+    /// Derives the settings from a configuration.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let media = &config.media;
+        let workers = if media.workers == 0 { SfuConfig::default().workers } else { media.workers };
+        let sfu = SfuConfig {
+            workers,
+            bind_ip: media.bind_ip,
+            port_base: media.port_base,
+            announced_ips: media.announced_ips.clone(),
+            forwarder: ForwarderSettings {
+                nack_cache_packets: media.nack_cache_packets,
+                keyframe_interval: Duration::from_millis(media.keyframe_interval_ms),
+            },
+        };
+        Ok(Self { config: config.clone(), sfu })
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// Where the HTTP server listens.
+    pub http_addr: SocketAddr,
+    /// The UDP addresses of the media workers.
+    pub media_addrs: Vec<SocketAddr>,
+}
+
+/// Starts the media workers and the HTTP server; returns once both listen.
+pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
+    let config = settings.config;
+    let sfu_metrics = Arc::new(SfuMetrics::default());
+    let sfu = Arc::new(Sfu::start(&settings.sfu, sfu_metrics.clone()).context("starting media workers")?);
+    let media_addrs = sfu.media_addrs().to_vec();
+    let signaling_metrics = Arc::new(SignalingMetrics::default());
+    let limits = &config.limits;
+    let context = Arc::new(SignalingContext {
+        sfu,
+        rooms: Rooms::new(limits.max_participants_per_room, limits.max_rooms),
+        auth: TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone()),
+        limits: SessionLimits {
+            max_message_bytes: limits.max_message_bytes,
+            messages_per_second: limits.messages_per_second,
+            message_burst: limits.message_burst,
+            abuse_threshold: limits.abuse_threshold,
+            ping_interval: Duration::from_secs(config.signaling.ping_interval_secs),
+        },
+        metrics: signaling_metrics.clone(),
+    });
+    let state = http::AppState {
+        signaling: context,
+        sfu_metrics,
+        signaling_metrics,
+        dev_tokens: (config.mode == Mode::Embedded).then(|| http::DevTokens {
+            authority: TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone()),
+            ttl_secs: config.auth.token_ttl_secs,
+        }),
+        max_frame_bytes: limits.max_message_bytes.saturating_mul(4),
+    };
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let router = http::router(Arc::new(state));
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(%err, "HTTP server stopped");
+        }
+    });
+    tracing::info!(%http_addr, media = ?media_addrs, "switchboard listening");
+    Ok(Server { http_addr, media_addrs })
+}
