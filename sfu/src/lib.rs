@@ -6,6 +6,8 @@
 //! exactly one worker; signaling drives a participant's media through its [`MediaSession`].
 #![forbid(unsafe_code)]
 
+mod codec;
+mod feedback_tap;
 pub mod forwarder;
 pub mod ids;
 pub mod keyframe;

@@ -19,7 +19,11 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCD
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 
+use crate::feedback_tap::FeedbackTap;
 use crate::SfuError;
+
+/// Chain position of the feedback tap: past every built-in slot, before the terminus.
+const FEEDBACK_TAP_SLOT: usize = 20_000;
 
 /// Which of a participant's two connections a peer connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,9 +64,13 @@ pub fn build_peer(now: Instant, role: PeerRole, candidates: &[SocketAddr]) -> Re
         );
     }
     let mut registry = configure_rtcp_reports(Registry::new());
-    if role == PeerRole::Publisher {
-        registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-        registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
+    match role {
+        PeerRole::Publisher => {
+            registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+            registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
+        }
+        // Application-most, after the reports, so the chain has seen everything it marks.
+        PeerRole::Subscriber => registry = registry.with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::default()),
     }
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())

@@ -23,7 +23,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
@@ -87,8 +87,15 @@ struct Participant {
     subscriber: Option<Peer>,
     /// By the publisher connection's media track id.
     published: HashMap<String, Published>,
-    senders: HashMap<TrackId, RTCRtpSenderId>,
+    subscriptions: HashMap<TrackId, Subscription>,
     negotiation: Negotiation,
+}
+
+/// A published track sent on this participant's subscriber connection.
+struct Subscription {
+    sender: RTCRtpSenderId,
+    /// The publisher's codec, to find its payload type in the subscriber's answer.
+    codec: RTCRtpCodec,
 }
 
 impl Participant {
@@ -272,10 +279,11 @@ impl Worker {
                 self.publish_track(now, &key.0, init.track_id, init.receiver_id, init.ssrc);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
-                let removed = self.participants.get_mut(&key.0).and_then(|p| p.published.remove(&media_track_id));
-                if let Some(published) = removed {
+                let Some(participant) = self.participants.get_mut(&key.0) else { return };
+                if let Some(published) = participant.published.remove(&media_track_id) {
+                    let room = participant.room.clone();
                     let subscribers = self.forwarder.remove_track(&published.track);
-                    self.unpublished(now, &key.0, published.track, subscribers);
+                    self.unpublished(now, &room, vec![(published.track, subscribers)]);
                 }
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
@@ -340,7 +348,7 @@ impl Worker {
     fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>) {
         for out in outgoing.drain(..) {
             let Some(subscriber) = self.participants.get_mut(&out.subscriber) else { continue };
-            let Some(&sender_id) = subscriber.senders.get(&out.track) else { continue };
+            let Some(sender_id) = subscriber.subscriptions.get(&out.track).map(|s| s.sender) else { continue };
             let Some(peer) = subscriber.subscriber.as_mut() else { continue };
             let Some(mut sender) = peer.pc.rtp_sender(sender_id) else { continue };
             let bytes = out.packet.payload.len() as u64;
@@ -428,7 +436,7 @@ impl Worker {
                 publisher: None,
                 subscriber,
                 published: HashMap::new(),
-                senders: HashMap::new(),
+                subscriptions: HashMap::new(),
                 negotiation: Negotiation::Stable,
             },
         );
@@ -472,12 +480,11 @@ impl Worker {
         participant.negotiation = Negotiation::Stable;
         // Forwarding to a sender starts once its payload type is negotiated.
         let mut ready = Vec::new();
-        for (track, &sender_id) in &participant.senders {
-            if let Some(mut sender) = peer.pc.rtp_sender(sender_id) {
-                let codec = sender.track().codings().first().map(|c| c.codec.clone());
-                if let Some(pt) = codec.and_then(|codec| negotiated_payload_type(&mut sender, &codec)) {
-                    ready.push((track.clone(), pt));
-                }
+        for (track, subscription) in &participant.subscriptions {
+            let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
+            match negotiated_payload_type(&mut sender, &subscription.codec) {
+                Some(pt) => ready.push((track.clone(), pt)),
+                None => warn!(participant = %id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec"),
             }
         }
         self.dirty.insert((id.clone(), PeerRole::Subscriber));
@@ -540,16 +547,22 @@ impl Worker {
             track.id.to_string(),
             track.id.to_string(),
             kind,
+            // No codec pinned: the offer lists every codec of the kind, so the subscriber's
+            // negotiated set also admits tracks published later with another codec (the
+            // engine only accepts negotiated codecs once a kind has been negotiated).
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
                 active: true,
-                codec: track.codec.clone(),
                 ..Default::default()
             }],
         );
         match peer.pc.add_track(media_track) {
             Ok(sender) => {
-                participant.senders.insert(track.id.clone(), sender);
+                // The subscriber connection only ever sends.
+                if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
+                    transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
+                }
+                participant.subscriptions.insert(track.id.clone(), Subscription { sender, codec: track.codec.clone() });
                 self.forwarder.subscribe(now, &track.id, subscriber.clone(), ssrc);
             }
             Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
@@ -563,7 +576,7 @@ impl Worker {
             *again = true;
             return;
         }
-        if participant.senders.is_empty() && participant.subscriber.as_ref().is_none_or(|p| p.pc.remote_description().is_none()) {
+        if participant.subscriptions.is_empty() && participant.subscriber.as_ref().is_none_or(|p| p.pc.remote_description().is_none()) {
             return; // nothing to offer yet
         }
         let Some(peer) = participant.subscriber.as_mut() else { return };
@@ -579,31 +592,41 @@ impl Worker {
         self.dirty.insert((id.clone(), PeerRole::Subscriber));
     }
 
-    fn unpublished(&mut self, now: Instant, publisher: &ParticipantId, track: TrackId, subscribers: Vec<ParticipantId>) {
-        SfuMetrics::shift(&self.metrics.tracks, -1);
-        for subscriber in &subscribers {
-            let Some(p) = self.participants.get_mut(subscriber) else { continue };
-            if let (Some(sender), Some(peer)) = (p.senders.remove(&track), p.subscriber.as_mut()) {
-                if let Err(err) = peer.pc.remove_track(sender) {
-                    debug!(%subscriber, %track, %err, "remove_track failed");
+    /// Takes removed tracks off their subscribers' connections (one renegotiation per
+    /// subscriber, however many tracks went) and tells the room.
+    fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<ParticipantId>)>) {
+        let mut affected: Vec<ParticipantId> = Vec::new();
+        for (track, subscribers) in &removed {
+            SfuMetrics::shift(&self.metrics.tracks, -1);
+            for subscriber in subscribers {
+                let Some(p) = self.participants.get_mut(subscriber) else { continue };
+                if let (Some(subscription), Some(peer)) = (p.subscriptions.remove(track), p.subscriber.as_mut()) {
+                    if let Err(err) = peer.pc.remove_track(subscription.sender) {
+                        debug!(%subscriber, %track, %err, "remove_track failed");
+                    }
+                }
+                if !affected.contains(subscriber) {
+                    affected.push(subscriber.clone());
                 }
             }
+        }
+        for subscriber in &affected {
             self.renegotiate(now, subscriber);
         }
-        let room = self.participants.get(publisher).map(|p| p.room.clone());
-        let members = room.and_then(|r| self.rooms.get(&r)).cloned().unwrap_or_default();
-        for member in members.iter().chain(subscribers.iter().filter(|s| !members.contains(s))) {
-            if let Some(p) = self.participants.get(member) {
-                let _ = p.events.send(SfuEvent::TrackUnpublished(track.clone()));
+        let members = self.rooms.get(room).cloned().unwrap_or_default();
+        for (track, _) in removed {
+            for member in &members {
+                if let Some(p) = self.participants.get(member) {
+                    let _ = p.events.send(SfuEvent::TrackUnpublished(track.clone()));
+                }
             }
         }
     }
 
     fn leave(&mut self, now: Instant, id: &ParticipantId) {
+        let Some(room) = self.participants.get(id).map(|p| p.room.clone()) else { return };
         let removed = self.forwarder.remove_participant(id);
-        for (track, subscribers) in removed {
-            self.unpublished(now, id, track, subscribers);
-        }
+        self.unpublished(now, &room, removed);
         let Some(mut participant) = self.participants.remove(id) else { return };
         SfuMetrics::shift(&self.metrics.participants, -1);
         if let Some(members) = self.rooms.get_mut(&participant.room) {
@@ -633,12 +656,11 @@ impl Worker {
 
 /// The payload type the subscriber's answer gave `codec` on this sender.
 fn negotiated_payload_type(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<u8> {
-    let codecs = &sender.get_parameters().rtp_parameters.codecs;
-    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type);
-    codecs
+    sender
+        .get_parameters()
+        .rtp_parameters
+        .codecs
         .iter()
-        .filter(same_mime)
-        .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
-        .or_else(|| codecs.iter().find(same_mime))
+        .find(|c| crate::codec::same_format(&c.rtp_codec, codec))
         .map(|c| c.payload_type)
 }

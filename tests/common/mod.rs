@@ -1,0 +1,355 @@
+//! Test harness: a server on free ports, a signaling client over `/ws`, and WebRTC clients
+//! built on the async `webrtc` crate.
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::{serve, Settings};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The configuration every test server starts from, with `overrides` as env-style pairs.
+pub fn test_config(overrides: &[(&str, &str)]) -> sb_config::Config {
+    let mut env: Vec<(String, String)> = vec![
+        ("SWITCHBOARD__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+        ("SWITCHBOARD__MEDIA__PORT_BASE".into(), "0".into()),
+        ("SWITCHBOARD__MEDIA__WORKERS".into(), "2".into()),
+        ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS".into(), "[127.0.0.1]".into()),
+    ];
+    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    sb_config::Config::from_yaml_and_env(sb_config::DEFAULT_YAML, env).expect("test config")
+}
+
+/// A running server and a token authority with its keys.
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub config: sb_config::Config,
+}
+
+impl TestServer {
+    pub async fn start(overrides: &[(&str, &str)]) -> Self {
+        // RUST_LOG=debug shows the server's logs next to a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let config = test_config(overrides);
+        let server = serve(Settings::from_config(&config).expect("settings")).await.expect("server starts");
+        Self { http: server.http_addr, config }
+    }
+
+    pub fn token(&self, room: &str, identity: &str, grants: &[&str]) -> String {
+        self.token_with_ttl(room, identity, grants, 600)
+    }
+
+    pub fn token_with_ttl(&self, room: &str, identity: &str, grants: &[&str], ttl: u64) -> String {
+        let authority = signaling::auth::TokenAuthority::new(self.config.auth.keys.clone(), self.config.auth.signing_key.clone());
+        let grants = signaling::auth::Grants::from_names(grants.iter().copied()).expect("grants");
+        authority.issue(room, identity, Some(identity), grants, ttl).expect("token")
+    }
+
+    pub async fn connect(&self) -> Signal {
+        Signal::connect(self.http).await
+    }
+}
+
+/// A signaling connection that keeps unsolicited messages in arrival order.
+pub struct Signal {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    backlog: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Signal {
+    pub async fn connect(http: SocketAddr) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await.expect("ws connects");
+        Self { ws, backlog: VecDeque::new(), next_id: 1 }
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("ws send");
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.send_raw(Message::Text(value.to_string().into())).await;
+    }
+
+    /// Reads the next JSON message from the socket, or `None` once it is closed. Server pings
+    /// are answered and skipped, but do not extend the deadline.
+    async fn read(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("message in time")?;
+            match message {
+                Ok(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).expect("server sends JSON");
+                    if value["type"] == "ping" {
+                        self.send(json!({"type": "pong"})).await;
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Sends a request with a fresh id and returns the reply carrying that id.
+    pub async fn request(&mut self, mut value: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        value["id"] = json!(id);
+        self.send(value).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let message = self.read(deadline).await.expect("connection open for the reply");
+            if message["id"] == json!(id) {
+                return message;
+            }
+            self.backlog.push_back(message);
+        }
+    }
+
+    /// The next unsolicited message of type `kind` (earlier ones of other types stay queued).
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        if let Some(pos) = self.backlog.iter().position(|m| m["type"] == kind) {
+            return self.backlog.remove(pos).expect("position is valid");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let message = self.read(deadline).await.unwrap_or_else(|| panic!("connection closed while waiting for {kind}"));
+            if message["type"] == kind {
+                return message;
+            }
+            self.backlog.push_back(message);
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close frame's reason.
+    pub async fn closed(&mut self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.reason.to_string()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn join(&mut self, token: &str) -> Value {
+        let reply = self.request(json!({"type": "join", "token": token})).await;
+        assert_eq!(reply["type"], "joined", "join refused: {reply}");
+        reply
+    }
+}
+
+pub mod rtc_client {
+    //! WebRTC clients on the async `webrtc` crate.
+    use super::*;
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::rtp;
+    use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+    use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+    use webrtc::media_stream::track_local::TrackLocal;
+    use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+    use webrtc::peer_connection::{
+        MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCPeerConnectionState,
+        RTCSessionDescription,
+    };
+
+    /// A packet a subscriber received: which stream (publisher) and track, codec, payload.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub stream_id: String,
+        pub track_id: String,
+        pub mime_type: String,
+        pub payload: bytes::Bytes,
+    }
+
+    struct Handler {
+        received: mpsc::UnboundedSender<Received>,
+        connected: mpsc::UnboundedSender<RTCPeerConnectionState>,
+    }
+
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Handler {
+        async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+            let _ = self.connected.send(state);
+        }
+
+        async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+            let received = self.received.clone();
+            tokio::spawn(async move {
+                let stream_id = track.stream_id().await.to_string();
+                let track_id = track.track_id().await.to_string();
+                while let Some(event) = track.poll().await {
+                    if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                        let mime_type = track.codec(packet.header.ssrc).await.map(|c| c.mime_type).unwrap_or_default();
+                        let _ = received.send(Received {
+                            stream_id: stream_id.clone(),
+                            track_id: track_id.clone(),
+                            mime_type,
+                            payload: packet.payload,
+                        });
+                    }
+                }
+            });
+        }
+    }
+
+    /// One client-side peer connection with the channels its handler feeds.
+    pub struct Client {
+        pub pc: Box<dyn PeerConnection>,
+        pub received: mpsc::UnboundedReceiver<Received>,
+        pub states: mpsc::UnboundedReceiver<RTCPeerConnectionState>,
+    }
+
+    pub async fn new_client() -> Client {
+        let (received_tx, received) = mpsc::unbounded_channel();
+        let (state_tx, states) = mpsc::unbounded_channel();
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().expect("codecs");
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_handler(Arc::new(Handler { received: received_tx, connected: state_tx }))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .build()
+            .await
+            .expect("client peer connection");
+        Client { pc: Box::new(pc), received, states }
+    }
+
+    impl Client {
+        pub async fn wait_connected(&mut self) {
+            loop {
+                let state = tokio::time::timeout(WAIT, self.states.recv()).await.expect("connects in time").expect("state");
+                assert_ne!(state, RTCPeerConnectionState::Failed, "connection failed");
+                if state == RTCPeerConnectionState::Connected {
+                    return;
+                }
+            }
+        }
+
+        /// Answers a server offer on this (subscriber) connection.
+        pub async fn answer(&self, offer_sdp: &str) -> String {
+            self.pc.set_remote_description(RTCSessionDescription::offer(offer_sdp.to_owned()).expect("offer")).await.expect("apply offer");
+            let answer = self.pc.create_answer(None).await.expect("answer");
+            self.pc.set_local_description(answer.clone()).await.expect("apply answer");
+            answer.sdp
+        }
+    }
+
+    pub fn codec(mime_type: &str) -> RTCRtpCodec {
+        match mime_type {
+            "audio/opus" => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 48_000, channels: 2, sdp_fmtp_line: "minptime=10;useinbandfec=1".into(), rtcp_feedback: vec![] },
+            "video/H264" => RTCRtpCodec {
+                mime_type: mime_type.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f".into(),
+                rtcp_feedback: vec![],
+            },
+            _ => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] },
+        }
+    }
+
+    /// A local track sending `mime_type`.
+    pub fn local_track(stream: &str, id: &str, mime_type: &str) -> Arc<TrackLocalStaticRTP> {
+        let kind = if mime_type.starts_with("audio") { RtpCodecKind::Audio } else { RtpCodecKind::Video };
+        Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            stream.into(),
+            id.into(),
+            id.into(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(rand_ssrc(id)), ..Default::default() },
+                active: true,
+                codec: codec(mime_type),
+                ..Default::default()
+            }],
+        )))
+    }
+
+    fn rand_ssrc(seed: &str) -> u32 {
+        seed.bytes().fold(0x1234_5678u32, |h, b| h.rotate_left(5) ^ u32::from(b)).max(1)
+    }
+
+    /// The payload of the `index`-th packet of `track`: recognisable and never repeated.
+    pub fn payload(track: &str, index: u32) -> bytes::Bytes {
+        let mut bytes = format!("{track}:{index}:").into_bytes();
+        bytes.resize(160 + (index as usize % 7) * 50, (index % 251) as u8);
+        bytes::Bytes::from(bytes)
+    }
+
+    /// A published local track with the SSRC and payload type its packets must carry.
+    #[derive(Clone)]
+    pub struct Outbound {
+        pub track: Arc<TrackLocalStaticRTP>,
+        pub name: String,
+        pub ssrc: u32,
+        pub payload_type: u8,
+    }
+
+    /// Publishes tracks over signaling and waits until the publisher connection is up.
+    pub async fn publish(signal: &mut Signal, tracks: &[Arc<TrackLocalStaticRTP>]) -> (Client, Vec<Outbound>) {
+        let mut client = new_client().await;
+        let mut senders = Vec::new();
+        for track in tracks {
+            senders.push(client.pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.expect("add track"));
+        }
+        let offer = client.pc.create_offer(None).await.expect("offer");
+        client.pc.set_local_description(offer.clone()).await.expect("apply offer");
+        let reply = signal.request(json!({"type": "publish_offer", "sdp": offer.sdp})).await;
+        assert_eq!(reply["type"], "publish_answer", "publish refused: {reply}");
+        let answer = RTCSessionDescription::answer(reply["sdp"].as_str().expect("sdp").to_owned()).expect("answer");
+        client.pc.set_remote_description(answer).await.expect("apply answer");
+        client.wait_connected().await;
+        let mut outbound = Vec::new();
+        for (track, sender) in tracks.iter().zip(senders) {
+            let parameters = sender.get_parameters().await.expect("sender parameters");
+            let local = track.track().await;
+            let wanted = &local.codings()[0].codec;
+            let payload_type = parameters
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type) && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line)
+                .or_else(|| parameters.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)))
+                .expect("codec negotiated")
+                .payload_type;
+            let ssrc = local.ssrcs().next().expect("track has an ssrc");
+            outbound.push(Outbound { track: track.clone(), name: local.track_id().to_string(), ssrc, payload_type });
+        }
+        (client, outbound)
+    }
+
+    /// Sends `count` packets on a published track, paced, with the payloads of [`payload`].
+    pub async fn send_packets(out: Outbound, count: u32, clock_step: u32) {
+        for index in 0..count {
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: true,
+                    ssrc: out.ssrc,
+                    payload_type: out.payload_type,
+                    sequence_number: index as u16,
+                    timestamp: index.wrapping_mul(clock_step),
+                    ..Default::default()
+                },
+                payload: payload(&out.name, index),
+            };
+            out.track.write_rtp(packet).await.expect("write rtp");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

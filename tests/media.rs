@@ -1,0 +1,142 @@
+//! Whole-server media tests over real sockets: Rust WebRTC clients join via `/ws`, publish
+//! Opus + VP8 and H.264, and a subscriber checks that what arrives is byte-identical.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::rtc_client::{self, Client, Received};
+use common::{Signal, TestServer};
+use serde_json::json;
+
+/// Answers every subscribe offer that arrives within `window`.
+async fn answer_offers(signal: &mut Signal, client: &Client, window: Duration) -> usize {
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let offer = match tokio::time::timeout_at(deadline, signal.expect("subscribe_offer")).await {
+            Ok(offer) => offer,
+            Err(_) => return answered,
+        };
+        let sdp = client.answer(offer["sdp"].as_str().expect("offer sdp")).await;
+        let reply = signal.request(json!({"type": "subscribe_answer", "sdp": sdp})).await;
+        assert_eq!(reply["type"], "ack", "answer refused: {reply}");
+        answered += 1;
+    }
+}
+
+/// Collects packets until none arrives for `quiet`.
+async fn collect(client: &mut Client, quiet: Duration) -> Vec<Received> {
+    let mut all = Vec::new();
+    while let Ok(Some(packet)) = tokio::time::timeout(quiet, client.received.recv()).await {
+        all.push(packet);
+    }
+    all
+}
+
+/// Checks that `name`'s packets arrived byte-identical, contiguous, up to the last one sent.
+fn assert_identical_run(received: &[Received], name: &str, sent: u32, mime_type: &str) {
+    let mut by_index = BTreeMap::new();
+    for packet in received.iter().filter(|p| p.payload.starts_with(format!("{name}:").as_bytes())) {
+        let text = String::from_utf8_lossy(&packet.payload[..40.min(packet.payload.len())]).to_string();
+        let index: u32 = text.split(':').nth(1).and_then(|i| i.parse().ok()).expect("index in payload");
+        assert_eq!(packet.payload, rtc_client::payload(name, index), "payload of {name} #{index} forwarded unchanged");
+        assert_eq!(packet.mime_type, mime_type);
+        assert!(by_index.insert(index, ()).is_none(), "{name} #{index} delivered twice");
+    }
+    let first = *by_index.keys().next().unwrap_or_else(|| panic!("no packet of {name} arrived"));
+    let last = *by_index.keys().last().expect("non-empty");
+    assert_eq!(last, sent - 1, "{name}: the stream reached the subscriber up to its last packet");
+    assert_eq!(by_index.len() as u32, last - first + 1, "{name}: no gap between #{first} and #{last}");
+    assert!(by_index.len() >= 100, "{name}: only {} packets arrived", by_index.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks() {
+    let server = TestServer::start(&[]).await;
+
+    let mut carol = server.connect().await;
+    carol.join(&server.token("standup", "carol", &["subscribe"])).await;
+    let mut carol_rtc = rtc_client::new_client().await;
+
+    let mut alice = server.connect().await;
+    let alice_joined = alice.join(&server.token("standup", "alice", &["publish"])).await;
+    let alice_id = alice_joined["participant"]["participant_id"].as_str().expect("id").to_owned();
+    let opus = rtc_client::local_track("alice-stream", "alice-mic", "audio/opus");
+    let vp8 = rtc_client::local_track("alice-stream", "alice-cam", "video/VP8");
+    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[opus, vp8]).await;
+    // The server learns of a track from its first packets.
+    const SENT: u32 = 500;
+    let audio = tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 960));
+    let video = tokio::spawn(rtc_client::send_packets(out[1].clone(), SENT, 3000));
+
+    // Carol learns of both tracks and is offered them.
+    let mut published = Vec::new();
+    for _ in 0..2 {
+        let event = carol.expect("track_published").await;
+        assert_eq!(event["track"]["participant_id"], alice_id.as_str());
+        published.push(event["track"]["track_id"].as_str().expect("track id").to_owned());
+    }
+    assert!(answer_offers(&mut carol, &carol_rtc, Duration::from_millis(1500)).await >= 1);
+    carol_rtc.wait_connected().await;
+    audio.await.expect("audio sender");
+    video.await.expect("video sender");
+    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    assert_identical_run(&received, "alice-mic", SENT, "audio/opus");
+    assert_identical_run(&received, "alice-cam", SENT, "video/VP8");
+    for packet in &received {
+        assert_eq!(packet.stream_id, alice_id, "the stream id names the publisher");
+        assert!(published.contains(&packet.track_id), "track id {} announced", packet.track_id);
+    }
+
+    // A second publisher with H.264 joins the same room.
+    let mut bob = server.connect().await;
+    bob.join(&server.token("standup", "bob", &["publish"])).await;
+    let h264 = rtc_client::local_track("bob-stream", "bob-cam", "video/H264");
+    let (_bob_rtc, out) = rtc_client::publish(&mut bob, &[h264]).await;
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 3000));
+    let event = carol.expect("track_published").await;
+    assert_eq!(event["track"]["codec"], "video/H264");
+    assert!(answer_offers(&mut carol, &carol_rtc, Duration::from_millis(1000)).await >= 1);
+    sender.await.expect("h264 sender");
+    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    assert_identical_run(&received, "bob-cam", SENT, "video/H264");
+
+    // Alice leaves: her tracks are unpublished for Carol and renegotiated away.
+    let reply = alice.request(json!({"type": "leave"})).await;
+    assert_eq!(reply["type"], "ack");
+    let mut unpublished = vec![
+        carol.expect("track_unpublished").await["track_id"].as_str().expect("id").to_owned(),
+        carol.expect("track_unpublished").await["track_id"].as_str().expect("id").to_owned(),
+    ];
+    unpublished.sort();
+    published.sort();
+    assert_eq!(unpublished, published);
+    assert_eq!(carol.expect("participant_left").await["participant_id"], alice_id.as_str());
+    let offer = carol.expect("subscribe_offer").await;
+    let sdp = offer["sdp"].as_str().expect("sdp");
+    assert_eq!(sdp.matches("a=sendonly").count(), 1, "only Bob's track is still sent:\n{sdp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_receives_tracks_already_published() {
+    let server = TestServer::start(&[]).await;
+    let mut alice = server.connect().await;
+    alice.join(&server.token("late", "alice", &["publish"])).await;
+    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
+    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 400, 3000));
+    // Wait until the server saw the track (it announces it to the publisher too).
+    alice.expect("track_published").await;
+
+    let mut dave = server.connect().await;
+    let joined = dave.join(&server.token("late", "dave", &["subscribe"])).await;
+    assert_eq!(joined["tracks"].as_array().map(Vec::len), Some(1), "joined lists the track: {joined}");
+    let mut dave_rtc = rtc_client::new_client().await;
+    assert_eq!(answer_offers(&mut dave, &dave_rtc, Duration::from_millis(800)).await, 1);
+    dave_rtc.wait_connected().await;
+    sender.await.expect("sender");
+    let received = collect(&mut dave_rtc, Duration::from_millis(700)).await;
+    assert_identical_run(&received, "cam", 400, "video/VP8");
+}
