@@ -95,6 +95,31 @@ async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade
         .on_upgrade(move |socket| connection(state, socket))
 }
 
+/// How long a server-initiated close waits for the client's Close.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Feeds the session with the client's frames until the client closes or errs.
+async fn read_frames(stream: &mut futures_util::stream::SplitStream<WebSocket>, inbound: mpsc::Sender<Inbound>) {
+    while let Some(message) = stream.next().await {
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::debug!(%err, "signaling connection ended by a transport error");
+                return;
+            }
+        };
+        let frame = match message {
+            Message::Text(text) => Inbound::Text(text.to_string()),
+            Message::Binary(_) => Inbound::Binary,
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if inbound.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Pumps frames between the WebSocket and the session.
 async fn connection(state: Arc<AppState>, socket: WebSocket) {
     use std::sync::atomic::Ordering;
@@ -102,51 +127,42 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (inbound_tx, inbound_rx) = mpsc::channel(64);
     let (outbox, mut outbox_rx) = mpsc::channel::<String>(OUTBOX_CAPACITY);
-    let (close_tx, mut close_rx) = tokio::sync::oneshot::channel();
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<Option<signaling::session::CloseReason>>();
     let session = tokio::spawn(run_session(state.signaling.clone(), inbound_rx, outbox));
+    // The outbox closes once the session has ended and the room registry let go of it;
+    // everything queued is written first, then the close the session asked for.
     let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                text = outbox_rx.recv() => match text {
-                    Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
-                    None => break,
-                },
-                close = &mut close_rx => {
-                    // Flush what the session queued before closing.
-                    while let Ok(text) = outbox_rx.try_recv() {
-                        if sink.send(Message::Text(text.into())).await.is_err() { return; }
-                    }
-                    if let Ok(Some(reason)) = close {
-                        let reason: signaling::session::CloseReason = reason;
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: reason.code, reason: reason.reason.into() }))).await;
-                    }
-                    break;
-                }
+        while let Some(text) = outbox_rx.recv().await {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                return;
             }
+        }
+        if let Ok(Some(reason)) = close_rx.await {
+            let _ = sink.send(Message::Close(Some(CloseFrame { code: reason.code, reason: reason.reason.into() }))).await;
         }
     });
-    let reader = async move {
-        while let Some(Ok(message)) = stream.next().await {
-            let inbound = match message {
-                Message::Text(text) => Inbound::Text(text.to_string()),
-                Message::Binary(_) => Inbound::Binary,
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => continue,
-            };
-            if inbound_tx.send(inbound).await.is_err() {
-                break;
-            }
-        }
-    };
     let mut session = session;
     let close = tokio::select! {
-        () = reader => {
+        () = read_frames(&mut stream, inbound_tx) => {
             // The client went away: ending the inbound side ends the session.
             (&mut session).await.ok().flatten()
         }
         result = &mut session => result.ok().flatten(),
     };
+    let server_closes = close.is_some();
     let _ = close_tx.send(close);
     let _ = writer.await;
+    if server_closes {
+        // Complete the closing handshake: read (and discard) until the client's Close, so
+        // unread data does not turn the close into a connection reset.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     state.signaling_metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }

@@ -79,6 +79,11 @@ impl Signal {
         self.ws.send(message).await.expect("ws send");
     }
 
+    /// Sends without failing the test when the server has hung up; returns whether it went.
+    pub async fn try_send(&mut self, value: Value) -> bool {
+        self.ws.send(Message::Text(value.to_string().into())).await.is_ok()
+    }
+
     pub async fn send(&mut self, value: Value) {
         self.send_raw(Message::Text(value.to_string().into())).await;
     }
@@ -131,6 +136,19 @@ impl Signal {
                 return message;
             }
             self.backlog.push_back(message);
+        }
+    }
+
+    /// The next message, or `Err` with the close reason once the server closes.
+    pub async fn next_message_or_close(&mut self) -> Result<Value, Option<String>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("message in time") {
+                Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).expect("server sends JSON")),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.reason.to_string())),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
         }
     }
 

@@ -1,0 +1,170 @@
+//! Signaling over `/ws`: the protocol's happy paths and every kind of bad input. Each bad
+//! message gets an `error` with a stable code, or a close with a reason for abuse, and the
+//! server keeps serving everyone else.
+
+mod common;
+
+use common::{Signal, TestServer};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn expect_error(signal: &mut Signal, request: Value, code: &str) -> Value {
+    let reply = signal.request(request).await;
+    assert_eq!(reply["type"], "error", "expected an error, got {reply}");
+    assert_eq!(reply["code"], code, "{reply}");
+    assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    reply
+}
+
+async fn still_serving(signal: &mut Signal) {
+    let pong = signal.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+#[tokio::test]
+async fn malformed_unknown_and_incomplete_messages_get_stable_codes() {
+    let server = TestServer::start(&[]).await;
+    let mut signal = server.connect().await;
+
+    signal.send_raw(Message::Text("{not json".into())).await;
+    let error = signal.expect("error").await;
+    assert_eq!(error["code"], "bad_json");
+    signal.send_raw(Message::Text("[1,2]".into())).await;
+    assert_eq!(signal.expect("error").await["code"], "bad_json");
+    signal.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(signal.expect("error").await["code"], "unsupported_frame");
+
+    expect_error(&mut signal, json!({"type": "teleport"}), "unknown_type").await;
+    expect_error(&mut signal, json!({"type": "join"}), "invalid_message").await;
+    expect_error(&mut signal, json!({"type": "chat", "text": 5}), "invalid_message").await;
+    expect_error(&mut signal, json!({"type": "ping", "extra": true}), "invalid_message").await;
+    expect_error(&mut signal, json!({"type": "chat", "text": "hi"}), "not_joined").await;
+    expect_error(&mut signal, json!({"type": "publish_offer", "sdp": "v=0"}), "not_joined").await;
+    still_serving(&mut signal).await;
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_and_huge_ones_close_the_connection() {
+    let server = TestServer::start(&[("SWITCHBOARD__LIMITS__MAX_MESSAGE_BYTES", "4096")]).await;
+    let mut signal = server.connect().await;
+    // Refused before parsing, so the error carries no request id.
+    signal.send(json!({"type": "chat", "id": 1, "text": "x".repeat(8000)})).await;
+    let error = signal.expect("error").await;
+    assert_eq!(error["code"], "message_too_large");
+    assert!(error["id"].is_null());
+    still_serving(&mut signal).await;
+
+    // Far beyond the limit: the transport refuses the frame and closes.
+    let mut abuser = server.connect().await;
+    abuser.send_raw(Message::Text("y".repeat(64 * 1024).into())).await;
+    abuser.closed().await;
+    still_serving(&mut signal).await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+    let server = TestServer::start(&[]).await;
+    let mut signal = server.connect().await;
+    expect_error(&mut signal, json!({"type": "join", "token": "garbage"}), "unauthorized").await;
+
+    let expired = server.token_with_ttl("r", "eve", &["subscribe"], 0);
+    // Expiry has a few seconds of leeway for clock skew; wait past it.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    expect_error(&mut signal, json!({"type": "join", "token": expired}), "token_expired").await;
+
+    let forger = signaling::auth::TokenAuthority::new(
+        [("dev".to_owned(), "not-the-server-secret-at-all".to_owned())].into(),
+        "dev".to_owned(),
+    );
+    let forged = forger.issue("r", "mallory", None, signaling::auth::Grants::participant(), 600).expect("token");
+    expect_error(&mut signal, json!({"type": "join", "token": forged}), "unauthorized").await;
+
+    signal.join(&server.token("r", "ok", &["subscribe"])).await;
+    expect_error(&mut signal, json!({"type": "join", "token": server.token("r", "ok", &["subscribe"])}), "already_joined").await;
+}
+
+#[tokio::test]
+async fn grants_limit_what_a_participant_may_do() {
+    let server = TestServer::start(&[]).await;
+    let mut viewer = server.connect().await;
+    viewer.join(&server.token("g", "viewer", &["subscribe"])).await;
+    expect_error(&mut viewer, json!({"type": "publish_offer", "sdp": "v=0\r\n"}), "forbidden").await;
+    expect_error(&mut viewer, json!({"type": "chat", "text": "hello"}), "forbidden").await;
+    expect_error(&mut viewer, json!({"type": "mute", "track_id": "someone/else", "muted": true}), "unknown_track").await;
+    expect_error(&mut viewer, json!({"type": "subscribe_answer", "sdp": "v=0\r\n"}), "negotiation_state").await;
+
+    let mut speaker = server.connect().await;
+    speaker.join(&server.token("g", "speaker", &["publish", "publish_data"])).await;
+    expect_error(&mut speaker, json!({"type": "publish_offer", "sdp": "this is not sdp"}), "invalid_sdp").await;
+    still_serving(&mut speaker).await;
+}
+
+#[tokio::test]
+async fn chat_and_presence_reach_the_room() {
+    let server = TestServer::start(&[]).await;
+    let mut alice = server.connect().await;
+    alice.join(&server.token("c", "alice", &["subscribe", "publish_data"])).await;
+    let mut bob = server.connect().await;
+    let joined = bob.join(&server.token("c", "bob", &["subscribe", "publish_data"])).await;
+    assert_eq!(joined["participants"][0]["identity"], "alice");
+    assert_eq!(joined["protocol"], 1);
+    let bob_id = joined["participant"]["participant_id"].clone();
+    assert_eq!(alice.expect("participant_joined").await["participant"]["participant_id"], bob_id);
+
+    let ack = bob.request(json!({"type": "chat", "text": "hello room"})).await;
+    assert_eq!(ack["type"], "ack");
+    let message_id = ack["message_id"].clone();
+    for signal in [&mut alice, &mut bob] {
+        let chat = signal.expect("chat").await;
+        assert_eq!(chat["message_id"], message_id);
+        assert_eq!(chat["text"], "hello room");
+        assert_eq!(chat["identity"], "bob");
+        assert!(chat["timestamp_ms"].as_u64().is_some_and(|t| t > 1_700_000_000_000));
+    }
+    expect_error(&mut bob, json!({"type": "chat", "text": "   "}), "invalid_message").await;
+
+    drop(bob);
+    assert_eq!(alice.expect("participant_left").await["participant_id"], bob_id);
+}
+
+#[tokio::test]
+async fn room_limit_is_enforced() {
+    let server = TestServer::start(&[("SWITCHBOARD__LIMITS__MAX_PARTICIPANTS_PER_ROOM", "1")]).await;
+    let mut first = server.connect().await;
+    first.join(&server.token("small", "a", &["subscribe"])).await;
+    let mut second = server.connect().await;
+    expect_error(&mut second, json!({"type": "join", "token": server.token("small", "b", &["subscribe"])}), "room_full").await;
+}
+
+#[tokio::test]
+async fn a_thousand_messages_a_second_are_limited_then_closed_while_others_are_served() {
+    let server = TestServer::start(&[]).await;
+    let mut bystander = server.connect().await;
+    let mut flooder = server.connect().await;
+    // One second of 1000 messages/s; the server may hang up before the last are written.
+    let mut sent = 0;
+    for i in 0..1000 {
+        if !flooder.try_send(json!({"type": "ping", "id": i})).await {
+            break;
+        }
+        sent += 1;
+        if i % 10 == 9 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    let reason = loop {
+        match flooder.next_message_or_close().await {
+            Ok(message) if message["type"] == "pong" => pongs += 1,
+            Ok(message) if message["code"] == "rate_limited" => limited += 1,
+            Ok(other) => panic!("unexpected {other}"),
+            Err(reason) => break reason,
+        }
+    };
+    assert!(sent > 300, "the flood got going ({sent} sent)");
+    assert!((100..400).contains(&pongs), "the burst and the refill are served, the flood is not: {pongs} pongs");
+    assert!(limited >= 150, "rate_limited errors before the close: {limited}");
+    assert_eq!(reason.as_deref(), Some("rate limit exceeded repeatedly"));
+    still_serving(&mut bystander).await;
+}
