@@ -1,0 +1,91 @@
+// Opens the demo page in two tabs of one room in headless Debian Chromium and checks that
+// each tab decodes the other's video and receives its audio (RTCPeerConnection.getStats).
+// Usage: node two_tabs.mjs http://127.0.0.1:PORT
+import { chromium } from 'playwright-core';
+
+const base = process.argv[2];
+if (!base) {
+  console.error('usage: node two_tabs.mjs <server url>');
+  process.exit(2);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--autoplay-policy=no-user-gesture-required',
+  ],
+});
+
+/** Inbound RTP totals of a tab's subscriber connection. */
+async function inbound(page) {
+  return page.evaluate(async () => {
+    if (!window.room) return null;
+    const stats = await window.room.subscriber.getStats();
+    const totals = { framesDecoded: 0, audioPackets: 0, audioSamples: 0, videoTracks: 0 };
+    stats.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      if (s.kind === 'video') { totals.framesDecoded += s.framesDecoded || 0; totals.videoTracks += 1; }
+      if (s.kind === 'audio') { totals.audioPackets += s.packetsReceived || 0; totals.audioSamples += s.totalSamplesReceived || 0; }
+    });
+    return totals;
+  });
+}
+
+async function waitFor(what, check, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    last = await check();
+    if (last.ok) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)}`);
+}
+
+let failed = false;
+try {
+  const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+  const room = `browser-${Date.now()}`;
+  const pages = [];
+  for (const name of ['ada', 'grace']) {
+    const page = await context.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') console.error(`[${name}] ${m.text()}`); });
+    await page.goto(`${base}/?room=${room}&name=${name}`);
+    pages.push({ name, page });
+  }
+  for (const { name, page } of pages) {
+    const first = await waitFor(`${name} to receive media`, async () => {
+      const s = await inbound(page);
+      return { ok: !!s && s.framesDecoded > 0 && s.audioPackets > 0, s };
+    }, 30000);
+    // Decoding keeps going: frames and audio samples grow.
+    const later = await waitFor(`${name}'s decoding to progress`, async () => {
+      const s = await inbound(page);
+      return { ok: s.framesDecoded >= first.s.framesDecoded + 10 && s.audioSamples > first.s.audioSamples, s };
+    }, 15000);
+    const tiles = await page.locator('video').count();
+    console.log(`${name}: ${JSON.stringify(later.s)}, ${tiles} video tiles`);
+    if (tiles < 2) throw new Error(`${name} shows ${tiles} video tiles, expected its own and the other's`);
+  }
+  // Chat reaches the other tab.
+  await pages[0].page.fill('#chat-text', 'hello from ada');
+  await pages[0].page.click('#chat-form button');
+  await pages[1].page.waitForFunction(() => document.getElementById('log').textContent.includes('ada: hello from ada'), null, { timeout: 10000 });
+  console.log('chat delivered');
+} catch (err) {
+  console.error(String(err && err.stack || err));
+  failed = true;
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
