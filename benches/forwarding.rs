@@ -40,9 +40,10 @@ fn packet(seq: u16, payload: &Bytes) -> rtp::Packet {
     }
 }
 
-fn srtp_context() -> Context {
+fn srtp_context(profile: ProtectionProfile) -> Context {
     let provider = rtc::crypto::default_provider().expect("crypto provider");
-    Context::new(&[7; 16], &[9; 12], ProtectionProfile::AeadAes128Gcm, None, None, provider.crypto()).expect("srtp context")
+    let salt_len = if matches!(profile, ProtectionProfile::AeadAes128Gcm) { 12 } else { 14 };
+    Context::new(&[7; 16], &vec![9; salt_len], profile, None, None, provider.crypto()).expect("srtp context")
 }
 
 fn forwarding(c: &mut Criterion) {
@@ -60,20 +61,22 @@ fn forwarding(c: &mut Criterion) {
                 black_box(out.drain(..).count())
             });
         });
-        group.bench_with_input(BenchmarkId::new("rewrite+srtp_gcm", subscribers), &subscribers, |b, &n| {
-            let (mut forwarder, track) = table(n);
-            let mut contexts: Vec<Context> = (0..n).map(|_| srtp_context()).collect();
-            let mut out: Vec<Outgoing> = Vec::with_capacity(n);
-            let mut seq = 0u16;
-            b.iter(|| {
-                seq = seq.wrapping_add(1);
-                forwarder.forward(Instant::now(), &track, packet(seq, &payload), &mut out);
-                for (context, outgoing) in contexts.iter_mut().zip(out.drain(..)) {
-                    let plain = outgoing.packet.marshal().expect("marshal");
-                    black_box(context.encrypt_rtp_with_header(&plain, &outgoing.packet.header).expect("encrypt"));
-                }
+        for (label, profile) in [("rewrite+srtp_gcm", ProtectionProfile::AeadAes128Gcm), ("rewrite+srtp_sha1_80", ProtectionProfile::Aes128CmHmacSha1_80)] {
+            group.bench_with_input(BenchmarkId::new(label, subscribers), &subscribers, |b, &n| {
+                let (mut forwarder, track) = table(n);
+                let mut contexts: Vec<Context> = (0..n).map(|_| srtp_context(profile)).collect();
+                let mut out: Vec<Outgoing> = Vec::with_capacity(n);
+                let mut seq = 0u16;
+                b.iter(|| {
+                    seq = seq.wrapping_add(1);
+                    forwarder.forward(Instant::now(), &track, packet(seq, &payload), &mut out);
+                    for (context, outgoing) in contexts.iter_mut().zip(out.drain(..)) {
+                        let plain = outgoing.packet.marshal().expect("marshal");
+                        black_box(context.encrypt_rtp_with_header(&plain, &outgoing.packet.header).expect("encrypt"));
+                    }
+                });
             });
-        });
+        }
     }
     group.finish();
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sb_config::{Config, Mode};
-use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics};
+use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics, SrtpProfile};
 use signaling::auth::TokenAuthority;
 use signaling::metrics::SignalingMetrics;
 use signaling::rooms::Rooms;
@@ -34,6 +34,14 @@ impl Settings {
             bind_ip: media.bind_ip,
             port_base: media.port_base,
             announced_ips: media.announced_ips.clone(),
+            srtp_profiles: media
+                .srtp_profiles
+                .iter()
+                .map(|p| match p {
+                    sb_config::SrtpProfile::AeadAes128Gcm => SrtpProfile::AeadAes128Gcm,
+                    sb_config::SrtpProfile::Aes128CmHmacSha1_80 => SrtpProfile::Aes128CmHmacSha1_80,
+                })
+                .collect(),
             forwarder: ForwarderSettings {
                 nack_cache_packets: media.nack_cache_packets,
                 keyframe_interval: Duration::from_millis(media.keyframe_interval_ms),

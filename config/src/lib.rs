@@ -47,6 +47,17 @@ pub enum Mode {
     Production,
 }
 
+/// An SRTP protection profile name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SrtpProfile {
+    /// SRTP_AEAD_AES_128_GCM.
+    #[serde(rename = "aead_aes_128_gcm")]
+    AeadAes128Gcm,
+    /// SRTP_AES128_CM_HMAC_SHA1_80.
+    #[serde(rename = "aes128_cm_hmac_sha1_80")]
+    Aes128CmHmacSha1_80,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +96,8 @@ pub struct MediaConfig {
     pub port_base: u16,
     /// Addresses announced as host candidates (empty: interface addresses).
     pub announced_ips: Vec<Ipv4Addr>,
+    /// SRTP profiles accepted from clients.
+    pub srtp_profiles: Vec<SrtpProfile>,
     /// Packets kept per video track for NACKs.
     pub nack_cache_packets: usize,
     /// Minimum milliseconds between keyframe requests to one publisher track.
@@ -175,6 +188,9 @@ impl Config {
         if self.media.announced_ips.iter().any(|ip| ip.is_unspecified() || ip.is_multicast()) {
             return bad("media.announced_ips", "must be unicast addresses clients can reach");
         }
+        if self.media.srtp_profiles.is_empty() {
+            return bad("media.srtp_profiles", "must name at least one profile");
+        }
         if self.signaling.ping_interval_secs == 0 {
             return bad("signaling.ping_interval_secs", "must be positive");
         }
@@ -226,6 +242,18 @@ mod tests {
         assert_eq!(config.http.listen.port(), 9000);
         assert_eq!(config.media.workers, 3);
         assert_eq!(config.media.announced_ips, vec![Ipv4Addr::new(203, 0, 113, 7)]);
+    }
+
+    #[test]
+    fn srtp_profiles_parse_by_name() {
+        let config = Config::from_yaml_and_env(
+            DEFAULT_YAML,
+            env(&[("SWITCHBOARD__MEDIA__SRTP_PROFILES", "[aead_aes_128_gcm, aes128_cm_hmac_sha1_80]")]),
+        )
+        .unwrap();
+        assert_eq!(config.media.srtp_profiles, vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::Aes128CmHmacSha1_80]);
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__SRTP_PROFILES", "[]")])).unwrap_err();
+        assert!(err.to_string().contains("media.srtp_profiles"), "{err}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use forwarder::{ForwarderSettings, MediaKind};
 pub use ids::{ParticipantId, RoomId, TrackId};
 pub use metrics::SfuMetrics;
-pub use peer::PeerRole;
+pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 
 use worker::{Command, Worker, WorkerSetup};
@@ -119,6 +119,8 @@ pub struct SfuConfig {
     pub port_base: u16,
     /// Addresses announced as host candidates (empty: every local IPv4 interface address).
     pub announced_ips: Vec<Ipv4Addr>,
+    /// SRTP profiles offered to clients.
+    pub srtp_profiles: Vec<SrtpProfile>,
     /// Forwarding tunables.
     pub forwarder: ForwarderSettings,
 }
@@ -130,6 +132,7 @@ impl Default for SfuConfig {
             bind_ip: Ipv4Addr::UNSPECIFIED,
             port_base: 50_000,
             announced_ips: Vec::new(),
+            srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
             forwarder: ForwarderSettings::default(),
         }
     }
@@ -163,6 +166,7 @@ impl Sfu {
             let forwarder = config.forwarder.clone();
             let metrics = metrics.clone();
             let bind_ip = config.bind_ip;
+            let srtp_profiles = config.srtp_profiles.clone();
             std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || {
@@ -178,7 +182,8 @@ impl Sfu {
                         let port = socket.local_addr().port();
                         let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
                         let _ = ready_tx.send(Ok(port));
-                        Worker::new(WorkerSetup { index, socket, candidates, forwarder, metrics }).run(rx).await;
+                        let peers = peer::PeerSettings { candidates, srtp_profiles };
+                        Worker::new(WorkerSetup { index, socket, peers, forwarder, metrics }).run(rx).await;
                     });
                 })
                 .map_err(|source| SfuError::Bind { port, source })?;

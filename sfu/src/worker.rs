@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Outgoing};
 use crate::metrics::SfuMetrics;
-use crate::peer::{build_peer, PeerRole};
+use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::socket::MediaSocket;
 use crate::{stun, MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 
@@ -111,8 +111,8 @@ impl Participant {
 pub(crate) struct WorkerSetup {
     pub index: usize,
     pub socket: MediaSocket,
-    /// Host candidates announced to clients.
-    pub candidates: Vec<SocketAddr>,
+    /// Shared settings of the worker's connections.
+    pub peers: PeerSettings,
     pub forwarder: ForwarderSettings,
     pub metrics: Arc<SfuMetrics>,
 }
@@ -120,7 +120,7 @@ pub(crate) struct WorkerSetup {
 pub(crate) struct Worker {
     index: usize,
     socket: MediaSocket,
-    candidates: Vec<SocketAddr>,
+    peers: PeerSettings,
     metrics: Arc<SfuMetrics>,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<RoomId, Vec<ParticipantId>>,
@@ -142,7 +142,7 @@ impl Worker {
         Self {
             index: setup.index,
             socket: setup.socket,
-            candidates: setup.candidates,
+            peers: setup.peers,
             metrics: setup.metrics,
             participants: HashMap::new(),
             rooms: HashMap::new(),
@@ -410,7 +410,7 @@ impl Worker {
             return Err(SfuError::AlreadyJoined);
         }
         let subscriber = if grants.subscribe {
-            let peer = build_peer(now, PeerRole::Subscriber, &self.candidates)?;
+            let peer = build_peer(now, PeerRole::Subscriber, &self.peers)?;
             self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), PeerRole::Subscriber));
             Some(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None })
         } else {
@@ -456,7 +456,7 @@ impl Worker {
         }
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         if participant.publisher.is_none() {
-            let peer = build_peer(now, PeerRole::Publisher, &self.candidates)?;
+            let peer = build_peer(now, PeerRole::Publisher, &self.peers)?;
             self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), PeerRole::Publisher));
             participant.publisher = Some(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None });
         }

@@ -30,9 +30,13 @@ const browser = await chromium.launch({
 async function inbound(page) {
   return page.evaluate(async () => {
     if (!window.room) return null;
+    const pub = window.room.publisher ? await window.room.publisher.getStats() : new Map();
+    let publisherCipher = null;
+    pub.forEach((s) => { if (s.type === 'transport') publisherCipher = s.srtpCipher || null; });
     const stats = await window.room.subscriber.getStats();
-    const totals = { framesDecoded: 0, audioPackets: 0, audioSamples: 0, videoTracks: 0 };
+    const totals = { framesDecoded: 0, audioPackets: 0, audioSamples: 0, videoTracks: 0, srtpCipher: null, publisherCipher };
     stats.forEach((s) => {
+      if (s.type === 'transport') totals.srtpCipher = s.srtpCipher || null;
       if (s.type !== 'inbound-rtp') return;
       if (s.kind === 'video') { totals.framesDecoded += s.framesDecoded || 0; totals.videoTracks += 1; }
       if (s.kind === 'audio') { totals.audioPackets += s.packetsReceived || 0; totals.audioSamples += s.totalSamplesReceived || 0; }
@@ -76,6 +80,10 @@ try {
     const tiles = await page.locator('video').count();
     console.log(`${name}: ${JSON.stringify(later.s)}, ${tiles} video tiles`);
     if (tiles < 2) throw new Error(`${name} shows ${tiles} video tiles, expected its own and the other's`);
+    for (const cipher of [later.s.srtpCipher, later.s.publisherCipher]) {
+      if (!/GCM/.test(cipher || '')) throw new Error(`${name}: SRTP cipher ${cipher}, expected AEAD AES-GCM`);
+    }
+    await page.screenshot({ path: `${process.env.SCREENSHOT_DIR || '/tmp'}/switchboard-${name}.png` });
   }
   // Chat reaches the other tab.
   await pages[0].page.fill('#chat-text', 'hello from ada');
