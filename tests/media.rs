@@ -140,3 +140,63 @@ async fn late_joiner_receives_tracks_already_published() {
     let received = collect(&mut dave_rtc, Duration::from_millis(700)).await;
     assert_identical_run(&received, "cam", 400, "video/VP8");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
+    let server = TestServer::start(&[]).await;
+    let mut frank = server.connect().await;
+    frank.join(&server.token("codecs", "frank", &["subscribe"])).await;
+    let mut frank_rtc = rtc_client::new_client().await;
+
+    // Two publishers: the webrtc client negotiates one video codec per connection.
+    let mut erin = server.connect().await;
+    erin.join(&server.token("codecs", "erin", &["publish"])).await;
+    let (_erin_rtc, vp9) = rtc_client::publish(&mut erin, &[rtc_client::local_track("erin", "erin-vp9", "video/VP9")]).await;
+    let mut gus = server.connect().await;
+    gus.join(&server.token("codecs", "gus", &["publish"])).await;
+    let (_gus_rtc, av1) = rtc_client::publish(&mut gus, &[rtc_client::local_track("gus", "gus-av1", "video/AV1")]).await;
+    const SENT: u32 = 400;
+    let senders = [tokio::spawn(rtc_client::send_packets(vp9[0].clone(), SENT, 3000)), tokio::spawn(rtc_client::send_packets(av1[0].clone(), SENT, 3000))];
+    for _ in 0..2 {
+        frank.expect("track_published").await;
+    }
+    assert!(answer_offers(&mut frank, &frank_rtc, Duration::from_millis(1500)).await >= 1);
+    frank_rtc.wait_connected().await;
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let received = collect(&mut frank_rtc, Duration::from_millis(700)).await;
+    assert_identical_run(&received, "erin-vp9", SENT, "video/VP9");
+    assert_identical_run(&received, "gus-av1", SENT, "video/AV1");
+
+    // Feedback from the subscriber: a PLI is relayed to the publisher (past the throttle
+    // interval since the subscription's own keyframe request), a NACK is served from cache.
+    let track = frank_rtc.remote_tracks.recv().await.expect("remote track");
+    let ssrc = track.ssrcs().await[0];
+    let lost: Vec<u16> = received.iter().filter(|p| p.media_ssrc == ssrc).rev().take(5).map(|p| p.sequence_number).collect();
+    assert_eq!(lost.len(), 5);
+    let before = [
+        server.metric("switchboard_keyframe_requests_total").await,
+        server.metric("switchboard_plis_sent_total").await,
+        server.metric("switchboard_nacks_total").await,
+        server.metric("switchboard_retransmits_total").await,
+    ];
+    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
+    let mut lost_sorted = lost.clone();
+    lost_sorted.sort();
+    track.write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 1, media_ssrc: ssrc })]).await.expect("pli sent");
+    let nack = TransportLayerNack { sender_ssrc: 1, media_ssrc: ssrc, nacks: nack_pairs_from_sequence_numbers(&lost_sorted) };
+    track.write_rtcp(vec![Box::new(nack)]).await.expect("nack sent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = [
+        server.metric("switchboard_keyframe_requests_total").await,
+        server.metric("switchboard_plis_sent_total").await,
+        server.metric("switchboard_nacks_total").await,
+        server.metric("switchboard_retransmits_total").await,
+    ];
+    assert_eq!(after[0] - before[0], 1.0, "the PLI reached the SFU");
+    assert_eq!(after[1] - before[1], 1.0, "and was relayed to the publisher");
+    assert_eq!(after[2] - before[2], 5.0, "the NACK reached the SFU");
+    assert_eq!(after[3] - before[3], 5.0, "every NACKed packet was retransmitted from the cache");
+}

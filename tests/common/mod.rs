@@ -60,6 +60,21 @@ impl TestServer {
     pub async fn connect(&self) -> Signal {
         Signal::connect(self.http).await
     }
+
+    /// The value of one Prometheus metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(self.http).await.expect("http connects");
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
+        stream.write_all(request.as_bytes()).await.expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("response read");
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing from:\n{response}"))
+    }
 }
 
 /// A signaling connection that keeps unsolicited messages in arrival order.
@@ -191,11 +206,14 @@ pub mod rtc_client {
         pub stream_id: String,
         pub track_id: String,
         pub mime_type: String,
+        pub sequence_number: u16,
+        pub media_ssrc: u32,
         pub payload: bytes::Bytes,
     }
 
     struct Handler {
         received: mpsc::UnboundedSender<Received>,
+        remote_tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
         connected: mpsc::UnboundedSender<RTCPeerConnectionState>,
     }
 
@@ -206,6 +224,7 @@ pub mod rtc_client {
         }
 
         async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+            let _ = self.remote_tracks.send(track.clone());
             let received = self.received.clone();
             tokio::spawn(async move {
                 let stream_id = track.stream_id().await.to_string();
@@ -217,6 +236,8 @@ pub mod rtc_client {
                             stream_id: stream_id.clone(),
                             track_id: track_id.clone(),
                             mime_type,
+                            sequence_number: packet.header.sequence_number,
+                            media_ssrc: packet.header.ssrc,
                             payload: packet.payload,
                         });
                     }
@@ -229,22 +250,25 @@ pub mod rtc_client {
     pub struct Client {
         pub pc: Box<dyn PeerConnection>,
         pub received: mpsc::UnboundedReceiver<Received>,
+        /// Remote tracks as they open, to send RTCP feedback on.
+        pub remote_tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
         pub states: mpsc::UnboundedReceiver<RTCPeerConnectionState>,
     }
 
     pub async fn new_client() -> Client {
         let (received_tx, received) = mpsc::unbounded_channel();
         let (state_tx, states) = mpsc::unbounded_channel();
+        let (tracks_tx, remote_tracks) = mpsc::unbounded_channel();
         let mut media = MediaEngine::default();
         media.register_default_codecs().expect("codecs");
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media)
-            .with_handler(Arc::new(Handler { received: received_tx, connected: state_tx }))
+            .with_handler(Arc::new(Handler { received: received_tx, remote_tracks: tracks_tx, connected: state_tx }))
             .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
             .build()
             .await
             .expect("client peer connection");
-        Client { pc: Box::new(pc), received, states }
+        Client { pc: Box::new(pc), received, remote_tracks, states }
     }
 
     impl Client {
@@ -277,6 +301,7 @@ pub mod rtc_client {
                 sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f".into(),
                 rtcp_feedback: vec![],
             },
+            "video/VP9" | "video/AV1" => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: "profile-id=0".into(), rtcp_feedback: vec![] },
             _ => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] },
         }
     }
@@ -343,7 +368,7 @@ pub mod rtc_client {
                 .iter()
                 .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type) && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line)
                 .or_else(|| parameters.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)))
-                .expect("codec negotiated")
+                .unwrap_or_else(|| panic!("{} not negotiated: {:?}", wanted.mime_type, parameters.rtp_parameters.codecs.iter().map(|c| (&c.rtp_codec.mime_type, &c.rtp_codec.sdp_fmtp_line)).collect::<Vec<_>>()))
                 .payload_type;
             let ssrc = local.ssrcs().next().expect("track has an ssrc");
             outbound.push(Outbound { track: track.clone(), name: local.track_id().to_string(), ssrc, payload_type });
