@@ -547,20 +547,24 @@ impl Worker {
             track.id.to_string(),
             track.id.to_string(),
             kind,
-            // No codec pinned: the offer lists every codec of the kind, so the subscriber's
-            // negotiated set also admits tracks published later with another codec (the
-            // engine only accepts negotiated codecs once a kind has been negotiated).
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
                 active: true,
+                codec: track.codec.clone(),
                 ..Default::default()
             }],
         );
         match peer.pc.add_track(media_track) {
             Ok(sender) => {
-                // The subscriber connection only ever sends.
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
+                    // The subscriber connection only ever sends.
                     transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
+                    // Offer every codec of the kind, not just this track's: once a kind is
+                    // negotiated the engine only accepts codecs the subscriber answered with,
+                    // and later tracks may use other codecs.
+                    if let Err(err) = transceiver.set_codec_preferences(Vec::new()) {
+                        debug!(%subscriber, track = %track.id, %err, "codec preferences not reset");
+                    }
                 }
                 participant.subscriptions.insert(track.id.clone(), Subscription { sender, codec: track.codec.clone() });
                 self.forwarder.subscribe(now, &track.id, subscriber.clone(), ssrc);

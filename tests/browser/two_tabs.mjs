@@ -37,6 +37,7 @@ async function inbound(page) {
     const totals = { framesDecoded: 0, audioPackets: 0, audioSamples: 0, videoTracks: 0, srtpCipher: null, publisherCipher };
     stats.forEach((s) => {
       if (s.type === 'transport') totals.srtpCipher = s.srtpCipher || null;
+      if (s.type === 'remote-outbound-rtp') totals.senderReports = (totals.senderReports || 0) + (s.reportsSent || 0);
       if (s.type !== 'inbound-rtp') return;
       if (s.kind === 'video') { totals.framesDecoded += s.framesDecoded || 0; totals.videoTracks += 1; }
       if (s.kind === 'audio') { totals.audioPackets += s.packetsReceived || 0; totals.audioSamples += s.totalSamplesReceived || 0; }
@@ -75,7 +76,7 @@ try {
     // Decoding keeps going: frames and audio samples grow.
     const later = await waitFor(`${name}'s decoding to progress`, async () => {
       const s = await inbound(page);
-      return { ok: s.framesDecoded >= first.s.framesDecoded + 10 && s.audioSamples > first.s.audioSamples, s };
+      return { ok: s.framesDecoded >= first.s.framesDecoded + 10 && s.audioSamples > first.s.audioSamples && s.senderReports > 0, s };
     }, 15000);
     const tiles = await page.locator('video').count();
     console.log(`${name}: ${JSON.stringify(later.s)}, ${tiles} video tiles`);
