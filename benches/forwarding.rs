@@ -14,7 +14,7 @@ use rtc::rtp;
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
-use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Outgoing};
+use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
 use sfu::{ParticipantId, TrackId};
 
 const FAN_OUT: [usize; 3] = [1, 10, 100];
@@ -28,7 +28,7 @@ fn table(subscribers: usize) -> (Forwarder, TrackId) {
     for i in 0..subscribers {
         let subscriber = ParticipantId::new(format!("sub{i}"));
         forwarder.subscribe(now, &track, subscriber.clone(), 10_000 + i as u32);
-        forwarder.set_payload_type(now, &track, &subscriber, 96);
+        forwarder.set_negotiated(now, &track, &subscriber, Negotiated { payload_type: 96, rtx: None });
     }
     (forwarder, track)
 }

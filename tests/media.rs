@@ -180,6 +180,7 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
         server.metric("switchboard_plis_sent_total").await,
         server.metric("switchboard_nacks_total").await,
         server.metric("switchboard_retransmits_total").await,
+        server.metric("switchboard_rtx_packets_total").await,
     ];
     use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
@@ -188,15 +189,25 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
     track.write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 1, media_ssrc: ssrc })]).await.expect("pli sent");
     let nack = TransportLayerNack { sender_ssrc: 1, media_ssrc: ssrc, nacks: nack_pairs_from_sequence_numbers(&lost_sorted) };
     track.write_rtcp(vec![Box::new(nack)]).await.expect("nack sent");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The repairs arrive on the RTX stream and the client restores them: same payloads again.
+    let repaired = collect(&mut frank_rtc, Duration::from_millis(500)).await;
+    let mut repaired_seqs: Vec<u16> = repaired.iter().map(|p| p.sequence_number).collect();
+    repaired_seqs.sort();
+    assert_eq!(repaired_seqs, lost_sorted);
+    for packet in &repaired {
+        let original = received.iter().find(|p| p.sequence_number == packet.sequence_number && p.media_ssrc == ssrc).expect("original");
+        assert_eq!(packet.payload, original.payload, "retransmission is byte-identical");
+    }
     let after = [
         server.metric("switchboard_keyframe_requests_total").await,
         server.metric("switchboard_plis_sent_total").await,
         server.metric("switchboard_nacks_total").await,
         server.metric("switchboard_retransmits_total").await,
+        server.metric("switchboard_rtx_packets_total").await,
     ];
     assert_eq!(after[0] - before[0], 1.0, "the PLI reached the SFU");
     assert_eq!(after[1] - before[1], 1.0, "and was relayed to the publisher");
     assert_eq!(after[2] - before[2], 5.0, "the NACK reached the SFU");
     assert_eq!(after[3] - before[3], 5.0, "every NACKed packet was retransmitted from the cache");
+    assert_eq!(after[4] - before[4], 5.0, "on the negotiated RTX stream");
 }

@@ -36,6 +36,12 @@ pub fn same_format(a: &RTCRtpCodec, b: &RTCRtpCodec) -> bool {
     })
 }
 
+/// Whether `codec` is the RTX (RFC 4588) format repairing payload type `payload_type`.
+pub fn is_rtx_for(codec: &RTCRtpCodec, payload_type: u8) -> bool {
+    codec.mime_type.eq_ignore_ascii_case("video/rtx")
+        && fmtp_value(&codec.sdp_fmtp_line, "apt").and_then(|apt| apt.parse::<u8>().ok()) == Some(payload_type)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +59,12 @@ mod tests {
         assert!(!same_format(&a, &c), "packetization-mode 0 by default");
         assert!(!same_format(&a, &codec("video/VP8", "")));
         assert!(same_format(&codec("video/VP8", ""), &codec("video/VP8", "x=1")));
+    }
+
+    #[test]
+    fn rtx_is_matched_by_its_apt() {
+        assert!(is_rtx_for(&codec("video/rtx", "apt=96"), 96));
+        assert!(!is_rtx_for(&codec("video/rtx", "apt=98"), 96));
+        assert!(!is_rtx_for(&codec("video/VP8", "apt=96"), 96));
     }
 }

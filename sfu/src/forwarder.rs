@@ -38,13 +38,33 @@ impl Default for ForwarderSettings {
     }
 }
 
+/// What the subscriber's answer fixed for one downtrack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The payload type of the track's codec.
+    pub payload_type: u8,
+    /// The RTX stream (RFC 4588) for retransmissions, when the subscriber accepted RTX.
+    pub rtx: Option<RtxStream>,
+}
+
+/// An RTX repair stream: its SSRC and payload type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtxStream {
+    /// The repair stream's SSRC.
+    pub ssrc: u32,
+    /// The `rtx` payload type whose `apt` is the track's payload type.
+    pub payload_type: u8,
+}
+
 /// One subscriber's view of a published track.
 #[derive(Debug)]
 struct DownTrack {
     subscriber: ParticipantId,
     ssrc: u32,
-    /// Payload type negotiated on the subscriber's connection; `None` until it answered.
-    payload_type: Option<u8>,
+    /// `None` until the subscriber answered.
+    negotiated: Option<Negotiated>,
+    /// Next sequence number of the RTX stream.
+    rtx_sequence: u16,
     munger: RtpMunger,
 }
 
@@ -68,8 +88,10 @@ pub struct Outgoing {
     pub subscriber: ParticipantId,
     /// Which published track it belongs to.
     pub track: TrackId,
-    /// The rewritten packet (payload shared with the source packet).
+    /// The rewritten packet (payload shared with the source packet, except for RTX).
     pub packet: rtp::Packet,
+    /// Whether this is a retransmission on the RTX stream rather than on the track's SSRC.
+    pub rtx: bool,
 }
 
 /// A keyframe request to send to a publisher.
@@ -136,16 +158,16 @@ impl Forwarder {
     pub fn subscribe(&mut self, now: Instant, track: &TrackId, subscriber: ParticipantId, ssrc: u32) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
         up.downtracks.retain(|d| d.subscriber != subscriber);
-        up.downtracks.push(DownTrack { subscriber, ssrc, payload_type: None, munger: RtpMunger::new(up.clock_rate) });
+        up.downtracks.push(DownTrack { subscriber, ssrc, negotiated: None, rtx_sequence: 0, munger: RtpMunger::new(up.clock_rate) });
         self.keyframe_request(now, track)
     }
 
-    /// Sets the payload type the subscriber negotiated for this track; forwarding to it
-    /// starts now. Returns a keyframe request for video.
-    pub fn set_payload_type(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantId, payload_type: u8) -> Option<KeyframeRequest> {
+    /// Records what the subscriber negotiated for this track; forwarding to it starts now.
+    /// Returns a keyframe request for video.
+    pub fn set_negotiated(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantId, negotiated: Negotiated) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
         let down = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber)?;
-        let was_waiting = down.payload_type.replace(payload_type).is_none();
+        let was_waiting = down.negotiated.replace(negotiated).is_none();
         if was_waiting { self.keyframe_request(now, track) } else { None }
     }
 
@@ -185,13 +207,14 @@ impl Forwarder {
         }
         for down in &mut up.downtracks {
             if let Some(rewritten) = rewrite(now, down, &packet) {
-                out.push(Outgoing { subscriber: down.subscriber.clone(), track: track.clone(), packet: rewritten });
+                out.push(Outgoing { subscriber: down.subscriber.clone(), track: track.clone(), packet: rewritten, rtx: false });
             }
         }
     }
 
-    /// Answers a subscriber's NACK for the given outgoing sequence numbers from the cache.
-    /// Returns how many packets were found and appended to `out`.
+    /// Answers a subscriber's NACK for the given outgoing sequence numbers from the cache,
+    /// on the RTX stream when one was negotiated. Returns how many packets were found and
+    /// appended to `out`.
     pub fn on_nack(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantId, lost: impl IntoIterator<Item = u16>, out: &mut Vec<Outgoing>) -> usize {
         let Some(up) = self.tracks.get_mut(track) else { return 0 };
         let Some(cache) = up.cache.as_ref() else { return 0 };
@@ -200,10 +223,18 @@ impl Forwarder {
         for out_seq in lost {
             let Some((ssrc, seq)) = down.munger.source_sequence(out_seq) else { continue };
             let Some(cached) = cache.get(ssrc, seq) else { continue };
-            if let Some(rewritten) = rewrite(now, down, cached) {
-                out.push(Outgoing { subscriber: subscriber.clone(), track: track.clone(), packet: rewritten });
-                found += 1;
-            }
+            let Some(rewritten) = rewrite(now, down, cached) else { continue };
+            let rtx = down.negotiated.and_then(|n| n.rtx);
+            let packet = match rtx {
+                Some(stream) => {
+                    let sequence = down.rtx_sequence;
+                    down.rtx_sequence = sequence.wrapping_add(1);
+                    rtx_packet(rewritten, stream, sequence)
+                }
+                None => rewritten,
+            };
+            out.push(Outgoing { subscriber: subscriber.clone(), track: track.clone(), packet, rtx: rtx.is_some() });
+            found += 1;
         }
         found
     }
@@ -231,7 +262,7 @@ fn strip_extensions(header: &mut rtp::header::Header) {
 }
 
 fn rewrite(now: Instant, down: &mut DownTrack, source: &rtp::Packet) -> Option<rtp::Packet> {
-    let payload_type = down.payload_type?;
+    let payload_type = down.negotiated?.payload_type;
     let munged = down.munger.munge(now, source.header.ssrc, source.header.sequence_number, source.header.timestamp)?;
     let mut packet = source.clone();
     packet.header.ssrc = down.ssrc;
@@ -239,6 +270,19 @@ fn rewrite(now: Instant, down: &mut DownTrack, source: &rtp::Packet) -> Option<r
     packet.header.sequence_number = munged.sequence_number;
     packet.header.timestamp = munged.timestamp;
     Some(packet)
+}
+
+/// Wraps a rewritten packet for the RTX stream (RFC 4588): the original sequence number
+/// leads the payload, header fields come from the repair stream.
+fn rtx_packet(original: rtp::Packet, stream: RtxStream, sequence: u16) -> rtp::Packet {
+    let mut payload = bytes::BytesMut::with_capacity(2 + original.payload.len());
+    payload.extend_from_slice(&original.header.sequence_number.to_be_bytes());
+    payload.extend_from_slice(&original.payload);
+    let mut header = original.header;
+    header.ssrc = stream.ssrc;
+    header.payload_type = stream.payload_type;
+    header.sequence_number = sequence;
+    rtp::Packet { header, payload: payload.freeze() }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 
-pub use forwarder::{ForwarderSettings, MediaKind};
+pub use forwarder::{ForwarderSettings, MediaKind, Negotiated, RtxStream};
 pub use ids::{ParticipantId, RoomId, TrackId};
 pub use metrics::SfuMetrics;
 pub use peer::{PeerRole, SrtpProfile};

@@ -23,6 +23,8 @@ pub struct SfuMetrics {
     pub nacks: AtomicU64,
     /// Of those, packets retransmitted from the cache.
     pub retransmits: AtomicU64,
+    /// Of those, retransmissions sent on an RTX stream (RFC 4588).
+    pub rtx_packets: AtomicU64,
     /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests: AtomicU64,
     /// PLIs sent to publishers after throttling.
@@ -60,6 +62,7 @@ impl SfuMetrics {
             ("switchboard_rtp_bytes_out_total", "RTP payload bytes sent to subscribers.", &self.bytes_out),
             ("switchboard_nacks_total", "Packets NACKed by subscribers.", &self.nacks),
             ("switchboard_retransmits_total", "Packets retransmitted from the NACK cache.", &self.retransmits),
+            ("switchboard_rtx_packets_total", "Retransmissions sent on an RTX stream.", &self.rtx_packets),
             ("switchboard_keyframe_requests_total", "PLI/FIR received from subscribers.", &self.keyframe_requests),
             ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling.", &self.plis_sent),
             ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed.", &self.unroutable_datagrams),

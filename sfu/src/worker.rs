@@ -29,7 +29,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Outgoing};
+use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Negotiated, Outgoing, RtxStream};
 use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::socket::MediaSocket;
@@ -350,10 +350,22 @@ impl Worker {
             let Some(subscriber) = self.participants.get_mut(&out.subscriber) else { continue };
             let Some(sender_id) = subscriber.subscriptions.get(&out.track).map(|s| s.sender) else { continue };
             let Some(peer) = subscriber.subscriber.as_mut() else { continue };
-            let Some(mut sender) = peer.pc.rtp_sender(sender_id) else { continue };
             let bytes = out.packet.payload.len() as u64;
-            match sender.write_rtp(now, out.packet) {
+            let rtx = out.rtx;
+            let written = if rtx {
+                // The sender only accepts its primary SSRC; the repair stream goes to the
+                // connection directly (the track id is not used for routing).
+                let message = RTCMessage::RtpPacket(out.track.to_string(), out.packet);
+                peer.pc.handle_write(TaggedRTCMessage { now, message })
+            } else {
+                let Some(mut sender) = peer.pc.rtp_sender(sender_id) else { continue };
+                sender.write_rtp(now, out.packet)
+            };
+            match written {
                 Ok(()) => {
+                    if rtx {
+                        SfuMetrics::add(&self.metrics.rtx_packets, 1);
+                    }
                     SfuMetrics::add(&self.metrics.packets_out, 1);
                     SfuMetrics::add(&self.metrics.bytes_out, bytes);
                     self.dirty.insert((out.subscriber, PeerRole::Subscriber));
@@ -482,14 +494,14 @@ impl Worker {
         let mut ready = Vec::new();
         for (track, subscription) in &participant.subscriptions {
             let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
-            match negotiated_payload_type(&mut sender, &subscription.codec) {
-                Some(pt) => ready.push((track.clone(), pt)),
+            match negotiated(&mut sender, &subscription.codec) {
+                Some(negotiated) => ready.push((track.clone(), negotiated)),
                 None => warn!(participant = %id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec"),
             }
         }
         self.dirty.insert((id.clone(), PeerRole::Subscriber));
-        for (track, pt) in ready {
-            if let Some(request) = self.forwarder.set_payload_type(now, &track, id, pt) {
+        for (track, negotiated) in ready {
+            if let Some(request) = self.forwarder.set_negotiated(now, &track, id, negotiated) {
                 self.send_keyframe_request(now, request);
             }
         }
@@ -658,13 +670,20 @@ impl Worker {
     }
 }
 
-/// The payload type the subscriber's answer gave `codec` on this sender.
-fn negotiated_payload_type(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<u8> {
-    sender
-        .get_parameters()
-        .rtp_parameters
-        .codecs
+/// The payload type the subscriber's answer gave `codec` on this sender, and the RTX stream
+/// if the answer kept an `rtx` format for it.
+fn negotiated(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<Negotiated> {
+    let parameters = sender.get_parameters();
+    let codecs = &parameters.rtp_parameters.codecs;
+    let payload_type = codecs.iter().find(|c| crate::codec::same_format(&c.rtp_codec, codec))?.payload_type;
+    let rtx_payload_type = codecs
         .iter()
-        .find(|c| crate::codec::same_format(&c.rtp_codec, codec))
-        .map(|c| c.payload_type)
+        .find(|c| crate::codec::is_rtx_for(&c.rtp_codec, payload_type))
+        .map(|c| c.payload_type);
+    let rtx_ssrc = parameters.encodings.first().and_then(|e| e.rtp_coding_parameters.rtx.as_ref()).map(|rtx| rtx.ssrc);
+    let rtx = match (rtx_ssrc, rtx_payload_type) {
+        (Some(ssrc), Some(payload_type)) => Some(RtxStream { ssrc, payload_type }),
+        _ => None,
+    };
+    Some(Negotiated { payload_type, rtx })
 }

@@ -40,13 +40,17 @@ fn video_packet(ssrc: u32, seq: u16, ts: u32) -> rtp::Packet {
     }
 }
 
+fn negotiated(rtx: Option<RtxStream>) -> Negotiated {
+    Negotiated { payload_type: VIDEO_PT, rtx }
+}
+
 /// A forwarder with one video track and `n` subscribers that have all negotiated.
 fn room(n: usize, now: Instant) -> Forwarder {
     let mut f = Forwarder::new(ForwarderSettings::default());
     f.add_track(track(), alice(), MediaKind::Video, 90_000);
     for i in 0..n {
         f.subscribe(now, &track(), sub(i), 1000 + i as u32);
-        f.set_payload_type(now, &track(), &sub(i), VIDEO_PT);
+        f.set_negotiated(now, &track(), &sub(i), negotiated(None));
     }
     f
 }
@@ -103,7 +107,7 @@ fn subscriber_waits_for_negotiation_before_receiving() {
     let mut out = Vec::new();
     f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
     assert!(out.is_empty());
-    f.set_payload_type(now, &track(), &sub(0), VIDEO_PT);
+    f.set_negotiated(now, &track(), &sub(0), negotiated(None));
     f.forward(now, &track(), video_packet(1, 2, 0), &mut out);
     assert_eq!(out.len(), 1);
 }
@@ -225,4 +229,29 @@ fn publisher_leaving_removes_its_tracks_and_names_their_subscribers() {
     f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
     assert!(out.is_empty());
     assert_eq!(f.subscription_count(), 0);
+}
+
+#[test]
+fn nack_is_answered_on_the_rtx_stream_when_negotiated() {
+    let now = Instant::now();
+    let mut f = Forwarder::new(ForwarderSettings::default());
+    f.add_track(track(), alice(), MediaKind::Video, 90_000);
+    f.subscribe(now, &track(), sub(0), 1000);
+    let rtx = RtxStream { ssrc: 2000, payload_type: 97 };
+    f.set_negotiated(now, &track(), &sub(0), negotiated(Some(rtx)));
+    let mut out = Vec::new();
+    for seq in 500..510u16 {
+        f.forward(now, &track(), video_packet(9, seq, u32::from(seq) * 3000), &mut out);
+    }
+    let originals: Vec<rtp::Packet> = out.drain(..).map(|o| o.packet).collect();
+    assert_eq!(f.on_nack(now, &track(), &sub(0), [503, 507], &mut out), 2);
+    for (i, (o, lost)) in out.iter().zip([503u16, 507]).enumerate() {
+        let original = &originals[usize::from(lost - 500)];
+        assert!(o.rtx);
+        assert_eq!((o.packet.header.ssrc, o.packet.header.payload_type), (2000, 97));
+        assert_eq!(o.packet.header.sequence_number, i as u16, "the RTX stream has its own sequence");
+        assert_eq!(o.packet.header.timestamp, original.header.timestamp);
+        assert_eq!(&o.packet.payload[..2], &lost.to_be_bytes(), "original sequence number first");
+        assert_eq!(&o.packet.payload[2..], &original.payload[..]);
+    }
 }
