@@ -56,13 +56,10 @@ fn assert_identical_run(received: &[Received], name: &str, sent: u32, mime_type:
 async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks() {
     let server = TestServer::start(&[]).await;
 
-    let mut carol = server.connect().await;
-    carol.join(&server.token("standup", "carol", &["subscribe"])).await;
+    let (mut carol, _) = server.joined("standup", "carol", &["subscribe"]).await;
     let mut carol_rtc = rtc_client::new_client().await;
 
-    let mut alice = server.connect().await;
-    let alice_joined = alice.join(&server.token("standup", "alice", &["publish"])).await;
-    let alice_id = alice_joined["participant"]["participant_id"].as_str().expect("id").to_owned();
+    let (mut alice, alice_id) = server.joined("standup", "alice", &["publish"]).await;
     let opus = rtc_client::local_track("alice-stream", "alice-mic", "audio/opus");
     let vp8 = rtc_client::local_track("alice-stream", "alice-cam", "video/VP8");
     let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[opus, vp8]).await;
@@ -91,8 +88,7 @@ async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks()
     }
 
     // A second publisher with H.264 joins the same room.
-    let mut bob = server.connect().await;
-    bob.join(&server.token("standup", "bob", &["publish"])).await;
+    let (mut bob, _) = server.joined("standup", "bob", &["publish"]).await;
     let h264 = rtc_client::local_track("bob-stream", "bob-cam", "video/H264");
     let (_bob_rtc, out) = rtc_client::publish(&mut bob, &[h264]).await;
     let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 3000));
@@ -122,8 +118,7 @@ async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_receives_tracks_already_published() {
     let server = TestServer::start(&[]).await;
-    let mut alice = server.connect().await;
-    alice.join(&server.token("late", "alice", &["publish"])).await;
+    let (mut alice, _) = server.joined("late", "alice", &["publish"]).await;
     let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
     let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
     let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 400, 3000));
@@ -139,21 +134,33 @@ async fn late_joiner_receives_tracks_already_published() {
     sender.await.expect("sender");
     let received = collect(&mut dave_rtc, Duration::from_millis(700)).await;
     assert_identical_run(&received, "cam", 400, "video/VP8");
+
+    // Alice's signaling connection dies without a leave: her track goes all the same.
+    let track_id = joined["tracks"][0]["track_id"].clone();
+    drop(alice);
+    assert_eq!(dave.expect("track_unpublished").await["track_id"], track_id);
+    dave.expect("participant_left").await;
 }
+
+/// Counters of subscriber feedback and the SFU's answers to it.
+const FEEDBACK_METRICS: [&str; 5] = [
+    "switchboard_keyframe_requests_total",
+    "switchboard_plis_sent_total",
+    "switchboard_nacks_total",
+    "switchboard_retransmits_total",
+    "switchboard_rtx_packets_total",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
     let server = TestServer::start(&[]).await;
-    let mut frank = server.connect().await;
-    frank.join(&server.token("codecs", "frank", &["subscribe"])).await;
+    let (mut frank, _) = server.joined("codecs", "frank", &["subscribe"]).await;
     let mut frank_rtc = rtc_client::new_client().await;
 
     // Two publishers: the webrtc client negotiates one video codec per connection.
-    let mut erin = server.connect().await;
-    erin.join(&server.token("codecs", "erin", &["publish"])).await;
+    let (mut erin, _) = server.joined("codecs", "erin", &["publish"]).await;
     let (_erin_rtc, vp9) = rtc_client::publish(&mut erin, &[rtc_client::local_track("erin", "erin-vp9", "video/VP9")]).await;
-    let mut gus = server.connect().await;
-    gus.join(&server.token("codecs", "gus", &["publish"])).await;
+    let (mut gus, _) = server.joined("codecs", "gus", &["publish"]).await;
     let (_gus_rtc, av1) = rtc_client::publish(&mut gus, &[rtc_client::local_track("gus", "gus-av1", "video/AV1")]).await;
     const SENT: u32 = 400;
     let senders = [tokio::spawn(rtc_client::send_packets(vp9[0].clone(), SENT, 3000)), tokio::spawn(rtc_client::send_packets(av1[0].clone(), SENT, 3000))];
@@ -175,13 +182,7 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
     let ssrc = track.ssrcs().await[0];
     let lost: Vec<u16> = received.iter().filter(|p| p.media_ssrc == ssrc).rev().take(5).map(|p| p.sequence_number).collect();
     assert_eq!(lost.len(), 5);
-    let before = [
-        server.metric("switchboard_keyframe_requests_total").await,
-        server.metric("switchboard_plis_sent_total").await,
-        server.metric("switchboard_nacks_total").await,
-        server.metric("switchboard_retransmits_total").await,
-        server.metric("switchboard_rtx_packets_total").await,
-    ];
+    let before = server.metrics(FEEDBACK_METRICS).await;
     use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
     let mut lost_sorted = lost.clone();
@@ -198,13 +199,7 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
         let original = received.iter().find(|p| p.sequence_number == packet.sequence_number && p.media_ssrc == ssrc).expect("original");
         assert_eq!(packet.payload, original.payload, "retransmission is byte-identical");
     }
-    let after = [
-        server.metric("switchboard_keyframe_requests_total").await,
-        server.metric("switchboard_plis_sent_total").await,
-        server.metric("switchboard_nacks_total").await,
-        server.metric("switchboard_retransmits_total").await,
-        server.metric("switchboard_rtx_packets_total").await,
-    ];
+    let after = server.metrics(FEEDBACK_METRICS).await;
     assert_eq!(after[0] - before[0], 1.0, "the PLI reached the SFU");
     assert_eq!(after[1] - before[1], 1.0, "and was relayed to the publisher");
     assert_eq!(after[2] - before[2], 5.0, "the NACK reached the SFU");

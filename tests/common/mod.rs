@@ -61,19 +61,43 @@ impl TestServer {
         Signal::connect(self.http).await
     }
 
-    /// The value of one Prometheus metric from `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// A connection that joined `room` as `identity`; returns it and its participant id.
+    pub async fn joined(&self, room: &str, identity: &str, grants: &[&str]) -> (Signal, String) {
+        let mut signal = self.connect().await;
+        let joined = signal.join(&self.token(room, identity, grants)).await;
+        let id = joined["participant"]["participant_id"].as_str().expect("participant id").to_owned();
+        (signal, id)
+    }
+
+    /// A plain HTTP/1.1 GET: the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = TcpStream::connect(self.http).await.expect("http connects");
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
         stream.write_all(request.as_bytes()).await.expect("request sent");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("response read");
-        response
-            .lines()
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one Prometheus metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
             .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing from:\n{response}"))
+            .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
+    }
+
+    /// Several metrics at once, in the order asked.
+    pub async fn metrics<const N: usize>(&self, names: [&str; N]) -> [f64; N] {
+        let mut values = [0.0; N];
+        for (value, name) in values.iter_mut().zip(names) {
+            *value = self.metric(name).await;
+        }
+        values
     }
 }
 
