@@ -92,6 +92,11 @@ async fn grants_limit_what_a_participant_may_do() {
     expect_error(&mut viewer, json!({"type": "chat", "text": "hello"}), "forbidden").await;
     expect_error(&mut viewer, json!({"type": "mute", "track_id": "someone/else", "muted": true}), "unknown_track").await;
     expect_error(&mut viewer, json!({"type": "subscribe_answer", "sdp": "v=0\r\n"}), "negotiation_state").await;
+    let garbage = json!({"type": "trickle", "target": "subscriber", "candidate": "candidate:garbage", "sdp_mid": "0"});
+    expect_error(&mut viewer, garbage, "invalid_candidate").await;
+    let no_publisher = json!({"type": "trickle", "target": "publisher", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"});
+    expect_error(&mut viewer, no_publisher, "negotiation_state").await;
+    expect_error(&mut viewer, json!({"type": "trickle", "target": "sideways", "candidate": "x"}), "invalid_message").await;
 
     let mut speaker = server.connect().await;
     speaker.join(&server.token("g", "speaker", &["publish", "publish_data"])).await;
