@@ -14,8 +14,8 @@ use serde::Deserialize;
 use sfu::SfuMetrics;
 use signaling::auth::{Grants, TokenAuthority};
 use signaling::metrics::SignalingMetrics;
-use signaling::session::{run_session, Inbound, SignalingContext};
-use tokio::sync::mpsc;
+use signaling::session::{run_session, CloseReason, Inbound, SignalingContext, Transport};
+use tokio::sync::{mpsc, oneshot};
 
 /// Issues tokens over HTTP for the demo page; only in embedded mode.
 pub struct DevTokens {
@@ -120,49 +120,40 @@ async fn read_frames(stream: &mut futures_util::stream::SplitStream<WebSocket>, 
     }
 }
 
-/// Pumps frames between the WebSocket and the session.
+/// Pumps frames between the WebSocket and the session that owns the connection (the one it
+/// starts, or the one it resumes).
 async fn connection(state: Arc<AppState>, socket: WebSocket) {
     use std::sync::atomic::Ordering;
     state.signaling_metrics.connections.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();
-    let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let (inbound_tx, inbound) = mpsc::channel(64);
     let (outbox, mut outbox_rx) = mpsc::channel::<String>(OUTBOX_CAPACITY);
-    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<Option<signaling::session::CloseReason>>();
-    let session = tokio::spawn(run_session(state.signaling.clone(), inbound_rx, outbox));
-    // The outbox closes once the session has ended and the room registry let go of it;
-    // everything queued is written first, then the close the session asked for.
-    let writer = tokio::spawn(async move {
+    let (close, close_rx) = oneshot::channel::<CloseReason>();
+    let (closing_tx, closing_rx) = oneshot::channel::<()>();
+    tokio::spawn(run_session(state.signaling.clone(), Transport { inbound, outbox, close }));
+    // Everything the session queued is written, then the close it asked for, if any. The
+    // outbox closes when the session lets go of the connection.
+    tokio::spawn(async move {
         while let Some(text) = outbox_rx.recv().await {
             if sink.send(Message::Text(text.into())).await.is_err() {
                 return;
             }
         }
-        if let Ok(Some(reason)) = close_rx.await {
+        if let Ok(reason) = close_rx.await {
             let _ = sink.send(Message::Close(Some(CloseFrame { code: reason.code, reason: reason.reason.into() }))).await;
+            let _ = closing_tx.send(());
         }
     });
-    let mut session = session;
-    let close = tokio::select! {
-        () = read_frames(&mut stream, inbound_tx) => {
-            // The client went away: ending the inbound side ends the session.
-            (&mut session).await.ok().flatten()
-        }
-        result = &mut session => result.ok().flatten(),
-    };
-    let server_closes = close.is_some();
-    let _ = close_tx.send(close);
-    let _ = writer.await;
-    if server_closes {
-        // Complete the closing handshake: read (and discard) until the client's Close, so
-        // unread data does not turn the close into a connection reset.
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
+    tokio::select! {
+        () = read_frames(&mut stream, inbound_tx) => {}
+        // After the server's close, read until the client's (so unread data does not turn
+        // the close into a reset), but not for ever.
+        () = async {
+            match closing_rx.await {
+                Ok(()) => tokio::time::sleep(CLOSE_GRACE).await,
+                Err(_) => std::future::pending().await,
             }
-        })
-        .await;
+        } => {}
     }
     state.signaling_metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }

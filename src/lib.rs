@@ -77,8 +77,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
             message_burst: limits.message_burst,
             abuse_threshold: limits.abuse_threshold,
             ping_interval: Duration::from_secs(config.signaling.ping_interval_secs),
+            resume_grace: Duration::from_secs(config.signaling.resume_grace_secs),
         },
         metrics: signaling_metrics.clone(),
+        resumable: Default::default(),
     });
     let state = http::AppState {
         signaling: context,

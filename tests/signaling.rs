@@ -173,3 +173,39 @@ async fn a_thousand_messages_a_second_are_limited_then_closed_while_others_are_s
     assert_eq!(reason.as_deref(), Some("rate limit exceeded repeatedly"));
     still_serving(&mut bystander).await;
 }
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_its_session_with_what_was_missed() {
+    let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__RESUME_GRACE_SECS", "5")]).await;
+    let (mut alice, _) = server.joined("resume", "alice", &["subscribe", "publish_data"]).await;
+    let mut bob = server.connect().await;
+    let joined = bob.join(&server.token("resume", "bob", &["subscribe", "publish_data"])).await;
+    let bob_id = joined["participant"]["participant_id"].clone();
+    let session_id = joined["session_id"].as_str().expect("session id").to_owned();
+    assert_eq!(joined["resume_grace_secs"], 5);
+    alice.expect("participant_joined").await;
+
+    // Bob's connection drops; Alice chats meanwhile and does not see Bob leave.
+    drop(bob);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ack = alice.request(json!({"type": "chat", "text": "are you there?"})).await;
+    assert_eq!(ack["type"], "ack");
+
+    let mut bob = server.connect().await;
+    expect_error(&mut bob, json!({"type": "resume", "session_id": "not-a-session"}), "unknown_session").await;
+    let resumed = bob.request(json!({"type": "resume", "session_id": session_id})).await;
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!(resumed["participant"]["participant_id"], bob_id);
+    let missed = bob.expect("chat").await;
+    assert_eq!(missed["text"], "are you there?");
+    let ack = bob.request(json!({"type": "chat", "text": "back"})).await;
+    assert_eq!(ack["type"], "ack", "the resumed session serves requests: {ack}");
+    assert_eq!(alice.expect("chat").await["text"], "are you there?");
+    assert_eq!(alice.expect("chat").await["text"], "back");
+
+    // A second drop without resume ends the session once the grace is over.
+    drop(bob);
+    assert_eq!(alice.expect("participant_left").await["participant_id"], bob_id);
+    let mut late = server.connect().await;
+    expect_error(&mut late, json!({"type": "resume", "session_id": session_id}), "unknown_session").await;
+}

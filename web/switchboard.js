@@ -11,6 +11,8 @@ export class Switchboard {
     await room.#open();
     const joined = await room.#request({ type: 'join', token });
     room.me = joined.participant;
+    room.sessionId = joined.session_id;
+    room.resumeGraceMs = joined.resume_grace_secs * 1000;
     room.participants = new Map(joined.participants.map((p) => [p.participant_id, p]));
     room.tracks = new Map(joined.tracks.map((t) => [t.track_id, t]));
     return room;
@@ -22,6 +24,7 @@ export class Switchboard {
     this.pending = new Map();
     this.handlers = new Map();
     this.publisher = null;
+    this.leaving = false;
     this.subscriber = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
     this.subscriber.ontrack = (event) => {
       const stream = event.streams[0];
@@ -46,9 +49,34 @@ export class Switchboard {
       this.ws = new WebSocket(this.url);
       this.ws.onopen = () => resolve();
       this.ws.onerror = () => reject(new Error('signaling connection failed'));
-      this.ws.onclose = (event) => this.#emit('close', { code: event.code, reason: event.reason });
+      this.ws.onclose = (event) => this.#onClose(event);
       this.ws.onmessage = (event) => this.#onMessage(JSON.parse(event.data));
     });
+  }
+
+  // A dropped connection (not a leave, not a server close) is resumed within the grace
+  // period: media keeps flowing meanwhile, and messages sent to us are replayed.
+  async #onClose(event) {
+    for (const { reject } of this.pending.values()) reject(new Error('connection lost'));
+    this.pending.clear();
+    const serverClosed = event.code === 1000 || event.code === 1008 || event.code === 4000;
+    if (this.leaving || serverClosed || !this.sessionId) {
+      this.#emit('close', { code: event.code, reason: event.reason });
+      return;
+    }
+    const deadline = Date.now() + this.resumeGraceMs;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 1000));
+      try {
+        await this.#open();
+        await this.#request({ type: 'resume', session_id: this.sessionId });
+        this.#emit('resumed', {});
+        return;
+      } catch (_) {
+        if (this.ws.readyState === WebSocket.OPEN) this.ws.close();
+      }
+    }
+    this.#emit('close', { code: event.code, reason: 'could not resume' });
   }
 
   #send(message) {
@@ -144,6 +172,7 @@ export class Switchboard {
   }
 
   async leave() {
+    this.leaving = true;
     try { await this.#request({ type: 'leave' }); } catch (_) { /* closing anyway */ }
     this.ws.close();
     if (this.publisher) this.publisher.close();

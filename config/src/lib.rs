@@ -140,6 +140,9 @@ pub struct LimitsConfig {
 pub struct SignalingConfig {
     /// Seconds between server pings.
     pub ping_interval_secs: u64,
+    /// Seconds a joined session whose connection dropped keeps its media and waits for
+    /// `resume` (0: it ends at once).
+    pub resume_grace_secs: u64,
 }
 
 impl Config {

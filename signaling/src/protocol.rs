@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The message needs a joined session.
     NotJoined,
+    /// `resume` named no session that can be resumed (never existed, or its grace ran out).
+    UnknownSession,
     /// `join` was already accepted on this connection.
     AlreadyJoined,
     /// The room has `limits.max_participants_per_room` participants.
@@ -70,6 +72,13 @@ pub enum ClientMessage {
         id: Option<Value>,
         /// The access token.
         token: String,
+    },
+    /// Take over a joined session whose connection dropped, within its grace period.
+    Resume {
+        /// Request id.
+        id: Option<Value>,
+        /// The `session_id` from `joined`.
+        session_id: String,
     },
     /// The client's offer on its publisher connection.
     PublishOffer {
@@ -132,8 +141,8 @@ pub enum ClientMessage {
 }
 
 /// The message types a client may send, for error reporting and metrics.
-pub const CLIENT_TYPES: [&str; 9] =
-    ["join", "publish_offer", "subscribe_answer", "trickle", "mute", "chat", "leave", "ping", "pong"];
+pub const CLIENT_TYPES: [&str; 10] =
+    ["join", "resume", "publish_offer", "subscribe_answer", "trickle", "mute", "chat", "leave", "ping", "pong"];
 
 /// Why a frame could not be turned into a [`ClientMessage`].
 #[derive(Debug)]
@@ -170,6 +179,7 @@ impl ClientMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Join { .. } => "join",
+            Self::Resume { .. } => "resume",
             Self::PublishOffer { .. } => "publish_offer",
             Self::SubscribeAnswer { .. } => "subscribe_answer",
             Self::Trickle { .. } => "trickle",
@@ -185,6 +195,7 @@ impl ClientMessage {
     pub fn id(&self) -> Option<Value> {
         match self {
             Self::Join { id, .. }
+            | Self::Resume { id, .. }
             | Self::PublishOffer { id, .. }
             | Self::SubscribeAnswer { id, .. }
             | Self::Trickle { id, .. }
@@ -237,6 +248,10 @@ pub enum ServerMessage {
         room: String,
         /// This participant.
         participant: ParticipantInfo,
+        /// Secret handle for `resume` after a dropped connection.
+        session_id: String,
+        /// How long a dropped session waits for `resume` (0: it ends at once).
+        resume_grace_secs: u64,
         /// The others already in the room.
         participants: Vec<ParticipantInfo>,
         /// Tracks already published.
@@ -244,6 +259,13 @@ pub enum ServerMessage {
         /// ICE servers for the client's connections (none needed: the SFU is ICE-lite on
         /// reachable addresses).
         ice_servers: Vec<Value>,
+    },
+    /// The session was taken over by this connection; messages queued meanwhile follow.
+    Resumed {
+        /// The resume request's id.
+        id: Option<Value>,
+        /// This participant.
+        participant: ParticipantInfo,
     },
     /// The answer to a `publish_offer`.
     PublishAnswer {

@@ -2,15 +2,15 @@
 //! the room registry and the media plane. Transport-agnostic: the HTTP layer feeds it frames
 //! and carries its outbox to the WebSocket.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use sfu::{MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackInfo};
-use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Grants, TokenAuthority};
 use crate::metrics::SignalingMetrics;
@@ -52,6 +52,8 @@ pub struct SessionLimits {
     pub abuse_threshold: u32,
     /// Interval of server pings; 3 silent intervals close the connection.
     pub ping_interval: Duration,
+    /// How long a joined session whose connection dropped waits for `resume`.
+    pub resume_grace: Duration,
 }
 
 /// Everything sessions share.
@@ -66,61 +68,178 @@ pub struct SignalingContext {
     pub limits: SessionLimits,
     /// Counters.
     pub metrics: Arc<SignalingMetrics>,
+    /// Joined sessions, by session id, for `resume`.
+    pub resumable: Resumable,
+}
+
+/// A client connection as a session sees it: frames in, frames out, and where the close
+/// the server decides on goes. Dropping it ends the connection.
+pub struct Transport {
+    /// Frames from the client; `None` once the client is gone.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Frames to the client.
+    pub outbox: Outbox,
+    /// The close frame to send, when the server ends the connection.
+    pub close: oneshot::Sender<CloseReason>,
+}
+
+/// A connection taking over a session.
+struct Resume {
+    transport: Transport,
+    id: Option<Value>,
+}
+
+/// Joined sessions that a new connection can take over, by session id.
+#[derive(Default)]
+pub struct Resumable {
+    sessions: Mutex<HashMap<String, mpsc::Sender<Resume>>>,
+}
+
+impl Resumable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Resume>>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn register(&self, session_id: String) -> mpsc::Receiver<Resume> {
+        let (tx, rx) = mpsc::channel(1);
+        self.lock().insert(session_id, tx);
+        rx
+    }
+
+    fn remove(&self, session_id: &str) {
+        self.lock().remove(session_id);
+    }
+
+    /// Hands `resume` to the session, or gives it back if there is no such session.
+    fn hand_over(&self, session_id: &str, resume: Resume) -> Result<(), Resume> {
+        let Some(session) = self.lock().get(session_id).cloned() else { return Err(resume) };
+        session.try_send(resume).map_err(|err| err.into_inner())
+    }
 }
 
 struct Joined {
     room: String,
     me: ParticipantInfo,
+    session_id: String,
     grants: Grants,
     media: MediaSession,
     own_tracks: HashSet<String>,
 }
 
+/// What a frame did to the session.
+enum Step {
+    Continue,
+    /// The server ends the connection (and the session).
+    Close(CloseReason),
+    /// The connection was handed to another session (`resume`); this one ends quietly.
+    HandedOver,
+}
+
 struct Session {
     ctx: Arc<SignalingContext>,
-    outbox: Outbox,
+    /// The client's current connection; `None` while a joined session waits for `resume`.
+    transport: Option<Transport>,
+    /// Messages for the client that do not answer its requests (broadcasts, media events):
+    /// queued here so they survive a dropped connection until `resume`.
+    queue: Outbox,
+    queued: mpsc::Receiver<String>,
     bucket: TokenBucket,
     violations: u32,
     joined: Option<Joined>,
     media_events: Option<mpsc::UnboundedReceiver<SfuEvent>>,
+    resumes: Option<mpsc::Receiver<Resume>>,
 }
 
-/// Serves one connection until the client leaves, disconnects or is closed for abuse.
-/// Returns the close to send, if the server ends it.
-pub async fn run_session(ctx: Arc<SignalingContext>, mut inbound: mpsc::Receiver<Inbound>, outbox: Outbox) -> Option<CloseReason> {
+/// Messages queued for a session while its connection is away.
+const QUEUE_CAPACITY: usize = 256;
+
+/// Serves a connection, and the session it joins, until the client leaves, the session's
+/// connection stays away past the resume grace, or the server closes it for abuse.
+pub async fn run_session(ctx: Arc<SignalingContext>, transport: Transport) {
     let now = Instant::now();
     let limits = ctx.limits.clone();
+    let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
     let mut session = Session {
         bucket: TokenBucket::new(now, limits.messages_per_second, limits.message_burst),
         ctx,
-        outbox,
+        transport: Some(transport),
+        queue,
+        queued,
         violations: 0,
         joined: None,
         media_events: None,
+        resumes: None,
     };
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.tick().await;
     let mut last_seen = Instant::now();
-    let close = loop {
+    let mut detached_until: Option<tokio::time::Instant> = None;
+    loop {
+        let attached = session.transport.is_some();
         tokio::select! {
-            frame = inbound.recv() => {
-                let Some(frame) = frame else { break None };
-                last_seen = Instant::now();
-                if let Some(close) = session.on_frame(frame).await {
-                    break Some(close);
+            frame = next_frame(&mut session.transport) => match frame {
+                Some(frame) => {
+                    last_seen = Instant::now();
+                    match session.on_frame(frame).await {
+                        Step::Continue => {}
+                        Step::Close(reason) => {
+                            session.close_transport(reason);
+                            break;
+                        }
+                        Step::HandedOver => return,
+                    }
                 }
-            }
+                None => {
+                    session.transport = None;
+                    if session.joined.is_none() || limits.resume_grace.is_zero() {
+                        break;
+                    }
+                    debug!("connection lost; waiting for resume");
+                    detached_until = Some(tokio::time::Instant::now() + limits.resume_grace);
+                }
+            },
+            Some(text) = session.queued.recv(), if attached => session.deliver(text).await,
             Some(event) = next_event(&mut session.media_events) => session.on_media_event(event).await,
-            _ = ping.tick() => {
+            Some(resume) = next_resume(&mut session.resumes) => {
+                session.attach(resume).await;
+                detached_until = None;
+                last_seen = Instant::now();
+            }
+            () = sleep_until(detached_until) => {
+                debug!("resume grace over");
+                break;
+            }
+            _ = ping.tick(), if attached => {
                 if last_seen.elapsed() > limits.ping_interval * 3 {
-                    break Some(CloseReason { code: 1001, reason: "heartbeat timeout".into() });
+                    session.close_transport(CloseReason { code: 1001, reason: "heartbeat timeout".into() });
+                    break;
                 }
                 session.send(ServerMessage::Ping {}).await;
             }
         }
-    };
+    }
     session.leave();
-    close
+}
+
+async fn next_frame(transport: &mut Option<Transport>) -> Option<Inbound> {
+    match transport {
+        Some(transport) => transport.inbound.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_resume(resumes: &mut Option<mpsc::Receiver<Resume>>) -> Option<Resume> {
+    match resumes {
+        Some(resumes) => resumes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<SfuEvent>>) -> Option<SfuEvent> {
@@ -160,12 +279,62 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
 }
 
 impl Session {
+    /// Sends to the client now, or queues until `resume` while its connection is away.
     async fn send(&self, message: ServerMessage) {
         if matches!(message, ServerMessage::Error { .. }) {
             self.ctx.metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // A closed outbox means the transport is gone; the inbound side ends the session.
-        let _ = self.outbox.send(message.to_text()).await;
+        let text = message.to_text();
+        match &self.transport {
+            // A closed outbox means the connection is going; its inbound side tells the loop.
+            Some(transport) => drop(transport.outbox.send(text).await),
+            None => {
+                if self.queue.try_send(text).is_err() {
+                    warn!("queue of a detached session full; message dropped");
+                }
+            }
+        }
+    }
+
+    /// Passes a queued message to the connection.
+    async fn deliver(&self, text: String) {
+        if let Some(transport) = &self.transport {
+            let _ = transport.outbox.send(text).await;
+        }
+    }
+
+    /// Ends the current connection with a close frame.
+    fn close_transport(&mut self, reason: CloseReason) {
+        if let Some(transport) = self.transport.take() {
+            let _ = transport.close.send(reason);
+        }
+    }
+
+    /// A new connection takes over this session.
+    async fn attach(&mut self, resume: Resume) {
+        self.close_transport(CloseReason { code: 4000, reason: "resumed on another connection".into() });
+        self.transport = Some(resume.transport);
+        let Some(joined) = self.joined.as_ref() else { return };
+        info!(participant = %joined.me.participant_id, "session resumed");
+        let participant = joined.me.clone();
+        self.send(ServerMessage::Resumed { id: resume.id, participant }).await;
+    }
+
+    /// `resume` on a fresh connection: hand it to the session it names.
+    async fn resume(&mut self, id: Option<Value>, session_id: &str) -> Step {
+        if self.joined.is_some() {
+            self.send(ServerMessage::error(id, ErrorCode::AlreadyJoined, "this connection already has a session")).await;
+            return Step::Continue;
+        }
+        let Some(transport) = self.transport.take() else { return Step::Continue };
+        match self.ctx.resumable.hand_over(session_id, Resume { transport, id }) {
+            Ok(()) => Step::HandedOver,
+            Err(resume) => {
+                self.transport = Some(resume.transport);
+                self.send(ServerMessage::error(resume.id, ErrorCode::UnknownSession, "no session to resume with that id")).await;
+                Step::Continue
+            }
+        }
     }
 
     async fn reject(&mut self, id: Option<Value>, code: ErrorCode, message: impl Into<String>) {
@@ -173,49 +342,52 @@ impl Session {
         self.send(ServerMessage::error(id, code, message)).await;
     }
 
-    async fn on_frame(&mut self, frame: Inbound) -> Option<CloseReason> {
+    async fn on_frame(&mut self, frame: Inbound) -> Step {
         if !self.bucket.try_take(Instant::now()) {
             self.violations += 1;
             if self.violations > self.ctx.limits.abuse_threshold {
-                return Some(CloseReason { code: 1008, reason: "rate limit exceeded repeatedly".into() });
+                return Step::Close(CloseReason { code: 1008, reason: "rate limit exceeded repeatedly".into() });
             }
             self.reject(None, ErrorCode::RateLimited, "too many messages; slow down").await;
-            return None;
+            return Step::Continue;
         }
         let text = match frame {
             Inbound::Text(text) => text,
             Inbound::Binary => {
                 self.reject(None, ErrorCode::UnsupportedFrame, "binary frames are not part of the protocol").await;
-                return None;
+                return Step::Continue;
             }
         };
         if text.len() > self.ctx.limits.max_message_bytes {
             let limit = self.ctx.limits.max_message_bytes;
             self.reject(None, ErrorCode::MessageTooLarge, format!("message of {} bytes exceeds {limit}", text.len())).await;
-            return None;
+            return Step::Continue;
         }
         let message = match ClientMessage::parse(&text) {
             Ok(message) => message,
             Err(err) => {
                 self.reject(err.id, err.code, err.message).await;
-                return None;
+                return Step::Continue;
             }
         };
         self.ctx.metrics.count_message(message.kind());
         self.dispatch(message).await
     }
 
-    async fn dispatch(&mut self, message: ClientMessage) -> Option<CloseReason> {
+    async fn dispatch(&mut self, message: ClientMessage) -> Step {
         let id = message.id();
-        if !matches!(message, ClientMessage::Join { .. } | ClientMessage::Ping { .. } | ClientMessage::Pong { .. }) && self.joined.is_none() {
+        let before_join = matches!(message, ClientMessage::Join { .. } | ClientMessage::Resume { .. } | ClientMessage::Ping { .. } | ClientMessage::Pong { .. });
+        if !before_join && self.joined.is_none() {
             self.send(ServerMessage::error(id, ErrorCode::NotJoined, "join a room first")).await;
-            return None;
+            return Step::Continue;
         }
         match message {
             ClientMessage::Join { token, .. } => self.join(id, &token).await,
+            ClientMessage::Resume { session_id, .. } => return self.resume(id, &session_id).await,
             ClientMessage::PublishOffer { sdp, .. } => self.publish_offer(id, sdp).await,
             ClientMessage::SubscribeAnswer { sdp, .. } => {
-                let result = self.media()?.subscriber_answer(sdp).await;
+                let Some(media) = self.media() else { return Step::Continue };
+                let result = media.subscriber_answer(sdp).await;
                 self.reply(id, result.map(|()| None)).await;
             }
             ClientMessage::Trickle { target, candidate, sdp_mid, sdp_mline_index, .. } => {
@@ -223,19 +395,20 @@ impl Session {
                     Target::Publisher => PeerRole::Publisher,
                     Target::Subscriber => PeerRole::Subscriber,
                 };
-                let result = self.media()?.remote_candidate(role, candidate, sdp_mid, sdp_mline_index).await;
+                let Some(media) = self.media() else { return Step::Continue };
+                let result = media.remote_candidate(role, candidate, sdp_mid, sdp_mline_index).await;
                 self.reply(id, result.map(|()| None)).await;
             }
             ClientMessage::Mute { track_id, muted, .. } => self.mute(id, track_id, muted).await,
             ClientMessage::Chat { text, .. } => self.chat(id, text).await,
             ClientMessage::Leave { .. } => {
                 self.send(ServerMessage::Ack { id, message_id: None }).await;
-                return Some(CloseReason { code: 1000, reason: "left".into() });
+                return Step::Close(CloseReason { code: 1000, reason: "left".into() });
             }
             ClientMessage::Ping { .. } => self.send(ServerMessage::Pong { id }).await,
             ClientMessage::Pong { .. } => {}
         }
-        None
+        Step::Continue
     }
 
     fn media(&self) -> Option<&MediaSession> {
@@ -259,7 +432,7 @@ impl Session {
             Err(err) => return self.send(ServerMessage::error(id, ErrorCode::Unauthorized, err.to_string())).await,
         };
         let me = ParticipantInfo { participant_id: random_id("PA_"), identity: claims.sub.clone(), name: claims.name.clone() };
-        let participants = match self.ctx.rooms.admit(&claims.room, me.clone(), self.outbox.clone()) {
+        let participants = match self.ctx.rooms.admit(&claims.room, me.clone(), self.queue.clone()) {
             Ok(participants) => participants,
             Err(AdmitError::RoomFull) => return self.send(ServerMessage::error(id, ErrorCode::RoomFull, "the room is full")).await,
             Err(AdmitError::TooManyRooms) => {
@@ -279,12 +452,23 @@ impl Session {
         info!(room = %claims.room, participant = %me.participant_id, identity = %me.identity, "joined");
         let tracks = tracks.iter().map(|t| describe(t, self.ctx.rooms.is_muted(&claims.room, t.id.as_str()))).collect();
         self.media_events = Some(events_rx);
-        self.joined = Some(Joined { room: claims.room.clone(), me: me.clone(), grants: claims.grants, media, own_tracks: HashSet::new() });
+        let session_id = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        self.resumes = Some(self.ctx.resumable.register(session_id.clone()));
+        self.joined = Some(Joined {
+            room: claims.room.clone(),
+            me: me.clone(),
+            session_id: session_id.clone(),
+            grants: claims.grants,
+            media,
+            own_tracks: HashSet::new(),
+        });
         self.send(ServerMessage::Joined {
             id,
             protocol: PROTOCOL_VERSION,
             room: claims.room,
             participant: me,
+            session_id,
+            resume_grace_secs: self.ctx.limits.resume_grace.as_secs(),
             participants,
             tracks,
             ice_servers: Vec::new(),
@@ -359,6 +543,7 @@ impl Session {
     fn leave(&mut self) {
         if let Some(joined) = self.joined.take() {
             debug!(participant = %joined.me.participant_id, "leaving");
+            self.ctx.resumable.remove(&joined.session_id);
             self.ctx.rooms.remove(&joined.room, &joined.me.participant_id);
             // Dropping the media session takes the participant's media out of the room.
         }

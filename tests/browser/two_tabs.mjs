@@ -91,6 +91,21 @@ try {
   await pages[0].page.click('#chat-form button');
   await pages[1].page.waitForFunction(() => document.getElementById('log').textContent.includes('ada: hello from ada'), null, { timeout: 10000 });
   console.log('chat delivered');
+
+  // Ada's signaling connection drops: the page resumes the session and keeps its media.
+  const before = await inbound(pages[0].page);
+  await pages[0].page.evaluate(() => window.room.ws.close());
+  await pages[0].page.waitForFunction(() => document.getElementById('log').textContent.includes('* reconnected'), null, { timeout: 15000 });
+  await pages[1].page.fill('#chat-text', 'welcome back');
+  await pages[1].page.click('#chat-form button');
+  await pages[0].page.waitForFunction(() => document.getElementById('log').textContent.includes('grace: welcome back'), null, { timeout: 10000 });
+  await waitFor('ada\'s video to keep decoding after the resume', async () => {
+    const s = await inbound(pages[0].page);
+    return { ok: s.framesDecoded > before.framesDecoded + 10, s };
+  }, 10000);
+  const graceLog = await pages[1].page.locator('#log').textContent();
+  if (graceLog.includes('left')) throw new Error(`grace saw ada leave: ${graceLog}`);
+  console.log('session resumed');
 } catch (err) {
   console.error(String(err && err.stack || err));
   failed = true;

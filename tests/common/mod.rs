@@ -24,6 +24,8 @@ pub fn test_config(overrides: &[(&str, &str)]) -> sb_config::Config {
         ("SWITCHBOARD__MEDIA__PORT_BASE".into(), "0".into()),
         ("SWITCHBOARD__MEDIA__WORKERS".into(), "2".into()),
         ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS".into(), "[127.0.0.1]".into()),
+        // Dropped connections leave the room quickly unless a test resumes them.
+        ("SWITCHBOARD__SIGNALING__RESUME_GRACE_SECS".into(), "1".into()),
     ];
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     sb_config::Config::from_yaml_and_env(sb_config::DEFAULT_YAML, env).expect("test config")
