@@ -206,3 +206,68 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
     assert_eq!(after[3] - before[3], 5.0, "every NACKed packet was retransmitted from the cache");
     assert_eq!(after[4] - before[4], 5.0, "on the negotiated RTX stream");
 }
+
+/// A STUN binding request carrying `username` (no integrity: the ICE agent must refuse it).
+fn stun_binding(username: &str) -> Vec<u8> {
+    let mut attribute = vec![0x00, 0x06];
+    attribute.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attribute.extend_from_slice(username.as_bytes());
+    while attribute.len() % 4 != 0 {
+        attribute.push(0);
+    }
+    let mut message = vec![0x00, 0x01];
+    message.extend_from_slice(&(attribute.len() as u16).to_be_bytes());
+    message.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    message.extend_from_slice(&[7; 12]);
+    message.extend_from_slice(&attribute);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
+    use rand::{Rng, SeedableRng};
+    let server = TestServer::start(&[]).await;
+    let (mut carol, _) = server.joined("noise", "carol", &["subscribe"]).await;
+    let mut carol_rtc = rtc_client::new_client().await;
+    let (mut alice, _) = server.joined("noise", "alice", &["publish"]).await;
+    let (alice_rtc, out) = rtc_client::publish(&mut alice, &[rtc_client::local_track("a", "noisy-cam", "video/VP8")]).await;
+    const SENT: u32 = 600;
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 3000));
+    carol.expect("track_published").await;
+    assert!(answer_offers(&mut carol, &carol_rtc, Duration::from_millis(800)).await >= 1);
+
+    // The attacker learned the server's ufrag and address for Alice's publisher connection
+    // (they are in the answer) and sprays it from its own socket.
+    let answer = alice_rtc.pc.remote_description().await.expect("answer").sdp;
+    let ufrag = answer.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).expect("ufrag").trim().to_owned();
+    let port: u16 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=candidate:").filter(|c| c.contains("127.0.0.1")))
+        .and_then(|c| c.split_whitespace().nth(5).and_then(|p| p.parse().ok()))
+        .expect("candidate port");
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("attacker socket");
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    attacker.send_to(&stun_binding(&format!("{ufrag}:evil")), target).await.expect("stun sent");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for i in 0..3000u32 {
+        let len = rng.random_range(1..1400);
+        let mut datagram: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        // Cover every class of the RFC 7983 demultiplexer: STUN, DTLS, RTP/RTCP.
+        datagram[0] = match i % 3 {
+            0 => rng.random_range(0..4),
+            1 => rng.random_range(20..64),
+            _ => rng.random_range(128..192),
+        };
+        attacker.send_to(&datagram, target).await.expect("garbage sent");
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    carol_rtc.wait_connected().await;
+    sender.await.expect("sender");
+    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    assert_identical_run(&received, "noisy-cam", SENT, "video/VP8");
+    assert!(server.metric("switchboard_rtp_packets_in_total").await >= f64::from(SENT));
+    // The spray did reach Alice's connection: none of it was dropped as unroutable.
+    assert_eq!(server.metric("switchboard_unroutable_datagrams_total").await, 0.0);
+}
