@@ -130,6 +130,8 @@ pub(crate) struct Worker {
     /// Peers with input since they were last drained.
     dirty: HashSet<PeerKey>,
     outgoing: Vec<Outgoing>,
+    /// Participants whose connection panicked inside the engine since the last flush.
+    poisoned: Vec<ParticipantId>,
 }
 
 /// How long a loop may sleep when no connection asks for a deadline.
@@ -151,6 +153,7 @@ impl Worker {
             forwarder: Forwarder::new(setup.forwarder),
             dirty: HashSet::new(),
             outgoing: Vec::new(),
+            poisoned: Vec::new(),
         }
     }
 
@@ -171,6 +174,7 @@ impl Worker {
                 () = tokio::time::sleep_until(deadline.into()) => self.handle_timeouts(Instant::now()),
             }
             self.flush();
+            self.remove_poisoned(Instant::now());
         }
         info!(worker = self.index, "media worker stopped");
     }
@@ -190,8 +194,10 @@ impl Worker {
             for role in [PeerRole::Publisher, PeerRole::Subscriber] {
                 let Some(peer) = participant.peer_mut(role) else { continue };
                 if peer.deadline.is_some_and(|d| d <= now) {
-                    if let Err(err) = peer.pc.handle_timeout(now) {
-                        debug!(participant = %id, ?role, %err, "timeout handling failed");
+                    match isolate(|| peer.pc.handle_timeout(now)) {
+                        Some(Ok(())) => {}
+                        Some(Err(err)) => debug!(participant = %id, ?role, %err, "timeout handling failed"),
+                        None => self.poisoned.push(id.clone()),
                     }
                     self.dirty.insert((id.clone(), role));
                 }
@@ -220,8 +226,10 @@ impl Worker {
                 transport: TransportContext { local_addr, peer_addr, ecn: None, transport_protocol: TransportProtocol::UDP },
                 message,
             };
-            if let Err(err) = peer.pc.handle_read(input) {
-                debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected");
+            match isolate(|| peer.pc.handle_read(input)) {
+                Some(Ok(())) => {}
+                Some(Err(err)) => debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected"),
+                None => self.poisoned.push(key.0.clone()),
             }
             self.dirty.insert(key);
         }
@@ -248,8 +256,8 @@ impl Worker {
 
     fn drain(&mut self, key: &PeerKey) {
         let now = Instant::now();
-        let (messages, events) = {
-            let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
+        let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
+        let polled = isolate(|| {
             let mut messages = Vec::new();
             while let Some(message) = peer.pc.poll_read() {
                 messages.push(message);
@@ -259,7 +267,8 @@ impl Worker {
                 events.push(event);
             }
             (messages, events)
-        };
+        });
+        let Some((messages, events)) = polled else { return self.poisoned.push(key.0.clone()) };
         for event in events {
             self.handle_event(now, key, event);
         }
@@ -267,10 +276,29 @@ impl Worker {
             self.handle_message(key, message);
         }
         let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
-        while let Some(out) = peer.pc.poll_write() {
-            self.socket.send(&out.message, out.transport.peer_addr);
+        let socket = &self.socket;
+        let flushed = isolate(|| {
+            while let Some(out) = peer.pc.poll_write() {
+                socket.send(&out.message, out.transport.peer_addr);
+            }
+            peer.pc.poll_timeout()
+        });
+        match flushed {
+            Some(deadline) => peer.deadline = deadline,
+            None => self.poisoned.push(key.0.clone()),
         }
-        peer.deadline = peer.pc.poll_timeout();
+    }
+
+    /// Takes out of the room every participant whose connection panicked inside the
+    /// engine: its state can no longer be trusted, the rest of the worker's rooms can.
+    fn remove_poisoned(&mut self, now: Instant) {
+        for id in std::mem::take(&mut self.poisoned) {
+            if let Some(participant) = self.participants.get(&id) {
+                tracing::error!(participant = %id, "peer connection panicked in the engine; participant removed");
+                let _ = participant.events.send(SfuEvent::ConnectionFailed);
+            }
+            self.leave(now, &id);
+        }
     }
 
     fn handle_event(&mut self, now: Instant, key: &PeerKey, event: RTCPeerConnectionEvent) {
@@ -668,6 +696,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// Runs engine code for one connection, turning a panic (a bug in the engine reached by
+/// hostile input, say) into `None` instead of the end of the worker thread. Free on the
+/// path that does not panic.
+fn isolate<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
 /// The payload type the subscriber's answer gave `codec` on this sender, and the RTX stream
