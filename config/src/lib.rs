@@ -10,6 +10,9 @@ use serde::Deserialize;
 /// The embedded single-machine configuration (`config/default.yaml`).
 pub const DEFAULT_YAML: &str = include_str!("../default.yaml");
 
+/// The secret `default.yaml` ships with, refused in production mode.
+pub const DEVELOPMENT_SECRET: &str = "switchboard-development-secret-change-me";
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SWITCHBOARD__";
 
@@ -182,6 +185,9 @@ impl Config {
         if self.auth.keys.values().any(|secret| secret.len() < 16) {
             return bad("auth.keys", "every secret must be at least 16 bytes");
         }
+        if self.mode == Mode::Production && self.auth.keys.values().any(|secret| secret == DEVELOPMENT_SECRET) {
+            return bad("auth.keys", "production mode needs a secret of its own, not the development one");
+        }
         if self.limits.max_message_bytes < 1024 {
             return bad("limits.max_message_bytes", "must be at least 1024");
         }
@@ -268,5 +274,9 @@ mod tests {
         let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__AUTH__SIGNING_KEY", "nope")])).unwrap_err();
         assert!(err.to_string().contains("auth.signing_key"), "{err}");
         assert!(matches!(Config::from_yaml_and_env("mode: [", env(&[])), Err(ConfigError::Yaml(_))));
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MODE", "production")])).unwrap_err();
+        assert!(err.to_string().contains("auth.keys"), "{err}");
+        let production = env(&[("SWITCHBOARD__MODE", "production"), ("SWITCHBOARD__AUTH__KEYS__DEV", "a-secret-of-our-own-1234")]);
+        assert_eq!(Config::from_yaml_and_env(DEFAULT_YAML, production).unwrap().mode, Mode::Production);
     }
 }
