@@ -1,0 +1,246 @@
+//! The whole server-side forwarding path on the `rtc` engine, without sockets: a publisher's
+//! SRTP datagram is decrypted by its connection (with the publisher-side interceptors),
+//! fanned out by the forwarder, written to 1, 10 or 100 subscriber connections and
+//! SRTP-protected (AEAD AES-128-GCM) by each. Client connections live in memory and are
+//! connected by handing datagrams across, so no packet reaches a network.
+//! Throughput is forwarded packets per second on one core.
+//!
+//! `cargo bench --bench pipeline`
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
+use sfu::peer::{build_peer, PeerRole, PeerSettings, SrtpProfile};
+use sfu::{ParticipantId, TrackId};
+
+const FAN_OUT: [usize; 3] = [1, 10, 100];
+const PAYLOAD_BYTES: usize = 1100;
+const PUBLISHER_SSRC: u32 = 0x5EED;
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec { mime_type: "video/VP8".into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] }
+}
+
+fn addr(host: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 99, 0, host], port))
+}
+
+/// A client connection and the server connection it talks to, joined in memory.
+struct Pair {
+    client: RTCPeerConnection,
+    server: RTCPeerConnection,
+    client_addr: SocketAddr,
+    server_addr: SocketAddr,
+}
+
+fn carry(from: &mut RTCPeerConnection, to: &mut RTCPeerConnection, local: SocketAddr, peer: SocketAddr, now: Instant) -> bool {
+    let mut moved = false;
+    while let Some(out) = from.poll_write() {
+        moved = true;
+        let transport = TransportContext { local_addr: local, peer_addr: peer, ecn: None, transport_protocol: TransportProtocol::UDP };
+        let _ = to.handle_read(TaggedBytesMut { now, transport, message: out.message });
+    }
+    moved
+}
+
+fn tick(pc: &mut RTCPeerConnection, now: Instant) -> bool {
+    if pc.poll_timeout().is_some_and(|t| t <= now) {
+        let _ = pc.handle_timeout(now);
+    }
+    let mut connected = false;
+    while let Some(event) = pc.poll_event() {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(RTCPeerConnectionState::Connected) = event {
+            connected = true;
+        }
+    }
+    while pc.poll_read().is_some() {}
+    connected
+}
+
+impl Pair {
+    fn connect(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut client_up, mut server_up) = (false, false);
+        while !(client_up && server_up) {
+            assert!(Instant::now() < deadline, "in-memory connection did not come up");
+            let now = Instant::now();
+            carry(&mut self.client, &mut self.server, self.server_addr, self.client_addr, now);
+            carry(&mut self.server, &mut self.client, self.client_addr, self.server_addr, now);
+            client_up |= tick(&mut self.client, now);
+            server_up |= tick(&mut self.server, now);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn client(client_addr: SocketAddr) -> (RTCPeerConnection, SocketAddr) {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().expect("codecs");
+    let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).expect("client");
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig { network: "udp".into(), address: client_addr.ip().to_string(), port: client_addr.port(), component: 1, ..Default::default() },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .expect("candidate");
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
+    pc.add_local_candidate(RTCIceCandidateInit::default()).expect("gathering done");
+    (pc, client_addr)
+}
+
+fn server_settings() -> PeerSettings {
+    PeerSettings { candidates: vec![addr(1, 50_000)], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] }
+}
+
+fn track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        stream.into(),
+        id.into(),
+        id.into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            active: true,
+            codec: vp8(),
+            ..Default::default()
+        }],
+    )
+}
+
+fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> u8 {
+    let mut sender = pc.rtp_sender(sender).expect("sender");
+    sender.get_parameters().rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == "video/VP8").expect("vp8").payload_type
+}
+
+/// The publisher: the client offers a VP8 track, the server answers.
+fn publisher() -> (Pair, RTCRtpSenderId) {
+    let (mut client, client_addr) = client(addr(2, 40_000));
+    let sender = client.add_track(track("pub", "cam", PUBLISHER_SSRC)).expect("track");
+    let offer = client.create_offer(None).expect("offer");
+    client.set_local_description(Instant::now(), offer.clone()).expect("local offer");
+    let mut server = build_peer(Instant::now(), PeerRole::Publisher, &server_settings()).expect("server").pc;
+    server.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer.sdp).expect("sdp")).expect("remote offer");
+    let answer = server.create_answer(None).expect("answer");
+    server.set_local_description(Instant::now(), answer.clone()).expect("local answer");
+    client.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).expect("sdp")).expect("remote answer");
+    let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
+    pair.connect();
+    (pair, sender)
+}
+
+/// A subscriber: the server offers one sendonly VP8 track, the client answers.
+fn subscriber(index: usize) -> (Pair, RTCRtpSenderId, u32) {
+    let (mut client, client_addr) = client(addr(3, 40_001 + index as u16));
+    let mut server = build_peer(Instant::now(), PeerRole::Subscriber, &server_settings()).expect("server").pc;
+    let ssrc = 0x1000 + index as u32;
+    let sender = server.add_track(track("pub", "pub/cam", ssrc)).expect("track");
+    if let Some(mut transceiver) = server.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
+        transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
+    }
+    let offer = server.create_offer(None).expect("offer");
+    server.set_local_description(Instant::now(), offer.clone()).expect("local offer");
+    client.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer.sdp).expect("sdp")).expect("remote offer");
+    let answer = client.create_answer(None).expect("answer");
+    client.set_local_description(Instant::now(), answer.clone()).expect("local answer");
+    server.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).expect("sdp")).expect("remote answer");
+    let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
+    pair.connect();
+    (pair, sender, ssrc)
+}
+
+fn pipeline(c: &mut Criterion) {
+    let payload = Bytes::from(vec![0xAB; PAYLOAD_BYTES]);
+    let mut group = c.benchmark_group("server_pipeline");
+    group.sample_size(30);
+    for n in FAN_OUT {
+        let (mut publisher, publisher_sender) = publisher();
+        let publisher_pt = payload_type(&mut publisher.client, publisher_sender);
+        let track_id = TrackId::new("pub/cam");
+        let mut forwarder = Forwarder::new(ForwarderSettings::default());
+        forwarder.add_track(track_id.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
+        let mut subscribers = Vec::new();
+        for i in 0..n {
+            let (mut pair, sender, ssrc) = subscriber(i);
+            let id = ParticipantId::new(format!("sub{i}"));
+            let pt = payload_type(&mut pair.server, sender);
+            forwarder.subscribe(Instant::now(), &track_id, id.clone(), ssrc);
+            forwarder.set_negotiated(Instant::now(), &track_id, &id, Negotiated { payload_type: pt, rtx: None });
+            subscribers.push((pair, sender));
+        }
+        let mut seq = 0u16;
+        let mut out: Vec<Outgoing> = Vec::with_capacity(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("decrypt+forward+encrypt", n), |b| {
+            b.iter_batched(
+                || {
+                    // The publisher client produces the next SRTP datagram (not timed).
+                    seq = seq.wrapping_add(1);
+                    let packet = rtp::Packet {
+                        header: rtp::header::Header {
+                            version: 2,
+                            payload_type: publisher_pt,
+                            ssrc: PUBLISHER_SSRC,
+                            sequence_number: seq,
+                            timestamp: u32::from(seq) * 3000,
+                            ..Default::default()
+                        },
+                        payload: payload.clone(),
+                    };
+                    let now = Instant::now();
+                    publisher.client.rtp_sender(publisher_sender).expect("sender").write_rtp(now, packet).expect("write");
+                    let mut datagrams: Vec<BytesMut> = Vec::new();
+                    while let Some(out) = publisher.client.poll_write() {
+                        datagrams.push(out.message);
+                    }
+                    datagrams
+                },
+                |datagrams| {
+                    let now = Instant::now();
+                    for datagram in datagrams {
+                        let transport = TransportContext {
+                            local_addr: publisher.server_addr,
+                            peer_addr: publisher.client_addr,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        };
+                        let _ = publisher.server.handle_read(TaggedBytesMut { now, transport, message: datagram });
+                    }
+                    while let Some(message) = publisher.server.poll_read() {
+                        if let RTCMessage::RtpPacket(_, packet) = message.message {
+                            forwarder.forward(now, &track_id, packet, &mut out);
+                        }
+                    }
+                    for (outgoing, (pair, sender)) in out.drain(..).zip(subscribers.iter_mut()) {
+                        pair.server.rtp_sender(*sender).expect("sender").write_rtp(now, outgoing.packet).expect("forward");
+                        while let Some(datagram) = pair.server.poll_write() {
+                            black_box(datagram.message.len());
+                        }
+                    }
+                    while publisher.server.poll_write().is_some() {}
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
