@@ -129,17 +129,22 @@ fn payload_type(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> u8 {
     sender.get_parameters().rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == "video/VP8").expect("vp8").payload_type
 }
 
+/// One offer/answer exchange.
+fn negotiate(offerer: &mut RTCPeerConnection, answerer: &mut RTCPeerConnection) {
+    let offer = offerer.create_offer(None).expect("offer");
+    offerer.set_local_description(Instant::now(), offer.clone()).expect("local offer");
+    answerer.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer.sdp).expect("sdp")).expect("remote offer");
+    let answer = answerer.create_answer(None).expect("answer");
+    answerer.set_local_description(Instant::now(), answer.clone()).expect("local answer");
+    offerer.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).expect("sdp")).expect("remote answer");
+}
+
 /// The publisher: the client offers a VP8 track, the server answers.
 fn publisher() -> (Pair, RTCRtpSenderId) {
     let (mut client, client_addr) = client(addr(2, 40_000));
     let sender = client.add_track(track("pub", "cam", PUBLISHER_SSRC)).expect("track");
-    let offer = client.create_offer(None).expect("offer");
-    client.set_local_description(Instant::now(), offer.clone()).expect("local offer");
     let mut server = build_peer(Instant::now(), PeerRole::Publisher, &server_settings()).expect("server").pc;
-    server.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer.sdp).expect("sdp")).expect("remote offer");
-    let answer = server.create_answer(None).expect("answer");
-    server.set_local_description(Instant::now(), answer.clone()).expect("local answer");
-    client.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).expect("sdp")).expect("remote answer");
+    negotiate(&mut client, &mut server);
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
     (pair, sender)
@@ -154,12 +159,7 @@ fn subscriber(index: usize) -> (Pair, RTCRtpSenderId, u32) {
     if let Some(mut transceiver) = server.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
         transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
     }
-    let offer = server.create_offer(None).expect("offer");
-    server.set_local_description(Instant::now(), offer.clone()).expect("local offer");
-    client.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer.sdp).expect("sdp")).expect("remote offer");
-    let answer = client.create_answer(None).expect("answer");
-    client.set_local_description(Instant::now(), answer.clone()).expect("local answer");
-    server.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).expect("sdp")).expect("remote answer");
+    negotiate(&mut server, &mut client);
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
     (pair, sender, ssrc)

@@ -220,7 +220,7 @@ impl Worker {
                 SfuMetrics::add(&self.metrics.unroutable_datagrams, 1);
                 continue;
             };
-            let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { continue };
+            let Some(peer) = peer_of(&mut self.participants, &key) else { continue };
             let input = TaggedBytesMut {
                 now,
                 transport: TransportContext { local_addr, peer_addr, ecn: None, transport_protocol: TransportProtocol::UDP },
@@ -256,7 +256,7 @@ impl Worker {
 
     fn drain(&mut self, key: &PeerKey) {
         let now = Instant::now();
-        let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
+        let Some(peer) = peer_of(&mut self.participants, key) else { return };
         let polled = isolate(|| {
             let mut messages = Vec::new();
             while let Some(message) = peer.pc.poll_read() {
@@ -275,7 +275,7 @@ impl Worker {
         for message in messages {
             self.handle_message(key, message);
         }
-        let Some(peer) = self.participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1)) else { return };
+        let Some(peer) = peer_of(&mut self.participants, key) else { return };
         let socket = &self.socket;
         let flushed = isolate(|| {
             while let Some(out) = peer.pc.poll_write() {
@@ -449,13 +449,7 @@ impl Worker {
         if self.participants.contains_key(&id) {
             return Err(SfuError::AlreadyJoined);
         }
-        let subscriber = if grants.subscribe {
-            let peer = build_peer(now, PeerRole::Subscriber, &self.peers)?;
-            self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), PeerRole::Subscriber));
-            Some(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None })
-        } else {
-            None
-        };
+        let subscriber = if grants.subscribe { Some(self.open_peer(now, &id, PeerRole::Subscriber)?) } else { None };
         let members = self.rooms.entry(room.clone()).or_default();
         if members.is_empty() {
             SfuMetrics::shift(&self.metrics.rooms, 1);
@@ -490,15 +484,15 @@ impl Worker {
     }
 
     fn publisher_offer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<String, SfuError> {
-        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        let participant = self.participants.get(id).ok_or(SfuError::UnknownParticipant)?;
         if !participant.grants.publish {
             return Err(SfuError::NotAllowed);
         }
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
-        if participant.publisher.is_none() {
-            let peer = build_peer(now, PeerRole::Publisher, &self.peers)?;
-            self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), PeerRole::Publisher));
-            participant.publisher = Some(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None });
+        let new_peer = if participant.publisher.is_none() { Some(self.open_peer(now, id, PeerRole::Publisher)?) } else { None };
+        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        if let Some(peer) = new_peer {
+            participant.publisher = Some(peer);
         }
         let Some(peer) = participant.publisher.as_mut() else { return Err(SfuError::NotNegotiated) };
         peer.pc.set_remote_description(now, offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
@@ -688,6 +682,14 @@ impl Worker {
         info!(participant = %id, "participant left the media plane");
     }
 
+    /// Builds one of a participant's connections and makes it reachable by its ICE ufrag.
+    fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Peer, SfuError> {
+        let peer = build_peer(now, role, &self.peers)?;
+        self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), role));
+        Ok(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None })
+    }
+
+    /// Closes a connection (flushing its DTLS close) and forgets its ufrag.
     fn close_peer(&mut self, mut peer: Peer) {
         self.by_ufrag.remove(&peer.ufrag);
         if peer.pc.close().is_ok() {
@@ -696,6 +698,11 @@ impl Worker {
             }
         }
     }
+}
+
+/// The connection `key` names, if its participant and role still exist.
+fn peer_of<'a>(participants: &'a mut HashMap<ParticipantId, Participant>, key: &PeerKey) -> Option<&'a mut Peer> {
+    participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1))
 }
 
 /// Runs engine code for one connection, turning a panic (a bug in the engine reached by
