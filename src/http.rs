@@ -13,6 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use sfu::SfuMetrics;
 use signaling::auth::{Grants, TokenAuthority};
+use crate::backends::events::kafka::EventMetrics;
+use crate::backends::objects::local::LocalObjects;
 use signaling::metrics::SignalingMetrics;
 use signaling::session::{run_session, CloseReason, Inbound, SignalingContext, Transport};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +30,9 @@ pub struct AppState {
     pub signaling: Arc<SignalingContext>,
     pub sfu_metrics: Arc<SfuMetrics>,
     pub signaling_metrics: Arc<SignalingMetrics>,
+    pub event_metrics: Option<Arc<EventMetrics>>,
+    /// The local object store, whose presigned URLs `/objects/...` serves.
+    pub local_objects: Option<Arc<LocalObjects>>,
     pub dev_tokens: Option<DevTokens>,
     /// Frames above this close the connection; between the protocol limit and this they get
     /// a `message_too_large` error.
@@ -45,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/dev/token", get(dev_token))
         .route("/ws", get(websocket))
+        .route("/objects/{*key}", get(object))
         .with_state(state)
 }
 
@@ -56,7 +62,54 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
     state.sfu_metrics.render(&mut out);
     state.signaling_metrics.render(&mut out);
+    state.signaling.books.journal.metrics().render(&mut out);
+    if let Some(events) = &state.event_metrics {
+        events.render(&mut out);
+    }
+    let degraded = u8::from(state.signaling.books.state.degraded());
+    out.push_str(&format!(
+        "# HELP switchboard_state_store_unreachable 1 while the state store (Redis) does not answer.\n# TYPE switchboard_state_store_unreachable gauge\nswitchboard_state_store_unreachable {degraded}\n"
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignedQuery {
+    expires: u64,
+    signature: String,
+}
+
+/// Serves an object of the local store to a presigned URL.
+async fn object(State(state): State<Arc<AppState>>, axum::extract::Path(key): axum::extract::Path<String>, Query(query): Query<SignedQuery>) -> Response {
+    let Some(objects) = state.local_objects.as_ref() else {
+        return (StatusCode::NOT_FOUND, "objects are stored in S3; use its presigned URLs").into_response();
+    };
+    if !objects.verify(&key, query.expires, &query.signature) {
+        return (StatusCode::FORBIDDEN, "invalid or expired signature").into_response();
+    }
+    let path = match objects.path_of(&key) {
+        Ok(path) => path,
+        Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+    };
+    match tokio::fs::read(&path).await {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type_of(&key))], body).into_response(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "no such object").into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+/// The content type of an object, from its extension.
+fn content_type_of(key: &str) -> &'static str {
+    match key.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("mp4") => "video/mp4",
+        Some("m4s") => "video/iso.segment",
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("log" | "txt") => "text/plain; charset=utf-8",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
 }
 
 #[derive(Deserialize)]

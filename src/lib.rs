@@ -2,6 +2,7 @@
 //!
 //! Used by the binary and by the whole-server tests, which start a server on free ports.
 
+pub mod backends;
 mod http;
 
 use std::net::SocketAddr;
@@ -11,10 +12,14 @@ use std::time::Duration;
 use anyhow::Context;
 use sb_config::{Config, Mode};
 use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics, SrtpProfile};
+use rand::distr::{Alphanumeric, SampleString};
 use signaling::auth::TokenAuthority;
+use signaling::bookkeeping::Bookkeeping;
+use signaling::journal::Journal;
 use signaling::metrics::SignalingMetrics;
 use signaling::rooms::Rooms;
 use signaling::session::{SessionLimits, SignalingContext};
+use signaling::state::{NodeInfo, StateKeeper, StateTimings};
 
 /// Everything needed to start a server, derived from the configuration.
 pub struct Settings {
@@ -57,16 +62,37 @@ pub struct Server {
     pub http_addr: SocketAddr,
     /// The UDP addresses of the media workers.
     pub media_addrs: Vec<SocketAddr>,
+    /// This node.
+    pub node: NodeInfo,
 }
 
-/// Starts the media workers and the HTTP server; returns once both listen.
+/// Starts the backends, the media workers and the HTTP server; returns once all listen.
 pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
     let config = settings.config;
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let node = NodeInfo {
+        id: if config.node.id.is_empty() {
+            format!("node-{}", Alphanumeric.sample_string(&mut rand::rng(), 8).to_lowercase())
+        } else {
+            config.node.id.clone()
+        },
+        url: if config.node.public_url.is_empty() { format!("http://{http_addr}") } else { config.node.public_url.clone() },
+    };
+    let backends = backends::connect(&config, &node.url).await?;
     let sfu_metrics = Arc::new(SfuMetrics::default());
     let sfu = Arc::new(Sfu::start(&settings.sfu, sfu_metrics.clone()).context("starting media workers")?);
     let media_addrs = sfu.media_addrs().to_vec();
     let signaling_metrics = Arc::new(SignalingMetrics::default());
     let limits = &config.limits;
+    let timings = StateTimings {
+        heartbeat: Duration::from_secs(config.state.heartbeat_secs),
+        session_ttl: Duration::from_secs(config.state.session_ttl_secs),
+        room_ttl: Duration::from_secs(config.state.room_ttl_days * 86_400),
+        lock_ttl: Duration::from_millis(config.state.lock_ttl_ms),
+    };
+    let journal = Journal::start(Arc::new(backends.database.clone()), config.database.queue_capacity, config.database.batch_size);
+    let books = Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
     let context = Arc::new(SignalingContext {
         sfu,
         rooms: Rooms::new(limits.max_participants_per_room, limits.max_rooms),
@@ -81,25 +107,37 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         },
         metrics: signaling_metrics.clone(),
         resumable: Default::default(),
+        books,
     });
+    if let Some(kafka) = &backends.kafka {
+        let consumer = backends::events::tasks::TaskConsumer::new(
+            kafka,
+            &config.events.consumer_group,
+            config.events.task_attempts,
+            backends.database.clone(),
+            context.clone(),
+        )
+        .context("creating the Kafka tasks consumer")?;
+        tokio::spawn(consumer.run());
+    }
     let state = http::AppState {
         signaling: context,
         sfu_metrics,
         signaling_metrics,
+        event_metrics: backends.event_metrics.clone(),
+        local_objects: backends.local_objects.clone(),
         dev_tokens: (config.mode == Mode::Embedded).then(|| http::DevTokens {
             authority: TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone()),
             ttl_secs: config.auth.token_ttl_secs,
         }),
         max_frame_bytes: limits.max_message_bytes.saturating_mul(4),
     };
-    let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
-    let http_addr = listener.local_addr()?;
     let router = http::router(Arc::new(state));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
             tracing::error!(%err, "HTTP server stopped");
         }
     });
-    tracing::info!(%http_addr, media = ?media_addrs, "switchboard listening");
-    Ok(Server { http_addr, media_addrs })
+    tracing::info!(%http_addr, media = ?media_addrs, node = %node.id, "switchboard listening");
+    Ok(Server { http_addr, media_addrs, node })
 }

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Apply the database migrations (`serve` applies them too) and exit.
+    Migrate,
     /// Print an access token.
     Token {
         /// The room (meeting id).
@@ -55,6 +57,11 @@ async fn main() -> anyhow::Result<()> {
             let server = serve(Settings::from_config(&config)?).await?;
             println!("Switchboard is running: open http://{}/?room=demo&name=you", server.http_addr);
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            Ok(())
+        }
+        Command::Migrate => {
+            switchboard::backends::open_database(&config).await?;
+            println!("{:?} database at {} is migrated", config.database.backend, config.database.url);
             Ok(())
         }
         Command::Token { room, identity, name, grants, ttl } => {

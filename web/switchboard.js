@@ -6,10 +6,19 @@
 // room.chat('hello'); room.mute(trackId, true); room.leave();
 
 export class Switchboard {
-  static async connect({ url, token }) {
+  static async connect({ url, token }, redirects = 0) {
     const room = new Switchboard(url);
     await room.#open();
     const joined = await room.#request({ type: 'join', token });
+    if (joined.type === 'redirect') {
+      // Another node hosts the room: join there (nodes sharing one Redis).
+      room.leaving = true;
+      room.ws.close();
+      room.subscriber.close();
+      if (redirects >= 3) throw new Error('too many redirects');
+      const next = joined.url.replace(/^http/, 'ws').replace(/\/$/, '') + '/ws';
+      return Switchboard.connect({ url: next, token }, redirects + 1);
+    }
     room.me = joined.participant;
     room.sessionId = joined.session_id;
     room.resumeGraceMs = joined.resume_grace_secs * 1000;
@@ -59,7 +68,7 @@ export class Switchboard {
   async #onClose(event) {
     for (const { reject } of this.pending.values()) reject(new Error('connection lost'));
     this.pending.clear();
-    const serverClosed = event.code === 1000 || event.code === 1008 || event.code === 4000;
+    const serverClosed = event.code === 1000 || event.code === 1008 || event.code === 4000 || event.code === 4001;
     if (this.leaving || serverClosed || !this.sessionId) {
       this.#emit('close', { code: event.code, reason: event.reason });
       return;
@@ -129,6 +138,9 @@ export class Switchboard {
         break;
       case 'chat':
         this.#emit('chat', message);
+        break;
+      case 'room_closed':
+        this.#emit('room_closed', message.reason);
         break;
       case 'ping':
         this.#send({ type: 'pong' });

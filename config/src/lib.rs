@@ -77,6 +77,150 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Signaling behaviour.
     pub signaling: SignalingConfig,
+    /// This node's identity among the nodes sharing one state store.
+    pub node: NodeConfig,
+    /// Room and session state.
+    pub state: StateConfig,
+    /// Persistence of sessions, messages, rooms and streams.
+    pub database: DatabaseConfig,
+    /// Domain events and tasks.
+    pub events: EventsConfig,
+    /// Object storage (recordings, uploads).
+    pub objects: ObjectsConfig,
+}
+
+/// This node's identity among the nodes sharing one state store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id; empty: `node-` and a random suffix, new at every start.
+    pub id: String,
+    /// Base URL clients use to reach this node (`http://host:port`), given to clients sent
+    /// here from another node; empty: `http://` and `http.listen`.
+    pub public_url: String,
+}
+
+/// Where room and session state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    /// This process's memory (one node).
+    Memory,
+    /// Redis, shared by the nodes.
+    Redis,
+}
+
+/// Room and session state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// memory or redis.
+    pub backend: StateBackend,
+    /// Redis URL (`redis://host:port/db`).
+    pub redis_url: String,
+    /// Seconds between refreshes of this node's sessions, rooms and node entry.
+    pub heartbeat_secs: u64,
+    /// Lifetime of `session:{id}` and `node:{id}` without a refresh, seconds.
+    pub session_ttl_secs: u64,
+    /// Lifetime of `room:{meeting_id}` without a refresh, days.
+    pub room_ttl_days: u64,
+    /// Lifetime of `lock:{resource}`, milliseconds.
+    pub lock_ttl_ms: u64,
+}
+
+/// Which database persists signaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseBackend {
+    /// An SQLite file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Persistence of sessions, messages, rooms and streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// sqlite or postgres.
+    pub backend: DatabaseBackend,
+    /// Connection URL (`sqlite://path?mode=rwc` or `postgres://user@host/db`).
+    pub url: String,
+    /// Most open connections.
+    pub max_open: u32,
+    /// Connections kept open while idle.
+    pub max_idle: u32,
+    /// Seconds a connection lives before it is replaced.
+    pub max_lifetime_secs: u64,
+    /// Records waiting to be written; beyond it new records are shed and counted.
+    pub queue_capacity: usize,
+    /// Records written per transaction.
+    pub batch_size: usize,
+}
+
+/// Where domain events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventsBackend {
+    /// Written to the log; no tasks are consumed.
+    Log,
+    /// Kafka topics; tasks consumed from `<prefix>.tasks`.
+    Kafka,
+}
+
+/// Domain events and tasks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// log or kafka.
+    pub backend: EventsBackend,
+    /// Kafka bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Topic prefix: `<prefix>.system_events`, `<prefix>.tasks`, `<prefix>.tasks.dlq`.
+    pub topic_prefix: String,
+    /// Consumer group of the tasks consumer.
+    pub consumer_group: String,
+    /// Events buffered while the broker is unreachable; beyond it events are dropped and
+    /// counted.
+    pub buffer_messages: u32,
+    /// Attempts at a task before it goes to the dead-letter topic.
+    pub task_attempts: u32,
+}
+
+/// Where objects are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectsBackend {
+    /// A local folder with the same keys.
+    Local,
+    /// S3 or MinIO.
+    S3,
+}
+
+/// Object storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsConfig {
+    /// local or s3.
+    pub backend: ObjectsBackend,
+    /// Folder of the local backend.
+    pub local_dir: String,
+    /// Bucket.
+    pub bucket: String,
+    /// S3 endpoint URL (MinIO: `http://host:9000`); empty: AWS.
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO needs.
+    pub path_style: bool,
+    /// Lifetime of presigned download URLs, seconds.
+    pub presign_expiry_secs: u64,
+    /// Part size of multipart uploads, bytes (at least 5 MiB).
+    pub multipart_part_bytes: usize,
 }
 
 /// The HTTP server.
@@ -197,6 +341,24 @@ impl Config {
         if self.media.announced_ips.iter().any(|ip| ip.is_unspecified() || ip.is_multicast()) {
             return bad("media.announced_ips", "must be unicast addresses clients can reach");
         }
+        if self.state.heartbeat_secs == 0 || self.state.session_ttl_secs <= self.state.heartbeat_secs {
+            return bad("state.session_ttl_secs", "must be longer than state.heartbeat_secs, which must be positive");
+        }
+        if self.state.room_ttl_days == 0 || self.state.lock_ttl_ms == 0 {
+            return bad("state.lock_ttl_ms", "room and lock lifetimes must be positive");
+        }
+        if self.database.queue_capacity == 0 || self.database.batch_size == 0 || self.database.max_open == 0 {
+            return bad("database.queue_capacity", "queue capacity, batch size and max_open must be positive");
+        }
+        if self.events.task_attempts == 0 || self.events.topic_prefix.is_empty() {
+            return bad("events.task_attempts", "at least one attempt and a non-empty topic prefix are needed");
+        }
+        if self.objects.bucket.is_empty() {
+            return bad("objects.bucket", "must not be empty");
+        }
+        if self.objects.multipart_part_bytes < 5 * 1024 * 1024 {
+            return bad("objects.multipart_part_bytes", "S3 needs parts of at least 5 MiB");
+        }
         if self.media.srtp_profiles.is_empty() {
             return bad("media.srtp_profiles", "must name at least one profile");
         }
@@ -234,6 +396,18 @@ mod tests {
         let config = Config::from_yaml_and_env(DEFAULT_YAML, env(&[])).unwrap();
         assert_eq!(config.mode, Mode::Embedded);
         assert_eq!(config.http.listen.port(), 7880);
+    }
+
+    #[test]
+    fn production_example_loads_with_real_backends() {
+        let config = Config::from_yaml_and_env(include_str!("../production.example.yaml"), env(&[])).unwrap();
+        assert_eq!(config.mode, Mode::Production);
+        assert_eq!(config.state.backend, StateBackend::Redis);
+        assert_eq!(config.database.backend, DatabaseBackend::Postgres);
+        assert_eq!(config.events.backend, EventsBackend::Kafka);
+        assert_eq!(config.objects.backend, ObjectsBackend::S3);
+        let bad = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__OBJECTS__MULTIPART_PART_BYTES", "1000")])).unwrap_err();
+        assert!(bad.to_string().contains("objects.multipart_part_bytes"), "{bad}");
     }
 
     #[test]

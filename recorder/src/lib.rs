@@ -1,5 +1,6 @@
-//! Switchboard's recorder: will attach to a room like a subscriber without a network,
-//! depacketize and reorder the forwarded RTP, and write MP4 and HLS through the object store
-//! (see `../shared/DESIGN.md`, "Recording"). Empty until the recording work lands; it is a
-//! workspace member now so the crate boundaries of the design exist from the start.
+//! Switchboard's recorder. Today: the object store recordings are written through
+//! ([`objects`]). The recorder itself (depacketizing, jitter buffer, MP4 and HLS writers,
+//! see `../shared/DESIGN.md`, "Recording") lands with the recording work.
 #![forbid(unsafe_code)]
+
+pub mod objects;

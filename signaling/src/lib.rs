@@ -2,8 +2,13 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bookkeeping;
+pub mod events;
+pub mod journal;
 pub mod metrics;
 pub mod protocol;
 pub mod rate;
 pub mod rooms;
 pub mod session;
+pub mod state;
+pub mod tasks;

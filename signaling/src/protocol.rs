@@ -336,6 +336,22 @@ pub enum ServerMessage {
         /// The ping's id.
         id: Option<Value>,
     },
+    /// The room is hosted by another node: join it there (`url` + `/ws`) with the same token.
+    Redirect {
+        /// The join request's id.
+        id: Option<Value>,
+        /// The room.
+        room: String,
+        /// The node hosting it.
+        node: String,
+        /// That node's base URL.
+        url: String,
+    },
+    /// The room was closed by the server or an operator; the connection closes next.
+    RoomClosed {
+        /// Why.
+        reason: String,
+    },
     /// A request failed.
     Error {
         /// The request id, when known.

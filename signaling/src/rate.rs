@@ -17,6 +17,11 @@ impl TokenBucket {
         Self { burst: f64::from(burst), per_second: f64::from(per_second), tokens: f64::from(burst), last: now }
     }
 
+    /// When a token was last asked for.
+    pub fn last_used(&self) -> Instant {
+        self.last
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

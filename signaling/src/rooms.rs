@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -15,9 +16,46 @@ use crate::protocol::{ParticipantInfo, ServerMessage};
 /// A session's outbound queue of text frames.
 pub type Outbox = mpsc::Sender<String>;
 
+/// Orders the rooms registry passes to a session from outside its connection (tasks,
+/// operators).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Tell the client the room is closed, then end the session.
+    Close {
+        /// Why.
+        reason: String,
+    },
+    /// Mute every track the participant publishes.
+    MuteTracks,
+}
+
+/// A session's control channel.
+pub type ControlSender = mpsc::UnboundedSender<Control>;
+
 struct Member {
     info: ParticipantInfo,
     outbox: Outbox,
+    control: ControlSender,
+}
+
+/// A participant's entry into a room.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The others already there.
+    pub others: Vec<ParticipantInfo>,
+    /// The room instance id: new when the room opened with this participant.
+    pub room_id: String,
+    /// Whether the room opened with this participant.
+    pub opened: bool,
+}
+
+/// A participant's departure from a room.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Departure {
+    /// The room instance id.
+    pub room_id: String,
+    /// Participants still there; 0 means the room closed.
+    pub remaining: usize,
 }
 
 /// Why a room refused a participant.
@@ -36,8 +74,9 @@ pub struct Rooms {
     rooms: Mutex<HashMap<String, Room>>,
 }
 
-#[derive(Default)]
 struct Room {
+    /// Instance id, new each time the room opens.
+    id: String,
     members: Vec<Member>,
     /// Tracks their publishers muted, so late joiners learn the state.
     muted: HashSet<String>,
@@ -54,33 +93,57 @@ impl Rooms {
     }
 
     /// Admits a participant, announces it to the others, and returns who was there.
-    pub fn admit(&self, room: &str, info: ParticipantInfo, outbox: Outbox) -> Result<Vec<ParticipantInfo>, AdmitError> {
+    pub fn admit(&self, room: &str, info: ParticipantInfo, outbox: Outbox, control: ControlSender) -> Result<Admitted, AdmitError> {
         let mut rooms = self.lock();
-        if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
+        let opened = !rooms.contains_key(room);
+        if opened && rooms.len() >= self.max_rooms {
             return Err(AdmitError::TooManyRooms);
         }
-        let members = &mut rooms.entry(room.to_owned()).or_default().members;
-        if members.len() >= self.max_participants {
+        let entry = rooms.entry(room.to_owned()).or_insert_with(|| Room {
+            id: format!("RM_{}", Alphanumeric.sample_string(&mut rand::rng(), 12)),
+            members: Vec::new(),
+            muted: HashSet::new(),
+        });
+        if entry.members.len() >= self.max_participants {
             return Err(AdmitError::RoomFull);
         }
-        let others: Vec<ParticipantInfo> = members.iter().map(|m| m.info.clone()).collect();
+        let others: Vec<ParticipantInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
         let joined = ServerMessage::ParticipantJoined { participant: info.clone() }.to_text();
-        deliver(members.iter(), &joined);
-        members.push(Member { info, outbox });
-        Ok(others)
+        deliver(entry.members.iter(), &joined);
+        entry.members.push(Member { info, outbox, control });
+        Ok(Admitted { others, room_id: entry.id.clone(), opened })
     }
 
     /// Removes a participant and announces its departure.
-    pub fn remove(&self, room: &str, participant_id: &str) {
+    pub fn remove(&self, room: &str, participant_id: &str) -> Option<Departure> {
         let mut rooms = self.lock();
-        let Some(entry) = rooms.get_mut(room) else { return };
+        let entry = rooms.get_mut(room)?;
+        let before = entry.members.len();
         entry.members.retain(|m| m.info.participant_id != participant_id);
+        if entry.members.len() == before {
+            return None;
+        }
+        let departure = Departure { room_id: entry.id.clone(), remaining: entry.members.len() };
         if entry.members.is_empty() {
             rooms.remove(room);
-            return;
+        } else {
+            let left = ServerMessage::ParticipantLeft { participant_id: participant_id.to_owned() }.to_text();
+            deliver(entry.members.iter(), &left);
         }
-        let left = ServerMessage::ParticipantLeft { participant_id: participant_id.to_owned() }.to_text();
-        deliver(entry.members.iter(), &left);
+        Some(departure)
+    }
+
+    /// Passes `control` to the room's members (those with `identity`, when given); returns
+    /// how many were reached.
+    pub fn control(&self, room: &str, identity: Option<&str>, control: Control) -> usize {
+        let rooms = self.lock();
+        let Some(entry) = rooms.get(room) else { return 0 };
+        entry
+            .members
+            .iter()
+            .filter(|m| identity.is_none_or(|identity| m.info.identity == identity))
+            .filter(|m| m.control.send(control.clone()).is_ok())
+            .count()
     }
 
     /// Sends a message to every member of the room.
@@ -143,14 +206,22 @@ mod tests {
         let rooms = Rooms::new(2, 1);
         let (a_tx, mut a_rx) = mpsc::channel(8);
         let (b_tx, _b_rx) = mpsc::channel(8);
-        assert!(rooms.admit("r", info("a"), a_tx).unwrap().is_empty());
-        assert_eq!(rooms.admit("r", info("b"), b_tx.clone()).unwrap().len(), 1);
+        let (control, mut a_control) = mpsc::unbounded_channel();
+        let first = rooms.admit("r", info("a"), a_tx, control.clone()).unwrap();
+        assert!(first.others.is_empty() && first.opened);
+        let second = rooms.admit("r", info("b"), b_tx.clone(), control.clone()).unwrap();
+        assert_eq!((second.others.len(), second.opened, &second.room_id), (1, false, &first.room_id));
         assert!(a_rx.try_recv().unwrap().contains("participant_joined"));
-        assert_eq!(rooms.admit("r", info("c"), b_tx.clone()).unwrap_err(), AdmitError::RoomFull);
-        assert_eq!(rooms.admit("other", info("d"), b_tx).unwrap_err(), AdmitError::TooManyRooms);
-        rooms.remove("r", "b");
+        assert_eq!(rooms.admit("r", info("c"), b_tx.clone(), control.clone()).unwrap_err(), AdmitError::RoomFull);
+        assert_eq!(rooms.admit("other", info("d"), b_tx, control).unwrap_err(), AdmitError::TooManyRooms);
+        assert_eq!(rooms.control("r", Some("a"), Control::MuteTracks), 1);
+        assert_eq!(a_control.try_recv().unwrap(), Control::MuteTracks);
+        assert_eq!(rooms.remove("r", "b"), Some(Departure { room_id: first.room_id.clone(), remaining: 1 }));
         assert!(a_rx.try_recv().unwrap().contains("participant_left"));
-        rooms.remove("r", "a");
+        assert_eq!(rooms.remove("r", "b"), None);
+        assert_eq!(rooms.remove("r", "a").unwrap().remaining, 0);
         assert_eq!(rooms.room_count(), 0);
+        let reopened = rooms.admit("r", info("a"), mpsc::channel(1).0, mpsc::unbounded_channel().0).unwrap();
+        assert!(reopened.opened && reopened.room_id != first.room_id);
     }
 }

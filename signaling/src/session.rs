@@ -2,7 +2,7 @@
 //! the room registry and the media plane. Transport-agnostic: the HTTP layer feeds it frames
 //! and carries its outbox to the WebSocket.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Grants, TokenAuthority};
+use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
+use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
 use crate::rate::TokenBucket;
-use crate::rooms::{AdmitError, Outbox, Rooms};
+use crate::rooms::{AdmitError, Control, Outbox, Rooms};
+use crate::state::Ownership;
 
 /// Longest chat message, in characters.
 pub const MAX_CHAT_CHARS: usize = 4096;
@@ -70,6 +73,8 @@ pub struct SignalingContext {
     pub metrics: Arc<SignalingMetrics>,
     /// Joined sessions, by session id, for `resume`.
     pub resumable: Resumable,
+    /// Shared state, persistence and events.
+    pub books: Bookkeeping,
 }
 
 /// A client connection as a session sees it: frames in, frames out, and where the close
@@ -120,10 +125,13 @@ impl Resumable {
 struct Joined {
     room: String,
     me: ParticipantInfo,
-    session_id: String,
+    seat: Seat,
     grants: Grants,
     media: MediaSession,
-    own_tracks: HashSet<String>,
+    own_tracks: HashMap<String, StreamInfo>,
+    controls: mpsc::UnboundedReceiver<Control>,
+    /// How the participant's stay ends, if not by leaving.
+    removed: bool,
 }
 
 /// What a frame did to the session.
@@ -195,11 +203,18 @@ pub async fn run_session(ctx: Arc<SignalingContext>, transport: Transport) {
                         break;
                     }
                     debug!("connection lost; waiting for resume");
+                    session.set_status(SessionStatus::Disconnected);
                     detached_until = Some(tokio::time::Instant::now() + limits.resume_grace);
                 }
             },
             Some(text) = session.queued.recv(), if attached => session.deliver(text).await,
             Some(event) = next_event(&mut session.media_events) => session.on_media_event(event).await,
+            Some(control) = next_control(&mut session.joined) => {
+                if let Step::Close(reason) = session.on_control(control).await {
+                    session.close_transport(reason);
+                    break;
+                }
+            }
             Some(resume) = next_resume(&mut session.resumes) => {
                 session.attach(resume).await;
                 detached_until = None;
@@ -238,6 +253,13 @@ async fn next_resume(resumes: &mut Option<mpsc::Receiver<Resume>>) -> Option<Res
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_control(joined: &mut Option<Joined>) -> Option<Control> {
+    match joined {
+        Some(joined) => joined.controls.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -281,8 +303,12 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
 impl Session {
     /// Sends to the client now, or queues until `resume` while its connection is away.
     async fn send(&self, message: ServerMessage) {
-        if matches!(message, ServerMessage::Error { .. }) {
+        if let ServerMessage::Error { code, message: text, .. } = &message {
             self.ctx.metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(joined) = &self.joined {
+                let payload = serde_json::json!({ "code": code, "message": text });
+                self.ctx.books.message(&joined.seat, MessageType::Error, None, Some(&joined.seat.identity), payload, DeliveryStatus::Sent);
+            }
         }
         let text = message.to_text();
         match &self.transport {
@@ -316,6 +342,7 @@ impl Session {
         self.transport = Some(resume.transport);
         let Some(joined) = self.joined.as_ref() else { return };
         info!(participant = %joined.me.participant_id, "session resumed");
+        self.ctx.books.status(&joined.seat, SessionStatus::Connected);
         let participant = joined.me.clone();
         self.send(ServerMessage::Resumed { id: resume.id, participant }).await;
     }
@@ -342,8 +369,21 @@ impl Session {
         self.send(ServerMessage::error(id, code, message)).await;
     }
 
+    /// Takes a rate token: from the bucket of the user that the nodes share once joined,
+    /// from this connection's own bucket before, or when the shared one cannot answer.
+    async fn take_rate_token(&mut self) -> bool {
+        if let Some(joined) = &self.joined {
+            let limits = &self.ctx.limits;
+            let state = &self.ctx.books.state;
+            if let Some(taken) = state.take_rate_token(&joined.seat.identity, limits.messages_per_second, limits.message_burst).await {
+                return taken;
+            }
+        }
+        self.bucket.try_take(Instant::now())
+    }
+
     async fn on_frame(&mut self, frame: Inbound) -> Step {
-        if !self.bucket.try_take(Instant::now()) {
+        if !self.take_rate_token().await {
             self.violations += 1;
             if self.violations > self.ctx.limits.abuse_threshold {
                 return Step::Close(CloseReason { code: 1008, reason: "rate limit exceeded repeatedly".into() });
@@ -385,11 +425,7 @@ impl Session {
             ClientMessage::Join { token, .. } => self.join(id, &token).await,
             ClientMessage::Resume { session_id, .. } => return self.resume(id, &session_id).await,
             ClientMessage::PublishOffer { sdp, .. } => self.publish_offer(id, sdp).await,
-            ClientMessage::SubscribeAnswer { sdp, .. } => {
-                let Some(media) = self.media() else { return Step::Continue };
-                let result = media.subscriber_answer(sdp).await;
-                self.reply(id, result.map(|()| None)).await;
-            }
+            ClientMessage::SubscribeAnswer { sdp, .. } => self.subscribe_answer(id, sdp).await,
             ClientMessage::Trickle { target, candidate, sdp_mid, sdp_mline_index, .. } => {
                 let role = match target {
                     Target::Publisher => PeerRole::Publisher,
@@ -406,7 +442,11 @@ impl Session {
                 return Step::Close(CloseReason { code: 1000, reason: "left".into() });
             }
             ClientMessage::Ping { .. } => self.send(ServerMessage::Pong { id }).await,
-            ClientMessage::Pong { .. } => {}
+            ClientMessage::Pong { .. } => {
+                if let Some(joined) = &self.joined {
+                    self.ctx.books.alive(&joined.seat);
+                }
+            }
         }
         Step::Continue
     }
@@ -431,12 +471,21 @@ impl Session {
             Err(AuthError::Expired) => return self.send(ServerMessage::error(id, ErrorCode::TokenExpired, "access token expired")).await,
             Err(err) => return self.send(ServerMessage::error(id, ErrorCode::Unauthorized, err.to_string())).await,
         };
+        if let Ownership::Elsewhere(node) = self.ctx.books.state.claim_room(&claims.room).await {
+            info!(room = %claims.room, owner = %node.id, "room hosted elsewhere; redirecting");
+            return self.send(ServerMessage::Redirect { id, room: claims.room, node: node.id, url: node.url }).await;
+        }
         let me = ParticipantInfo { participant_id: random_id("PA_"), identity: claims.sub.clone(), name: claims.name.clone() };
-        let participants = match self.ctx.rooms.admit(&claims.room, me.clone(), self.queue.clone()) {
-            Ok(participants) => participants,
-            Err(AdmitError::RoomFull) => return self.send(ServerMessage::error(id, ErrorCode::RoomFull, "the room is full")).await,
-            Err(AdmitError::TooManyRooms) => {
-                return self.send(ServerMessage::error(id, ErrorCode::TooManyRooms, "this node hosts its maximum of rooms")).await
+        let (control, controls) = mpsc::unbounded_channel();
+        let admitted = match self.ctx.rooms.admit(&claims.room, me.clone(), self.queue.clone(), control) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.ctx.books.state.abandon_claim(&claims.room);
+                let (code, message) = match refusal {
+                    AdmitError::RoomFull => (ErrorCode::RoomFull, "the room is full"),
+                    AdmitError::TooManyRooms => (ErrorCode::TooManyRooms, "this node hosts its maximum of rooms"),
+                };
+                return self.send(ServerMessage::error(id, code, message)).await;
             }
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -446,6 +495,7 @@ impl Session {
             Ok(joined) => joined,
             Err(err) => {
                 self.ctx.rooms.remove(&claims.room, &me.participant_id);
+                self.ctx.books.state.abandon_claim(&claims.room);
                 return self.send(ServerMessage::error(id, ErrorCode::Internal, err.to_string())).await;
             }
         };
@@ -454,13 +504,25 @@ impl Session {
         self.media_events = Some(events_rx);
         let session_id = Alphanumeric.sample_string(&mut rand::rng(), 32);
         self.resumes = Some(self.ctx.resumable.register(session_id.clone()));
+        let seat = Seat {
+            meeting_id: claims.room.clone(),
+            room_id: admitted.room_id,
+            identity: me.identity.clone(),
+            name: me.name.clone(),
+            participant_id: me.participant_id.clone(),
+            session_id: session_id.clone(),
+        };
+        let join_payload = serde_json::json!({ "participant_id": me.participant_id, "name": me.name, "grants": claims.grants });
+        self.ctx.books.joined(&seat, admitted.opened, admitted.others.len() + 1, join_payload);
         self.joined = Some(Joined {
             room: claims.room.clone(),
             me: me.clone(),
-            session_id: session_id.clone(),
+            seat,
             grants: claims.grants,
             media,
-            own_tracks: HashSet::new(),
+            own_tracks: HashMap::new(),
+            controls,
+            removed: false,
         });
         self.send(ServerMessage::Joined {
             id,
@@ -469,11 +531,25 @@ impl Session {
             participant: me,
             session_id,
             resume_grace_secs: self.ctx.limits.resume_grace.as_secs(),
-            participants,
+            participants: admitted.others,
             tracks,
             ice_servers: Vec::new(),
         })
         .await;
+    }
+
+    /// Records a negotiation message of this session.
+    fn note(&self, message_type: MessageType, from_client: bool, payload: Value) {
+        let Some(joined) = &self.joined else { return };
+        let me = Some(joined.seat.identity.as_str());
+        let (from, to) = if from_client { (me, None) } else { (None, me) };
+        self.ctx.books.message(&joined.seat, message_type, from, to, payload, DeliveryStatus::Delivered);
+    }
+
+    fn set_status(&self, status: SessionStatus) {
+        if let Some(joined) = &self.joined {
+            self.ctx.books.status(&joined.seat, status);
+        }
     }
 
     async fn publish_offer(&mut self, id: Option<Value>, sdp: String) {
@@ -481,19 +557,46 @@ impl Session {
         if !joined.grants.publish {
             return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant publish")).await;
         }
+        self.set_status(SessionStatus::Offering);
+        self.note(MessageType::Offer, true, serde_json::json!({ "target": "publisher", "sdp": sdp }));
         match joined.media.publisher_offer(sdp).await {
-            Ok(sdp) => self.send(ServerMessage::PublishAnswer { id, sdp }).await,
+            Ok(sdp) => {
+                self.note(MessageType::Answer, false, serde_json::json!({ "target": "publisher", "sdp": sdp }));
+                self.set_status(SessionStatus::Stable);
+                self.send(ServerMessage::PublishAnswer { id, sdp }).await;
+            }
             Err(err) => self.send(ServerMessage::error(id, sfu_error_code(&err), err.to_string())).await,
         }
     }
 
+    async fn subscribe_answer(&mut self, id: Option<Value>, sdp: String) {
+        let Some(media) = self.media() else { return };
+        self.note(MessageType::Answer, true, serde_json::json!({ "target": "subscriber", "sdp": sdp }));
+        let result = media.subscriber_answer(sdp).await;
+        if result.is_ok() {
+            self.set_status(SessionStatus::Stable);
+        }
+        self.reply(id, result.map(|()| None)).await;
+    }
+
     async fn mute(&mut self, id: Option<Value>, track_id: String, muted: bool) {
         let Some(joined) = self.joined.as_ref() else { return };
-        if !joined.own_tracks.contains(&track_id) {
+        if !joined.own_tracks.contains_key(&track_id) {
             return self.send(ServerMessage::error(id, ErrorCode::UnknownTrack, format!("`{track_id}` is not a track you publish"))).await;
         }
-        self.ctx.rooms.set_muted(&joined.room, &joined.me.participant_id, &track_id, muted);
+        self.set_track_muted(&track_id, muted, true);
         self.send(ServerMessage::Ack { id, message_id: None }).await;
+    }
+
+    /// Mutes or unmutes one of this participant's tracks, for the room and the records.
+    fn set_track_muted(&self, track_id: &str, muted: bool, by_client: bool) {
+        let Some(joined) = self.joined.as_ref() else { return };
+        let Some(stream) = joined.own_tracks.get(track_id) else { return };
+        self.ctx.rooms.set_muted(&joined.room, &joined.me.participant_id, track_id, muted);
+        let by = if by_client { "participant" } else { "server" };
+        self.note(MessageType::MediaControl, by_client, serde_json::json!({ "track_id": track_id, "muted": muted, "by": by }));
+        let status = if muted { StreamStatus::Paused } else { StreamStatus::Active };
+        self.ctx.books.stream(&joined.seat, stream, status);
     }
 
     async fn chat(&mut self, id: Option<Value>, text: String) {
@@ -505,7 +608,8 @@ impl Session {
             return self.send(ServerMessage::error(id, ErrorCode::InvalidMessage, format!("chat text must be 1 to {MAX_CHAT_CHARS} characters"))).await;
         }
         let message_id = random_id("MS_");
-        let timestamp_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let timestamp_ms = crate::bookkeeping::unix_ms();
+        let payload = serde_json::json!({ "text": text });
         let chat = ServerMessage::Chat {
             message_id: message_id.clone(),
             participant_id: joined.me.participant_id.clone(),
@@ -514,6 +618,8 @@ impl Session {
             timestamp_ms,
         };
         self.ctx.rooms.broadcast(&joined.room, &chat);
+        let seat = &joined.seat;
+        self.ctx.books.message_with_id(seat, message_id.clone(), MessageType::Chat, Some(&seat.identity), None, payload, DeliveryStatus::Sent);
         self.send(ServerMessage::Ack { id, message_id: Some(message_id) }).await;
     }
 
@@ -522,29 +628,69 @@ impl Session {
         let message = match event {
             SfuEvent::TrackPublished(track) => {
                 if track.publisher.as_str() == joined.me.participant_id {
-                    joined.own_tracks.insert(track.id.to_string());
+                    let stream_type = match track.kind {
+                        MediaKind::Audio => StreamType::Audio,
+                        MediaKind::Video => StreamType::Video,
+                    };
+                    let stream = StreamInfo { track_id: track.id.to_string(), stream_type, codec: track.codec.mime_type.clone() };
+                    self.ctx.books.published(&joined.seat, &stream);
+                    joined.own_tracks.insert(stream.track_id.clone(), stream);
                 }
                 ServerMessage::TrackPublished { track: describe(&track, false) }
             }
             SfuEvent::TrackUnpublished(track) => {
-                if joined.own_tracks.remove(track.as_str()) {
+                if let Some(stream) = joined.own_tracks.remove(track.as_str()) {
                     self.ctx.rooms.forget_track(&joined.room, track.as_str());
+                    self.ctx.books.unpublished(&joined.seat, &stream);
                 }
                 ServerMessage::TrackUnpublished { track_id: track.to_string() }
             }
-            SfuEvent::SubscriberOffer(sdp) => ServerMessage::SubscribeOffer { sdp },
+            SfuEvent::SubscriberOffer(sdp) => {
+                self.note(MessageType::Offer, false, serde_json::json!({ "target": "subscriber", "sdp": sdp }));
+                self.set_status(SessionStatus::Answering);
+                ServerMessage::SubscribeOffer { sdp }
+            }
             SfuEvent::ConnectionFailed => {
+                self.set_status(SessionStatus::Failed);
                 ServerMessage::error(None, ErrorCode::MediaConnectionFailed, "a media connection failed; leave and join again")
             }
         };
         self.send(message).await;
     }
 
+    /// An order from outside the connection.
+    async fn on_control(&mut self, control: Control) -> Step {
+        match control {
+            Control::Close { reason } => {
+                if let Some(joined) = self.joined.as_mut() {
+                    joined.removed = true;
+                }
+                self.send(ServerMessage::RoomClosed { reason }).await;
+                Step::Close(CloseReason { code: 4001, reason: "room closed".into() })
+            }
+            Control::MuteTracks => {
+                let Some(joined) = self.joined.as_ref() else { return Step::Continue };
+                let tracks: Vec<String> = joined.own_tracks.keys().filter(|t| !self.ctx.rooms.is_muted(&joined.room, t)).cloned().collect();
+                for track in tracks {
+                    self.set_track_muted(&track, true, false);
+                }
+                Step::Continue
+            }
+        }
+    }
+
     fn leave(&mut self) {
         if let Some(joined) = self.joined.take() {
             debug!(participant = %joined.me.participant_id, "leaving");
-            self.ctx.resumable.remove(&joined.session_id);
-            self.ctx.rooms.remove(&joined.room, &joined.me.participant_id);
+            self.ctx.resumable.remove(&joined.seat.session_id);
+            for stream in joined.own_tracks.values() {
+                self.ctx.books.unpublished(&joined.seat, stream);
+                self.ctx.rooms.forget_track(&joined.room, &stream.track_id);
+            }
+            let remaining = self.ctx.rooms.remove(&joined.room, &joined.me.participant_id).map_or(0, |d| d.remaining);
+            let status = if joined.removed { ParticipantStatus::Removed } else { ParticipantStatus::Left };
+            let payload = serde_json::json!({ "participant_id": joined.me.participant_id });
+            self.ctx.books.left(&joined.seat, status, remaining, payload);
             // Dropping the media session takes the participant's media out of the room.
         }
     }

@@ -2,6 +2,8 @@
 //! built on the async `webrtc` crate.
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod services;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,18 +37,41 @@ pub fn test_config(overrides: &[(&str, &str)]) -> sb_config::Config {
 pub struct TestServer {
     pub http: SocketAddr,
     pub config: sb_config::Config,
+    /// This server's node.
+    pub node: signaling::state::NodeInfo,
+    /// The real services it uses, when it uses them.
+    pub services: Option<services::RealServices>,
+    /// Its SQLite file and objects folder.
+    pub dir: services::TempDir,
 }
 
 impl TestServer {
+    /// A server on the embedded backends, or on real services of its own when
+    /// `SWITCHBOARD_TEST_BACKENDS=real`.
     pub async fn start(overrides: &[(&str, &str)]) -> Self {
+        let services = if services::real_backends_requested() { Some(services::RealServices::start().await) } else { None };
+        let mut all: Vec<(String, String)> = services.as_ref().map(|s| s.overrides()).unwrap_or_default();
+        all.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::start_with(all, services).await
+    }
+
+    /// A server on the embedded backends plus `overrides`, whatever the environment asks.
+    pub async fn start_with(overrides: Vec<(String, String)>, services: Option<services::RealServices>) -> Self {
         // RUST_LOG=debug shows the server's logs next to a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let config = test_config(overrides);
+        let dir = services::TempDir::new();
+        let mut env = vec![
+            ("SWITCHBOARD__DATABASE__URL".to_owned(), format!("sqlite://{}/switchboard.db?mode=rwc", dir.path().display())),
+            ("SWITCHBOARD__OBJECTS__LOCAL_DIR".to_owned(), dir.path().join("objects").display().to_string()),
+        ];
+        env.extend(overrides);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config = test_config(&pairs);
         let server = serve(Settings::from_config(&config).expect("settings")).await.expect("server starts");
-        Self { http: server.http_addr, config }
+        Self { http: server.http_addr, config, node: server.node, services, dir }
     }
 
     pub fn token(&self, room: &str, identity: &str, grants: &[&str]) -> String {

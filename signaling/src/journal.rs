@@ -1,0 +1,464 @@
+//! What signaling persists (the seed schema's sessions, messages, participants, rooms and
+//! streams) and the [`Journal`] that writes it off the hot path.
+//!
+//! Sessions hand records to the journal without waiting: a bounded queue feeds one writer
+//! task that writes batches, one transaction each, through a [`SignalingLog`]. While the
+//! database is unreachable the writer keeps its batch and retries, the queue fills, and past
+//! its bound new records are shed and counted; nothing on the signaling or media path ever
+//! waits for the database. A record the database rejects is logged and skipped, not retried
+//! forever.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// `signaling_sessions.status`, the seed's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum SessionStatus {
+    /// The connection is open; the join is being processed.
+    Connecting = 1,
+    /// Joined; no negotiation in progress.
+    Connected = 2,
+    /// The client offered; the server answers.
+    Offering = 3,
+    /// The server offered; waiting for the client's answer.
+    Answering = 4,
+    /// Negotiation complete.
+    Stable = 5,
+    /// The connection is gone (left, or waiting for `resume`).
+    Disconnected = 6,
+    /// A media connection failed.
+    Failed = 7,
+}
+
+/// `signaling_messages.message_type`, the seed's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum MessageType {
+    /// An SDP offer (the client's on its publisher connection, the server's on the
+    /// subscriber connection).
+    Offer = 1,
+    /// An SDP answer.
+    Answer = 2,
+    /// An ICE candidate.
+    IceCandidate = 3,
+    /// A join.
+    Join = 4,
+    /// A leave.
+    Leave = 5,
+    /// Someone joined (to the others).
+    UserJoined = 6,
+    /// Someone left (to the others).
+    UserLeft = 7,
+    /// A chat message.
+    Chat = 8,
+    /// Mute or unmute of a track.
+    MediaControl = 10,
+    /// An error sent to the client.
+    Error = 13,
+}
+
+/// `signaling_messages.status`, the seed's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum DeliveryStatus {
+    /// Accepted, not yet passed on.
+    Pending = 1,
+    /// Passed on to its recipients.
+    Sent = 2,
+    /// Acknowledged by its recipient.
+    Delivered = 3,
+    /// Could not be passed on.
+    Failed = 4,
+}
+
+/// `media_streams.stream_type`, the seed's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum StreamType {
+    /// A microphone.
+    Audio = 1,
+    /// A camera.
+    Video = 2,
+    /// A screen share.
+    Screen = 3,
+}
+
+/// `media_streams.status`, the seed's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum StreamStatus {
+    /// Forwarded.
+    Active = 1,
+    /// Muted by its publisher.
+    Paused = 2,
+    /// Unpublished.
+    Stopped = 3,
+}
+
+/// `meeting_rooms.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum RoomStatus {
+    /// Hosted, with participants.
+    Active = 1,
+    /// Hosted, empty.
+    Inactive = 2,
+    /// Closed.
+    Closed = 3,
+}
+
+/// `meeting_participants.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum ParticipantStatus {
+    /// In the meeting.
+    Joined = 1,
+    /// Left it.
+    Left = 2,
+    /// Removed by the server or an operator.
+    Removed = 3,
+}
+
+/// One write to the database. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A user entered a meeting: creates the user and the meeting if they do not exist,
+    /// and upserts the `meeting_participants` row as joined.
+    ParticipantJoined {
+        /// Meeting id (the room the token names).
+        meeting_id: String,
+        /// The user's identity (`users.username`).
+        identity: String,
+        /// Display name.
+        name: Option<String>,
+        /// When.
+        at_ms: u64,
+    },
+    /// A user left a meeting.
+    ParticipantLeft {
+        /// Meeting id.
+        meeting_id: String,
+        /// The user.
+        identity: String,
+        /// Left or removed.
+        status: ParticipantStatus,
+        /// When.
+        at_ms: u64,
+    },
+    /// A room instance was opened, changed its participant count, or closed
+    /// (`meeting_rooms`); opening also marks the meeting ongoing, closing ends it.
+    Room {
+        /// Room instance id.
+        room_id: String,
+        /// Meeting id.
+        meeting_id: String,
+        /// Node hosting it.
+        sfu_node: String,
+        /// Its state.
+        status: RoomStatus,
+        /// Participants now.
+        participant_count: i32,
+        /// When.
+        at_ms: u64,
+    },
+    /// A signaling session's status (`signaling_sessions`), created by its first record.
+    Session {
+        /// Session id.
+        session_id: String,
+        /// The user.
+        identity: String,
+        /// Meeting id.
+        meeting_id: String,
+        /// The participant id.
+        peer_id: String,
+        /// New status.
+        status: SessionStatus,
+        /// When.
+        at_ms: u64,
+    },
+    /// The session's last sign of life.
+    SessionPing {
+        /// Session id.
+        session_id: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A signaling message (`signaling_messages`).
+    Message {
+        /// Message id.
+        message_id: String,
+        /// Session that sent or received it.
+        session_id: String,
+        /// Sender's identity; `None` for the server.
+        from: Option<String>,
+        /// Recipient's identity; `None` for the whole room or the server.
+        to: Option<String>,
+        /// Meeting id.
+        meeting_id: String,
+        /// Seed message type.
+        message_type: MessageType,
+        /// The message as JSON.
+        payload: Value,
+        /// Delivery status.
+        status: DeliveryStatus,
+        /// When.
+        at_ms: u64,
+    },
+    /// A published track's state (`media_streams`), created by its first record.
+    Stream {
+        /// Room instance id.
+        room_id: String,
+        /// Publisher's identity.
+        identity: String,
+        /// Track id.
+        stream_id: String,
+        /// Audio, video or screen.
+        stream_type: StreamType,
+        /// MIME type of the codec.
+        codec: String,
+        /// New status.
+        status: StreamStatus,
+        /// When.
+        at_ms: u64,
+    },
+    /// An administrative action (`operation_logs`).
+    Operation {
+        /// Who did it (identity), if a user.
+        identity: Option<String>,
+        /// What (`close_room`, `mute_participant`, ...).
+        operation: String,
+        /// Kind of resource acted on.
+        resource_type: String,
+        /// Its id.
+        resource_id: String,
+        /// Details as JSON.
+        details: Value,
+        /// When.
+        at_ms: u64,
+    },
+}
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The database cannot be reached; the batch is retried as is.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused a record; retrying it would fail again.
+    #[error("database rejected a record: {0}")]
+    Rejected(String),
+}
+
+/// The database side of the journal (SQLite or PostgreSQL).
+#[async_trait]
+pub trait SignalingLog: Send + Sync {
+    /// Writes `batch` in order, in one transaction: all of it or nothing.
+    async fn write(&self, batch: &[Record]) -> Result<(), LogError>;
+}
+
+/// Counters of the journal, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct JournalMetrics {
+    /// Records written.
+    pub written: AtomicU64,
+    /// Records shed because the queue was full.
+    pub shed: AtomicU64,
+    /// Records the database rejected.
+    pub rejected: AtomicU64,
+    /// Failed write attempts (the database was unreachable).
+    pub failed_writes: AtomicU64,
+    /// Records queued, not yet written.
+    pub queued: AtomicU64,
+}
+
+impl JournalMetrics {
+    /// Renders the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let counters = [
+            ("switchboard_db_records_written_total", "counter", "Records written to the database.", &self.written),
+            ("switchboard_db_records_shed_total", "counter", "Records shed because the persistence queue was full.", &self.shed),
+            ("switchboard_db_records_rejected_total", "counter", "Records the database rejected.", &self.rejected),
+            ("switchboard_db_failed_writes_total", "counter", "Write attempts that found the database unreachable.", &self.failed_writes),
+            ("switchboard_db_records_queued", "gauge", "Records waiting to be written.", &self.queued),
+        ];
+        for (name, kind, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// The queue in front of the database writer; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    queue: mpsc::Sender<Record>,
+    metrics: Arc<JournalMetrics>,
+    shedding: Arc<AtomicBool>,
+}
+
+/// Delay before retrying a batch after the database failed; doubles up to the maximum.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Journal {
+    /// Starts the writer task over `log`; needs a Tokio runtime.
+    pub fn start(log: Arc<dyn SignalingLog>, capacity: usize, batch_size: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(capacity.max(1));
+        let metrics = Arc::new(JournalMetrics::default());
+        tokio::spawn(write_loop(log, receiver, batch_size.max(1), metrics.clone()));
+        Self { queue, metrics, shedding: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Queues a record; never waits. A full queue sheds the record and counts it.
+    pub fn record(&self, record: Record) {
+        match self.queue.try_send(record) {
+            Ok(()) => {
+                self.metrics.queued.fetch_add(1, Ordering::Relaxed);
+                self.shedding.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                if !self.shedding.swap(true, Ordering::Relaxed) {
+                    error!("persistence queue full: shedding records until the database catches up");
+                }
+            }
+        }
+    }
+
+    /// The journal's counters.
+    pub fn metrics(&self) -> &Arc<JournalMetrics> {
+        &self.metrics
+    }
+}
+
+async fn write_loop(log: Arc<dyn SignalingLog>, mut receiver: mpsc::Receiver<Record>, batch_size: usize, metrics: Arc<JournalMetrics>) {
+    let mut batch = Vec::with_capacity(batch_size);
+    while receiver.recv_many(&mut batch, batch_size).await > 0 {
+        write_batch(log.as_ref(), &batch, &metrics).await;
+        metrics.queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
+    }
+}
+
+/// Writes one batch, waiting out outages; falls back to one record at a time to skip the
+/// records the database rejects.
+async fn write_batch(log: &dyn SignalingLog, batch: &[Record], metrics: &JournalMetrics) {
+    match write_until_reachable(log, batch, metrics).await {
+        Ok(()) => {
+            metrics.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(_) => {
+            for record in batch {
+                match write_until_reachable(log, std::slice::from_ref(record), metrics).await {
+                    Ok(()) => metrics.written.fetch_add(1, Ordering::Relaxed),
+                    Err(reason) => {
+                        error!(%reason, ?record, "database rejected a record; it is skipped");
+                        metrics.rejected.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Retries `batch` while the database is unreachable; returns its rejection, if any.
+async fn write_until_reachable(log: &dyn SignalingLog, batch: &[Record], metrics: &JournalMetrics) -> Result<(), String> {
+    let mut delay = RETRY_FIRST;
+    let mut outage = false;
+    loop {
+        match log.write(batch).await {
+            Ok(()) => {
+                if outage {
+                    info!("database reachable again; queued records are being written");
+                }
+                return Ok(());
+            }
+            Err(LogError::Rejected(reason)) => return Err(reason),
+            Err(LogError::Unavailable(reason)) => {
+                metrics.failed_writes.fetch_add(1, Ordering::Relaxed);
+                if !outage {
+                    warn!(%reason, "database unreachable; holding records and retrying");
+                    outage = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A log that is down for its first `outage` writes and rejects pings to session "bad".
+    struct FlakyLog {
+        outage: Mutex<u32>,
+        written: Mutex<Vec<Record>>,
+    }
+
+    #[async_trait]
+    impl SignalingLog for FlakyLog {
+        async fn write(&self, batch: &[Record]) -> Result<(), LogError> {
+            {
+                let mut outage = self.outage.lock().unwrap();
+                if *outage > 0 {
+                    *outage -= 1;
+                    return Err(LogError::Unavailable("down".into()));
+                }
+            }
+            if batch.iter().any(|r| matches!(r, Record::SessionPing { session_id, .. } if session_id == "bad")) {
+                return Err(LogError::Rejected("constraint".into()));
+            }
+            self.written.lock().unwrap().extend_from_slice(batch);
+            Ok(())
+        }
+    }
+
+    fn ping(id: &str, at_ms: u64) -> Record {
+        Record::SessionPing { session_id: id.into(), at_ms }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_records_through_an_outage_skips_rejected_ones_and_sheds_past_capacity() {
+        let log = Arc::new(FlakyLog { outage: Mutex::new(3), written: Mutex::new(Vec::new()) });
+        let journal = Journal::start(log.clone(), 4, 2);
+        for at in 0..4 {
+            journal.record(ping("ok", at));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The writer holds a batch of 2; the queue has room for 2 more, then sheds.
+        for at in 4..10 {
+            journal.record(ping("ok", at));
+        }
+        journal.record(ping("bad", 99));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        journal.record(ping("bad", 100));
+        journal.record(ping("ok", 10));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let written: Vec<u64> = log
+            .written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| match r {
+                Record::SessionPing { at_ms, .. } => *at_ms,
+                _ => unreachable!(),
+            })
+            .collect();
+        let m = journal.metrics();
+        assert_eq!(written, vec![0, 1, 2, 3, 4, 5, 10], "in order, nothing lost that was queued");
+        assert_eq!(m.shed.load(Ordering::Relaxed), 5);
+        assert_eq!(m.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(m.failed_writes.load(Ordering::Relaxed), 3);
+        assert_eq!(m.queued.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! Commands other services send this server through `<prefix>.tasks`: close a room, mute a
+//! participant, start or stop a recording. Parsing and execution live here; the consumer
+//! that reads the topic, retries and dead-letters is the binary's.
+//!
+//! A task is a JSON object with a `task_id` (the idempotency key) and a `type`:
+//! `{"task_id":"t1","type":"close_room","meeting_id":"m1","reason":"over"}`,
+//! `{"task_id":"t2","type":"mute_participant","meeting_id":"m1","identity":"bob"}`,
+//! `{"task_id":"t3","type":"start_recording","meeting_id":"m1"}`. Types this server does not
+//! handle (work for other services on the same topic) are left alone.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::rooms::{Control, Rooms};
+
+/// The task types this server executes.
+pub const HANDLED_TYPES: [&str; 4] = ["close_room", "mute_participant", "start_recording", "stop_recording"];
+
+/// A command addressed to this server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Tell everyone in the room it is closed and end their sessions.
+    CloseRoom {
+        /// The meeting.
+        meeting_id: String,
+        /// Shown to the participants.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Mute every track a user publishes in the room.
+    MuteParticipant {
+        /// The meeting.
+        meeting_id: String,
+        /// The user.
+        identity: String,
+    },
+    /// Start recording the room.
+    StartRecording {
+        /// The meeting.
+        meeting_id: String,
+    },
+    /// Stop recording the room.
+    StopRecording {
+        /// The meeting.
+        meeting_id: String,
+    },
+}
+
+/// A task of the topic.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Task {
+    /// Unique id; a task whose id was already done is not done again.
+    pub task_id: String,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The message is not a task this server can read.
+    #[error("malformed task: {0}")]
+    Malformed(String),
+    /// The room is not open on this node.
+    #[error("room `{0}` is not open on this node")]
+    NoSuchRoom(String),
+    /// The user is not in the room.
+    #[error("`{identity}` is not in room `{meeting_id}`")]
+    NoSuchParticipant {
+        /// The meeting.
+        meeting_id: String,
+        /// The user.
+        identity: String,
+    },
+    /// The server cannot do this (yet).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl Task {
+    /// Reads a message of the tasks topic: `Ok(None)` for tasks of other services.
+    pub fn parse(payload: &[u8]) -> Result<Option<Self>, TaskError> {
+        let value: Value = serde_json::from_slice(payload).map_err(|e| TaskError::Malformed(e.to_string()))?;
+        let kind = value.get("type").and_then(Value::as_str).ok_or_else(|| TaskError::Malformed("missing string field `type`".into()))?;
+        if !HANDLED_TYPES.contains(&kind) {
+            return Ok(None);
+        }
+        serde_json::from_value(value).map(Some).map_err(|e| TaskError::Malformed(e.to_string()))
+    }
+
+    /// The meeting the task is about.
+    pub fn meeting_id(&self) -> &str {
+        match &self.command {
+            Command::CloseRoom { meeting_id, .. }
+            | Command::MuteParticipant { meeting_id, .. }
+            | Command::StartRecording { meeting_id }
+            | Command::StopRecording { meeting_id } => meeting_id,
+        }
+    }
+
+    /// The task's `type`.
+    pub fn kind(&self) -> &'static str {
+        match &self.command {
+            Command::CloseRoom { .. } => "close_room",
+            Command::MuteParticipant { .. } => "mute_participant",
+            Command::StartRecording { .. } => "start_recording",
+            Command::StopRecording { .. } => "stop_recording",
+        }
+    }
+
+    /// Executes the task on this node's rooms; returns how many sessions it reached.
+    pub fn execute(&self, rooms: &Rooms) -> Result<usize, TaskError> {
+        match &self.command {
+            Command::CloseRoom { meeting_id, reason } => {
+                let reason = reason.clone().unwrap_or_else(|| "closed by the server".into());
+                match rooms.control(meeting_id, None, Control::Close { reason }) {
+                    0 => Err(TaskError::NoSuchRoom(meeting_id.clone())),
+                    reached => Ok(reached),
+                }
+            }
+            Command::MuteParticipant { meeting_id, identity } => match rooms.control(meeting_id, Some(identity), Control::MuteTracks) {
+                0 => Err(TaskError::NoSuchParticipant { meeting_id: meeting_id.clone(), identity: identity.clone() }),
+                reached => Ok(reached),
+            },
+            Command::StartRecording { .. } | Command::StopRecording { .. } => {
+                Err(TaskError::Unsupported("recording is not available on this server yet"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_own_tasks_and_leaves_others() {
+        let task = Task::parse(br#"{"task_id":"t1","type":"close_room","meeting_id":"m"}"#).unwrap().unwrap();
+        assert_eq!(task.command, Command::CloseRoom { meeting_id: "m".into(), reason: None });
+        assert_eq!(Task::parse(br#"{"task_id":"t2","type":"transcribe","recording_id":"r"}"#).unwrap(), None);
+        assert!(matches!(Task::parse(b"nope"), Err(TaskError::Malformed(_))));
+        assert!(matches!(Task::parse(br#"{"type":"close_room","meeting_id":"m"}"#), Err(TaskError::Malformed(_))));
+    }
+
+    #[test]
+    fn fails_for_rooms_and_people_that_are_not_here() {
+        let rooms = Rooms::new(10, 10);
+        let close = Task::parse(br#"{"task_id":"t","type":"close_room","meeting_id":"m"}"#).unwrap().unwrap();
+        assert_eq!(close.execute(&rooms), Err(TaskError::NoSuchRoom("m".into())));
+    }
+}

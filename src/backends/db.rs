@@ -1,0 +1,365 @@
+//! Persistence in SQLite (embedded) or PostgreSQL, through one `sqlx` Any pool.
+//!
+//! Each statement is written once as a template; [`Dialect::render`] turns the two places
+//! where the databases differ into their own syntax: `{ts:$N}` (a Unix-milliseconds
+//! parameter made a timestamp) and `{json:$N}` (a text parameter made JSON). The schemas are
+//! `migrations/postgres` and `migrations/sqlite`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use std::sync::Arc;
+
+use sqlx::{Any, AnyPool, AssertSqlSafe, SqlSafeStr, SqlStr, Transaction};
+
+use signaling::journal::{LogError, Record, SignalingLog};
+use signaling::tasks::Task;
+
+/// The SQL flavour of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: timestamps are ISO-8601 text, JSON is text.
+    Sqlite,
+    /// PostgreSQL: TIMESTAMPTZ and JSONB.
+    Postgres,
+}
+
+impl Dialect {
+    /// Renders a statement template for this dialect.
+    pub fn render(self, template: &str) -> String {
+        let mut out = String::with_capacity(template.len() + 32);
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let Some(len) = rest[start..].find('}') else { break };
+            let marker = &rest[start + 1..start + len];
+            rest = &rest[start + len + 1..];
+            let rendered = match (self, marker.split_once(':')) {
+                (Self::Postgres, Some(("ts", p))) => format!("to_timestamp({p}::float8 / 1000)"),
+                (Self::Sqlite, Some(("ts", p))) => format!("strftime('%Y-%m-%dT%H:%M:%fZ', {p} / 1000.0, 'unixepoch')"),
+                (Self::Postgres, Some(("json", p))) => format!("{p}::jsonb"),
+                (Self::Sqlite, Some(("json", p))) => p.to_owned(),
+                _ => format!("{{{marker}}}"),
+            };
+            out.push_str(&rendered);
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Connection pool settings (the seed's defaults: 100 open, 10 idle, 3600 s lifetime).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Most open connections.
+    pub max_open: u32,
+    /// Connections kept while idle.
+    pub max_idle: u32,
+    /// Lifetime of a connection.
+    pub max_lifetime: Duration,
+}
+
+/// Why the database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connecting failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// How long a write waits for a pooled connection before the database counts as down.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The persistence database.
+#[derive(Clone)]
+pub struct Database {
+    pool: AnyPool,
+    dialect: Dialect,
+    statements: std::sync::Arc<Statements>,
+}
+
+impl Database {
+    /// Opens a pool on `url` (`sqlite:` or `postgres:`) and applies the migrations.
+    pub async fn open(dialect: Dialect, url: &str, pool: PoolSettings) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            // SQLite takes one writer at a time: one connection avoids "database is locked".
+            .max_connections(if dialect == Dialect::Sqlite { 1 } else { pool.max_open })
+            .min_connections(if dialect == Dialect::Sqlite { 1 } else { pool.max_idle.min(pool.max_open) })
+            .max_lifetime(pool.max_lifetime)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)?;
+        let database = Self { pool, dialect, statements: std::sync::Arc::new(Statements::render(dialect)) };
+        database.migrate().await?;
+        Ok(database)
+    }
+
+    /// Applies the schema migrations that have not been applied.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self.dialect {
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The pool, for queries of the binary's own (admin API, tests).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether a task with this id was done (recorded in `operation_logs`).
+    pub async fn task_done(&self, task_id: &str) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM operation_logs WHERE resource_type = 'task' AND resource_id = $1";
+        let (count,): (i64,) = sqlx::query_as(sql).bind(task_id).fetch_one(&self.pool).await?;
+        Ok(count > 0)
+    }
+
+    /// Records that a task was done, at once (not through the journal): its offset is
+    /// committed only after this.
+    pub async fn record_task_done(&self, task: &Task, details: serde_json::Value) -> Result<(), sqlx::Error> {
+        sqlx::query(self.statements.operation.clone())
+            .bind(None::<String>)
+            .bind(task.kind())
+            .bind("task")
+            .bind(&task.task_id)
+            .bind(details.to_string())
+            .bind(ms(signaling::bookkeeping::unix_ms()))
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+}
+
+/// Whether a database error means "try again later" rather than "this record is wrong".
+fn classify(err: sqlx::Error) -> LogError {
+    match &err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL classes 08 (connection), 53 (resources), 57 (operator intervention:
+            // shutdown); SQLite 5 and 6 (busy, locked).
+            let transient = ["08", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "5" || code == "6";
+            if transient {
+                LogError::Unavailable(err.to_string())
+            } else {
+                LogError::Rejected(err.to_string())
+            }
+        }
+        _ => LogError::Unavailable(err.to_string()),
+    }
+}
+
+/// The statements the journal runs, rendered for one dialect. Their text comes only from
+/// the constant templates below (values are always bound), hence `AssertSqlSafe`.
+struct Statements {
+    ensure_user: SqlStr,
+    ensure_meeting: SqlStr,
+    participant_joined: SqlStr,
+    participant_left: SqlStr,
+    room: SqlStr,
+    end_meeting: SqlStr,
+    session: SqlStr,
+    session_ping: SqlStr,
+    message: SqlStr,
+    stream: SqlStr,
+    operation: SqlStr,
+}
+
+fn safe(sql: String) -> SqlStr {
+    AssertSqlSafe(Arc::<str>::from(sql)).into_sql_str()
+}
+
+const USER: &str = "(SELECT id FROM users WHERE username = ";
+
+impl Statements {
+    fn render(d: Dialect) -> Self {
+        let r = |template: &str| safe(d.render(template));
+        Self {
+            ensure_user: r(
+                "INSERT INTO users (username, nickname) VALUES ($1, $2)
+                 ON CONFLICT (username) DO UPDATE SET nickname = COALESCE(excluded.nickname, users.nickname)",
+            ),
+            ensure_meeting: r(&format!(
+                "INSERT INTO meetings (id, title, creator_id, start_time, status) VALUES ($1, $1, {USER}$2), {{ts:$3}}, 2)
+                 ON CONFLICT (id) DO UPDATE SET status = 2, end_time = NULL,
+                   start_time = COALESCE(meetings.start_time, excluded.start_time)
+                 WHERE meetings.status IN (1, 3)"
+            )),
+            participant_joined: r(&format!(
+                "INSERT INTO meeting_participants (meeting_id, user_id, role, status, joined_at)
+                 VALUES ($1, {USER}$2),
+                   CASE WHEN (SELECT creator_id FROM meetings WHERE id = $1) = {USER}$2) THEN 1 ELSE 3 END,
+                   1, {{ts:$3}})
+                 ON CONFLICT (meeting_id, user_id) DO UPDATE SET status = 1, joined_at = excluded.joined_at, left_at = NULL"
+            )),
+            participant_left: r(&format!(
+                "UPDATE meeting_participants SET status = $3, left_at = {{ts:$4}}
+                 WHERE meeting_id = $1 AND user_id = {USER}$2)"
+            )),
+            room: r(
+                "INSERT INTO meeting_rooms (room_id, meeting_id, sfu_node, status, participant_count, created_at)
+                 VALUES ($1, $2, $3, $4, $5, {ts:$6})
+                 ON CONFLICT (room_id) DO UPDATE SET status = excluded.status,
+                   participant_count = excluded.participant_count,
+                   closed_at = CASE WHEN excluded.status = 3 THEN {ts:$6} ELSE NULL END",
+            ),
+            end_meeting: r(
+                "UPDATE meetings SET status = 3, end_time = {ts:$2}
+                 WHERE id = $1 AND status = 2
+                   AND NOT EXISTS (SELECT 1 FROM meeting_rooms WHERE meeting_id = $1 AND status <> 3)",
+            ),
+            session: r(&format!(
+                "INSERT INTO signaling_sessions (session_id, user_id, meeting_id, peer_id, status, joined_at, last_ping_at)
+                 VALUES ($1, {USER}$2), $3, $4, $5, {{ts:$6}}, {{ts:$6}})
+                 ON CONFLICT (session_id) DO UPDATE SET status = excluded.status,
+                   disconnected_at = CASE WHEN excluded.status IN (6, 7) THEN {{ts:$6}} ELSE NULL END"
+            )),
+            session_ping: r("UPDATE signaling_sessions SET last_ping_at = {ts:$2} WHERE session_id = $1"),
+            message: r(&format!(
+                "INSERT INTO signaling_messages
+                   (message_id, session_id, from_user_id, to_user_id, meeting_id, message_type, payload, status, created_at)
+                 VALUES ($1, $2, {USER}$3), {USER}$4), $5, $6, {{json:$7}}, $8, {{ts:$9}})
+                 ON CONFLICT (message_id) DO NOTHING"
+            )),
+            stream: r(&format!(
+                "INSERT INTO media_streams (room_id, user_id, stream_id, stream_type, codec, status, started_at)
+                 VALUES ($1, {USER}$2), $3, $4, $5, $6, {{ts:$7}})
+                 ON CONFLICT (stream_id) DO UPDATE SET status = excluded.status,
+                   ended_at = CASE WHEN excluded.status = 3 THEN {{ts:$7}} ELSE NULL END"
+            )),
+            operation: r(&format!(
+                "INSERT INTO operation_logs (user_id, operation, resource_type, resource_id, details, created_at)
+                 VALUES ({USER}$1), $2, $3, $4, {{json:$5}}, {{ts:$6}})"
+            )),
+        }
+    }
+}
+
+fn ms(at_ms: u64) -> i64 {
+    i64::try_from(at_ms).unwrap_or(i64::MAX)
+}
+
+impl Database {
+    async fn apply(&self, tx: &mut Transaction<'static, Any>, record: &Record) -> Result<AnyQueryResult, sqlx::Error> {
+        let s = &self.statements;
+        match record {
+            Record::ParticipantJoined { meeting_id, identity, name, at_ms } => {
+                sqlx::query(s.ensure_user.clone()).bind(identity).bind(name.clone()).execute(&mut **tx).await?;
+                sqlx::query(s.ensure_meeting.clone()).bind(meeting_id).bind(identity).bind(ms(*at_ms)).execute(&mut **tx).await?;
+                sqlx::query(s.participant_joined.clone()).bind(meeting_id).bind(identity).bind(ms(*at_ms)).execute(&mut **tx).await
+            }
+            Record::ParticipantLeft { meeting_id, identity, status, at_ms } => {
+                sqlx::query(s.participant_left.clone())
+                    .bind(meeting_id)
+                    .bind(identity)
+                    .bind(*status as i16)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::Room { room_id, meeting_id, sfu_node, status, participant_count, at_ms } => {
+                let result = sqlx::query(s.room.clone())
+                    .bind(room_id)
+                    .bind(meeting_id)
+                    .bind(sfu_node)
+                    .bind(*status as i16)
+                    .bind(*participant_count)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await?;
+                if *status == signaling::journal::RoomStatus::Closed {
+                    sqlx::query(s.end_meeting.clone()).bind(meeting_id).bind(ms(*at_ms)).execute(&mut **tx).await?;
+                }
+                Ok(result)
+            }
+            Record::Session { session_id, identity, meeting_id, peer_id, status, at_ms } => {
+                sqlx::query(s.session.clone())
+                    .bind(session_id)
+                    .bind(identity)
+                    .bind(meeting_id)
+                    .bind(peer_id)
+                    .bind(*status as i16)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::SessionPing { session_id, at_ms } => {
+                sqlx::query(s.session_ping.clone()).bind(session_id).bind(ms(*at_ms)).execute(&mut **tx).await
+            }
+            Record::Message { message_id, session_id, from, to, meeting_id, message_type, payload, status, at_ms } => {
+                sqlx::query(s.message.clone())
+                    .bind(message_id)
+                    .bind(session_id)
+                    .bind(from.clone())
+                    .bind(to.clone())
+                    .bind(meeting_id)
+                    .bind(*message_type as i16)
+                    .bind(payload.to_string())
+                    .bind(*status as i16)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::Stream { room_id, identity, stream_id, stream_type, codec, status, at_ms } => {
+                sqlx::query(s.stream.clone())
+                    .bind(room_id)
+                    .bind(identity)
+                    .bind(stream_id)
+                    .bind(*stream_type as i16)
+                    .bind(codec)
+                    .bind(*status as i16)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::Operation { identity, operation, resource_type, resource_id, details, at_ms } => {
+                sqlx::query(s.operation.clone())
+                    .bind(identity.clone())
+                    .bind(operation)
+                    .bind(resource_type)
+                    .bind(resource_id)
+                    .bind(details.to_string())
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SignalingLog for Database {
+    async fn write(&self, batch: &[Record]) -> Result<(), LogError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        for record in batch {
+            self.apply(&mut tx, record).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_timestamps_and_json_per_dialect() {
+        let template = "INSERT INTO t (a, b) VALUES ({ts:$1}, {json:$2})";
+        assert_eq!(Dialect::Postgres.render(template), "INSERT INTO t (a, b) VALUES (to_timestamp($1::float8 / 1000), $2::jsonb)");
+        assert_eq!(
+            Dialect::Sqlite.render(template),
+            "INSERT INTO t (a, b) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', $1 / 1000.0, 'unixepoch'), $2)"
+        );
+    }
+}

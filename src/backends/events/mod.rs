@@ -1,0 +1,5 @@
+//! Event sinks (the log, or Kafka) and the Kafka tasks consumer.
+
+pub mod kafka;
+pub mod log;
+pub mod tasks;

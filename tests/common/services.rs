@@ -1,0 +1,316 @@
+//! The real services tests run against: a private `redis-server` per test server, a database
+//! per test server on the PostgreSQL at `SWITCHBOARD_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432`), and one `tansu` broker and one `s3s-fs` per test
+//! binary (scripts/test installs both and puts them on PATH). A TCP [`Proxy`] in front of a
+//! service lets a test take it away and bring it back without touching the service.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// Credentials of the test S3 server.
+pub const S3_ACCESS_KEY: &str = "switchboard-test";
+pub const S3_SECRET_KEY: &str = "switchboard-test-secret";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A random lowercase suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 10).to_lowercase())
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A folder removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("switchboard-test-"));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Finds a service binary on PATH, failing with how to install it.
+fn binary(name: &str, install: &str) -> String {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).any(|p| p.is_file()))
+        .unwrap_or(false);
+    assert!(found, "`{name}` is not on PATH; run the tests with scripts/test, which installs it ({install})");
+    name.to_owned()
+}
+
+/// A private redis-server on a free port; killed when dropped.
+pub struct Redis {
+    pub port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let redis = Self { port: free_port(), child: Mutex::new(None) };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server: its data is gone.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts an empty server on the same port.
+    pub fn restart(&self) {
+        self.stop();
+        let child = Command::new(binary("redis-server", "apt-get install redis-server"))
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        *self.child.lock().unwrap() = Some(child);
+        wait_listening(self.port, "redis-server");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The PostgreSQL server tests use.
+pub fn postgres_base() -> String {
+    std::env::var("SWITCHBOARD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Creates an empty database; returns its URL.
+pub async fn postgres_database() -> String {
+    use sqlx::Connection;
+    let name = unique("sbtest_");
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base())).await.expect("PostgreSQL reachable for tests");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("test database created");
+    format!("{}/{name}", postgres_base())
+}
+
+/// Spawns `command` under a shell that ends it when this test process ends, so brokers
+/// started once per test binary do not outlive it.
+fn spawn_tied_to_this_process(program: &str, args: &[String], log: &Path) -> Child {
+    let quoted: Vec<String> = std::iter::once(program.to_owned()).chain(args.iter().cloned()).map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "{} >'{}' 2>&1 & c=$!; while kill -0 {} 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5; done; kill $c 2>/dev/null",
+        quoted.join(" "),
+        log.display(),
+        std::process::id()
+    );
+    Command::new("sh").args(["-c", &script]).spawn().expect("service starts")
+}
+
+/// A Kafka-protocol broker (tansu, in memory) for this test binary.
+pub struct Broker {
+    /// `host:port` clients bootstrap from.
+    pub brokers: String,
+    _dir: TempDir,
+}
+
+impl Broker {
+    /// Starts a broker on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port(), None)
+    }
+
+    /// Starts a broker on `port` advertising `advertised` (its own port when `None`, or a
+    /// proxy's).
+    pub fn start_on(port: u16, advertised: Option<u16>) -> Self {
+        let advertised = advertised.unwrap_or(port);
+        let dir = TempDir::new();
+        let args = vec![
+            "broker".into(),
+            "--listener-url".into(),
+            format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url".into(),
+            format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine".into(),
+            "memory://tansu/".into(),
+        ];
+        let tansu = binary("tansu", "cargo install tansu@0.6.0 --locked --features dynostore");
+        spawn_tied_to_this_process(&tansu, &args, &dir.path().join("tansu.log"));
+        wait_listening(port, "tansu");
+        Self { brokers: format!("127.0.0.1:{port}"), _dir: dir }
+    }
+
+    /// The broker shared by the tests of this binary.
+    pub fn shared() -> &'static Broker {
+        static BROKER: OnceLock<Broker> = OnceLock::new();
+        BROKER.get_or_init(Broker::start)
+    }
+}
+
+/// An S3 server (s3s-fs, signatures checked) for this test binary.
+pub struct S3 {
+    /// Endpoint URL.
+    pub endpoint: String,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl S3 {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = TempDir::new();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("s3 data dir");
+        let args = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            S3_ACCESS_KEY.into(),
+            "--secret-key".into(),
+            S3_SECRET_KEY.into(),
+            data.display().to_string(),
+        ];
+        let s3s = binary("s3s-fs", "cargo install s3s-fs@0.14.1 --locked --features binary");
+        spawn_tied_to_this_process(&s3s, &args, &dir.path().join("s3s.log"));
+        wait_listening(port, "s3s-fs");
+        Self { endpoint: format!("http://127.0.0.1:{port}"), port, _dir: dir }
+    }
+
+    /// The S3 server shared by the tests of this binary.
+    pub fn shared() -> &'static S3 {
+        static S3_SERVER: OnceLock<S3> = OnceLock::new();
+        S3_SERVER.get_or_init(S3::start)
+    }
+}
+
+/// A TCP proxy in front of a service. `cut` closes its connections and refuses new ones
+/// (the service is "gone" for whoever uses the proxy); `restore` lets them through again.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    /// A proxy to `target` on a free port (or on `port`).
+    pub async fn start(target: SocketAddr, port: Option<u16>) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0))).await.expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address");
+        let open = Arc::new(AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (flag, cuts) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, open, generation }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The service disappears: connections drop, new ones are closed at once.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The service is back.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The real services one test server uses, and the configuration overrides naming them.
+pub struct RealServices {
+    pub redis: Redis,
+    pub postgres_url: String,
+    pub topic_prefix: String,
+    pub bucket: String,
+}
+
+impl RealServices {
+    /// A private Redis, a new database, a topic prefix and a bucket of their own on the
+    /// shared broker and S3 server.
+    pub async fn start() -> Self {
+        Self { redis: Redis::start(), postgres_url: postgres_database().await, topic_prefix: unique("t"), bucket: unique("b") }
+    }
+
+    /// Overrides of the test configuration that select these services.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let s3 = S3::shared();
+        [
+            ("STATE__BACKEND", "redis".to_owned()),
+            ("STATE__REDIS_URL", self.redis.url()),
+            ("DATABASE__BACKEND", "postgres".to_owned()),
+            ("DATABASE__URL", self.postgres_url.clone()),
+            ("EVENTS__BACKEND", "kafka".to_owned()),
+            ("EVENTS__BROKERS", Broker::shared().brokers.clone()),
+            ("EVENTS__TOPIC_PREFIX", self.topic_prefix.clone()),
+            ("EVENTS__CONSUMER_GROUP", format!("{}-group", self.topic_prefix)),
+            ("OBJECTS__BACKEND", "s3".to_owned()),
+            ("OBJECTS__ENDPOINT", s3.endpoint.clone()),
+            ("OBJECTS__BUCKET", self.bucket.clone()),
+            ("OBJECTS__ACCESS_KEY", S3_ACCESS_KEY.to_owned()),
+            ("OBJECTS__SECRET_KEY", S3_SECRET_KEY.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("SWITCHBOARD__{k}"), v))
+        .collect()
+    }
+}
+
+/// Whether the whole-server tests run against real services (`SWITCHBOARD_TEST_BACKENDS=real`)
+/// rather than the embedded ones.
+pub fn real_backends_requested() -> bool {
+    std::env::var("SWITCHBOARD_TEST_BACKENDS").is_ok_and(|v| v == "real")
+}
