@@ -345,14 +345,16 @@ async fn tasks_run_once_retry_and_land_in_the_dead_letter_topic() {
     assert_eq!(done, [["mute_participant"]]);
 }
 
-/// Runs the server binary on `config`, with `env`; its stderr goes to `log`.
+/// Runs the server binary on `config`, with `env`; its output goes to `log`.
 fn spawn_server(config: &std::path::Path, env: &[(&str, &str)], log: &std::path::Path) -> std::process::Child {
+    let file = std::fs::File::create(log).expect("log file");
     std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["--config", &config.display().to_string(), "serve"])
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
+        .env("NO_COLOR", "1")
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
         .spawn()
         .expect("server process starts")
 }

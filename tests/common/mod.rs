@@ -52,7 +52,11 @@ impl TestServer {
         let services = if services::real_backends_requested() { Some(services::RealServices::start().await) } else { None };
         let mut all: Vec<(String, String)> = services.as_ref().map(|s| s.overrides()).unwrap_or_default();
         all.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Self::start_with(all, services).await
+        let server = Self::start_with(all, services).await;
+        if let Some(services) = &server.services {
+            services.assert_in_use(&server.node).await;
+        }
+        server
     }
 
     /// A server on the embedded backends plus `overrides`, whatever the environment asks.

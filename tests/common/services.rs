@@ -285,6 +285,17 @@ impl RealServices {
         Self { redis: Redis::start(), postgres_url: postgres_database().await, topic_prefix: unique("t"), bucket: unique("b") }
     }
 
+    /// Checks that a server started on these services registered itself in Redis.
+    pub async fn assert_in_use(&self, node: &signaling::state::NodeInfo) {
+        use signaling::state::StateStore;
+        let store = switchboard::backends::state::redis::RedisState::connect(&self.redis.url()).expect("redis client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.node(&node.id).await.ok().flatten().as_ref() != Some(node) {
+            assert!(Instant::now() < deadline, "the server did not register node:{} in its Redis", node.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Overrides of the test configuration that select these services.
     pub fn overrides(&self) -> Vec<(String, String)> {
         let s3 = S3::shared();
