@@ -142,6 +142,7 @@ fn spawn_tied_to_this_process(program: &str, args: &[String], log: &Path) -> Chi
 pub struct Broker {
     /// `host:port` clients bootstrap from.
     pub brokers: String,
+    _process: Child,
     _dir: TempDir,
 }
 
@@ -166,9 +167,9 @@ impl Broker {
             "memory://tansu/".into(),
         ];
         let tansu = binary("tansu", "cargo install tansu@0.6.0 --locked --features dynostore");
-        spawn_tied_to_this_process(&tansu, &args, &dir.path().join("tansu.log"));
+        let process = spawn_tied_to_this_process(&tansu, &args, &dir.path().join("tansu.log"));
         wait_listening(port, "tansu");
-        Self { brokers: format!("127.0.0.1:{port}"), _dir: dir }
+        Self { brokers: format!("127.0.0.1:{port}"), _process: process, _dir: dir }
     }
 
     /// The broker shared by the tests of this binary.
@@ -183,6 +184,7 @@ pub struct S3 {
     /// Endpoint URL.
     pub endpoint: String,
     pub port: u16,
+    _process: Child,
     _dir: TempDir,
 }
 
@@ -204,9 +206,9 @@ impl S3 {
             data.display().to_string(),
         ];
         let s3s = binary("s3s-fs", "cargo install s3s-fs@0.14.1 --locked --features binary");
-        spawn_tied_to_this_process(&s3s, &args, &dir.path().join("s3s.log"));
+        let process = spawn_tied_to_this_process(&s3s, &args, &dir.path().join("s3s.log"));
         wait_listening(port, "s3s-fs");
-        Self { endpoint: format!("http://127.0.0.1:{port}"), port, _dir: dir }
+        Self { endpoint: format!("http://127.0.0.1:{port}"), port, _process: process, _dir: dir }
     }
 
     /// The S3 server shared by the tests of this binary.

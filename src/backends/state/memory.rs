@@ -127,3 +127,82 @@ impl StateStore for MemoryState {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use signaling::state::{Ownership, StateKeeper, StateTimings};
+
+    use super::*;
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo { id: id.into(), url: format!("http://{id}") }
+    }
+
+    fn session(id: &str, room: &str, node: &str) -> SessionState {
+        SessionState {
+            session_id: id.into(),
+            identity: format!("user-{id}"),
+            participant_id: format!("PA_{id}"),
+            room: room.into(),
+            node: node.into(),
+            joined_at_ms: 1,
+            last_ping_ms: 1,
+        }
+    }
+
+    const TIMINGS: StateTimings = StateTimings {
+        heartbeat: Duration::from_millis(50),
+        session_ttl: Duration::from_millis(200),
+        room_ttl: Duration::from_secs(3600),
+        lock_ttl: Duration::from_secs(1),
+    };
+
+    #[tokio::test]
+    async fn nodes_sharing_a_store_agree_on_owners_and_take_over_rooms_of_dead_nodes() {
+        let store = Arc::new(MemoryState::default());
+        let a = StateKeeper::start(store.clone(), node("a"), TIMINGS);
+        let b = StateKeeper::start(store.clone(), node("b"), TIMINGS);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        assert_eq!(a.claim_room("r").await, Ownership::Here);
+        a.participant_joined(session("s1", "r", "a"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(b.claim_room("r").await, Ownership::Elsewhere(node("a")));
+        let room = store.room("r").await.unwrap().expect("room entry");
+        assert_eq!(room.participants.get("PA_s1").map(String::as_str), Some("user-s1"));
+        assert!(store.session("s1").await.unwrap().is_some());
+
+        // The room goes with its last participant.
+        a.participant_left("s1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(store.room("r").await.unwrap(), None);
+        assert_eq!(store.session("s1").await.unwrap(), None);
+
+        // A node that stops refreshing its entry loses its rooms to the others.
+        assert_eq!(a.claim_room("r2").await, Ownership::Here);
+        a.participant_joined(session("s2", "r2", "a"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a);
+        assert_eq!(b.claim_room("r2").await, Ownership::Elsewhere(node("a")));
+        tokio::time::sleep(TIMINGS.session_ttl + Duration::from_millis(100)).await;
+        assert_eq!(b.claim_room("r2").await, Ownership::Here);
+        assert_eq!(store.room("r2").await.unwrap().expect("room entry").owner, node("b"));
+    }
+
+    #[tokio::test]
+    async fn locks_expire_and_release_only_with_their_token_and_buckets_refill() {
+        let store = MemoryState::default();
+        let token = store.lock("x", Duration::from_millis(30)).await.unwrap().expect("free");
+        assert_eq!(store.lock("x", Duration::from_millis(30)).await.unwrap(), None);
+        assert!(!store.unlock("x", "other").await.unwrap());
+        assert!(store.unlock("x", &token).await.unwrap());
+        store.lock("x", Duration::from_millis(30)).await.unwrap().expect("released");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        store.lock("x", Duration::from_millis(30)).await.unwrap().expect("expired");
+
+        let taken = futures_util::future::join_all((0..5).map(|_| store.take_token("u", 1, 3))).await;
+        assert_eq!(taken.into_iter().filter(|t| *t.as_ref().unwrap()).count(), 3, "the burst, then nothing");
+    }
+}
