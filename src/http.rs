@@ -51,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dev/token", get(dev_token))
         .route("/ws", get(websocket))
         .route("/objects/{*key}", get(object))
+        .merge(crate::admin::routes())
         .with_state(state)
 }
 

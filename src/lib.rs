@@ -2,6 +2,7 @@
 //!
 //! Used by the binary and by the whole-server tests, which start a server on free ports.
 
+mod admin;
 pub mod backends;
 mod http;
 

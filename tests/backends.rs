@@ -461,31 +461,69 @@ async fn pings_answered(signal: &mut Signal, count: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_share_room_ownership_and_the_rate_limit_through_redis() {
+async fn two_server_processes_share_room_ownership_and_the_rate_limit_through_redis() {
     let redis = Redis::start();
     let limits = [("SWITCHBOARD__LIMITS__MESSAGES_PER_SECOND", "1"), ("SWITCHBOARD__LIMITS__MESSAGE_BURST", "10")];
-    let a = TestServer::start_with(on_redis(&redis, &limits), None).await;
+    // Node A is a process of its own; node B runs in this test.
+    let dir = TempDir::new();
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, sb_config::DEFAULT_YAML).expect("config written");
+    let a_port = services::free_port();
+    let mut a_env = on_redis(&redis, &limits);
+    a_env.extend([
+        ("SWITCHBOARD__HTTP__LISTEN".to_owned(), format!("127.0.0.1:{a_port}")),
+        ("SWITCHBOARD__NODE__ID".to_owned(), "node-a".to_owned()),
+        ("SWITCHBOARD__MEDIA__PORT_BASE".to_owned(), "0".to_owned()),
+        ("SWITCHBOARD__MEDIA__WORKERS".to_owned(), "1".to_owned()),
+        ("SWITCHBOARD__DATABASE__URL".to_owned(), format!("sqlite://{}/a.db?mode=rwc", dir.path().display())),
+        ("SWITCHBOARD__OBJECTS__LOCAL_DIR".to_owned(), dir.path().join("objects").display().to_string()),
+    ]);
+    let a_env: Vec<(&str, &str)> = a_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a_log = dir.path().join("a.log");
+    let mut a = spawn_server(&config_path, &a_env, &a_log);
+    log_shows(&a_log, "switchboard listening").await;
+    let a_addr: std::net::SocketAddr = format!("127.0.0.1:{a_port}").parse().expect("address");
+    let a_node = signaling::state::NodeInfo { id: "node-a".into(), url: format!("http://{a_addr}") };
     let b = TestServer::start_with(on_redis(&redis, &limits), None).await;
     let store = RedisState::connect(&redis.url()).expect("redis client");
+    let join_at = |addr, room: &str, identity: &str| {
+        let token = b.token(room, identity, &["publish", "subscribe"]);
+        async move {
+            let mut signal = Signal::connect(addr).await;
+            let reply = signal.request(json!({"type": "join", "token": token})).await;
+            (signal, reply)
+        }
+    };
 
     // A room opened on A is owned by A, as B sees it: B sends its joiners there.
-    let (_alice, alice_id, _) = join(&a, "shared", "alice", &["publish"]).await;
+    let (_alice, joined) = join_at(a_addr, "shared", "alice").await;
+    assert_eq!(joined["type"], "joined", "{joined}");
     let entry = store.room("shared").await.expect("redis answers").expect("room:shared exists");
-    assert_eq!(entry.owner, a.node);
-    assert_eq!(entry.participants.get(&alice_id).map(String::as_str), Some("alice"));
-    let mut bob = b.connect().await;
-    let redirect = bob.request(json!({"type": "join", "token": b.token("shared", "bob", &["subscribe"])})).await;
+    assert_eq!(entry.owner, a_node);
+    assert_eq!(entry.participants.values().collect::<Vec<_>>(), ["alice"]);
+    let (_, redirect) = join_at(b.http, "shared", "bob").await;
     assert_eq!(redirect["type"], "redirect", "{redirect}");
-    assert_eq!((redirect["node"].as_str(), redirect["url"].as_str()), (Some(a.node.id.as_str()), Some(a.node.url.as_str())));
-    let (_bob, _, _) = join(&a, "shared", "bob", &["subscribe"]).await;
+    assert_eq!((redirect["node"].as_str(), redirect["url"].as_str()), (Some("node-a"), Some(a_node.url.as_str())));
+    let (_bob, joined) = join_at(a_addr, "shared", "bob").await;
+    assert_eq!(joined["participants"][0]["identity"], "alice", "{joined}");
 
     // Carol's messages draw on one bucket, whichever node she talks to.
-    let (mut on_a, _, _) = join(&a, "carol-a", "carol", &[]).await;
-    let (mut on_b, _, _) = join(&b, "carol-b", "carol", &[]).await;
+    let (mut on_a, _) = join_at(a_addr, "carol-a", "carol").await;
+    let (mut on_b, _) = join_at(b.http, "carol-b", "carol").await;
     let first = pings_answered(&mut on_a, 12).await;
     let second = pings_answered(&mut on_b, 12).await;
     assert!((10..=12).contains(&first), "the first node spent the burst: {first}");
     assert!(second <= 2, "the second node found the bucket empty, not a fresh one: {second}");
+
+    // A dies: its rooms stay its own until its node entry expires, then B takes them over.
+    a.kill().expect("kill -9");
+    a.wait().expect("reaped");
+    let (_, still) = join_at(b.http, "shared", "dave").await;
+    assert_eq!(still["type"], "redirect", "A's entry has not expired yet: {still}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (_dave, joined) = join_at(b.http, "shared", "dave").await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(store.room("shared").await.expect("redis answers").expect("room").owner, b.node);
 }
 
 /// Not a test of its own: the child process of the lock test. Takes a lock and waits to be
@@ -523,24 +561,6 @@ async fn lock_of_a_killed_process_expires() {
     let token = store.lock("recording:m1", Duration::from_secs(5)).await.expect("redis answers").expect("expired, free again");
     assert!(!store.unlock("recording:m1", "someone else's token").await.expect("redis answers"), "only the holder releases");
     assert!(store.unlock("recording:m1", &token).await.expect("redis answers"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_of_a_dead_node_is_taken_over_after_its_entry_expires() {
-    let redis = Redis::start();
-    let store = RedisState::connect(&redis.url()).expect("redis client");
-    let dead = signaling::state::NodeInfo { id: "dead-node".into(), url: "http://127.0.0.1:9".into() };
-    store.put_node(&dead, Default::default(), Duration::from_millis(1500)).await.expect("redis answers");
-    let room = signaling::state::RoomState { owner: dead.clone(), created_at_ms: 1, participants: Default::default() };
-    store.put_room("orphan", &room, Duration::from_secs(3600)).await.expect("redis answers");
-
-    let server = TestServer::start_with(on_redis(&redis, &[]), None).await;
-    let mut early = server.connect().await;
-    let reply = early.request(json!({"type": "join", "token": server.token("orphan", "eve", &[])})).await;
-    assert_eq!((reply["type"].as_str(), reply["node"].as_str()), (Some("redirect"), Some("dead-node")), "{reply}");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    join(&server, "orphan", "eve", &[]).await;
-    assert_eq!(store.room("orphan").await.expect("redis answers").expect("room").owner, server.node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,4 +869,66 @@ async fn migrate_creates_the_seed_schema_in_sqlite_and_postgres() {
         let after = rows(&pool, "SELECT CAST(updated_at AS TEXT) FROM users WHERE username = $1", "trigger-check").await;
         assert_ne!(before, after, "{backend}: the updated_at trigger ran");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin API
+
+/// A plain HTTP/1.1 POST: status and body.
+async fn http_post(addr: std::net::SocketAddr, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("response read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_close_rooms_and_mute_participants_over_http_and_it_is_logged() {
+    let server = TestServer::start_with(Vec::new(), None).await;
+    let (mut alice, _, _) = join(&server, "ops-room", "alice", &["publish"]).await;
+    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[rtc_client::local_track("alice", "alice-mic", "audio/opus")]).await;
+    tokio::spawn(rtc_client::send_packets(out[0].clone(), 50, 960));
+    let track = alice.expect("track_published").await["track"]["track_id"].clone();
+
+    let admin = server.token("ops-room", "ops", &["admin"]);
+    let path = "/api/rooms/ops-room/participants/alice/mute";
+    assert_eq!(http_post(server.http, path, None, "").await.0, 401);
+    assert_eq!(http_post(server.http, path, Some("not-a-token"), "").await.0, 401);
+    assert_eq!(http_post(server.http, path, Some(&server.token("ops-room", "eve", &["publish"])), "").await.0, 403);
+    assert_eq!(http_post(server.http, path, Some(&server.token("other", "ops", &["admin"])), "").await.0, 403, "admin of another room");
+    assert_eq!(http_post(server.http, "/api/rooms/ops-room/participants/nobody/mute", Some(&admin), "").await.0, 404);
+
+    let (status, body) = http_post(server.http, path, Some(&admin), "").await;
+    assert_eq!((status, body), (200, json!({"sessions": 1})));
+    let muted = alice.expect("track_muted").await;
+    assert_eq!((muted["track_id"].clone(), muted["muted"].clone()), (track, json!(true)));
+
+    assert_eq!(http_post(server.http, "/api/rooms/ops-room/close", Some(&admin), "{nope").await.0, 400);
+    let (status, _) = http_post(server.http, "/api/rooms/ops-room/close", Some(&admin), r#"{"reason":"maintenance"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(alice.expect("room_closed").await["reason"], "maintenance");
+    alice.closed().await;
+    assert_eq!(http_post(server.http, "/api/rooms/ops-room/close", Some(&admin), "").await.0, 404, "the room is gone");
+
+    journal_drained(&server).await;
+    let pool = database(&server).await;
+    let logged = rows(
+        &pool,
+        "SELECT o.operation, o.resource_type, o.resource_id, COALESCE(u.username, '-') FROM operation_logs o
+         LEFT JOIN users u ON u.id = o.user_id WHERE o.resource_id LIKE $1 ORDER BY o.id",
+        "ops-room%",
+    )
+    .await;
+    assert_eq!(logged, [["mute_participant", "participant", "ops-room/alice", "ops"], ["close_room", "room", "ops-room", "ops"]]);
+    let removed = rows(&pool, "SELECT CAST(p.status AS TEXT) FROM meeting_participants p WHERE p.meeting_id = $1", "ops-room").await;
+    assert_eq!(removed, [["3"]], "Alice was removed, not left");
 }

@@ -92,39 +92,57 @@ impl Task {
 
     /// The meeting the task is about.
     pub fn meeting_id(&self) -> &str {
-        match &self.command {
-            Command::CloseRoom { meeting_id, .. }
-            | Command::MuteParticipant { meeting_id, .. }
-            | Command::StartRecording { meeting_id }
-            | Command::StopRecording { meeting_id } => meeting_id,
-        }
+        self.command.meeting_id()
     }
 
     /// The task's `type`.
     pub fn kind(&self) -> &'static str {
-        match &self.command {
-            Command::CloseRoom { .. } => "close_room",
-            Command::MuteParticipant { .. } => "mute_participant",
-            Command::StartRecording { .. } => "start_recording",
-            Command::StopRecording { .. } => "stop_recording",
-        }
+        self.command.kind()
     }
 
     /// Executes the task on this node's rooms; returns how many sessions it reached.
     pub fn execute(&self, rooms: &Rooms) -> Result<usize, TaskError> {
-        match &self.command {
-            Command::CloseRoom { meeting_id, reason } => {
+        self.command.execute(rooms)
+    }
+}
+
+impl Command {
+    /// The meeting the command is about.
+    pub fn meeting_id(&self) -> &str {
+        match self {
+            Self::CloseRoom { meeting_id, .. }
+            | Self::MuteParticipant { meeting_id, .. }
+            | Self::StartRecording { meeting_id }
+            | Self::StopRecording { meeting_id } => meeting_id,
+        }
+    }
+
+    /// The command's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CloseRoom { .. } => "close_room",
+            Self::MuteParticipant { .. } => "mute_participant",
+            Self::StartRecording { .. } => "start_recording",
+            Self::StopRecording { .. } => "stop_recording",
+        }
+    }
+
+    /// Executes the command on this node's rooms (tasks and the admin API share it);
+    /// returns how many sessions it reached.
+    pub fn execute(&self, rooms: &Rooms) -> Result<usize, TaskError> {
+        match self {
+            Self::CloseRoom { meeting_id, reason } => {
                 let reason = reason.clone().unwrap_or_else(|| "closed by the server".into());
                 match rooms.control(meeting_id, None, Control::Close { reason }) {
                     0 => Err(TaskError::NoSuchRoom(meeting_id.clone())),
                     reached => Ok(reached),
                 }
             }
-            Command::MuteParticipant { meeting_id, identity } => match rooms.control(meeting_id, Some(identity), Control::MuteTracks) {
+            Self::MuteParticipant { meeting_id, identity } => match rooms.control(meeting_id, Some(identity), Control::MuteTracks) {
                 0 => Err(TaskError::NoSuchParticipant { meeting_id: meeting_id.clone(), identity: identity.clone() }),
                 reached => Ok(reached),
             },
-            Command::StartRecording { .. } | Command::StopRecording { .. } => {
+            Self::StartRecording { .. } | Self::StopRecording { .. } => {
                 Err(TaskError::Unsupported("recording is not available on this server yet"))
             }
         }

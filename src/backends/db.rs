@@ -324,6 +324,9 @@ impl Database {
                     .await
             }
             Record::Operation { identity, operation, resource_type, resource_id, details, at_ms } => {
+                if let Some(identity) = identity {
+                    sqlx::query(s.ensure_user.clone()).bind(identity).bind(None::<String>).execute(&mut **tx).await?;
+                }
                 sqlx::query(s.operation.clone())
                     .bind(identity.clone())
                     .bind(operation)

@@ -1,0 +1,107 @@
+//! The administrative HTTP API: operators act on a room with an access token that has the
+//! `admin` grant for that room (`Authorization: Bearer <token>`). The actions are the ones
+//! `meeting.tasks` carries, executed the same way; each is recorded in `operation_logs`.
+//!
+//! - `POST /api/rooms/{room}/close` (JSON body, optional: `{"reason": "…"}`)
+//! - `POST /api/rooms/{room}/participants/{identity}/mute`
+//!
+//! Answers: 200 `{"sessions": n}`; 401 without a valid token; 403 without the grant;
+//! 404 when the room (or the participant) is not on this node.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use signaling::auth::AuthError;
+use signaling::bookkeeping::unix_ms;
+use signaling::journal::Record;
+use signaling::tasks::{Command, TaskError};
+
+use crate::http::AppState;
+
+/// The admin routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/rooms/{room}/close", post(close_room))
+        .route("/api/rooms/{room}/participants/{identity}/mute", post(mute_participant))
+}
+
+fn refusal(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": code, "message": message.into() }))).into_response()
+}
+
+/// The identity of an admin of `room`, from the request's bearer token.
+fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String, Response> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| refusal(StatusCode::UNAUTHORIZED, "unauthorized", "an `Authorization: Bearer <token>` header is needed"))?;
+    let claims = state.signaling.auth.verify(token).map_err(|err| match err {
+        AuthError::Expired => refusal(StatusCode::UNAUTHORIZED, "token_expired", "access token expired"),
+        err => refusal(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()),
+    })?;
+    if !claims.grants.admin || claims.room != room {
+        return Err(refusal(StatusCode::FORBIDDEN, "forbidden", format!("the token does not grant admin of room `{room}`")));
+    }
+    Ok(claims.sub)
+}
+
+/// Runs `command` for `admin` and records it.
+fn act(state: &AppState, admin: String, command: Command, resource_type: &str, resource_id: String, details: serde_json::Value) -> Response {
+    match command.execute(&state.signaling.rooms) {
+        Ok(sessions) => {
+            tracing::info!(%admin, operation = command.kind(), %resource_id, sessions, "admin action");
+            let mut details = details;
+            details["sessions"] = json!(sessions);
+            state.signaling.books.journal.record(Record::Operation {
+                identity: Some(admin),
+                operation: command.kind().to_owned(),
+                resource_type: resource_type.to_owned(),
+                resource_id,
+                details,
+                at_ms: unix_ms(),
+            });
+            Json(json!({ "sessions": sessions })).into_response()
+        }
+        Err(err @ (TaskError::NoSuchRoom(_) | TaskError::NoSuchParticipant { .. })) => refusal(StatusCode::NOT_FOUND, "not_found", err.to_string()),
+        Err(err) => refusal(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", err.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    reason: Option<String>,
+}
+
+async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let admin = match admin_of(&state, &headers, &room) {
+        Ok(admin) => admin,
+        Err(response) => return response,
+    };
+    let body: CloseBody = if body.is_empty() {
+        CloseBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(err) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()),
+        }
+    };
+    let details = json!({ "reason": body.reason });
+    act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason: body.reason }, "room", room, details)
+}
+
+async fn mute_participant(State(state): State<Arc<AppState>>, Path((room, identity)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let admin = match admin_of(&state, &headers, &room) {
+        Ok(admin) => admin,
+        Err(response) => return response,
+    };
+    let resource = format!("{room}/{identity}");
+    act(&state, admin, Command::MuteParticipant { meeting_id: room, identity }, "participant", resource, json!({}))
+}
