@@ -31,12 +31,25 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/rooms/{room}/participants/{identity}/mute", post(mute_participant))
 }
 
-fn refusal(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": code, "message": message.into() }))).into_response()
+/// A refused request: its status, a stable code and an explanation.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+    }
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { status, code, message: message.into() }
 }
 
 /// The identity of an admin of `room`, from the request's bearer token.
-fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String, Response> {
+fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String, Refusal> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -69,8 +82,10 @@ fn act(state: &AppState, admin: String, command: Command, resource_type: &str, r
             });
             Json(json!({ "sessions": sessions })).into_response()
         }
-        Err(err @ (TaskError::NoSuchRoom(_) | TaskError::NoSuchParticipant { .. })) => refusal(StatusCode::NOT_FOUND, "not_found", err.to_string()),
-        Err(err) => refusal(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", err.to_string()),
+        Err(err @ (TaskError::NoSuchRoom(_) | TaskError::NoSuchParticipant { .. })) => {
+            refusal(StatusCode::NOT_FOUND, "not_found", err.to_string()).into_response()
+        }
+        Err(err) => refusal(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", err.to_string()).into_response(),
     }
 }
 
@@ -83,14 +98,14 @@ struct CloseBody {
 async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let admin = match admin_of(&state, &headers, &room) {
         Ok(admin) => admin,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     let body: CloseBody = if body.is_empty() {
         CloseBody::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(body) => body,
-            Err(err) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()),
+            Err(err) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()).into_response(),
         }
     };
     let details = json!({ "reason": body.reason });
@@ -100,7 +115,7 @@ async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>
 async fn mute_participant(State(state): State<Arc<AppState>>, Path((room, identity)): Path<(String, String)>, headers: HeaderMap) -> Response {
     let admin = match admin_of(&state, &headers, &room) {
         Ok(admin) => admin,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     let resource = format!("{room}/{identity}");
     act(&state, admin, Command::MuteParticipant { meeting_id: room, identity }, "participant", resource, json!({}))
