@@ -305,7 +305,9 @@ impl Session {
     async fn send(&self, message: ServerMessage) {
         if let ServerMessage::Error { code, message: text, .. } = &message {
             self.ctx.metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(joined) = &self.joined {
+            // Rate-limit refusals are not persisted: an abusive client must not turn into
+            // database writes.
+            if let (Some(joined), false) = (&self.joined, *code == ErrorCode::RateLimited) {
                 let payload = serde_json::json!({ "code": code, "message": text });
                 self.ctx.books.message(&joined.seat, MessageType::Error, None, Some(&joined.seat.identity), payload, DeliveryStatus::Sent);
             }
