@@ -3,4 +3,5 @@
 //! see `../shared/DESIGN.md`, "Recording") lands with the recording work.
 #![forbid(unsafe_code)]
 
+pub mod jitter;
 pub mod objects;
