@@ -3,5 +3,6 @@
 //! see `../shared/DESIGN.md`, "Recording") lands with the recording work.
 #![forbid(unsafe_code)]
 
+pub mod assembler;
 pub mod jitter;
 pub mod objects;
