@@ -157,7 +157,8 @@ impl TaskConsumer {
     /// up: the task is then delivered again, and its recorded id keeps it from running twice.
     async fn commit(&self, message: &BorrowedMessage<'_>) {
         for _ in 0..COMMIT_TRIES {
-            match self.consumer.commit_message(message, CommitMode::Sync) {
+            // A synchronous commit waits for the broker: off the async workers.
+            match tokio::task::block_in_place(|| self.consumer.commit_message(message, CommitMode::Sync)) {
                 Ok(()) => return,
                 Err(err) => {
                     warn!(%err, "cannot commit the task's offset; retrying");
