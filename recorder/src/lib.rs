@@ -9,3 +9,4 @@ pub mod assembler;
 pub mod clock;
 pub mod jitter;
 pub mod objects;
+pub mod segmenter;
