@@ -35,7 +35,14 @@ fn table(subscribers: usize) -> (Forwarder, TrackId) {
 
 fn packet(seq: u16, payload: &Bytes) -> rtp::Packet {
     rtp::Packet {
-        header: rtp::header::Header { version: 2, payload_type: 100, ssrc: 42, sequence_number: seq, timestamp: u32::from(seq) * 3000, ..Default::default() },
+        header: rtp::header::Header {
+            version: 2,
+            payload_type: 100,
+            ssrc: 42,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 3000,
+            ..Default::default()
+        },
         payload: payload.clone(),
     }
 }
@@ -61,7 +68,9 @@ fn forwarding(c: &mut Criterion) {
                 black_box(out.drain(..).count())
             });
         });
-        for (label, profile) in [("rewrite+srtp_gcm", ProtectionProfile::AeadAes128Gcm), ("rewrite+srtp_sha1_80", ProtectionProfile::Aes128CmHmacSha1_80)] {
+        for (label, profile) in
+            [("rewrite+srtp_gcm", ProtectionProfile::AeadAes128Gcm), ("rewrite+srtp_sha1_80", ProtectionProfile::Aes128CmHmacSha1_80)]
+        {
             group.bench_with_input(BenchmarkId::new(label, subscribers), &subscribers, |b, &n| {
                 let (mut forwarder, track) = table(n);
                 let mut contexts: Vec<Context> = (0..n).map(|_| srtp_context(profile)).collect();

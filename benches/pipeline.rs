@@ -95,7 +95,13 @@ fn client(client_addr: SocketAddr) -> (RTCPeerConnection, SocketAddr) {
     media.register_default_codecs().expect("codecs");
     let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).expect("client");
     let candidate = CandidateHostConfig {
-        base_config: CandidateConfig { network: "udp".into(), address: client_addr.ip().to_string(), port: client_addr.port(), component: 1, ..Default::default() },
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: client_addr.ip().to_string(),
+            port: client_addr.port(),
+            component: 1,
+            ..Default::default()
+        },
         ..Default::default()
     }
     .new_candidate_host()

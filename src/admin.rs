@@ -66,7 +66,14 @@ fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String,
 }
 
 /// Runs `command` for `admin` and records it.
-fn act(state: &AppState, admin: String, command: Command, resource_type: &str, resource_id: String, details: serde_json::Value) -> Response {
+fn act(
+    state: &AppState,
+    admin: String,
+    command: Command,
+    resource_type: &str,
+    resource_id: String,
+    details: serde_json::Value,
+) -> Response {
     match command.execute(&state.signaling.rooms) {
         Ok(sessions) => {
             tracing::info!(%admin, operation = command.kind(), %resource_id, sessions, "admin action");
@@ -112,7 +119,11 @@ async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>
     act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason: body.reason }, "room", room, details)
 }
 
-async fn mute_participant(State(state): State<Arc<AppState>>, Path((room, identity)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn mute_participant(
+    State(state): State<Arc<AppState>>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let admin = match admin_of(&state, &headers, &room) {
         Ok(admin) => admin,
         Err(refused) => return refused.into_response(),

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::backends::events::kafka::EventMetrics;
+use crate::backends::objects::local::LocalObjects;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -13,8 +15,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use sfu::SfuMetrics;
 use signaling::auth::{Grants, TokenAuthority};
-use crate::backends::events::kafka::EventMetrics;
-use crate::backends::objects::local::LocalObjects;
 use signaling::metrics::SignalingMetrics;
 use signaling::session::{run_session, CloseReason, Inbound, SignalingContext, Transport};
 use tokio::sync::{mpsc, oneshot};
@@ -81,7 +81,11 @@ struct SignedQuery {
 }
 
 /// Serves an object of the local store to a presigned URL.
-async fn object(State(state): State<Arc<AppState>>, axum::extract::Path(key): axum::extract::Path<String>, Query(query): Query<SignedQuery>) -> Response {
+async fn object(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    Query(query): Query<SignedQuery>,
+) -> Response {
     let Some(objects) = state.local_objects.as_ref() else {
         return (StatusCode::NOT_FOUND, "objects are stored in S3; use its presigned URLs").into_response();
     };

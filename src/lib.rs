@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use rand::distr::{Alphanumeric, SampleString};
 use sb_config::{Config, Mode};
 use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics, SrtpProfile};
-use rand::distr::{Alphanumeric, SampleString};
 use signaling::auth::TokenAuthority;
 use signaling::bookkeeping::Bookkeeping;
 use signaling::journal::Journal;
@@ -93,7 +93,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         lock_ttl: Duration::from_millis(config.state.lock_ttl_ms),
     };
     let journal = Journal::start(Arc::new(backends.database.clone()), config.database.queue_capacity, config.database.batch_size);
-    let books = Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
+    let books =
+        Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
     let context = Arc::new(SignalingContext {
         sfu,
         rooms: Rooms::new(limits.max_participants_per_room, limits.max_rooms),

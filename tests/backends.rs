@@ -94,7 +94,10 @@ async fn scripted_session(server: &TestServer, meeting: &str) -> Script {
     let opus = rtc_client::local_track("alice", "alice-mic", "audio/opus");
     let vp8 = rtc_client::local_track("alice", "alice-cam", "video/VP8");
     let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[opus, vp8]).await;
-    let senders = [tokio::spawn(rtc_client::send_packets(out[0].clone(), 100, 960)), tokio::spawn(rtc_client::send_packets(out[1].clone(), 100, 3000))];
+    let senders = [
+        tokio::spawn(rtc_client::send_packets(out[0].clone(), 100, 960)),
+        tokio::spawn(rtc_client::send_packets(out[1].clone(), 100, 3000)),
+    ];
     let mut tracks = HashMap::new();
     for _ in 0..2 {
         let track = alice.expect("track_published").await["track"].clone();
@@ -550,7 +553,8 @@ async fn lock_of_a_killed_process_expires() {
         .spawn()
         .expect("child starts");
     let stdout = child.stdout.take().expect("stdout");
-    let locked = tokio::task::spawn_blocking(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains("LOCKED")));
+    let locked =
+        tokio::task::spawn_blocking(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains("LOCKED")));
     assert!(locked.await.expect("reader"), "the child took the lock");
     child.kill().expect("kill -9");
     child.wait().expect("reaped");

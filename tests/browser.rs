@@ -10,12 +10,11 @@ use common::TestServer;
 async fn two_chromium_tabs_see_and_hear_each_other() {
     let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__RESUME_GRACE_SECS", "10")]).await;
     let url = format!("http://{}", server.http);
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node").arg("tests/browser/two_tabs.mjs").arg(url).output()
-    })
-    .await
-    .expect("the browser run finishes")
-    .expect("node runs (./scripts/test installs Node's packages and Chromium)");
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").arg("tests/browser/two_tabs.mjs").arg(url).output())
+            .await
+            .expect("the browser run finishes")
+            .expect("node runs (./scripts/test installs Node's packages and Chromium)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");

@@ -163,7 +163,10 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
     let (mut gus, _) = server.joined("codecs", "gus", &["publish"]).await;
     let (_gus_rtc, av1) = rtc_client::publish(&mut gus, &[rtc_client::local_track("gus", "gus-av1", "video/AV1")]).await;
     const SENT: u32 = 400;
-    let senders = [tokio::spawn(rtc_client::send_packets(vp9[0].clone(), SENT, 3000)), tokio::spawn(rtc_client::send_packets(av1[0].clone(), SENT, 3000))];
+    let senders = [
+        tokio::spawn(rtc_client::send_packets(vp9[0].clone(), SENT, 3000)),
+        tokio::spawn(rtc_client::send_packets(av1[0].clone(), SENT, 3000)),
+    ];
     for _ in 0..2 {
         frank.expect("track_published").await;
     }

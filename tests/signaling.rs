@@ -72,10 +72,8 @@ async fn tokens_are_checked() {
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
     expect_error(&mut signal, json!({"type": "join", "token": expired}), "token_expired").await;
 
-    let forger = signaling::auth::TokenAuthority::new(
-        [("dev".to_owned(), "not-the-server-secret-at-all".to_owned())].into(),
-        "dev".to_owned(),
-    );
+    let forger =
+        signaling::auth::TokenAuthority::new([("dev".to_owned(), "not-the-server-secret-at-all".to_owned())].into(), "dev".to_owned());
     let forged = forger.issue("r", "mallory", None, signaling::auth::Grants::participant(), 600).expect("token");
     expect_error(&mut signal, json!({"type": "join", "token": forged}), "unauthorized").await;
 

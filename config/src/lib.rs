@@ -296,8 +296,7 @@ impl Config {
     /// Loads `path` (or the embedded default), then applies the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
             None => DEFAULT_YAML.to_owned(),
         };
         Self::from_yaml_and_env(&text, std::env::vars())
@@ -309,14 +308,11 @@ impl Config {
         for (name, value) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
             let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            let parsed: serde_yaml::Value =
-                serde_yaml::from_str(&value).unwrap_or(serde_yaml::Value::String(value.clone()));
+            let parsed: serde_yaml::Value = serde_yaml::from_str(&value).unwrap_or(serde_yaml::Value::String(value.clone()));
             set_path(&mut tree, &keys, parsed).map_err(|message| ConfigError::Key { key: keys.join("."), message })?;
         }
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Key {
-            key: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
+        let config: Config = serde_path_to_error::deserialize(tree)
+            .map_err(|e| ConfigError::Key { key: e.path().to_string(), message: e.inner().to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -374,9 +370,7 @@ fn set_path(tree: &mut serde_yaml::Value, keys: &[String], value: serde_yaml::Va
     let mut node = tree;
     for key in parents {
         let map = node.as_mapping_mut().ok_or_else(|| format!("`{key}` is not inside a section"))?;
-        node = map
-            .entry(serde_yaml::Value::String(key.clone()))
-            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        node = map.entry(serde_yaml::Value::String(key.clone())).or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
     }
     let map = node.as_mapping_mut().ok_or_else(|| format!("`{last}` is not inside a section"))?;
     map.insert(serde_yaml::Value::String(last.clone()), value);

@@ -48,7 +48,11 @@ impl Segmenter {
             return Cut::Continue;
         };
         let elapsed = at_micros - start;
-        let due = if self.has_video { is_video && video_keyframe && elapsed >= self.target_micros - self.request_ahead_micros } else { elapsed >= self.target_micros };
+        let due = if self.has_video {
+            is_video && video_keyframe && elapsed >= self.target_micros - self.request_ahead_micros
+        } else {
+            elapsed >= self.target_micros
+        };
         if due {
             self.segment_start = Some(at_micros);
             self.requested = false;

@@ -137,10 +137,7 @@ impl Forwarder {
 
     /// Removes a published track; returns its subscribers, whose senders must be removed.
     pub fn remove_track(&mut self, track: &TrackId) -> Vec<ParticipantId> {
-        self.tracks
-            .remove(track)
-            .map(|up| up.downtracks.into_iter().map(|d| d.subscriber).collect())
-            .unwrap_or_default()
+        self.tracks.remove(track).map(|up| up.downtracks.into_iter().map(|d| d.subscriber).collect()).unwrap_or_default()
     }
 
     /// The tracks currently published.
@@ -164,11 +161,21 @@ impl Forwarder {
 
     /// Records what the subscriber negotiated for this track; forwarding to it starts now.
     /// Returns a keyframe request for video.
-    pub fn set_negotiated(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantId, negotiated: Negotiated) -> Option<KeyframeRequest> {
+    pub fn set_negotiated(
+        &mut self,
+        now: Instant,
+        track: &TrackId,
+        subscriber: &ParticipantId,
+        negotiated: Negotiated,
+    ) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
         let down = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber)?;
         let was_waiting = down.negotiated.replace(negotiated).is_none();
-        if was_waiting { self.keyframe_request(now, track) } else { None }
+        if was_waiting {
+            self.keyframe_request(now, track)
+        } else {
+            None
+        }
     }
 
     /// Removes one subscription.
@@ -181,8 +188,7 @@ impl Forwarder {
     /// Removes everything a participant published or subscribed to; returns the removed
     /// tracks with their subscribers.
     pub fn remove_participant(&mut self, participant: &ParticipantId) -> Vec<(TrackId, Vec<ParticipantId>)> {
-        let published: Vec<TrackId> =
-            self.tracks.iter().filter(|(_, up)| &up.publisher == participant).map(|(id, _)| id.clone()).collect();
+        let published: Vec<TrackId> = self.tracks.iter().filter(|(_, up)| &up.publisher == participant).map(|(id, _)| id.clone()).collect();
         let removed = published
             .into_iter()
             .map(|track| {
@@ -215,7 +221,14 @@ impl Forwarder {
     /// Answers a subscriber's NACK for the given outgoing sequence numbers from the cache,
     /// on the RTX stream when one was negotiated. Returns how many packets were found and
     /// appended to `out`.
-    pub fn on_nack(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantId, lost: impl IntoIterator<Item = u16>, out: &mut Vec<Outgoing>) -> usize {
+    pub fn on_nack(
+        &mut self,
+        now: Instant,
+        track: &TrackId,
+        subscriber: &ParticipantId,
+        lost: impl IntoIterator<Item = u16>,
+        out: &mut Vec<Outgoing>,
+    ) -> usize {
         let Some(up) = self.tracks.get_mut(track) else { return 0 };
         let Some(cache) = up.cache.as_ref() else { return 0 };
         let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { return 0 };
@@ -247,9 +260,7 @@ impl Forwarder {
             return None;
         }
         let media_ssrc = up.source_ssrc?;
-        up.keyframes
-            .should_request(now)
-            .then(|| KeyframeRequest { publisher: up.publisher.clone(), track: track.clone(), media_ssrc })
+        up.keyframes.should_request(now).then(|| KeyframeRequest { publisher: up.publisher.clone(), track: track.clone(), media_ssrc })
     }
 }
 

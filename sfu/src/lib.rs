@@ -261,7 +261,13 @@ impl MediaSession {
     }
 
     /// Adds a client ICE candidate to one of its connections.
-    pub async fn remote_candidate(&self, role: PeerRole, candidate: String, sdp_mid: Option<String>, sdp_mline_index: Option<u16>) -> Result<(), SfuError> {
+    pub async fn remote_candidate(
+        &self,
+        role: PeerRole,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+    ) -> Result<(), SfuError> {
         let candidate = RTCIceCandidateInit { candidate, sdp_mid, sdp_mline_index, ..Default::default() };
         let (reply, rx) = oneshot::channel();
         self.request(Command::RemoteCandidate { participant: self.participant.clone(), role, candidate, reply }, rx).await
@@ -294,11 +300,7 @@ impl Drop for MediaSession {
 /// Every IPv4 address of the machine's interfaces, loopback included.
 fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
     let mut ips: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
-        .map(|addrs| {
-            addrs
-                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
-                .collect()
-        })
+        .map(|addrs| addrs.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))).collect())
         .unwrap_or_default();
     ips.sort();
     ips.dedup();

@@ -58,10 +58,7 @@ impl RtpMunger {
         if seq_is_older(seq, epoch.first_seq) {
             return None;
         }
-        let out = Munged {
-            sequence_number: seq.wrapping_add(epoch.seq_offset),
-            timestamp: ts.wrapping_add(epoch.ts_offset),
-        };
+        let out = Munged { sequence_number: seq.wrapping_add(epoch.seq_offset), timestamp: ts.wrapping_add(epoch.ts_offset) };
         match self.last_out {
             Some((last_seq, _, _)) if !seq_is_older(last_seq, out.sequence_number) => {}
             _ => self.last_out = Some((out.sequence_number, out.timestamp, now)),
@@ -89,12 +86,7 @@ impl RtpMunger {
                 let ticks = (elapsed.as_secs_f64() * f64::from(self.clock_rate)) as u32;
                 let next_seq = last_seq.wrapping_add(1);
                 let next_ts = last_ts.wrapping_add(ticks.max(1));
-                SourceEpoch {
-                    ssrc,
-                    first_seq: seq,
-                    seq_offset: next_seq.wrapping_sub(seq),
-                    ts_offset: next_ts.wrapping_sub(ts),
-                }
+                SourceEpoch { ssrc, first_seq: seq, seq_offset: next_seq.wrapping_sub(seq), ts_offset: next_ts.wrapping_sub(ts) }
             }
             // The first source: keep its numbers, like LiveKit does, which keeps captures
             // easy to read.

@@ -32,9 +32,7 @@ impl PacketCache {
 
     /// The cached packet of source `ssrc` with sequence number `seq`, if still held.
     pub fn get(&self, ssrc: u32, seq: u16) -> Option<&rtp::Packet> {
-        self.slots[self.index(seq)]
-            .as_ref()
-            .filter(|p| p.header.sequence_number == seq && p.header.ssrc == ssrc)
+        self.slots[self.index(seq)].as_ref().filter(|p| p.header.sequence_number == seq && p.header.ssrc == ssrc)
     }
 }
 

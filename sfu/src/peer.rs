@@ -86,10 +86,7 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(engine)?;
     for parameter in ["", "pli"] {
-        media.register_feedback(
-            RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() },
-            RtpCodecKind::Video,
-        );
+        media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
     let mut registry = configure_rtcp_reports(Registry::new());
     match role {

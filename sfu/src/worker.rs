@@ -44,15 +44,25 @@ pub(crate) enum Command {
         events: mpsc::UnboundedSender<SfuEvent>,
         reply: oneshot::Sender<Result<Vec<TrackInfo>, SfuError>>,
     },
-    PublisherOffer { participant: ParticipantId, sdp: String, reply: oneshot::Sender<Result<String, SfuError>> },
-    SubscriberAnswer { participant: ParticipantId, sdp: String, reply: oneshot::Sender<Result<(), SfuError>> },
+    PublisherOffer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    SubscriberAnswer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     RemoteCandidate {
         participant: ParticipantId,
         role: PeerRole,
         candidate: RTCIceCandidateInit,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
-    Leave { participant: ParticipantId },
+    Leave {
+        participant: ParticipantId,
+    },
 }
 
 type PeerKey = (ParticipantId, PeerRole);
@@ -76,7 +86,9 @@ struct Published {
 enum Negotiation {
     Stable,
     /// An offer is out; `again` means tracks changed since and another offer must follow.
-    AwaitingAnswer { again: bool },
+    AwaitingAnswer {
+        again: bool,
+    },
 }
 
 struct Participant {
@@ -330,11 +342,7 @@ impl Worker {
         let now = message.now;
         match (key.1, message.message) {
             (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
-                let Some(track) = self
-                    .participants
-                    .get(&key.0)
-                    .and_then(|p| p.published.get(&media_track_id))
-                    .map(|p| p.track.clone())
+                let Some(track) = self.participants.get(&key.0).and_then(|p| p.published.get(&media_track_id)).map(|p| p.track.clone())
                 else {
                     return;
                 };
@@ -445,7 +453,14 @@ impl Worker {
         }
     }
 
-    fn join(&mut self, now: Instant, room: RoomId, id: ParticipantId, grants: MediaGrants, events: mpsc::UnboundedSender<SfuEvent>) -> Result<Vec<TrackInfo>, SfuError> {
+    fn join(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        id: ParticipantId,
+        grants: MediaGrants,
+        events: mpsc::UnboundedSender<SfuEvent>,
+    ) -> Result<Vec<TrackInfo>, SfuError> {
         if self.participants.contains_key(&id) {
             return Err(SfuError::AlreadyJoined);
         }
@@ -718,10 +733,7 @@ fn negotiated(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, c
     let parameters = sender.get_parameters();
     let codecs = &parameters.rtp_parameters.codecs;
     let payload_type = codecs.iter().find(|c| crate::codec::same_format(&c.rtp_codec, codec))?.payload_type;
-    let rtx_payload_type = codecs
-        .iter()
-        .find(|c| crate::codec::is_rtx_for(&c.rtp_codec, payload_type))
-        .map(|c| c.payload_type);
+    let rtx_payload_type = codecs.iter().find(|c| crate::codec::is_rtx_for(&c.rtp_codec, payload_type)).map(|c| c.payload_type);
     let rtx_ssrc = parameters.encodings.first().and_then(|e| e.rtp_coding_parameters.rtx.as_ref()).map(|rtx| rtx.ssrc);
     let rtx = match (rtx_ssrc, rtx_payload_type) {
         (Some(ssrc), Some(payload_type)) => Some(RtxStream { ssrc, payload_type }),

@@ -101,7 +101,8 @@ impl TokenAuthority {
     pub fn issue(&self, room: &str, identity: &str, name: Option<&str>, grants: Grants, ttl_secs: u64) -> Result<String, AuthError> {
         let secret = self.keys.get(&self.signing_key).ok_or_else(|| AuthError::NoSigningKey(self.signing_key.clone()))?;
         let iat = unix_now();
-        let claims = Claims { sub: identity.to_owned(), name: name.map(str::to_owned), room: room.to_owned(), iat, exp: iat + ttl_secs, grants };
+        let claims =
+            Claims { sub: identity.to_owned(), name: name.map(str::to_owned), room: room.to_owned(), iat, exp: iat + ttl_secs, grants };
         let header = Header { kid: Some(self.signing_key.clone()), ..Header::new(Algorithm::HS256) };
         encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| AuthError::Invalid(e.to_string()))
     }
@@ -114,12 +115,12 @@ impl TokenAuthority {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
+        decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map(|data| data.claims).map_err(|e| {
+            match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
-            })
+            }
+        })
     }
 }
 

@@ -8,7 +8,9 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 
 use crate::events::{Event, EventKind, EventSink, EVENT_SCHEMA_VERSION};
-use crate::journal::{DeliveryStatus, Journal, MessageType, ParticipantStatus, Record, RoomStatus, SessionStatus, StreamStatus, StreamType};
+use crate::journal::{
+    DeliveryStatus, Journal, MessageType, ParticipantStatus, Record, RoomStatus, SessionStatus, StreamStatus, StreamType,
+};
 use crate::state::{SessionState, StateKeeper};
 
 /// A joined participant, as bookkeeping names it.
@@ -95,7 +97,12 @@ impl Bookkeeping {
             last_ping_ms: at_ms,
         });
         let j = &self.journal;
-        j.record(Record::ParticipantJoined { meeting_id: seat.meeting_id.clone(), identity: seat.identity.clone(), name: seat.name.clone(), at_ms });
+        j.record(Record::ParticipantJoined {
+            meeting_id: seat.meeting_id.clone(),
+            identity: seat.identity.clone(),
+            name: seat.name.clone(),
+            at_ms,
+        });
         j.record(self.room_record(seat, RoomStatus::Active, participant_count, at_ms));
         self.status(seat, SessionStatus::Connected);
         self.message(seat, MessageType::Join, Some(&seat.identity), None, join_payload, DeliveryStatus::Delivered);
@@ -125,7 +132,15 @@ impl Bookkeeping {
     }
 
     /// Persists a signaling message; returns its id.
-    pub fn message(&self, seat: &Seat, message_type: MessageType, from: Option<&str>, to: Option<&str>, payload: Value, status: DeliveryStatus) -> String {
+    pub fn message(
+        &self,
+        seat: &Seat,
+        message_type: MessageType,
+        from: Option<&str>,
+        to: Option<&str>,
+        payload: Value,
+        status: DeliveryStatus,
+    ) -> String {
         let message_id = new_id("MS_");
         self.message_with_id(seat, message_id.clone(), message_type, from, to, payload, status);
         message_id

@@ -158,7 +158,8 @@ pub struct ParseError {
 impl ClientMessage {
     /// Parses one text frame, telling apart bad JSON, unknown types and bad fields.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| ParseError { id: None, code: ErrorCode::BadJson, message: e.to_string() })?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ParseError { id: None, code: ErrorCode::BadJson, message: e.to_string() })?;
         let Some(object) = value.as_object() else {
             return Err(ParseError { id: None, code: ErrorCode::BadJson, message: "a message must be a JSON object".into() });
         };

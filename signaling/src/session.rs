@@ -418,7 +418,10 @@ impl Session {
 
     async fn dispatch(&mut self, message: ClientMessage) -> Step {
         let id = message.id();
-        let before_join = matches!(message, ClientMessage::Join { .. } | ClientMessage::Resume { .. } | ClientMessage::Ping { .. } | ClientMessage::Pong { .. });
+        let before_join = matches!(
+            message,
+            ClientMessage::Join { .. } | ClientMessage::Resume { .. } | ClientMessage::Ping { .. } | ClientMessage::Pong { .. }
+        );
         if !before_join && self.joined.is_none() {
             self.send(ServerMessage::error(id, ErrorCode::NotJoined, "join a room first")).await;
             return Step::Continue;
@@ -492,7 +495,8 @@ impl Session {
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let grants = MediaGrants { publish: claims.grants.publish, subscribe: claims.grants.subscribe };
-        let joined = self.ctx.sfu.join(RoomId::new(claims.room.as_str()), ParticipantId::new(me.participant_id.as_str()), grants, events_tx).await;
+        let joined =
+            self.ctx.sfu.join(RoomId::new(claims.room.as_str()), ParticipantId::new(me.participant_id.as_str()), grants, events_tx).await;
         let (media, tracks) = match joined {
             Ok(joined) => joined,
             Err(err) => {
@@ -607,7 +611,9 @@ impl Session {
             return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant publish_data")).await;
         }
         if text.trim().is_empty() || text.chars().count() > MAX_CHAT_CHARS {
-            return self.send(ServerMessage::error(id, ErrorCode::InvalidMessage, format!("chat text must be 1 to {MAX_CHAT_CHARS} characters"))).await;
+            return self
+                .send(ServerMessage::error(id, ErrorCode::InvalidMessage, format!("chat text must be 1 to {MAX_CHAT_CHARS} characters")))
+                .await;
         }
         let message_id = random_id("MS_");
         let timestamp_ms = crate::bookkeeping::unix_ms();
@@ -621,7 +627,15 @@ impl Session {
         };
         self.ctx.rooms.broadcast(&joined.room, &chat);
         let seat = &joined.seat;
-        self.ctx.books.message_with_id(seat, message_id.clone(), MessageType::Chat, Some(&seat.identity), None, payload, DeliveryStatus::Sent);
+        self.ctx.books.message_with_id(
+            seat,
+            message_id.clone(),
+            MessageType::Chat,
+            Some(&seat.identity),
+            None,
+            payload,
+            DeliveryStatus::Sent,
+        );
         self.send(ServerMessage::Ack { id, message_id: Some(message_id) }).await;
     }
 

@@ -162,14 +162,7 @@ impl StateKeeper {
     /// Starts the keeper's writer and heartbeat; needs a Tokio runtime.
     pub fn start(store: Arc<dyn StateStore>, node: NodeInfo, timings: StateTimings) -> Arc<Self> {
         let (writes, queue) = mpsc::unbounded_channel();
-        let keeper = Arc::new(Self {
-            store,
-            node,
-            timings,
-            local: Mutex::new(Local::default()),
-            writes,
-            degraded: false.into(),
-        });
+        let keeper = Arc::new(Self { store, node, timings, local: Mutex::new(Local::default()), writes, degraded: false.into() });
         tokio::spawn(Self::write_loop(Arc::downgrade(&keeper), queue));
         keeper
     }

@@ -186,10 +186,8 @@ impl Statements {
     fn render(d: Dialect) -> Self {
         let r = |template: &str| safe(d.render(template));
         Self {
-            ensure_user: r(
-                "INSERT INTO users (username, nickname) VALUES ($1, $2)
-                 ON CONFLICT (username) DO UPDATE SET nickname = COALESCE(excluded.nickname, users.nickname)",
-            ),
+            ensure_user: r("INSERT INTO users (username, nickname) VALUES ($1, $2)
+                 ON CONFLICT (username) DO UPDATE SET nickname = COALESCE(excluded.nickname, users.nickname)"),
             ensure_meeting: r(&format!(
                 "INSERT INTO meetings (id, title, creator_id, start_time, status) VALUES ($1, $1, {USER}$2), {{ts:$3}}, 2)
                  ON CONFLICT (id) DO UPDATE SET status = 2, end_time = NULL,
@@ -207,18 +205,14 @@ impl Statements {
                 "UPDATE meeting_participants SET status = $3, left_at = {{ts:$4}}
                  WHERE meeting_id = $1 AND user_id = {USER}$2)"
             )),
-            room: r(
-                "INSERT INTO meeting_rooms (room_id, meeting_id, sfu_node, status, participant_count, created_at)
+            room: r("INSERT INTO meeting_rooms (room_id, meeting_id, sfu_node, status, participant_count, created_at)
                  VALUES ($1, $2, $3, $4, $5, {ts:$6})
                  ON CONFLICT (room_id) DO UPDATE SET status = excluded.status,
                    participant_count = excluded.participant_count,
-                   closed_at = CASE WHEN excluded.status = 3 THEN {ts:$6} ELSE NULL END",
-            ),
-            end_meeting: r(
-                "UPDATE meetings SET status = 3, end_time = {ts:$2}
+                   closed_at = CASE WHEN excluded.status = 3 THEN {ts:$6} ELSE NULL END"),
+            end_meeting: r("UPDATE meetings SET status = 3, end_time = {ts:$2}
                  WHERE id = $1 AND status = 2
-                   AND NOT EXISTS (SELECT 1 FROM meeting_rooms WHERE meeting_id = $1 AND status <> 3)",
-            ),
+                   AND NOT EXISTS (SELECT 1 FROM meeting_rooms WHERE meeting_id = $1 AND status <> 3)"),
             session: r(&format!(
                 "INSERT INTO signaling_sessions (session_id, user_id, meeting_id, peer_id, status, joined_at, last_ping_at)
                  VALUES ($1, {USER}$2), $3, $4, $5, {{ts:$6}}, {{ts:$6}})

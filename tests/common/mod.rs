@@ -62,10 +62,7 @@ impl TestServer {
     /// A server on the embedded backends plus `overrides`, whatever the environment asks.
     pub async fn start_with(overrides: Vec<(String, String)>, services: Option<services::RealServices>) -> Self {
         // RUST_LOG=debug shows the server's logs next to a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
         let dir = services::TempDir::new();
         let mut env = vec![
             ("SWITCHBOARD__DATABASE__URL".to_owned(), format!("sqlite://{}/switchboard.db?mode=rwc", dir.path().display())),
@@ -251,8 +248,7 @@ pub mod rtc_client {
     use webrtc::media_stream::track_local::TrackLocal;
     use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
     use webrtc::peer_connection::{
-        MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCPeerConnectionState,
-        RTCSessionDescription,
+        MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCPeerConnectionState, RTCSessionDescription,
     };
 
     /// A packet a subscriber received: which stream (publisher) and track, codec, payload.
@@ -348,7 +344,13 @@ pub mod rtc_client {
 
     pub fn codec(mime_type: &str) -> RTCRtpCodec {
         match mime_type {
-            "audio/opus" => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 48_000, channels: 2, sdp_fmtp_line: "minptime=10;useinbandfec=1".into(), rtcp_feedback: vec![] },
+            "audio/opus" => RTCRtpCodec {
+                mime_type: mime_type.into(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                rtcp_feedback: vec![],
+            },
             "video/H264" => RTCRtpCodec {
                 mime_type: mime_type.into(),
                 clock_rate: 90_000,
@@ -356,8 +358,20 @@ pub mod rtc_client {
                 sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f".into(),
                 rtcp_feedback: vec![],
             },
-            "video/VP9" | "video/AV1" => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: "profile-id=0".into(), rtcp_feedback: vec![] },
-            _ => RTCRtpCodec { mime_type: mime_type.into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] },
+            "video/VP9" | "video/AV1" => RTCRtpCodec {
+                mime_type: mime_type.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: "profile-id=0".into(),
+                rtcp_feedback: vec![],
+            },
+            _ => RTCRtpCodec {
+                mime_type: mime_type.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
         }
     }
 
@@ -421,9 +435,22 @@ pub mod rtc_client {
                 .rtp_parameters
                 .codecs
                 .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type) && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line)
+                .find(|c| {
+                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type) && c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line
+                })
                 .or_else(|| parameters.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)))
-                .unwrap_or_else(|| panic!("{} not negotiated: {:?}", wanted.mime_type, parameters.rtp_parameters.codecs.iter().map(|c| (&c.rtp_codec.mime_type, &c.rtp_codec.sdp_fmtp_line)).collect::<Vec<_>>()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} not negotiated: {:?}",
+                        wanted.mime_type,
+                        parameters
+                            .rtp_parameters
+                            .codecs
+                            .iter()
+                            .map(|c| (&c.rtp_codec.mime_type, &c.rtp_codec.sdp_fmtp_line))
+                            .collect::<Vec<_>>()
+                    )
+                })
                 .payload_type;
             let ssrc = local.ssrcs().next().expect("track has an ssrc");
             outbound.push(Outbound { track: track.clone(), name: local.track_id().to_string(), ssrc, payload_type });

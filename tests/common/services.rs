@@ -60,9 +60,8 @@ impl Drop for TempDir {
 
 /// Finds a service binary on PATH, failing with how to install it.
 fn binary(name: &str, install: &str) -> String {
-    let found = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).any(|p| p.is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).any(|p| p.is_file())).unwrap_or(false);
     assert!(found, "`{name}` is not on PATH; run the tests with scripts/test, which installs it ({install})");
     name.to_owned()
 }

@@ -50,10 +50,8 @@ impl S3Objects {
     pub fn new(settings: &S3Settings) -> Self {
         let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
         let credentials = Credentials::new(&settings.access_key, &settings.secret_key, None, None, "switchboard-config");
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(60))
-            .build();
+        let timeouts =
+            TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).operation_attempt_timeout(Duration::from_secs(60)).build();
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
