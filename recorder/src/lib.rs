@@ -8,6 +8,7 @@
 
 pub mod assembler;
 pub mod clock;
+pub mod fmp4;
 pub mod jitter;
 pub mod objects;
 pub mod playlist;
