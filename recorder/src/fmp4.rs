@@ -176,6 +176,15 @@ impl Fmp4Writer {
         self.ready.push(Ready { kind: track.kind, timescale: track.timescale, entry, duration, keyframe: held.keyframe, data: held.data });
     }
 
+    /// Ends the held sample of the track with `codec` at `end_micros`, so that the next
+    /// fragment starts with the track's next frame (a segment boundary on a keyframe).
+    pub fn seal(&mut self, codec: Codec, end_micros: i64) {
+        let Some(index) = self.tracks.iter().position(|t| t.codec == codec) else { return };
+        if let Some(held) = self.tracks[index].held.take() {
+            self.make_ready(index, held, end_micros);
+        }
+    }
+
     /// The media segment of the samples since the last one, or `None` if there are none.
     pub fn fragment(&mut self) -> Result<Option<Bytes>, Fmp4Error> {
         if self.ready.is_empty() {

@@ -2,8 +2,10 @@
 //! a [`jitter`] buffer that reorders one stream and declares losses, a frame [`assembler`]
 //! over the `rtc` depacketizers that never hands on a broken frame, the sender's [`clock`]
 //! from RTCP sender reports for audio/video sync, the [`segmenter`] that cuts HLS segments on
-//! keyframes, the HLS [`playlist`], and the [`objects`] store recordings are written through.
-//! The MP4/fMP4 writer and the attachment to rooms come next.
+//! keyframes, the fragmented MP4 writer ([`fmp4`]), the HLS [`playlist`], and one
+//! participant's whole pipeline from RTP to segments ([`recording`]); the [`objects`] store
+//! recordings are written through. Attaching recordings to rooms, their control and storage
+//! come next.
 #![forbid(unsafe_code)]
 
 pub mod assembler;
@@ -12,4 +14,5 @@ pub mod fmp4;
 pub mod jitter;
 pub mod objects;
 pub mod playlist;
+pub mod recording;
 pub mod segmenter;

@@ -1,0 +1,379 @@
+//! One participant's recording as a sans-IO pipeline: RTP packets and sender reports of its
+//! tracks go in (with `now`); keyframe requests, the fMP4 initialization segment and media
+//! segments come out. The caller stores the segments (one MP4 file: the initialization
+//! segment and every media segment in order; HLS: the same segments apart, with the
+//! [`Playlist`](crate::playlist::Playlist)).
+//!
+//! Per track: [`JitterBuffer`] → [`FrameAssembler`] → [`SenderClock`]. Frames are placed on
+//! the sender's wall clock (RTCP SR; before a track's first report, by arrival), so audio and
+//! video stay in sync. The recording starts at the first video keyframe (audio before it is
+//! dropped) or, audio only, at the first audio frame; [`Segmenter`] cuts the media segments.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::assembler::{Assembled, Codec, FrameAssembler};
+use crate::clock::{SenderClock, WallMicros};
+use crate::fmp4::{Fmp4Error, Fmp4Writer};
+use crate::jitter::{JitterBuffer, RtpPacket};
+use crate::segmenter::{Cut, Segmenter};
+
+/// Settings of a recording.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordingSettings {
+    /// Target length of a media segment.
+    pub segment_target: Duration,
+    /// How long before a segment boundary a keyframe is requested.
+    pub keyframe_request_ahead: Duration,
+    /// Packets each track's jitter buffer spans.
+    pub jitter_packets: usize,
+    /// How long a missing packet is waited for.
+    pub jitter_delay: Duration,
+}
+
+impl Default for RecordingSettings {
+    fn default() -> Self {
+        Self {
+            segment_target: Duration::from_secs(6),
+            keyframe_request_ahead: Duration::from_millis(500),
+            jitter_packets: 512,
+            jitter_delay: Duration::from_millis(150),
+        }
+    }
+}
+
+/// What the recording asks of its caller, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Ask the publisher of track `track` for a keyframe.
+    KeyframeRequest {
+        /// Index of the track (as passed to [`Recording::new`]).
+        track: usize,
+    },
+    /// The initialization segment (`ftyp` + `moov`); comes before the first media segment.
+    InitSegment(Bytes),
+    /// A media segment (`moof` + `mdat`).
+    MediaSegment {
+        /// 0, 1, 2, ...
+        index: u32,
+        /// Its bytes.
+        data: Bytes,
+        /// Its length.
+        duration_micros: i64,
+    },
+}
+
+struct TrackInput {
+    codec: Codec,
+    jitter: JitterBuffer,
+    assembler: FrameAssembler,
+    clock: SenderClock,
+    /// Arrival-based anchor before the first sender report: (wall, RTP timestamp).
+    arrival_anchor: Option<(WallMicros, u32)>,
+    /// Media time of the track's last written frame (kept increasing).
+    last_written: Option<i64>,
+}
+
+/// One participant's recording.
+pub struct Recording {
+    tracks: Vec<TrackInput>,
+    writer: Fmp4Writer,
+    segmenter: Segmenter,
+    has_video: bool,
+    /// Wall time at media time 0.
+    start: Option<WallMicros>,
+    /// Origin of arrival times.
+    epoch: Instant,
+    segment_index: u32,
+    init_sent: bool,
+    last_media_time: i64,
+    outputs: VecDeque<Output>,
+    assembled: Vec<Assembled>,
+}
+
+impl Recording {
+    /// A recording of tracks with these codecs (at most one audio and one video).
+    pub fn new(codecs: &[Codec], settings: RecordingSettings, now: Instant) -> Result<Self, Fmp4Error> {
+        let has_video = codecs.iter().any(|c| !c.is_audio());
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Ok(Self {
+            tracks: codecs
+                .iter()
+                .map(|&codec| TrackInput {
+                    codec,
+                    jitter: JitterBuffer::new(settings.jitter_packets, settings.jitter_delay),
+                    assembler: FrameAssembler::new(codec),
+                    clock: SenderClock::new(codec.clock_rate()),
+                    arrival_anchor: None,
+                    last_written: None,
+                })
+                .collect(),
+            writer: Fmp4Writer::new(codecs)?,
+            segmenter: Segmenter::new(micros(settings.segment_target), micros(settings.keyframe_request_ahead), has_video),
+            has_video,
+            start: None,
+            epoch: now,
+            segment_index: 0,
+            init_sent: false,
+            last_media_time: 0,
+            outputs: VecDeque::new(),
+            assembled: Vec::new(),
+        })
+    }
+
+    /// A packet of track `track` arrived.
+    pub fn on_rtp(&mut self, now: Instant, track: usize, packet: RtpPacket) -> Result<(), Fmp4Error> {
+        let Some(input) = self.tracks.get_mut(track) else { return Ok(()) };
+        if input.arrival_anchor.is_none() {
+            let arrival = i64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX);
+            input.arrival_anchor = Some((arrival, packet.timestamp));
+        }
+        input.jitter.push(now, packet);
+        self.drain(now, track)
+    }
+
+    /// A sender report of track `track` arrived.
+    pub fn on_sender_report(&mut self, track: usize, ntp_time: u64, rtp_time: u32) {
+        if let Some(input) = self.tracks.get_mut(track) {
+            input.clock.on_sender_report(ntp_time, rtp_time);
+        }
+    }
+
+    /// Releases what the jitter buffers waited for long enough.
+    pub fn poll(&mut self, now: Instant) -> Result<(), Fmp4Error> {
+        for track in 0..self.tracks.len() {
+            self.drain(now, track)?;
+        }
+        Ok(())
+    }
+
+    /// The next thing for the caller to do.
+    pub fn next_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn drain(&mut self, now: Instant, track: usize) -> Result<(), Fmp4Error> {
+        loop {
+            let input = &mut self.tracks[track];
+            let Some(released) = input.jitter.pop(now) else { return Ok(()) };
+            input.assembler.push(released, &mut self.assembled);
+            for assembled in std::mem::take(&mut self.assembled) {
+                match assembled {
+                    Assembled::KeyframeNeeded => self.outputs.push_back(Output::KeyframeRequest { track }),
+                    Assembled::Frame(frame) => self.write_frame(track, frame)?,
+                }
+            }
+        }
+    }
+
+    /// The sender's wall time of a frame of `track`.
+    fn wall_time(&self, track: usize, timestamp: u32) -> Option<WallMicros> {
+        let input = &self.tracks[track];
+        input.clock.wall_time(timestamp).or_else(|| {
+            let (wall, rtp) = input.arrival_anchor?;
+            let ticks = i64::from(timestamp.wrapping_sub(rtp) as i32);
+            Some(wall + ticks * 1_000_000 / i64::from(input.codec.clock_rate()))
+        })
+    }
+
+    fn write_frame(&mut self, track: usize, frame: crate::assembler::Frame) -> Result<(), Fmp4Error> {
+        let Some(wall) = self.wall_time(track, frame.timestamp) else { return Ok(()) };
+        let codec = self.tracks[track].codec;
+        let is_video = !codec.is_audio();
+        if self.start.is_none() {
+            if self.has_video && !(is_video && frame.keyframe) {
+                return Ok(()); // nothing before the first video keyframe
+            }
+            self.start = Some(wall);
+        }
+        let start = self.start.unwrap_or(wall);
+        let input = &mut self.tracks[track];
+        // Keep each track's times increasing (a late first report may shift its clock).
+        let mut at = wall - start;
+        if let Some(last) = input.last_written {
+            at = at.max(last + 1);
+        }
+        if at < 0 {
+            return Ok(()); // audio from before the start
+        }
+        input.last_written = Some(at);
+        match self.segmenter.on_frame(at, is_video, is_video && frame.keyframe) {
+            Cut::Continue => {}
+            Cut::ContinueAndRequestKeyframe => {
+                if let Some(video) = self.tracks.iter().position(|t| !t.codec.is_audio()) {
+                    self.outputs.push_back(Output::KeyframeRequest { track: video });
+                }
+            }
+            Cut::NewSegment { duration_micros } => {
+                // The keyframe opens the next segment: the video frame before it ends here.
+                self.writer.seal(codec, at);
+                self.emit_segment(duration_micros)?;
+            }
+        }
+        self.last_media_time = self.last_media_time.max(at);
+        self.writer.push(codec, at, &frame)
+    }
+
+    fn emit_segment(&mut self, duration_micros: i64) -> Result<(), Fmp4Error> {
+        let Some(data) = self.writer.fragment()? else { return Ok(()) };
+        if !self.init_sent {
+            if let Some(init) = self.writer.init_segment() {
+                self.outputs.push_back(Output::InitSegment(init));
+                self.init_sent = true;
+            }
+        }
+        self.outputs.push_back(Output::MediaSegment { index: self.segment_index, data, duration_micros });
+        self.segment_index += 1;
+        Ok(())
+    }
+
+    /// Ends the recording: what the jitter buffers hold is written and the last segment
+    /// comes out.
+    pub fn finish(&mut self) -> Result<(), Fmp4Error> {
+        let far_future = Instant::now() + Duration::from_secs(3600);
+        self.poll(far_future)?;
+        let duration = self.segmenter.current_duration(self.last_media_time + 20_000);
+        let Some(data) = self.writer.finish()? else { return Ok(()) };
+        if !self.init_sent {
+            if let Some(init) = self.writer.init_segment() {
+                self.outputs.push_back(Output::InitSegment(init));
+                self.init_sent = true;
+            }
+        }
+        self.outputs.push_back(Output::MediaSegment { index: self.segment_index, data, duration_micros: duration });
+        self.segment_index += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::playlist::Playlist;
+    use rtc::rtp::codec::{opus::OpusPayloader, vp8::Vp8Payloader};
+    use rtc::rtp::packetizer::Payloader;
+
+    fn vp8(key: bool, len: usize) -> Bytes {
+        let tag = (64u32 << 5) | (1 << 4) | u32::from(!key);
+        let mut data = vec![tag as u8, (tag >> 8) as u8, (tag >> 16) as u8];
+        if key {
+            data.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+        }
+        data.resize(len, 0x5a);
+        Bytes::from(data)
+    }
+
+    fn ntp(micros: i64) -> u64 {
+        let seconds = (micros / 1_000_000) as u64;
+        ((seconds) << 32) | ((((micros % 1_000_000) as u64) << 32) / 1_000_000)
+    }
+
+    fn ffprobe(args: &[&str], path: &std::path::Path) -> serde_json::Value {
+        let output = std::process::Command::new("ffprobe")
+            .args(["-v", "error"])
+            .args(args)
+            .args(["-count_packets", "-show_entries", "stream=codec_name,nb_read_packets:format=duration", "-of", "json"])
+            .arg(path)
+            .output()
+            .expect("ffprobe runs");
+        assert!(output.status.success(), "ffprobe refused {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    }
+
+    #[test]
+    fn rtp_in_mp4_and_hls_out_with_segments_on_keyframes() {
+        let t0 = Instant::now();
+        let settings = RecordingSettings { segment_target: Duration::from_secs(2), ..RecordingSettings::default() };
+        let mut recording = Recording::new(&[Codec::Vp8, Codec::Opus], settings, t0).expect("recording");
+        let wall0 = 3_913_056_000_000_000i64;
+        // Unrelated RTP origins, as real senders have; reports map both to one wall clock.
+        let (video_rtp0, audio_rtp0) = (4_000_000_000u32, 123_456u32);
+        recording.on_sender_report(0, ntp(wall0), video_rtp0);
+        recording.on_sender_report(1, ntp(wall0), audio_rtp0);
+        let mut vp8_payloader = Vp8Payloader::default();
+        let mut events: Vec<(i64, bool, u32)> = (0..150u32).map(|f| (i64::from(f) * 1_000_000 / 30, true, f)).collect();
+        events.extend((0..250u32).map(|f| (i64::from(f) * 20_000, false, f)));
+        events.sort();
+        let (mut video_seq, mut audio_seq) = (0u16, 0u16);
+        let mut requests = 0;
+        let mut outputs = Vec::new();
+        for (at, is_video, f) in events {
+            let now = t0 + Duration::from_micros(at as u64);
+            if is_video {
+                let key = f % 30 == 0;
+                let payloads = vp8_payloader.payload(1200, &vp8(key, if key { 3000 } else { 700 })).expect("payloads");
+                let count = payloads.len();
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    let timestamp = video_rtp0.wrapping_add(f * 3000);
+                    recording.on_rtp(now, 0, RtpPacket { sequence: video_seq, timestamp, marker: i + 1 == count, payload }).expect("rtp");
+                    video_seq = video_seq.wrapping_add(1);
+                }
+            } else {
+                let payload = OpusPayloader.payload(1200, &Bytes::from_static(&[0xfc, 0xff, 0xfe])).expect("payload").remove(0);
+                let timestamp = audio_rtp0.wrapping_add(f * 960);
+                recording.on_rtp(now, 1, RtpPacket { sequence: audio_seq, timestamp, marker: false, payload }).expect("rtp");
+                audio_seq = audio_seq.wrapping_add(1);
+            }
+            while let Some(output) = recording.next_output() {
+                match output {
+                    Output::KeyframeRequest { track } => {
+                        assert_eq!(track, 0);
+                        requests += 1;
+                    }
+                    other => outputs.push(other),
+                }
+            }
+        }
+        recording.finish().expect("finish");
+        while let Some(output) = recording.next_output() {
+            outputs.push(output);
+        }
+
+        let Some(Output::InitSegment(init)) = outputs.first().cloned() else { panic!("init segment first: {outputs:?}") };
+        let segments: Vec<(u32, Bytes, i64)> = outputs
+            .iter()
+            .filter_map(|o| {
+                if let Output::MediaSegment { index, data, duration_micros } = o {
+                    Some((*index, data.clone(), *duration_micros))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(segments.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(segments.iter().map(|s| s.2).collect::<Vec<_>>(), [2_000_000, 2_000_000, 1_000_000]);
+        assert!(requests >= 2, "a keyframe asked for before each boundary");
+
+        let dir = std::env::temp_dir().join(format!("switchboard-recording-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut mp4 = init.to_vec();
+        let mut playlist = Playlist::new("init.mp4", 2);
+        std::fs::write(dir.join("init.mp4"), &init).expect("init");
+        for (index, data, duration) in &segments {
+            mp4.extend_from_slice(data);
+            let name = format!("segment-{index:05}.m4s");
+            std::fs::write(dir.join(&name), data).expect("segment");
+            playlist.push(name, *duration);
+        }
+        playlist.end();
+        std::fs::write(dir.join("index.m3u8"), playlist.render()).expect("playlist");
+        std::fs::write(dir.join("recording.mp4"), &mp4).expect("mp4");
+
+        let file = ffprobe(&[], &dir.join("recording.mp4"));
+        let hls = ffprobe(&[], &dir.join("index.m3u8"));
+        let _ = std::fs::remove_dir_all(&dir);
+        for probe in [&file, &hls] {
+            let streams = probe["streams"].as_array().expect("streams");
+            let codecs: Vec<&str> = streams.iter().filter_map(|s| s["codec_name"].as_str()).collect();
+            assert_eq!(codecs, ["vp8", "opus"], "{probe}");
+            let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
+            assert!((duration - 5.0).abs() < 0.1, "duration {duration}: {probe}");
+        }
+        let packets: Vec<&str> =
+            file["streams"].as_array().expect("streams").iter().filter_map(|s| s["nb_read_packets"].as_str()).collect();
+        // Every frame, but the audio frame at 0 s: it arrived before the first video keyframe.
+        assert_eq!(packets, ["150", "249"]);
+    }
+}
