@@ -670,7 +670,7 @@ async fn exercise_object_store(store: &dyn recorder::objects::ObjectStore) {
     let whole = store.get(&big).await.expect("get assembled");
     assert_eq!(whole.len(), first.len() + 4);
     assert!(whole.starts_with(&first) && whole.ends_with(b"tail"));
-    let aborted = store.start_upload(&keys::temp("aborted"), "application/octet-stream").await.expect("upload");
+    let mut aborted = store.start_upload(&keys::temp("aborted"), "application/octet-stream").await.expect("upload");
     aborted.abort().await.expect("abort");
 
     store.put(&keys::upload("u-1", "png"), bytes::Bytes::from_static(b"png"), "image/png").await.expect("upload put");

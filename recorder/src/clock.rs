@@ -7,6 +7,11 @@
 /// Microseconds on the sender's wall clock (NTP epoch).
 pub type WallMicros = i64;
 
+/// This machine's wall clock, Unix microseconds.
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
 /// An NTP 32.32 fixed-point timestamp in microseconds (rounded to the nearest).
 pub fn ntp_to_micros(ntp: u64) -> WallMicros {
     let seconds = (ntp >> 32) as i64;

@@ -16,3 +16,4 @@ pub mod objects;
 pub mod playlist;
 pub mod recording;
 pub mod segmenter;
+pub mod upload;

@@ -53,10 +53,11 @@ pub trait ObjectStore: Send + Sync {
 pub trait MultipartUpload: Send {
     /// Appends a part. Every part but the last must be at least [`MIN_PART_BYTES`] for S3.
     async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError>;
-    /// Assembles the parts into the object; returns its size.
-    async fn complete(self: Box<Self>) -> Result<u64, ObjectError>;
+    /// Assembles the parts into the object; returns its size. After a failure (the store
+    /// unreachable) it may be called again.
+    async fn complete(&mut self) -> Result<u64, ObjectError>;
     /// Abandons the upload and its parts.
-    async fn abort(self: Box<Self>) -> Result<(), ObjectError>;
+    async fn abort(&mut self) -> Result<(), ObjectError>;
 }
 
 /// S3's smallest part, except the last.

@@ -39,6 +39,11 @@ impl Playlist {
         self.ended = true;
     }
 
+    /// Whether the recording was marked finished.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
     /// The segments so far.
     pub fn segments(&self) -> &[PlaylistSegment] {
         &self.segments

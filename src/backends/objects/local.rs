@@ -195,15 +195,17 @@ impl MultipartUpload for LocalUpload {
         Ok(())
     }
 
-    async fn complete(mut self: Box<Self>) -> Result<u64, ObjectError> {
+    async fn complete(&mut self) -> Result<u64, ObjectError> {
         self.file.sync_all().await.map_err(io_error)?;
         self.store.place(&self.scratch, &self.key).await?;
         Ok(self.size)
     }
 
-    async fn abort(self: Box<Self>) -> Result<(), ObjectError> {
-        drop(self.file);
-        tokio::fs::remove_file(&self.scratch).await.map_err(io_error)
+    async fn abort(&mut self) -> Result<(), ObjectError> {
+        match tokio::fs::remove_file(&self.scratch).await {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io_error(err)),
+            _ => Ok(()),
+        }
     }
 }
 

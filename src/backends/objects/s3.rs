@@ -192,7 +192,7 @@ impl MultipartUpload for S3Upload {
         Ok(())
     }
 
-    async fn complete(self: Box<Self>) -> Result<u64, ObjectError> {
+    async fn complete(&mut self) -> Result<u64, ObjectError> {
         let parts = CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build();
         self.client
             .complete_multipart_upload()
@@ -206,7 +206,7 @@ impl MultipartUpload for S3Upload {
         Ok(self.size)
     }
 
-    async fn abort(self: Box<Self>) -> Result<(), ObjectError> {
+    async fn abort(&mut self) -> Result<(), ObjectError> {
         let request = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(&self.upload_id);
         request.send().await.map(drop).map_err(unavailable)
     }

@@ -1,0 +1,305 @@
+//! Stores a recording's outputs in the object store under the seed's keys:
+//! `recordings/<meeting_id>/<recording_id>.mp4` (the init segment and every media segment,
+//! uploaded in parts as it grows), `recordings/<meeting_id>/<recording_id>/index.m3u8` with
+//! `init.mp4` and `segment-NNNNN.m4s` beside it (the playlist rewritten as segments land), and
+//! `recordings/<meeting_id>/<recording_id>.log` (what happened).
+//!
+//! An object the store refuses because it is unreachable is kept and sent again before the
+//! next one and at the end, in order, so a store that comes back loses nothing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::objects::{keys, MultipartUpload, ObjectError, ObjectStore};
+use crate::playlist::Playlist;
+use crate::recording::Output;
+
+/// What a recording produces and where.
+#[derive(Debug, Clone)]
+pub struct UploadTarget {
+    /// The meeting.
+    pub meeting_id: String,
+    /// The recording.
+    pub recording_id: String,
+    /// Write the MP4 file.
+    pub mp4: bool,
+    /// Write HLS.
+    pub hls: bool,
+    /// Size of the MP4's upload parts (at least 5 MiB for S3).
+    pub part_bytes: usize,
+    /// HLS target segment duration, seconds.
+    pub segment_secs: u64,
+}
+
+/// What was stored, once the recording finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSummary {
+    /// Size of the MP4 file, bytes (0 without MP4).
+    pub mp4_bytes: u64,
+    /// Length of the recording, microseconds.
+    pub duration_micros: i64,
+    /// HLS segments stored.
+    pub segments: u32,
+}
+
+/// An object write waiting for the store.
+enum Pending {
+    Put { key: String, body: Bytes, content_type: &'static str },
+    Part(Bytes),
+}
+
+/// The uploader of one recording.
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    target: UploadTarget,
+    mp4: Option<Box<dyn MultipartUpload>>,
+    /// MP4 bytes not yet sent as a part.
+    mp4_buffer: BytesMut,
+    mp4_bytes: u64,
+    playlist: Playlist,
+    pending: VecDeque<Pending>,
+    log: String,
+}
+
+impl Uploader {
+    /// Starts the uploads of a recording (the MP4's multipart upload is created now).
+    pub async fn start(store: Arc<dyn ObjectStore>, target: UploadTarget) -> Result<Self, ObjectError> {
+        let mp4 = if target.mp4 {
+            let key = keys::recording(&target.meeting_id, &target.recording_id, "mp4");
+            Some(store.start_upload(&key, "video/mp4").await?)
+        } else {
+            None
+        };
+        let playlist = Playlist::new("init.mp4", target.segment_secs);
+        let mut uploader =
+            Self { store, target, mp4, mp4_buffer: BytesMut::new(), mp4_bytes: 0, playlist, pending: VecDeque::new(), log: String::new() };
+        uploader.note("recording started");
+        Ok(uploader)
+    }
+
+    /// Adds a line to the recording's log.
+    pub fn note(&mut self, line: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(self.log, "{} {line}", crate::clock::unix_micros() / 1000);
+    }
+
+    fn hls_key(&self, name: &str) -> String {
+        keys::recording_part(&self.target.meeting_id, &self.target.recording_id, name)
+    }
+
+    /// Stores what the recording produced. Keyframe requests are only logged.
+    pub async fn handle(&mut self, output: &Output) -> Result<(), ObjectError> {
+        match output {
+            Output::KeyframeRequest { track } => self.note(&format!("keyframe requested on track {track}")),
+            Output::InitSegment(init) => {
+                self.append_mp4(init);
+                if self.target.hls {
+                    self.pending.push_back(Pending::Put { key: self.hls_key("init.mp4"), body: init.clone(), content_type: "video/mp4" });
+                }
+            }
+            Output::MediaSegment { index, data, duration_micros } => {
+                self.append_mp4(data);
+                if self.target.hls {
+                    let name = format!("segment-{index:05}.m4s");
+                    self.pending.push_back(Pending::Put {
+                        key: self.hls_key(&name),
+                        body: data.clone(),
+                        content_type: "video/iso.segment",
+                    });
+                    self.playlist.push(name, *duration_micros);
+                    self.queue_playlist();
+                }
+                self.note(&format!("segment {index}: {} bytes, {} ms", data.len(), duration_micros / 1000));
+            }
+        }
+        self.flush().await
+    }
+
+    fn queue_playlist(&mut self) {
+        // Only the latest playlist matters: replace one still waiting.
+        let key = self.hls_key("index.m3u8");
+        self.pending.retain(|p| !matches!(p, Pending::Put { key: k, .. } if *k == key));
+        let body = Bytes::from(self.playlist.render());
+        self.pending.push_back(Pending::Put { key, body, content_type: "application/vnd.apple.mpegurl" });
+    }
+
+    fn append_mp4(&mut self, bytes: &Bytes) {
+        if self.mp4.is_some() {
+            self.mp4_buffer.extend_from_slice(bytes);
+            self.mp4_bytes += bytes.len() as u64;
+            if self.mp4_buffer.len() >= self.target.part_bytes {
+                let part = self.mp4_buffer.split().freeze();
+                self.pending.push_back(Pending::Part(part));
+            }
+        }
+    }
+
+    /// Sends what waits, in order; stops at the first failure, keeping it and what follows.
+    async fn flush(&mut self) -> Result<(), ObjectError> {
+        while let Some(next) = self.pending.front() {
+            let result = match next {
+                Pending::Put { key, body, content_type } => self.store.put(key, body.clone(), content_type).await,
+                Pending::Part(body) => match self.mp4.as_mut() {
+                    Some(upload) => upload.put_part(body.clone()).await,
+                    None => Ok(()),
+                },
+            };
+            result?;
+            self.pending.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Objects waiting for the store.
+    pub fn backlog(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Ends the recording's objects: the playlist closed, the MP4 completed, the log written.
+    /// Fails (keeping everything) while the store is unreachable; call again.
+    pub async fn finish(&mut self) -> Result<UploadSummary, ObjectError> {
+        if self.target.hls && !self.playlist.is_ended() {
+            self.playlist.end();
+            self.queue_playlist();
+        }
+        if !self.mp4_buffer.is_empty() {
+            let part = self.mp4_buffer.split().freeze();
+            self.pending.push_back(Pending::Part(part));
+        }
+        self.flush().await?;
+        if let Some(upload) = self.mp4.as_mut() {
+            upload.complete().await?;
+            self.mp4 = None;
+        }
+        let summary = UploadSummary {
+            mp4_bytes: if self.target.mp4 { self.mp4_bytes } else { 0 },
+            duration_micros: self.playlist.duration_micros(),
+            segments: self.playlist.segments().len() as u32,
+        };
+        self.note(&format!("recording finished: {} segments, {} ms", summary.segments, summary.duration_micros / 1000));
+        let key = keys::recording(&self.target.meeting_id, &self.target.recording_id, "log");
+        self.store.put(&key, Bytes::from(self.log.clone()), "text/plain; charset=utf-8").await?;
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectInfo;
+    use async_trait::async_trait;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// An object store in memory that can be switched off.
+    #[derive(Default)]
+    struct MemoryStore {
+        objects: Mutex<BTreeMap<String, Bytes>>,
+        down: AtomicBool,
+    }
+
+    impl MemoryStore {
+        fn check(&self) -> Result<(), ObjectError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ObjectError::Unavailable("switched off".into()));
+            }
+            Ok(())
+        }
+    }
+
+    struct MemoryUpload {
+        store: Arc<MemoryStore>,
+        key: String,
+        data: BytesMut,
+    }
+
+    #[async_trait]
+    impl MultipartUpload for MemoryUpload {
+        async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError> {
+            self.store.check()?;
+            self.data.extend_from_slice(&body);
+            Ok(())
+        }
+        async fn complete(&mut self) -> Result<u64, ObjectError> {
+            self.store.check()?;
+            self.store.objects.lock().unwrap().insert(self.key.clone(), self.data.clone().freeze());
+            Ok(self.data.len() as u64)
+        }
+        async fn abort(&mut self) -> Result<(), ObjectError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Arc<MemoryStore> {
+        async fn put(&self, key: &str, body: Bytes, _: &str) -> Result<(), ObjectError> {
+            self.check()?;
+            self.objects.lock().unwrap().insert(key.to_owned(), body);
+            Ok(())
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, ObjectError> {
+            self.objects.lock().unwrap().get(key).cloned().ok_or_else(|| ObjectError::NotFound(key.to_owned()))
+        }
+        async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+            self.objects.lock().unwrap().remove(key);
+            Ok(())
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError> {
+            let objects = self.objects.lock().unwrap();
+            Ok(objects
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
+                .collect())
+        }
+        async fn start_upload(&self, key: &str, _: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
+            self.check()?;
+            Ok(Box::new(MemoryUpload { store: self.clone(), key: key.to_owned(), data: BytesMut::new() }))
+        }
+        async fn presign_get(&self, key: &str, _: Duration) -> Result<String, ObjectError> {
+            Ok(format!("memory://{key}"))
+        }
+    }
+
+    #[tokio::test]
+    async fn segments_wait_out_an_outage_and_everything_lands_in_order() {
+        let memory = Arc::new(MemoryStore::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(memory.clone());
+        let target =
+            UploadTarget { meeting_id: "m1".into(), recording_id: "r1".into(), mp4: true, hls: true, part_bytes: 16, segment_secs: 6 };
+        let mut uploader = Uploader::start(store.clone(), target).await.expect("started");
+        let segment = |index: u32, fill: u8| Output::MediaSegment { index, data: Bytes::from(vec![fill; 10]), duration_micros: 6_000_000 };
+        uploader.handle(&Output::InitSegment(Bytes::from_static(b"INIT"))).await.expect("init");
+        uploader.handle(&segment(0, b'a')).await.expect("segment 0");
+        memory.down.store(true, Ordering::SeqCst);
+        assert!(matches!(uploader.handle(&segment(1, b'b')).await, Err(ObjectError::Unavailable(_))));
+        assert!(uploader.handle(&Output::KeyframeRequest { track: 0 }).await.is_err(), "still away");
+        assert!(uploader.backlog() > 0);
+        memory.down.store(false, Ordering::SeqCst);
+        uploader.handle(&segment(2, b'c')).await.expect("back");
+        assert_eq!(uploader.backlog(), 0);
+        let summary = uploader.finish().await.expect("finished");
+        assert_eq!(summary, UploadSummary { mp4_bytes: 34, duration_micros: 18_000_000, segments: 3 });
+
+        let get = |key: &str| {
+            let store = store.clone();
+            let key = key.to_owned();
+            async move { store.get(&key).await.expect(&key) }
+        };
+        assert_eq!(&get("recordings/m1/r1.mp4").await[..], b"INITaaaaaaaaaabbbbbbbbbbcccccccccc");
+        assert_eq!(&get("recordings/m1/r1/init.mp4").await[..], b"INIT");
+        assert_eq!(&get("recordings/m1/r1/segment-00001.m4s").await[..], b"bbbbbbbbbb");
+        let playlist = String::from_utf8(get("recordings/m1/r1/index.m3u8").await.to_vec()).expect("utf-8");
+        assert_eq!(playlist.matches("#EXTINF:6.000000,").count(), 3);
+        assert!(playlist.ends_with("#EXT-X-ENDLIST\n"));
+        let log = String::from_utf8(get("recordings/m1/r1.log").await.to_vec()).expect("utf-8");
+        assert!(
+            log.contains("recording started") && log.contains("keyframe requested") && log.contains("recording finished: 3 segments"),
+            "{log}"
+        );
+    }
+}
