@@ -67,7 +67,7 @@ impl Codec {
 }
 
 /// Whether an encoded frame can be decoded on its own.
-fn is_keyframe(codec: Codec, frame: &[u8]) -> bool {
+pub fn is_keyframe(codec: Codec, frame: &[u8]) -> bool {
     let Some(&first) = frame.first() else { return false };
     match codec {
         Codec::Opus => true,

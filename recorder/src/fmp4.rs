@@ -15,6 +15,7 @@ use bytes::Bytes;
 use shiguredo_mp4::bitstream::h264::{annexb_to_length_prefixed, build_avc1_box_from_annexb, H264SampleEntryConfig, LengthSize};
 use shiguredo_mp4::bitstream::opus::{build_opus_box, ChannelCount, OpusSampleEntryConfig};
 use shiguredo_mp4::bitstream::vp8::{build_vp08_box, parse_frame_header, Vp8SampleEntryConfig};
+use shiguredo_mp4::bitstream::vp9::{self, build_vp09_box, Vp9FrameSize, Vp9SampleEntryConfig};
 use shiguredo_mp4::boxes::SampleEntry;
 use shiguredo_mp4::mux::{Fmp4SegmentMuxer, Sample};
 use shiguredo_mp4::TrackKind;
@@ -127,7 +128,22 @@ fn sample_entry(codec: Codec, frame: &Frame) -> Result<SampleEntry, Fmp4Error> {
                 height: key.height,
             })))
         }
-        Codec::Vp9 | Codec::Av1 => Err(Fmp4Error::UnsupportedCodec(codec)),
+        Codec::Vp9 => {
+            let header = vp9::parse_frame_header(&frame.data).map_err(|e| failed(e.to_string()))?;
+            let Vp9FrameSize::Resolved { width, height } = header.frame_size else {
+                return Err(failed("the first frame is not a keyframe".into()));
+            };
+            let config = Vp9SampleEntryConfig {
+                level: Vp9SampleEntryConfig::LEVEL_UNDEFINED,
+                colour_primaries: Vp8SampleEntryConfig::COLOUR_PRIMARIES_BT601,
+                transfer_characteristics: Vp8SampleEntryConfig::TRANSFER_CHARACTERISTICS_BT601,
+                matrix_coefficients: Vp8SampleEntryConfig::MATRIX_COEFFICIENTS_BT601,
+                width: u16::try_from(width).unwrap_or(u16::MAX),
+                height: u16::try_from(height).unwrap_or(u16::MAX),
+            };
+            build_vp09_box(&header, &config).map(SampleEntry::Vp09).map_err(|e| failed(e.to_string()))
+        }
+        Codec::Av1 => Err(Fmp4Error::UnsupportedCodec(codec)),
     }
 }
 
@@ -144,7 +160,7 @@ fn sample_data(codec: Codec, frame: &Frame) -> Result<Bytes, Fmp4Error> {
 impl Fmp4Writer {
     /// A writer for these tracks (one audio and/or one video codec).
     pub fn new(codecs: &[Codec]) -> Result<Self, Fmp4Error> {
-        if let Some(codec) = codecs.iter().find(|c| matches!(c, Codec::Vp9 | Codec::Av1)) {
+        if let Some(codec) = codecs.iter().find(|c| matches!(c, Codec::Av1)) {
             return Err(Fmp4Error::UnsupportedCodec(*codec));
         }
         let muxer = Fmp4SegmentMuxer::new().map_err(|e| Fmp4Error::Mux(e.to_string()))?;
@@ -350,12 +366,119 @@ mod tests {
         assert_eq!(probe["streams"][0]["nb_read_packets"], "60");
     }
 
+    /// Frames of one second of a test pattern encoded by ffmpeg (`encoder`, IVF container).
+    fn encoded_ivf_frames(encoder: &str) -> Vec<Bytes> {
+        let path = std::env::temp_dir().join(format!("switchboard-{encoder}-{}.ivf", std::process::id()));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-frames:v", "30", "-pix_fmt", "yuv420p"])
+            .args(["-c:v", encoder, "-g", "15", "-f", "ivf"])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(status.success(), "ffmpeg encoded with {encoder}");
+        let ivf = std::fs::read(&path).expect("ivf");
+        let _ = std::fs::remove_file(&path);
+        let mut frames = Vec::new();
+        let mut at = usize::from(u16::from_le_bytes([ivf[6], ivf[7]]));
+        while at + 12 <= ivf.len() {
+            let size = u32::from_le_bytes([ivf[at], ivf[at + 1], ivf[at + 2], ivf[at + 3]]) as usize;
+            frames.push(Bytes::copy_from_slice(&ivf[at + 12..at + 12 + size]));
+            at += 12 + size;
+        }
+        frames
+    }
+
+    /// Decodes a file completely; returns ffmpeg's complaints.
+    fn decode_errors(path: &std::path::Path) -> String {
+        let output = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(path)
+            .args(["-f", "null", "-"])
+            .output()
+            .expect("ffmpeg runs");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
     #[test]
-    fn video_must_start_on_a_keyframe_and_vp9_is_refused() {
+    fn real_vp8_and_vp9_streams_decode_without_errors() {
+        for (codec, encoder, name) in [(Codec::Vp8, "libvpx", "vp8"), (Codec::Vp9, "libvpx-vp9", "vp9")] {
+            let frames = encoded_ivf_frames(encoder);
+            assert_eq!(frames.len(), 30);
+            let mut writer = Fmp4Writer::new(&[codec]).expect("writer");
+            let mut file = Vec::new();
+            let mut fragments = Vec::new();
+            for (i, data) in frames.iter().enumerate() {
+                let keyframe = crate::assembler::is_keyframe(codec, data);
+                if keyframe && i > 0 {
+                    fragments.push(writer.fragment().expect("fragment").expect("samples"));
+                }
+                writer.push(codec, i as i64 * 1_000_000 / 30, &Frame { timestamp: 0, data: data.clone(), keyframe }).expect("frame");
+            }
+            fragments.push(writer.finish().expect("finish").expect("samples"));
+            assert_eq!(fragments.len(), 2, "{name}: a fragment per keyframe interval");
+            file.extend_from_slice(&writer.init_segment().expect("init"));
+            fragments.iter().for_each(|f| file.extend_from_slice(f));
+            let path = std::env::temp_dir().join(format!("switchboard-{name}-{}.mp4", std::process::id()));
+            std::fs::write(&path, &file).expect("written");
+            let probe = ffprobe(&path);
+            let errors = decode_errors(&path);
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(probe["streams"][0]["codec_name"], name, "{probe}");
+            assert_eq!(probe["streams"][0]["nb_read_packets"], "30");
+            assert_eq!(errors, "", "{name} decodes cleanly");
+        }
+    }
+
+    #[test]
+    fn a_real_h264_stream_decodes_without_errors() {
+        let path = std::env::temp_dir().join(format!("switchboard-x264-{}.h264", std::process::id()));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-frames:v", "30", "-pix_fmt", "yuv420p"])
+            .args(["-c:v", "libx264", "-profile:v", "baseline", "-g", "15", "-x264-params", "aud=1", "-f", "h264"])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(status.success());
+        let stream = std::fs::read(&path).expect("h264");
+        // Access units start at each access unit delimiter (00 00 00 01 09).
+        let starts: Vec<usize> = stream.windows(5).enumerate().filter(|(_, w)| *w == [0, 0, 0, 1, 9]).map(|(i, _)| i).collect();
+        let units: Vec<Bytes> = starts
+            .iter()
+            .enumerate()
+            .map(|(n, &s)| Bytes::copy_from_slice(&stream[s..*starts.get(n + 1).unwrap_or(&stream.len())]))
+            .collect();
+        assert_eq!(units.len(), 30);
+        let mut writer = Fmp4Writer::new(&[Codec::H264]).expect("writer");
+        let mut file = Vec::new();
+        let mut fragments = Vec::new();
+        for (i, unit) in units.iter().enumerate() {
+            let keyframe = crate::assembler::is_keyframe(Codec::H264, unit);
+            if keyframe && i > 0 {
+                fragments.push(writer.fragment().expect("fragment").expect("samples"));
+            }
+            writer.push(Codec::H264, i as i64 * 1_000_000 / 30, &Frame { timestamp: 0, data: unit.clone(), keyframe }).expect("frame");
+        }
+        fragments.push(writer.finish().expect("finish").expect("samples"));
+        assert_eq!(fragments.len(), 2, "IDR frames found at 0 and 15");
+        file.extend_from_slice(&writer.init_segment().expect("init"));
+        fragments.iter().for_each(|f| file.extend_from_slice(f));
+        let mp4 = path.with_extension("mp4");
+        std::fs::write(&mp4, &file).expect("written");
+        let probe = ffprobe(&mp4);
+        let errors = decode_errors(&mp4);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&mp4);
+        assert_eq!(probe["streams"][0]["codec_name"], "h264", "{probe}");
+        assert_eq!(probe["streams"][0]["nb_read_packets"], "30");
+        assert_eq!(errors, "", "h264 decodes cleanly");
+    }
+
+    #[test]
+    fn video_must_start_on_a_keyframe_and_av1_is_refused() {
         let mut writer = Fmp4Writer::new(&[Codec::Vp8]).expect("writer");
         let inter = Frame { timestamp: 0, data: vp8(false, 500), keyframe: false };
         assert!(matches!(writer.push(Codec::Vp8, 0, &inter), Err(Fmp4Error::SampleEntry { .. })));
-        assert!(matches!(Fmp4Writer::new(&[Codec::Vp9]), Err(Fmp4Error::UnsupportedCodec(Codec::Vp9))));
+        assert!(matches!(Fmp4Writer::new(&[Codec::Av1]), Err(Fmp4Error::UnsupportedCodec(Codec::Av1))));
         assert_eq!(writer.fragment().expect("nothing to write"), None);
     }
 }
