@@ -5,9 +5,11 @@
 //! `recordings/<meeting_id>/<recording_id>.log` (what happened).
 //!
 //! An object the store refuses because it is unreachable is kept and sent again before the
-//! next one and at the end, in order, so a store that comes back loses nothing.
+//! next one and at the end, in order, so a store that comes back loses nothing. While the
+//! store is away, what waits is spooled to files in `spool_dir` (when given), not memory.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -31,6 +33,8 @@ pub struct UploadTarget {
     pub part_bytes: usize,
     /// HLS target segment duration, seconds.
     pub segment_secs: u64,
+    /// Folder for what waits while the store is unreachable; `None`: memory.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// What was stored, once the recording finished.
@@ -44,10 +48,41 @@ pub struct UploadSummary {
     pub segments: u32,
 }
 
+/// Bytes waiting to be sent: in memory, or spooled to a file while the store is away.
+enum Body {
+    Memory(Bytes),
+    Spooled(PathBuf),
+}
+
+impl Body {
+    async fn bytes(&self) -> Result<Bytes, ObjectError> {
+        match self {
+            Self::Memory(bytes) => Ok(bytes.clone()),
+            Self::Spooled(path) => {
+                tokio::fs::read(path).await.map(Bytes::from).map_err(|e| ObjectError::Unavailable(format!("spool: {e}")))
+            }
+        }
+    }
+
+    async fn discard(&self) {
+        if let Self::Spooled(path) = self {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    }
+}
+
 /// An object write waiting for the store.
 enum Pending {
-    Put { key: String, body: Bytes, content_type: &'static str },
-    Part(Bytes),
+    Put { key: String, body: Body, content_type: &'static str },
+    Part(Body),
+}
+
+impl Pending {
+    fn body_mut(&mut self) -> &mut Body {
+        match self {
+            Self::Put { body, .. } | Self::Part(body) => body,
+        }
+    }
 }
 
 /// The uploader of one recording.
@@ -60,6 +95,8 @@ pub struct Uploader {
     mp4_bytes: u64,
     playlist: Playlist,
     pending: VecDeque<Pending>,
+    /// Files spooled so far, to name the next one.
+    spooled: u64,
     log: String,
 }
 
@@ -73,8 +110,17 @@ impl Uploader {
             None
         };
         let playlist = Playlist::new("init.mp4", target.segment_secs);
-        let mut uploader =
-            Self { store, target, mp4, mp4_buffer: BytesMut::new(), mp4_bytes: 0, playlist, pending: VecDeque::new(), log: String::new() };
+        let mut uploader = Self {
+            store,
+            target,
+            mp4,
+            mp4_buffer: BytesMut::new(),
+            mp4_bytes: 0,
+            playlist,
+            pending: VecDeque::new(),
+            spooled: 0,
+            log: String::new(),
+        };
         uploader.note("recording started");
         Ok(uploader)
     }
@@ -96,7 +142,8 @@ impl Uploader {
             Output::InitSegment(init) => {
                 self.append_mp4(init);
                 if self.target.hls {
-                    self.pending.push_back(Pending::Put { key: self.hls_key("init.mp4"), body: init.clone(), content_type: "video/mp4" });
+                    let key = self.hls_key("init.mp4");
+                    self.pending.push_back(Pending::Put { key, body: Body::Memory(init.clone()), content_type: "video/mp4" });
                 }
             }
             Output::MediaSegment { index, data, duration_micros } => {
@@ -105,7 +152,7 @@ impl Uploader {
                     let name = format!("segment-{index:05}.m4s");
                     self.pending.push_back(Pending::Put {
                         key: self.hls_key(&name),
-                        body: data.clone(),
+                        body: Body::Memory(data.clone()),
                         content_type: "video/iso.segment",
                     });
                     self.playlist.push(name, *duration_micros);
@@ -120,8 +167,15 @@ impl Uploader {
     fn queue_playlist(&mut self) {
         // Only the latest playlist matters: replace one still waiting.
         let key = self.hls_key("index.m3u8");
-        self.pending.retain(|p| !matches!(p, Pending::Put { key: k, .. } if *k == key));
-        let body = Bytes::from(self.playlist.render());
+        self.pending.retain(|p| match p {
+            Pending::Put { key: k, body: Body::Spooled(path), .. } if *k == key => {
+                let _ = std::fs::remove_file(path);
+                false
+            }
+            Pending::Put { key: k, .. } => *k != key,
+            Pending::Part(_) => true,
+        });
+        let body = Body::Memory(Bytes::from(self.playlist.render()));
         self.pending.push_back(Pending::Put { key, body, content_type: "application/vnd.apple.mpegurl" });
     }
 
@@ -131,25 +185,53 @@ impl Uploader {
             self.mp4_bytes += bytes.len() as u64;
             if self.mp4_buffer.len() >= self.target.part_bytes {
                 let part = self.mp4_buffer.split().freeze();
-                self.pending.push_back(Pending::Part(part));
+                self.pending.push_back(Pending::Part(Body::Memory(part)));
             }
         }
     }
 
-    /// Sends what waits, in order; stops at the first failure, keeping it and what follows.
+    /// Sends what waits, in order; stops at the first failure, keeping it and what follows
+    /// (spooled to disk when a spool folder is set).
     async fn flush(&mut self) -> Result<(), ObjectError> {
         while let Some(next) = self.pending.front() {
             let result = match next {
-                Pending::Put { key, body, content_type } => self.store.put(key, body.clone(), content_type).await,
-                Pending::Part(body) => match self.mp4.as_mut() {
-                    Some(upload) => upload.put_part(body.clone()).await,
-                    None => Ok(()),
+                Pending::Put { key, body, content_type } => match body.bytes().await {
+                    Ok(bytes) => self.store.put(key, bytes, content_type).await,
+                    Err(err) => Err(err),
+                },
+                Pending::Part(body) => match (self.mp4.as_mut(), body.bytes().await) {
+                    (Some(upload), Ok(bytes)) => upload.put_part(bytes).await,
+                    (_, Err(err)) => Err(err),
+                    (None, Ok(_)) => Ok(()),
                 },
             };
-            result?;
-            self.pending.pop_front();
+            if let Err(err) = result {
+                self.spool_backlog().await;
+                return Err(err);
+            }
+            if let Some(sent) = self.pending.pop_front() {
+                match sent {
+                    Pending::Put { body, .. } | Pending::Part(body) => body.discard().await,
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Moves what waits in memory to the spool folder.
+    async fn spool_backlog(&mut self) {
+        let Some(dir) = self.target.spool_dir.clone() else { return };
+        if tokio::fs::create_dir_all(&dir).await.is_err() {
+            return;
+        }
+        for index in 0..self.pending.len() {
+            let Body::Memory(bytes) = self.pending[index].body_mut() else { continue };
+            let path = dir.join(format!("{}-{:06}.spool", self.target.recording_id, self.spooled));
+            self.spooled += 1;
+            if tokio::fs::write(&path, &bytes).await.is_ok() {
+                *self.pending[index].body_mut() = Body::Spooled(path);
+            }
+        }
     }
 
     /// Objects waiting for the store.
@@ -166,7 +248,7 @@ impl Uploader {
         }
         if !self.mp4_buffer.is_empty() {
             let part = self.mp4_buffer.split().freeze();
-            self.pending.push_back(Pending::Part(part));
+            self.pending.push_back(Pending::Part(Body::Memory(part)));
         }
         self.flush().await?;
         if let Some(upload) = self.mp4.as_mut() {
@@ -269,8 +351,16 @@ mod tests {
     async fn segments_wait_out_an_outage_and_everything_lands_in_order() {
         let memory = Arc::new(MemoryStore::default());
         let store: Arc<dyn ObjectStore> = Arc::new(memory.clone());
-        let target =
-            UploadTarget { meeting_id: "m1".into(), recording_id: "r1".into(), mp4: true, hls: true, part_bytes: 16, segment_secs: 6 };
+        let spool = std::env::temp_dir().join(format!("switchboard-spool-{}", std::process::id()));
+        let target = UploadTarget {
+            meeting_id: "m1".into(),
+            recording_id: "r1".into(),
+            mp4: true,
+            hls: true,
+            part_bytes: 16,
+            segment_secs: 6,
+            spool_dir: Some(spool.clone()),
+        };
         let mut uploader = Uploader::start(store.clone(), target).await.expect("started");
         let segment = |index: u32, fill: u8| Output::MediaSegment { index, data: Bytes::from(vec![fill; 10]), duration_micros: 6_000_000 };
         uploader.handle(&Output::InitSegment(Bytes::from_static(b"INIT"))).await.expect("init");
@@ -279,9 +369,13 @@ mod tests {
         assert!(matches!(uploader.handle(&segment(1, b'b')).await, Err(ObjectError::Unavailable(_))));
         assert!(uploader.handle(&Output::KeyframeRequest { track: 0 }).await.is_err(), "still away");
         assert!(uploader.backlog() > 0);
+        let spooled = std::fs::read_dir(&spool).expect("spool folder").count();
+        assert_eq!(spooled, uploader.backlog(), "what waits is on disk, not in memory");
         memory.down.store(false, Ordering::SeqCst);
         uploader.handle(&segment(2, b'c')).await.expect("back");
         assert_eq!(uploader.backlog(), 0);
+        assert_eq!(std::fs::read_dir(&spool).expect("spool folder").count(), 0, "spool files removed once sent");
+        let _ = std::fs::remove_dir_all(&spool);
         let summary = uploader.finish().await.expect("finished");
         assert_eq!(summary, UploadSummary { mp4_bytes: 34, duration_micros: 18_000_000, segments: 3 });
 
