@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
+use recorder::objects::{ObjectError, ObjectStore};
 use serde::Deserialize;
 use sfu::SfuMetrics;
 use signaling::auth::{Grants, TokenAuthority};
@@ -92,13 +93,10 @@ async fn object(
     if !objects.verify(&key, query.expires, &query.signature) {
         return (StatusCode::FORBIDDEN, "invalid or expired signature").into_response();
     }
-    let path = match objects.path_of(&key) {
-        Ok(path) => path,
-        Err(err) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
-    };
-    match tokio::fs::read(&path).await {
+    match objects.get(&key).await {
         Ok(body) => ([(header::CONTENT_TYPE, content_type_of(&key))], body).into_response(),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "no such object").into_response(),
+        Err(ObjectError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
+        Err(err @ ObjectError::InvalidKey(..)) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::rtc_client::{self, Client};
 use common::services::{self, Broker, Proxy, Redis, TempDir, S3};
-use common::{Signal, TestServer};
+use common::{answer_offers, Signal, TestServer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,19 +24,6 @@ use switchboard::backends::state::redis::RedisState;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// Answers the subscribe offers arriving within `window`; returns how many.
-async fn answer_offers(signal: &mut Signal, client: &Client, window: Duration) -> usize {
-    let mut answered = 0;
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(offer) = tokio::time::timeout_at(deadline, signal.expect("subscribe_offer")).await {
-        let sdp = client.answer(offer["sdp"].as_str().expect("offer sdp")).await;
-        let reply = signal.request(json!({"type": "subscribe_answer", "sdp": sdp})).await;
-        assert_eq!(reply["type"], "ack", "answer refused: {reply}");
-        answered += 1;
-    }
-    answered
-}
 
 /// Waits until the server's journal has written everything queued.
 async fn journal_drained(server: &TestServer) {

@@ -7,24 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::rtc_client::{self, Client, Received};
-use common::{Signal, TestServer};
+use common::{answer_offers, TestServer};
 use serde_json::json;
-
-/// Answers every subscribe offer that arrives within `window`.
-async fn answer_offers(signal: &mut Signal, client: &Client, window: Duration) -> usize {
-    let mut answered = 0;
-    let deadline = tokio::time::Instant::now() + window;
-    loop {
-        let offer = match tokio::time::timeout_at(deadline, signal.expect("subscribe_offer")).await {
-            Ok(offer) => offer,
-            Err(_) => return answered,
-        };
-        let sdp = client.answer(offer["sdp"].as_str().expect("offer sdp")).await;
-        let reply = signal.request(json!({"type": "subscribe_answer", "sdp": sdp})).await;
-        assert_eq!(reply["type"], "ack", "answer refused: {reply}");
-        answered += 1;
-    }
-}
 
 /// Collects packets until none arrives for `quiet`.
 async fn collect(client: &mut Client, quiet: Duration) -> Vec<Received> {

@@ -147,11 +147,6 @@ impl FrameAssembler {
         self.stats
     }
 
-    /// The codec.
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
     /// Takes the next packet (or loss) of the stream; returns what completes with it.
     pub fn push(&mut self, released: Released, out: &mut Vec<Assembled>) {
         match released {

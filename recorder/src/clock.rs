@@ -55,12 +55,7 @@ impl SenderClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ntp(micros: i64) -> u64 {
-        let seconds = (micros / 1_000_000) as u64;
-        let fraction = (((micros % 1_000_000) as u64) << 32) / 1_000_000;
-        (seconds << 32) | fraction
-    }
+    use crate::test_support::ntp;
 
     #[test]
     fn ntp_fixed_point_converts_to_microseconds() {

@@ -260,36 +260,7 @@ impl Fmp4Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A VP8 frame with a valid frame header (640x480) and filler after it.
-    fn vp8(key: bool, len: usize) -> Bytes {
-        let first_partition = 64u32;
-        let tag = (first_partition << 5) | (1 << 4) | u32::from(!key);
-        let mut data = vec![tag as u8, (tag >> 8) as u8, (tag >> 16) as u8];
-        if key {
-            data.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
-        }
-        data.resize(len, 0x5a);
-        Bytes::from(data)
-    }
-
-    fn ffprobe(path: &std::path::Path) -> serde_json::Value {
-        let output = std::process::Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-count_packets",
-                "-show_entries",
-                "stream=codec_name,nb_read_packets:format=duration,format_name",
-                "-of",
-                "json",
-            ])
-            .arg(path)
-            .output()
-            .expect("ffprobe runs (Debian package ffmpeg; scripts/test installs it)");
-        assert!(output.status.success(), "ffprobe refused the file: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("ffprobe JSON")
-    }
+    use crate::test_support::{ffprobe, vp8};
 
     #[test]
     fn a_fragmented_file_of_vp8_and_opus_is_what_ffprobe_reads() {

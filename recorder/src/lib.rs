@@ -17,3 +17,6 @@ pub mod playlist;
 pub mod recording;
 pub mod segmenter;
 pub mod upload;
+
+#[cfg(test)]
+mod test_support;

@@ -209,15 +209,17 @@ impl Recording {
             Cut::NewSegment { duration_micros } => {
                 // The keyframe opens the next segment: the video frame before it ends here.
                 self.writer.seal(codec, at);
-                self.emit_segment(duration_micros)?;
+                let fragment = self.writer.fragment()?;
+                self.emit_segment(fragment, duration_micros);
             }
         }
         self.last_media_time = self.last_media_time.max(at);
         self.writer.push(codec, at, &frame)
     }
 
-    fn emit_segment(&mut self, duration_micros: i64) -> Result<(), Fmp4Error> {
-        let Some(data) = self.writer.fragment()? else { return Ok(()) };
+    /// Passes a media segment on, preceded (the first time) by the initialization segment.
+    fn emit_segment(&mut self, data: Option<Bytes>, duration_micros: i64) {
+        let Some(data) = data else { return };
         if !self.init_sent {
             if let Some(init) = self.writer.init_segment() {
                 self.outputs.push_back(Output::InitSegment(init));
@@ -226,7 +228,6 @@ impl Recording {
         }
         self.outputs.push_back(Output::MediaSegment { index: self.segment_index, data, duration_micros });
         self.segment_index += 1;
-        Ok(())
     }
 
     /// Ends the recording: what the jitter buffers hold is written and the last segment
@@ -235,15 +236,8 @@ impl Recording {
         let far_future = Instant::now() + Duration::from_secs(3600);
         self.poll(far_future)?;
         let duration = self.segmenter.current_duration(self.last_media_time + 20_000);
-        let Some(data) = self.writer.finish()? else { return Ok(()) };
-        if !self.init_sent {
-            if let Some(init) = self.writer.init_segment() {
-                self.outputs.push_back(Output::InitSegment(init));
-                self.init_sent = true;
-            }
-        }
-        self.outputs.push_back(Output::MediaSegment { index: self.segment_index, data, duration_micros: duration });
-        self.segment_index += 1;
+        let last = self.writer.finish()?;
+        self.emit_segment(last, duration);
         Ok(())
     }
 }
@@ -252,35 +246,9 @@ impl Recording {
 mod tests {
     use super::*;
     use crate::playlist::Playlist;
+    use crate::test_support::{ffprobe, ntp, vp8};
     use rtc::rtp::codec::{opus::OpusPayloader, vp8::Vp8Payloader};
     use rtc::rtp::packetizer::Payloader;
-
-    fn vp8(key: bool, len: usize) -> Bytes {
-        let tag = (64u32 << 5) | (1 << 4) | u32::from(!key);
-        let mut data = vec![tag as u8, (tag >> 8) as u8, (tag >> 16) as u8];
-        if key {
-            data.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
-        }
-        data.resize(len, 0x5a);
-        Bytes::from(data)
-    }
-
-    fn ntp(micros: i64) -> u64 {
-        let seconds = (micros / 1_000_000) as u64;
-        ((seconds) << 32) | ((((micros % 1_000_000) as u64) << 32) / 1_000_000)
-    }
-
-    fn ffprobe(args: &[&str], path: &std::path::Path) -> serde_json::Value {
-        let output = std::process::Command::new("ffprobe")
-            .args(["-v", "error"])
-            .args(args)
-            .args(["-count_packets", "-show_entries", "stream=codec_name,nb_read_packets:format=duration", "-of", "json"])
-            .arg(path)
-            .output()
-            .expect("ffprobe runs");
-        assert!(output.status.success(), "ffprobe refused {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("JSON")
-    }
 
     #[test]
     fn rtp_in_mp4_and_hls_out_with_segments_on_keyframes() {
@@ -361,8 +329,8 @@ mod tests {
         std::fs::write(dir.join("index.m3u8"), playlist.render()).expect("playlist");
         std::fs::write(dir.join("recording.mp4"), &mp4).expect("mp4");
 
-        let file = ffprobe(&[], &dir.join("recording.mp4"));
-        let hls = ffprobe(&[], &dir.join("index.m3u8"));
+        let file = ffprobe(&dir.join("recording.mp4"));
+        let hls = ffprobe(&dir.join("index.m3u8"));
         let _ = std::fs::remove_dir_all(&dir);
         for probe in [&file, &hls] {
             let streams = probe["streams"].as_array().expect("streams");

@@ -7,10 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::bookkeeping::new_id;
 use crate::protocol::{ParticipantInfo, ServerMessage};
 
 /// A session's outbound queue of text frames.
@@ -99,11 +99,7 @@ impl Rooms {
         if opened && rooms.len() >= self.max_rooms {
             return Err(AdmitError::TooManyRooms);
         }
-        let entry = rooms.entry(room.to_owned()).or_insert_with(|| Room {
-            id: format!("RM_{}", Alphanumeric.sample_string(&mut rand::rng(), 12)),
-            members: Vec::new(),
-            muted: HashSet::new(),
-        });
+        let entry = rooms.entry(room.to_owned()).or_insert_with(|| Room { id: new_id("RM_"), members: Vec::new(), muted: HashSet::new() });
         if entry.members.len() >= self.max_participants {
             return Err(AdmitError::RoomFull);
         }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Grants, TokenAuthority};
-use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
+use crate::bookkeeping::{new_id, unix_ms, Bookkeeping, Seat, StreamInfo};
 use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
@@ -271,10 +271,6 @@ async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<SfuEvent>>) -> O
     }
 }
 
-fn random_id(prefix: &str) -> String {
-    format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 12))
-}
-
 fn describe(track: &TrackInfo, muted: bool) -> TrackDescription {
     TrackDescription {
         track_id: track.id.to_string(),
@@ -480,7 +476,7 @@ impl Session {
             info!(room = %claims.room, owner = %node.id, "room hosted elsewhere; redirecting");
             return self.send(ServerMessage::Redirect { id, room: claims.room, node: node.id, url: node.url }).await;
         }
-        let me = ParticipantInfo { participant_id: random_id("PA_"), identity: claims.sub.clone(), name: claims.name.clone() };
+        let me = ParticipantInfo { participant_id: new_id("PA_"), identity: claims.sub.clone(), name: claims.name.clone() };
         let (control, controls) = mpsc::unbounded_channel();
         let admitted = match self.ctx.rooms.admit(&claims.room, me.clone(), self.queue.clone(), control) {
             Ok(admitted) => admitted,
@@ -615,8 +611,8 @@ impl Session {
                 .send(ServerMessage::error(id, ErrorCode::InvalidMessage, format!("chat text must be 1 to {MAX_CHAT_CHARS} characters")))
                 .await;
         }
-        let message_id = random_id("MS_");
-        let timestamp_ms = crate::bookkeeping::unix_ms();
+        let message_id = new_id("MS_");
+        let timestamp_ms = unix_ms();
         let payload = serde_json::json!({ "text": text });
         let chat = ServerMessage::Chat {
             message_id: message_id.clone(),

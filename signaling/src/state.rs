@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::bookkeeping::unix_ms;
+
 /// A node as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -154,10 +156,6 @@ pub struct StateKeeper {
 /// How many times a claim retries a busy room-creation lock (every 50 ms).
 const CLAIM_LOCK_TRIES: u32 = 40;
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl StateKeeper {
     /// Starts the keeper's writer and heartbeat; needs a Tokio runtime.
     pub fn start(store: Arc<dyn StateStore>, node: NodeInfo, timings: StateTimings) -> Arc<Self> {
@@ -170,11 +168,6 @@ impl StateKeeper {
     /// This node.
     pub fn node(&self) -> &NodeInfo {
         &self.node
-    }
-
-    /// The store, for reads.
-    pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.store
     }
 
     fn lock_local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -308,12 +301,6 @@ impl StateKeeper {
         };
         self.send(Write::SessionGone(session.session_id));
         self.send(if room_empty { Write::RoomGone(session.room) } else { Write::Room(session.room) });
-    }
-
-    /// This node's load.
-    pub fn load(&self) -> NodeLoad {
-        let local = self.lock_local();
-        NodeLoad { rooms: local.rooms.len(), participants: local.sessions.len() }
     }
 
     /// Takes a signaling-rate token for `user` from the bucket the nodes share; `None` when

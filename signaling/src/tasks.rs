@@ -89,21 +89,6 @@ impl Task {
         }
         serde_json::from_value(value).map(Some).map_err(|e| TaskError::Malformed(e.to_string()))
     }
-
-    /// The meeting the task is about.
-    pub fn meeting_id(&self) -> &str {
-        self.command.meeting_id()
-    }
-
-    /// The task's `type`.
-    pub fn kind(&self) -> &'static str {
-        self.command.kind()
-    }
-
-    /// Executes the task on this node's rooms; returns how many sessions it reached.
-    pub fn execute(&self, rooms: &Rooms) -> Result<usize, TaskError> {
-        self.command.execute(rooms)
-    }
 }
 
 impl Command {
@@ -166,6 +151,6 @@ mod tests {
     fn fails_for_rooms_and_people_that_are_not_here() {
         let rooms = Rooms::new(10, 10);
         let close = Task::parse(br#"{"task_id":"t","type":"close_room","meeting_id":"m"}"#).unwrap().unwrap();
-        assert_eq!(close.execute(&rooms), Err(TaskError::NoSuchRoom("m".into())));
+        assert_eq!(close.command.execute(&rooms), Err(TaskError::NoSuchRoom("m".into())));
     }
 }

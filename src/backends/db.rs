@@ -109,16 +109,6 @@ impl Database {
         Ok(())
     }
 
-    /// The pool, for queries of the binary's own (admin API, tests).
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
-    /// The dialect.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     /// Whether a task with this id was done (recorded in `operation_logs`).
     pub async fn task_done(&self, task_id: &str) -> Result<bool, sqlx::Error> {
         let sql = "SELECT COUNT(*) FROM operation_logs WHERE resource_type = 'task' AND resource_id = $1";
@@ -131,7 +121,7 @@ impl Database {
     pub async fn record_task_done(&self, task: &Task, details: serde_json::Value) -> Result<(), sqlx::Error> {
         sqlx::query(self.statements.operation.clone())
             .bind(None::<String>)
-            .bind(task.kind())
+            .bind(task.command.kind())
             .bind("task")
             .bind(&task.task_id)
             .bind(details.to_string())

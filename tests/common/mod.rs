@@ -238,6 +238,20 @@ impl Signal {
     }
 }
 
+/// Answers every subscribe offer that arrives on `signal` within `window` with `client`;
+/// returns how many.
+pub async fn answer_offers(signal: &mut Signal, client: &rtc_client::Client, window: Duration) -> usize {
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(offer) = tokio::time::timeout_at(deadline, signal.expect("subscribe_offer")).await {
+        let sdp = client.answer(offer["sdp"].as_str().expect("offer sdp")).await;
+        let reply = signal.request(json!({"type": "subscribe_answer", "sdp": sdp})).await;
+        assert_eq!(reply["type"], "ack", "answer refused: {reply}");
+        answered += 1;
+    }
+    answered
+}
+
 pub mod rtc_client {
     //! WebRTC clients on the async `webrtc` crate.
     use super::*;

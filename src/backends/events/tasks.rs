@@ -92,10 +92,10 @@ impl TaskConsumer {
         }
         let mut pause = FIRST_RETRY;
         for attempt in 1..=self.attempts {
-            match task.execute(&self.signaling.rooms) {
+            match task.command.execute(&self.signaling.rooms) {
                 Ok(reached) => {
-                    info!(task = %task.task_id, kind = task.kind(), meeting = task.meeting_id(), reached, "task done");
-                    let details = json!({ "meeting_id": task.meeting_id(), "sessions": reached, "attempt": attempt });
+                    info!(task = %task.task_id, kind = task.command.kind(), meeting = task.command.meeting_id(), reached, "task done");
+                    let details = json!({ "meeting_id": task.command.meeting_id(), "sessions": reached, "attempt": attempt });
                     self.wait_for(|| self.database.record_task_done(task, details.clone())).await;
                     if std::env::var(FAILPOINT_ENV).as_deref() == Ok("task_done_before_commit") {
                         // Let the task's messages reach the clients, as they would before a

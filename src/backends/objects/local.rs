@@ -71,7 +71,7 @@ impl LocalObjects {
     }
 
     /// The file of a key.
-    pub fn path_of(&self, key: &str) -> Result<PathBuf, ObjectError> {
+    fn path_of(&self, key: &str) -> Result<PathBuf, ObjectError> {
         validate_key(key)?;
         if key.split('/').next() == Some(UPLOADS_DIR) {
             return Err(ObjectError::InvalidKey(key.to_owned(), "reserved prefix"));
