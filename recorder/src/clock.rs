@@ -12,6 +12,14 @@ pub fn unix_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// From the Unix epoch (1970) to the NTP epoch (1900), microseconds.
+const UNIX_TO_NTP_MICROS: i64 = 2_208_988_800 * 1_000_000;
+
+/// This machine's wall clock on the NTP timeline senders report on.
+pub fn ntp_now_micros() -> WallMicros {
+    unix_micros() + UNIX_TO_NTP_MICROS
+}
+
 /// An NTP 32.32 fixed-point timestamp in microseconds (rounded to the nearest).
 pub fn ntp_to_micros(ntp: u64) -> WallMicros {
     let seconds = (ntp >> 32) as i64;
@@ -35,10 +43,15 @@ impl SenderClock {
 
     /// Takes a sender report's NTP time and RTP timestamp.
     pub fn on_sender_report(&mut self, ntp_time: u64, rtp_time: u32) {
-        self.reference = Some((ntp_to_micros(ntp_time), rtp_time));
+        self.anchor(ntp_to_micros(ntp_time), rtp_time);
     }
 
-    /// Whether a report arrived.
+    /// Pairs an RTP timestamp with a wall time known some other way (its arrival).
+    pub fn anchor(&mut self, wall: WallMicros, rtp_time: u32) {
+        self.reference = Some((wall, rtp_time));
+    }
+
+    /// Whether the clock has a reference yet.
     pub fn is_synced(&self) -> bool {
         self.reference.is_some()
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::assembler::{Assembled, Codec, FrameAssembler};
-use crate::clock::{SenderClock, WallMicros};
+use crate::clock::{ntp_now_micros, SenderClock, WallMicros};
 use crate::fmp4::{Fmp4Error, Fmp4Writer};
 use crate::jitter::{JitterBuffer, RtpPacket};
 use crate::segmenter::{Cut, Segmenter};
@@ -70,8 +70,8 @@ struct TrackInput {
     jitter: JitterBuffer,
     assembler: FrameAssembler,
     clock: SenderClock,
-    /// Arrival-based anchor before the first sender report: (wall, RTP timestamp).
-    arrival_anchor: Option<(WallMicros, u32)>,
+    /// The clock by arrival, on the same NTP timeline, used until the first sender report.
+    arrival: SenderClock,
     /// Media time of the track's last written frame (kept increasing).
     last_written: Option<i64>,
 }
@@ -84,8 +84,8 @@ pub struct Recording {
     has_video: bool,
     /// Wall time at media time 0.
     start: Option<WallMicros>,
-    /// Origin of arrival times.
-    epoch: Instant,
+    /// Origin of arrival times, and this machine's NTP wall time then.
+    epoch: (Instant, WallMicros),
     segment_index: u32,
     init_sent: bool,
     last_media_time: i64,
@@ -106,7 +106,7 @@ impl Recording {
                     jitter: JitterBuffer::new(settings.jitter_packets, settings.jitter_delay),
                     assembler: FrameAssembler::new(codec),
                     clock: SenderClock::new(codec.clock_rate()),
-                    arrival_anchor: None,
+                    arrival: SenderClock::new(codec.clock_rate()),
                     last_written: None,
                 })
                 .collect(),
@@ -114,7 +114,7 @@ impl Recording {
             segmenter: Segmenter::new(micros(settings.segment_target), micros(settings.keyframe_request_ahead), has_video),
             has_video,
             start: None,
-            epoch: now,
+            epoch: (now, ntp_now_micros()),
             segment_index: 0,
             init_sent: false,
             last_media_time: 0,
@@ -126,9 +126,10 @@ impl Recording {
     /// A packet of track `track` arrived.
     pub fn on_rtp(&mut self, now: Instant, track: usize, packet: RtpPacket) -> Result<(), Fmp4Error> {
         let Some(input) = self.tracks.get_mut(track) else { return Ok(()) };
-        if input.arrival_anchor.is_none() {
-            let arrival = i64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX);
-            input.arrival_anchor = Some((arrival, packet.timestamp));
+        if !input.arrival.is_synced() {
+            let (epoch, epoch_wall) = self.epoch;
+            let since = i64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(i64::MAX);
+            input.arrival.anchor(epoch_wall.saturating_add(since), packet.timestamp);
         }
         input.jitter.push(now, packet);
         self.drain(now, track)
@@ -171,11 +172,7 @@ impl Recording {
     /// The sender's wall time of a frame of `track`.
     fn wall_time(&self, track: usize, timestamp: u32) -> Option<WallMicros> {
         let input = &self.tracks[track];
-        input.clock.wall_time(timestamp).or_else(|| {
-            let (wall, rtp) = input.arrival_anchor?;
-            let ticks = i64::from(timestamp.wrapping_sub(rtp) as i32);
-            Some(wall + ticks * 1_000_000 / i64::from(input.codec.clock_rate()))
-        })
+        input.clock.wall_time(timestamp).or_else(|| input.arrival.wall_time(timestamp))
     }
 
     fn write_frame(&mut self, track: usize, frame: crate::assembler::Frame) -> Result<(), Fmp4Error> {
@@ -343,5 +340,54 @@ mod tests {
             file["streams"].as_array().expect("streams").iter().filter_map(|s| s["nb_read_packets"].as_str()).collect();
         // Every frame, but the audio frame at 0 s: it arrived before the first video keyframe.
         assert_eq!(packets, ["150", "249"]);
+    }
+
+    #[test]
+    fn a_track_without_sender_reports_is_placed_by_arrival_on_the_reporting_track_timeline() {
+        // Video reports its clock (this machine's wall time); audio never does.
+        let t0 = Instant::now();
+        let mut recording = Recording::new(&[Codec::Vp8, Codec::Opus], RecordingSettings::default(), t0).expect("recording");
+        let (video_rtp0, audio_rtp0) = (777_000u32, 3_000_000_000u32);
+        recording.on_sender_report(0, ntp(crate::clock::ntp_now_micros()), video_rtp0);
+        let mut vp8_payloader = Vp8Payloader::default();
+        let mut events: Vec<(i64, bool, u32)> = (0..30u32).map(|f| (i64::from(f) * 1_000_000 / 30, true, f)).collect();
+        events.extend((0..50u32).map(|f| (i64::from(f) * 20_000 + 1, false, f)));
+        events.sort();
+        let mut seq = [0u16; 2];
+        for (at, is_video, f) in events {
+            let now = t0 + Duration::from_micros(at as u64);
+            if is_video {
+                let payloads = vp8_payloader.payload(1200, &vp8(f == 0, 600)).expect("payloads");
+                let count = payloads.len();
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    let packet = RtpPacket { sequence: seq[0], timestamp: video_rtp0 + f * 3000, marker: i + 1 == count, payload };
+                    recording.on_rtp(now, 0, packet).expect("rtp");
+                    seq[0] += 1;
+                }
+            } else {
+                let payload = Bytes::from_static(&[0xfc, 0xff, 0xfe]);
+                recording
+                    .on_rtp(now, 1, RtpPacket { sequence: seq[1], timestamp: audio_rtp0 + f * 960, marker: false, payload })
+                    .expect("rtp");
+                seq[1] += 1;
+            }
+        }
+        recording.finish().expect("finish");
+        let mut file = Vec::new();
+        while let Some(output) = recording.next_output() {
+            match output {
+                Output::InitSegment(data) | Output::MediaSegment { data, .. } => file.extend_from_slice(&data),
+                Output::KeyframeRequest { .. } => {}
+            }
+        }
+        let path = std::env::temp_dir().join(format!("switchboard-arrival-{}.mp4", std::process::id()));
+        std::fs::write(&path, &file).expect("written");
+        let probe = ffprobe(&path);
+        let _ = std::fs::remove_file(&path);
+        let packets: Vec<u32> =
+            probe["streams"].as_array().expect("streams").iter().filter_map(|s| s["nb_read_packets"].as_str()?.parse().ok()).collect();
+        // The first audio frame may fall a few microseconds before the video's start.
+        assert_eq!(packets[0], 30);
+        assert!((49..=50).contains(&packets[1]), "the audio shares the video's timeline: {probe}");
     }
 }
