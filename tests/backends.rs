@@ -732,25 +732,16 @@ async fn media_and_signaling_survive_each_service_going_away_and_nothing_is_lost
     let s3 = S3::shared();
     let s3_proxy = Proxy::start(format!("127.0.0.1:{}", s3.port).parse().expect("addr"), None).await;
     let prefix = services::unique("f");
-    let overrides: Vec<(String, String)> = [
-        ("STATE__BACKEND", "redis".to_owned()),
-        ("STATE__REDIS_URL", format!("redis://{}", redis_proxy.addr)),
-        ("STATE__HEARTBEAT_SECS", "1".to_owned()),
-        ("DATABASE__BACKEND", "postgres".to_owned()),
-        ("DATABASE__URL", format!("postgres://postgres@{}/{pg_name}", pg_proxy.addr)),
-        ("EVENTS__BACKEND", "kafka".to_owned()),
-        ("EVENTS__BROKERS", kafka_proxy.addr.to_string()),
-        ("EVENTS__TOPIC_PREFIX", prefix.clone()),
-        ("EVENTS__CONSUMER_GROUP", format!("{prefix}-group")),
-        ("OBJECTS__BACKEND", "s3".to_owned()),
-        ("OBJECTS__ENDPOINT", format!("http://{}", s3_proxy.addr)),
-        ("OBJECTS__BUCKET", services::unique("b")),
-        ("OBJECTS__ACCESS_KEY", services::S3_ACCESS_KEY.to_owned()),
-        ("OBJECTS__SECRET_KEY", services::S3_SECRET_KEY.to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("SWITCHBOARD__{k}"), v))
-    .collect();
+    let mut overrides = services::ServiceAddresses {
+        redis_url: format!("redis://{}", redis_proxy.addr),
+        postgres_url: format!("postgres://postgres@{}/{pg_name}", pg_proxy.addr),
+        brokers: kafka_proxy.addr.to_string(),
+        topic_prefix: prefix.clone(),
+        s3_endpoint: format!("http://{}", s3_proxy.addr),
+        bucket: services::unique("b"),
+    }
+    .overrides();
+    overrides.push(("SWITCHBOARD__STATE__HEARTBEAT_SECS".to_owned(), "1".to_owned()));
     let server = TestServer::start_with(overrides, None).await;
 
     let (mut alice, _, alice_session) = join(&server, "faults", "alice", &["publish", "publish_data"]).await;

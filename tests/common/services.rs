@@ -299,18 +299,43 @@ impl RealServices {
 
     /// Overrides of the test configuration that select these services.
     pub fn overrides(&self) -> Vec<(String, String)> {
-        let s3 = S3::shared();
+        ServiceAddresses {
+            redis_url: self.redis.url(),
+            postgres_url: self.postgres_url.clone(),
+            brokers: Broker::shared().brokers.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            s3_endpoint: S3::shared().endpoint.clone(),
+            bucket: self.bucket.clone(),
+        }
+        .overrides()
+    }
+}
+
+/// Where a test server finds Redis, PostgreSQL, Kafka and S3.
+pub struct ServiceAddresses {
+    pub redis_url: String,
+    pub postgres_url: String,
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub s3_endpoint: String,
+    pub bucket: String,
+}
+
+impl ServiceAddresses {
+    /// Overrides of the test configuration that select these services (the consumer group
+    /// is named after the topic prefix).
+    pub fn overrides(&self) -> Vec<(String, String)> {
         [
             ("STATE__BACKEND", "redis".to_owned()),
-            ("STATE__REDIS_URL", self.redis.url()),
+            ("STATE__REDIS_URL", self.redis_url.clone()),
             ("DATABASE__BACKEND", "postgres".to_owned()),
             ("DATABASE__URL", self.postgres_url.clone()),
             ("EVENTS__BACKEND", "kafka".to_owned()),
-            ("EVENTS__BROKERS", Broker::shared().brokers.clone()),
+            ("EVENTS__BROKERS", self.brokers.clone()),
             ("EVENTS__TOPIC_PREFIX", self.topic_prefix.clone()),
             ("EVENTS__CONSUMER_GROUP", format!("{}-group", self.topic_prefix)),
             ("OBJECTS__BACKEND", "s3".to_owned()),
-            ("OBJECTS__ENDPOINT", s3.endpoint.clone()),
+            ("OBJECTS__ENDPOINT", self.s3_endpoint.clone()),
             ("OBJECTS__BUCKET", self.bucket.clone()),
             ("OBJECTS__ACCESS_KEY", S3_ACCESS_KEY.to_owned()),
             ("OBJECTS__SECRET_KEY", S3_SECRET_KEY.to_owned()),
