@@ -17,7 +17,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use signaling::auth::AuthError;
+use signaling::auth::{AuthError, Grants};
 use signaling::bookkeeping::unix_ms;
 use signaling::journal::Record;
 use signaling::tasks::{Command, TaskError};
@@ -32,7 +32,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// A refused request: its status, a stable code and an explanation.
-struct Refusal {
+pub(crate) struct Refusal {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -44,12 +44,25 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+/// A refusal with this status, code and explanation.
+pub(crate) fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal { status, code, message: message.into() }
 }
 
 /// The identity of an admin of `room`, from the request's bearer token.
 fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String, Refusal> {
+    bearer_of(state, headers, room, "admin", |grants| grants.admin)
+}
+
+/// The identity in the request's bearer token, if the token is for `room` and `allowed`
+/// accepts its grants (`what` names them in the refusal).
+pub(crate) fn bearer_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    what: &str,
+    allowed: impl Fn(&Grants) -> bool,
+) -> Result<String, Refusal> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -59,14 +72,14 @@ fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String,
         AuthError::Expired => refusal(StatusCode::UNAUTHORIZED, "token_expired", "access token expired"),
         err => refusal(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()),
     })?;
-    if !claims.grants.admin || claims.room != room {
-        return Err(refusal(StatusCode::FORBIDDEN, "forbidden", format!("the token does not grant admin of room `{room}`")));
+    if !allowed(&claims.grants) || claims.room != room {
+        return Err(refusal(StatusCode::FORBIDDEN, "forbidden", format!("the token does not grant {what} of room `{room}`")));
     }
     Ok(claims.sub)
 }
 
 /// Runs `command` for `admin` and records it.
-fn act(
+async fn act(
     state: &AppState,
     admin: String,
     command: Command,
@@ -74,7 +87,7 @@ fn act(
     resource_id: String,
     details: serde_json::Value,
 ) -> Response {
-    match command.execute(&state.signaling.rooms) {
+    match command.execute(&state.signaling).await {
         Ok(sessions) => {
             tracing::info!(%admin, operation = command.kind(), %resource_id, sessions, "admin action");
             let mut details = details;
@@ -92,7 +105,7 @@ fn act(
         Err(err @ (TaskError::NoSuchRoom(_) | TaskError::NoSuchParticipant { .. })) => {
             refusal(StatusCode::NOT_FOUND, "not_found", err.to_string()).into_response()
         }
-        Err(err) => refusal(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", err.to_string()).into_response(),
+        Err(err) => refusal(StatusCode::UNPROCESSABLE_ENTITY, "failed", err.to_string()).into_response(),
     }
 }
 
@@ -116,7 +129,7 @@ async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>
         }
     };
     let details = json!({ "reason": body.reason });
-    act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason: body.reason }, "room", room, details)
+    act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason: body.reason }, "room", room, details).await
 }
 
 async fn mute_participant(
@@ -129,5 +142,5 @@ async fn mute_participant(
         Err(refused) => return refused.into_response(),
     };
     let resource = format!("{room}/{identity}");
-    act(&state, admin, Command::MuteParticipant { meeting_id: room, identity }, "participant", resource, json!({}))
+    act(&state, admin, Command::MuteParticipant { meeting_id: room, identity }, "participant", resource, json!({})).await
 }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::backends::db::Database;
 use crate::backends::events::kafka::EventMetrics;
-use crate::backends::objects::local::LocalObjects;
+use crate::backends::objects::local::{LocalObjects, UrlSigner};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -29,6 +30,14 @@ pub struct DevTokens {
 /// Shared state of the HTTP handlers.
 pub struct AppState {
     pub signaling: Arc<SignalingContext>,
+    /// The database (the recordings API reads it).
+    pub database: Database,
+    /// The object store.
+    pub objects: Arc<dyn ObjectStore>,
+    /// Signs this node's download links.
+    pub signer: UrlSigner,
+    /// Lifetime of download links.
+    pub presign_expiry: std::time::Duration,
     pub sfu_metrics: Arc<SfuMetrics>,
     pub signaling_metrics: Arc<SignalingMetrics>,
     pub event_metrics: Option<Arc<EventMetrics>>,
@@ -53,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(websocket))
         .route("/objects/{*key}", get(object))
         .merge(crate::admin::routes())
+        .merge(crate::recordings_api::routes())
         .with_state(state)
 }
 
@@ -75,10 +85,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// The query of a signed download link.
 #[derive(Deserialize)]
-struct SignedQuery {
-    expires: u64,
-    signature: String,
+pub(crate) struct SignedQuery {
+    /// Unix seconds after which the link is refused.
+    pub expires: u64,
+    /// Hex HMAC-SHA256 of the key and `expires`.
+    pub signature: String,
 }
 
 /// Serves an object of the local store to a presigned URL.

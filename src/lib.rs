@@ -5,6 +5,7 @@
 mod admin;
 pub mod backends;
 mod http;
+mod recordings_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use signaling::auth::TokenAuthority;
 use signaling::bookkeeping::Bookkeeping;
 use signaling::journal::Journal;
 use signaling::metrics::SignalingMetrics;
+use signaling::recordings::{Formats, RecordingConfig, Recordings};
 use signaling::rooms::Rooms;
 use signaling::session::{SessionLimits, SignalingContext};
 use signaling::state::{NodeInfo, StateKeeper, StateTimings};
@@ -65,6 +67,8 @@ pub struct Server {
     pub media_addrs: Vec<SocketAddr>,
     /// This node.
     pub node: NodeInfo,
+    context: Arc<SignalingContext>,
+    shutdown_timeout: Duration,
 }
 
 /// Starts the backends, the media workers and the HTTP server; returns once all listen.
@@ -95,7 +99,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
     let journal = Journal::start(Arc::new(backends.database.clone()), config.database.queue_capacity, config.database.batch_size);
     let books =
         Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
-    let context = Arc::new(SignalingContext {
+    let recording = recording_config(&config);
+    let objects = backends.objects.clone();
+    let context = Arc::new_cyclic(|context| SignalingContext {
         sfu,
         rooms: Rooms::new(limits.max_participants_per_room, limits.max_rooms),
         auth: TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone()),
@@ -110,6 +116,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         metrics: signaling_metrics.clone(),
         resumable: Default::default(),
         books,
+        recordings: Recordings::new(recording, objects, context.clone()),
     });
     if let Some(kafka) = &backends.kafka {
         let consumer = backends::events::tasks::TaskConsumer::new(
@@ -123,7 +130,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         tokio::spawn(consumer.run());
     }
     let state = http::AppState {
-        signaling: context,
+        signaling: context.clone(),
+        database: backends.database.clone(),
+        objects: backends.objects.clone(),
+        signer: backends.signer.clone(),
+        presign_expiry: Duration::from_secs(config.objects.presign_expiry_secs),
         sfu_metrics,
         signaling_metrics,
         event_metrics: backends.event_metrics.clone(),
@@ -141,5 +152,29 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         }
     });
     tracing::info!(%http_addr, media = ?media_addrs, node = %node.id, "switchboard listening");
-    Ok(Server { http_addr, media_addrs, node })
+    let shutdown_timeout = Duration::from_secs(config.recording.shutdown_timeout_secs);
+    Ok(Server { http_addr, media_addrs, node, context, shutdown_timeout })
+}
+
+/// The recorder's settings from the `recording` and `objects` sections.
+fn recording_config(config: &Config) -> RecordingConfig {
+    let r = &config.recording;
+    RecordingConfig {
+        default_formats: Formats::parse(&r.default_format).unwrap_or(Formats { mp4: true, hls: true }),
+        segment: Duration::from_secs(r.segment_secs),
+        max_duration: Duration::from_secs(r.max_duration_secs),
+        part_bytes: config.objects.multipart_part_bytes,
+        spool_dir: (!r.spool_dir.is_empty()).then(|| r.spool_dir.clone().into()),
+        finish_retry: Duration::from_secs(r.finish_retry_secs),
+        auto_record: r.auto_record.clone(),
+        queue_packets: r.queue_packets,
+    }
+}
+
+impl Server {
+    /// Graceful shutdown: finishes every open recording and waits (up to
+    /// `recording.shutdown_timeout_secs`) until they are stored.
+    pub async fn shutdown(&self) {
+        self.context.recordings.shutdown(self.shutdown_timeout).await;
+    }
 }

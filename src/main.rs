@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let server = serve(Settings::from_config(&config)?).await?;
             println!("Switchboard is running: open http://{}/?room=demo&name=you", server.http_addr);
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            stop_signal().await?;
+            tracing::info!("shutting down");
+            server.shutdown().await;
             Ok(())
         }
         Command::Migrate => {
@@ -77,5 +79,15 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM (how service managers and orchestrators stop a process).
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for Ctrl-C"),
+        _ = terminate.recv() => Ok(()),
     }
 }

@@ -139,6 +139,9 @@ export class Switchboard {
       case 'chat':
         this.#emit('chat', message);
         break;
+      case 'recording':
+        this.#emit('recording', message);
+        break;
       case 'room_closed':
         this.#emit('room_closed', message.reason);
         break;

@@ -87,6 +87,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Object storage (recordings, uploads).
     pub objects: ObjectsConfig,
+    /// Recordings.
+    pub recording: RecordingConfig,
 }
 
 /// This node's identity among the nodes sharing one state store.
@@ -223,6 +225,29 @@ pub struct ObjectsConfig {
     pub multipart_part_bytes: usize,
 }
 
+/// Recordings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Formats when a request names none: `mp4`, `hls` or `mp4+hls`.
+    pub default_format: String,
+    /// HLS segment length, seconds.
+    pub segment_secs: u64,
+    /// Longest recording of one participant, seconds.
+    pub max_duration_secs: u64,
+    /// Folder where uploads wait while the object store is unreachable.
+    pub spool_dir: String,
+    /// How long a finished recording's last uploads are retried while the store is away,
+    /// seconds.
+    pub finish_retry_secs: u64,
+    /// Rooms recorded as soon as they open (`*`: every room).
+    pub auto_record: Vec<String>,
+    /// Packets queued for a recorder before it loses some.
+    pub queue_packets: usize,
+    /// How long a graceful shutdown waits for recordings to be stored, seconds.
+    pub shutdown_timeout_secs: u64,
+}
+
 /// The HTTP server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,6 +346,12 @@ impl Config {
         let bad = |key: &str, message: &str| Err(ConfigError::Key { key: key.to_owned(), message: message.to_owned() });
         if !self.auth.keys.contains_key(&self.auth.signing_key) {
             return bad("auth.signing_key", "names no key in auth.keys");
+        }
+        if !["mp4", "hls", "mp4+hls"].contains(&self.recording.default_format.as_str()) {
+            return bad("recording.default_format", "must be mp4, hls or mp4+hls");
+        }
+        if self.recording.segment_secs == 0 || self.recording.queue_packets == 0 {
+            return bad("recording", "segment_secs and queue_packets must be positive");
         }
         if self.auth.keys.values().any(|secret| secret.len() < 16) {
             return bad("auth.keys", "every secret must be at least 16 bytes");

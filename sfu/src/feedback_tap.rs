@@ -1,8 +1,10 @@
-//! An interceptor that lets a subscriber's NACKs and keyframe requests through to the worker.
+//! An interceptor that lets the RTCP the worker acts on through to it: a subscriber's NACKs
+//! and keyframe requests, a publisher's sender reports.
 //!
 //! The `rtc` interceptor chain ends inbound RTCP before the application unless a packet is
-//! marked for delivery. The SFU answers NACKs from the publisher's cache and relays PLI/FIR,
-//! so it marks exactly those and leaves receiver reports to the chain.
+//! marked for delivery. The SFU answers NACKs from the publisher's cache and relays PLI/FIR;
+//! taps (the recorder) follow a publisher's clock from its sender reports. The tap marks
+//! exactly those and leaves receiver reports to the chain.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -10,23 +12,37 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// Marks inbound NACK, PLI and FIR for delivery to the application.
-#[derive(Default)]
+use crate::peer::PeerRole;
+
+/// Marks inbound RTCP for delivery to the application: NACK, PLI and FIR on a subscriber
+/// connection, sender reports on a publisher connection.
 pub struct FeedbackTap {
+    role: PeerRole,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
 
-fn wanted(packet: &Packet) -> bool {
-    let Packet::Rtcp(packets) = packet else { return false };
-    packets.iter().any(|p| {
-        let any = p.as_any();
-        any.is::<TransportLayerNack>() || any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-    })
+impl FeedbackTap {
+    /// The tap of a connection in `role`.
+    pub fn new(role: PeerRole) -> Self {
+        Self { role, reads: VecDeque::new(), writes: VecDeque::new() }
+    }
+
+    fn wanted(&self, packet: &Packet) -> bool {
+        let Packet::Rtcp(packets) = packet else { return false };
+        packets.iter().any(|p| {
+            let any = p.as_any();
+            match self.role {
+                PeerRole::Subscriber => any.is::<TransportLayerNack>() || any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>(),
+                PeerRole::Publisher => any.is::<SenderReport>(),
+            }
+        })
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
@@ -37,7 +53,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
-        if wanted(&msg.message.packet) {
+        if self.wanted(&msg.message.packet) {
             msg.message.add(Attribute::DeliverToApplication);
         }
         self.reads.push_back(msg);

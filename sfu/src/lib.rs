@@ -17,6 +17,7 @@ pub mod packet_cache;
 pub mod peer;
 mod socket;
 mod stun;
+pub mod tap;
 mod worker;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use ids::{ParticipantId, RoomId, TrackId};
 pub use metrics::SfuMetrics;
 pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+pub use tap::{RoomTap, TapEvent, TappedRtp};
 
 use worker::{Command, Worker, WorkerSetup};
 
@@ -138,7 +140,8 @@ impl Default for SfuConfig {
     }
 }
 
-/// Room placement: which worker owns each room, and how many participants hold it there.
+/// Room placement: which worker owns each room, and how many participants and taps hold it
+/// there.
 #[derive(Default)]
 struct Placement {
     rooms: HashMap<RoomId, (usize, usize)>,
@@ -150,6 +153,7 @@ pub struct Sfu {
     workers: Vec<mpsc::UnboundedSender<Command>>,
     addrs: Vec<SocketAddr>,
     placement: Arc<Mutex<Placement>>,
+    next_tap: std::sync::atomic::AtomicU64,
 }
 
 impl Sfu {
@@ -192,7 +196,7 @@ impl Sfu {
             workers.push(tx);
         }
         let placement = Placement { rooms: HashMap::new(), rooms_per_worker: vec![0; workers.len()] };
-        Ok(Self { workers, addrs, placement: Arc::new(Mutex::new(placement)) })
+        Ok(Self { workers, addrs, placement: Arc::new(Mutex::new(placement)), next_tap: Default::default() })
     }
 
     /// The UDP addresses the workers listen on.
@@ -209,17 +213,35 @@ impl Sfu {
         grants: MediaGrants,
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> Result<(MediaSession, Vec<TrackInfo>), SfuError> {
-        let worker = self.place(&room);
+        let hold = self.hold(&room);
         let (reply, rx) = oneshot::channel();
-        let session = MediaSession {
-            worker: self.workers[worker].clone(),
-            participant: participant.clone(),
-            room: room.clone(),
-            placement: self.placement.clone(),
-        };
+        let session = MediaSession { worker: self.workers[hold.worker].clone(), participant: participant.clone(), _hold: hold };
         let command = Command::Join { room, participant, grants, events, reply };
         let tracks = session.request(command, rx).await?;
         Ok((session, tracks))
+    }
+
+    /// Attaches a tap to a room's media (see [`tap`]): the room's tracks, packets and sender
+    /// reports arrive on the returned [`RoomTap`], whose queue holds at most `capacity`
+    /// packets. The room stays on its worker while tapped.
+    pub async fn tap(&self, room: RoomId, capacity: usize) -> Result<RoomTap, SfuError> {
+        let hold = self.hold(&room);
+        let worker = self.workers[hold.worker].clone();
+        let (sink, events) = mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let id = self.next_tap.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Attach { room: room.clone(), id, sink, queued: queued.clone(), capacity, reply };
+        worker.send(command).map_err(|_| SfuError::WorkerGone)?;
+        match tokio::time::timeout(WORKER_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(())) => Ok(RoomTap { id, room, worker, events, queued, _hold: hold }),
+            _ => Err(SfuError::WorkerGone),
+        }
+    }
+
+    /// Places `room` (see [`Sfu::place`]) and holds it there until the hold is dropped.
+    fn hold(&self, room: &RoomId) -> RoomHold {
+        RoomHold { worker: self.place(room), room: room.clone(), placement: self.placement.clone() }
     }
 
     /// Picks the worker owning `room`, placing a new room on the least-loaded worker.
@@ -240,8 +262,7 @@ impl Sfu {
 pub struct MediaSession {
     worker: mpsc::UnboundedSender<Command>,
     participant: ParticipantId,
-    room: RoomId,
-    placement: Arc<Mutex<Placement>>,
+    _hold: RoomHold,
 }
 
 /// How long a command may wait for its worker before the caller gives up.
@@ -285,6 +306,18 @@ impl MediaSession {
 impl Drop for MediaSession {
     fn drop(&mut self) {
         let _ = self.worker.send(Command::Leave { participant: self.participant.clone() });
+    }
+}
+
+/// Keeps a room on its worker: the room is placed afresh once no participant or tap holds it.
+pub(crate) struct RoomHold {
+    worker: usize,
+    room: RoomId,
+    placement: Arc<Mutex<Placement>>,
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
         let mut placement = self.placement.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((worker, count)) = placement.rooms.get_mut(&self.room) {
             *count -= 1;

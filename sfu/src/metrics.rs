@@ -31,6 +31,10 @@ pub struct SfuMetrics {
     pub plis_sent: AtomicU64,
     /// Datagrams dropped because no connection claimed their source.
     pub unroutable_datagrams: AtomicU64,
+    /// Packets handed to taps (recorders).
+    pub tap_packets: AtomicU64,
+    /// Packets a tap lost because its queue was full.
+    pub tap_packets_dropped: AtomicU64,
 }
 
 impl SfuMetrics {
@@ -66,6 +70,8 @@ impl SfuMetrics {
             ("switchboard_keyframe_requests_total", "PLI/FIR received from subscribers.", &self.keyframe_requests),
             ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling.", &self.plis_sent),
             ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed.", &self.unroutable_datagrams),
+            ("switchboard_tap_packets_total", "Packets handed to taps (recorders).", &self.tap_packets),
+            ("switchboard_tap_packets_dropped_total", "Packets taps lost to a full queue.", &self.tap_packets_dropped),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));

@@ -89,14 +89,12 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
         media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
     let mut registry = configure_rtcp_reports(Registry::new());
-    match role {
-        PeerRole::Publisher => {
-            registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-            registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
-        }
-        // Application-most, after the reports, so the chain has seen everything it marks.
-        PeerRole::Subscriber => registry = registry.with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::default()),
+    if role == PeerRole::Publisher {
+        registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+        registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
     }
+    // Application-most, after the reports, so the chain has seen everything it marks.
+    registry = registry.with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(role));
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(settings)

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
@@ -33,6 +35,7 @@ use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind,
 use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::socket::MediaSocket;
+use crate::tap::{TapEvent, Taps};
 use crate::{stun, MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 
 /// A request from signaling to the worker that owns the room.
@@ -62,6 +65,21 @@ pub(crate) enum Command {
     },
     Leave {
         participant: ParticipantId,
+    },
+    Attach {
+        room: RoomId,
+        id: u64,
+        sink: mpsc::UnboundedSender<TapEvent>,
+        queued: Arc<AtomicUsize>,
+        capacity: usize,
+        reply: oneshot::Sender<()>,
+    },
+    Detach {
+        room: RoomId,
+        tap: u64,
+    },
+    TapKeyframeRequest {
+        track: TrackId,
     },
 }
 
@@ -144,6 +162,7 @@ pub(crate) struct Worker {
     outgoing: Vec<Outgoing>,
     /// Participants whose connection panicked inside the engine since the last flush.
     poisoned: Vec<ParticipantId>,
+    taps: Taps,
 }
 
 /// How long a loop may sleep when no connection asks for a deadline.
@@ -166,6 +185,7 @@ impl Worker {
             dirty: HashSet::new(),
             outgoing: Vec::new(),
             poisoned: Vec::new(),
+            taps: Taps::default(),
         }
     }
 
@@ -342,10 +362,11 @@ impl Worker {
         let now = message.now;
         match (key.1, message.message) {
             (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
-                let Some(track) = self.participants.get(&key.0).and_then(|p| p.published.get(&media_track_id)).map(|p| p.track.clone())
-                else {
-                    return;
-                };
+                let Some(participant) = self.participants.get(&key.0) else { return };
+                let Some(track) = participant.published.get(&media_track_id).map(|p| p.track.clone()) else { return };
+                if !self.taps.is_empty() {
+                    self.taps.send_rtp(&self.metrics, &participant.room, &track, now, &packet);
+                }
                 SfuMetrics::add(&self.metrics.packets_in, 1);
                 SfuMetrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
                 let mut outgoing = std::mem::take(&mut self.outgoing);
@@ -355,6 +376,21 @@ impl Worker {
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
                 self.handle_subscriber_rtcp(now, &key.0, &TrackId::new(track_id), &packets);
+            }
+            (PeerRole::Publisher, RTCMessage::RtcpPacket(media_track_id, packets)) => {
+                let Some(participant) = self.participants.get(&key.0) else { return };
+                let Some(track) = participant.published.get(&media_track_id).map(|p| &p.track) else { return };
+                for packet in &packets {
+                    if let Some(report) = packet.as_any().downcast_ref::<SenderReport>() {
+                        let event = || TapEvent::SenderReport {
+                            track: track.clone(),
+                            ssrc: report.ssrc,
+                            ntp_time: report.ntp_time,
+                            rtp_time: report.rtp_time,
+                        };
+                        self.taps.send(&participant.room, event);
+                    }
+                }
             }
             _ => {}
         }
@@ -450,6 +486,21 @@ impl Worker {
                 let _ = reply.send(result);
             }
             Command::Leave { participant } => self.leave(now, &participant),
+            Command::Attach { room, id, sink, queued, capacity, reply } => {
+                let published = self.rooms.get(&room).into_iter().flatten().filter_map(|m| self.participants.get(m));
+                for published in published.flat_map(|p| p.published.values()) {
+                    let _ = sink.send(TapEvent::TrackPublished(published.info.clone()));
+                }
+                let _ = sink.send(TapEvent::Attached);
+                self.taps.attach(room, id, sink, queued, capacity);
+                let _ = reply.send(());
+            }
+            Command::Detach { room, tap } => self.taps.detach(&room, tap),
+            Command::TapKeyframeRequest { track } => {
+                if let Some(request) = self.forwarder.keyframe_request(now, &track) {
+                    self.send_keyframe_request(now, request);
+                }
+            }
         }
     }
 
@@ -570,6 +621,7 @@ impl Worker {
         SfuMetrics::shift(&self.metrics.tracks, 1);
         info!(participant = %id, %track, codec = %codec.mime_type, "track published");
         let room = participant.room.clone();
+        self.taps.send(&room, || TapEvent::TrackPublished(info.clone()));
         let members = self.rooms.get(&room).cloned().unwrap_or_default();
         for member in &members {
             if let Some(p) = self.participants.get(member) {
@@ -668,6 +720,7 @@ impl Worker {
         }
         let members = self.rooms.get(room).cloned().unwrap_or_default();
         for (track, _) in removed {
+            self.taps.send(room, || TapEvent::TrackUnpublished(track.clone()));
             for member in &members {
                 if let Some(p) = self.participants.get(member) {
                     let _ = p.events.send(SfuEvent::TrackUnpublished(track.clone()));

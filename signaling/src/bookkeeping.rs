@@ -62,7 +62,8 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 impl Bookkeeping {
-    fn event(&self, meeting_id: &str, at_ms: u64, kind: EventKind) {
+    /// Publishes an event of this node about a meeting.
+    pub fn event(&self, meeting_id: &str, at_ms: u64, kind: EventKind) {
         self.events.publish(Event {
             schema: EVENT_SCHEMA_VERSION,
             event_id: new_id("EV_"),

@@ -71,6 +71,42 @@ pub enum EventKind {
         /// Its publisher.
         participant_id: String,
     },
+    /// A participant's recording started.
+    #[serde(rename = "recording.started")]
+    RecordingStarted {
+        /// Recording id.
+        recording_id: String,
+        /// The recorded participant.
+        participant_id: String,
+        /// `mp4`, `hls` or `mp4+hls`.
+        format: String,
+    },
+    /// A recording is complete in the object store.
+    #[serde(rename = "recording.finished")]
+    RecordingFinished {
+        /// Recording id.
+        recording_id: String,
+        /// The recorded participant.
+        participant_id: String,
+        /// Object key of the MP4 file, when written.
+        mp4_key: Option<String>,
+        /// Object key of the HLS playlist, when written.
+        playlist_key: Option<String>,
+        /// Bytes of the MP4 file.
+        size: u64,
+        /// Length, milliseconds.
+        duration_ms: u64,
+    },
+    /// A recording failed; what was stored stays.
+    #[serde(rename = "recording.failed")]
+    RecordingFailed {
+        /// Recording id.
+        recording_id: String,
+        /// The recorded participant.
+        participant_id: String,
+        /// Why.
+        error: String,
+    },
 }
 
 impl EventKind {
@@ -83,6 +119,9 @@ impl EventKind {
             Self::ParticipantLeft { .. } => "participant_left",
             Self::TrackPublished { .. } => "track_published",
             Self::TrackUnpublished { .. } => "track_unpublished",
+            Self::RecordingStarted { .. } => "recording.started",
+            Self::RecordingFinished { .. } => "recording.finished",
+            Self::RecordingFailed { .. } => "recording.failed",
         }
     }
 }
@@ -91,4 +130,7 @@ impl EventKind {
 pub trait EventSink: Send + Sync {
     /// Hands over one event.
     fn publish(&self, event: Event);
+    /// Hands over a task for another service (`<prefix>.tasks`, keyed by meeting id); the
+    /// task is a JSON object with `task_id` and `type`.
+    fn submit_task(&self, meeting_id: &str, task: &serde_json::Value);
 }

@@ -78,6 +78,18 @@ pub enum DeliveryStatus {
     Failed = 4,
 }
 
+/// `meeting_recordings.status`, the seed's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum RecordingStatus {
+    /// Being recorded.
+    Recording = 1,
+    /// Complete in the object store.
+    Done = 2,
+    /// Failed; what was stored stays.
+    Failed = 3,
+}
+
 /// `media_streams.stream_type`, the seed's codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i16)]
@@ -227,6 +239,49 @@ pub enum Record {
         status: StreamStatus,
         /// When.
         at_ms: u64,
+    },
+    /// A recording started (`meeting_recordings`, status 1).
+    RecordingStarted {
+        /// Recording id.
+        recording_id: String,
+        /// Meeting id.
+        meeting_id: String,
+        /// Room instance id.
+        room_id: Option<String>,
+        /// File name of the main object (`<recording_id>.mp4`, or `index.m3u8`).
+        filename: String,
+        /// Its object key.
+        file_path: String,
+        /// `mp4`, `hls` or `mp4+hls`.
+        format: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A recording ended: done (2) with its size and length, or failed (3).
+    RecordingEnded {
+        /// Recording id.
+        recording_id: String,
+        /// Done or failed.
+        status: RecordingStatus,
+        /// Bytes stored (the MP4's size, or the HLS segments').
+        file_size: i64,
+        /// Length, seconds.
+        duration_secs: i32,
+        /// When.
+        at_ms: u64,
+    },
+    /// Work for another service (`ai_tasks`, status 1 pending).
+    AiTask {
+        /// Task id (the one sent on the tasks topic).
+        task_id: String,
+        /// `transcription`, ...
+        task_type: String,
+        /// Meeting id.
+        meeting_id: String,
+        /// The recording it is about.
+        recording_id: Option<String>,
+        /// Its input as JSON.
+        input: Value,
     },
     /// An administrative action (`operation_logs`).
     Operation {

@@ -8,6 +8,7 @@ pub mod journal;
 pub mod metrics;
 pub mod protocol;
 pub mod rate;
+pub mod recordings;
 pub mod rooms;
 pub mod session;
 pub mod state;

@@ -48,6 +48,10 @@ pub enum ErrorCode {
     UnknownTrack,
     /// A publisher or subscriber connection failed.
     MediaConnectionFailed,
+    /// The room is already being recorded.
+    AlreadyRecording,
+    /// No such recording runs in the room.
+    NotRecording,
     /// Something failed on the server.
     Internal,
 }
@@ -123,6 +127,27 @@ pub enum ClientMessage {
         /// The text.
         text: String,
     },
+    /// Start recording the room (needs the record grant): every publisher, or only the
+    /// participant with `identity`; answered with `recording_started`.
+    StartRecording {
+        /// Request id.
+        id: Option<Value>,
+        /// `mp4`, `hls` or `mp4+hls` (default: `recording.default_format`).
+        #[serde(default)]
+        format: Option<String>,
+        /// Record only this participant.
+        #[serde(default)]
+        identity: Option<String>,
+    },
+    /// Stop the room's recording, or one participant's (`recording_id`); needs the record
+    /// grant.
+    StopRecording {
+        /// Request id.
+        id: Option<Value>,
+        /// Only this recording.
+        #[serde(default)]
+        recording_id: Option<String>,
+    },
     /// Leave the room; the server closes the connection after the `ack`.
     Leave {
         /// Request id.
@@ -141,8 +166,20 @@ pub enum ClientMessage {
 }
 
 /// The message types a client may send, for error reporting and metrics.
-pub const CLIENT_TYPES: [&str; 10] =
-    ["join", "resume", "publish_offer", "subscribe_answer", "trickle", "mute", "chat", "leave", "ping", "pong"];
+pub const CLIENT_TYPES: [&str; 12] = [
+    "join",
+    "resume",
+    "publish_offer",
+    "subscribe_answer",
+    "trickle",
+    "mute",
+    "chat",
+    "start_recording",
+    "stop_recording",
+    "leave",
+    "ping",
+    "pong",
+];
 
 /// Why a frame could not be turned into a [`ClientMessage`].
 #[derive(Debug)]
@@ -186,6 +223,8 @@ impl ClientMessage {
             Self::Trickle { .. } => "trickle",
             Self::Mute { .. } => "mute",
             Self::Chat { .. } => "chat",
+            Self::StartRecording { .. } => "start_recording",
+            Self::StopRecording { .. } => "stop_recording",
             Self::Leave { .. } => "leave",
             Self::Ping { .. } => "ping",
             Self::Pong { .. } => "pong",
@@ -202,6 +241,8 @@ impl ClientMessage {
             | Self::Trickle { id, .. }
             | Self::Mute { id, .. }
             | Self::Chat { id, .. }
+            | Self::StartRecording { id, .. }
+            | Self::StopRecording { id, .. }
             | Self::Leave { id }
             | Self::Ping { id }
             | Self::Pong { id } => id.clone(),
@@ -257,6 +298,8 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         /// Tracks already published.
         tracks: Vec<TrackDescription>,
+        /// Recordings running in the room.
+        recordings: Vec<crate::recordings::RecordingSummary>,
         /// ICE servers for the client's connections (none needed: the SFU is ICE-lite on
         /// reachable addresses).
         ice_servers: Vec<Value>,
@@ -347,6 +390,24 @@ pub enum ServerMessage {
         node: String,
         /// That node's base URL.
         url: String,
+    },
+    /// The room recording started: the recordings of the participants publishing now.
+    RecordingStarted {
+        /// The request id.
+        id: Option<Value>,
+        /// The recordings.
+        recordings: Vec<crate::recordings::RecordingSummary>,
+    },
+    /// A participant's recording started, finished (stored) or failed: sent to the room.
+    Recording {
+        /// Recording id.
+        recording_id: String,
+        /// The recorded participant.
+        participant_id: String,
+        /// `mp4`, `hls` or `mp4+hls`.
+        format: String,
+        /// `started`, `finished` or `failed`.
+        state: String,
     },
     /// The room was closed by the server or an operator; the connection closes next.
     RoomClosed {

@@ -175,6 +175,28 @@ impl Rooms {
         }
     }
 
+    /// Whether the room has members on this node.
+    pub fn is_open(&self, room: &str) -> bool {
+        self.lock().contains_key(room)
+    }
+
+    /// The room instance id, while the room is open.
+    pub fn room_id(&self, room: &str) -> Option<String> {
+        self.lock().get(room).map(|entry| entry.id.clone())
+    }
+
+    /// The participant id of the member with `identity`.
+    pub fn participant_of(&self, room: &str, identity: &str) -> Option<String> {
+        let rooms = self.lock();
+        rooms.get(room)?.members.iter().find(|m| m.info.identity == identity).map(|m| m.info.participant_id.clone())
+    }
+
+    /// The identity of a member.
+    pub fn identity_of(&self, room: &str, participant_id: &str) -> Option<String> {
+        let rooms = self.lock();
+        rooms.get(room)?.members.iter().find(|m| m.info.participant_id == participant_id).map(|m| m.info.identity.clone())
+    }
+
     /// Number of rooms with members.
     pub fn room_count(&self) -> usize {
         self.lock().len()

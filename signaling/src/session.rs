@@ -18,6 +18,7 @@ use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStat
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
 use crate::rate::TokenBucket;
+use crate::recordings::{RecordingError, Recordings};
 use crate::rooms::{AdmitError, Control, Outbox, Rooms};
 use crate::state::Ownership;
 
@@ -75,6 +76,8 @@ pub struct SignalingContext {
     pub resumable: Resumable,
     /// Shared state, persistence and events.
     pub books: Bookkeeping,
+    /// This node's recordings.
+    pub recordings: Recordings,
 }
 
 /// A client connection as a session sees it: frames in, frames out, and where the close
@@ -284,6 +287,17 @@ fn describe(track: &TrackInfo, muted: bool) -> TrackDescription {
     }
 }
 
+/// The protocol error code of a refused recording request.
+fn recording_error_code(err: &RecordingError) -> ErrorCode {
+    match err {
+        RecordingError::NoSuchRoom(_) => ErrorCode::Internal,
+        RecordingError::NoSuchParticipant(_) | RecordingError::BadFormat(_) => ErrorCode::InvalidMessage,
+        RecordingError::AlreadyRecording(_) => ErrorCode::AlreadyRecording,
+        RecordingError::NotRecording(_) => ErrorCode::NotRecording,
+        RecordingError::Media(err) => sfu_error_code(err),
+    }
+}
+
 fn sfu_error_code(err: &SfuError) -> ErrorCode {
     match err {
         SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
@@ -438,6 +452,8 @@ impl Session {
             }
             ClientMessage::Mute { track_id, muted, .. } => self.mute(id, track_id, muted).await,
             ClientMessage::Chat { text, .. } => self.chat(id, text).await,
+            ClientMessage::StartRecording { format, identity, .. } => self.start_recording(id, format, identity).await,
+            ClientMessage::StopRecording { recording_id, .. } => self.stop_recording(id, recording_id).await,
             ClientMessage::Leave { .. } => {
                 self.send(ServerMessage::Ack { id, message_id: None }).await;
                 return Step::Close(CloseReason { code: 1000, reason: "left".into() });
@@ -516,6 +532,9 @@ impl Session {
         };
         let join_payload = serde_json::json!({ "participant_id": me.participant_id, "name": me.name, "grants": claims.grants });
         self.ctx.books.joined(&seat, admitted.opened, admitted.others.len() + 1, join_payload);
+        if admitted.opened {
+            self.ctx.recordings.room_opened(&self.ctx.sfu, &claims.room).await;
+        }
         self.joined = Some(Joined {
             room: claims.room.clone(),
             me: me.clone(),
@@ -526,6 +545,7 @@ impl Session {
             controls,
             removed: false,
         });
+        let recordings = self.ctx.recordings.running(&claims.room);
         self.send(ServerMessage::Joined {
             id,
             protocol: PROTOCOL_VERSION,
@@ -535,6 +555,7 @@ impl Session {
             resume_grace_secs: self.ctx.limits.resume_grace.as_secs(),
             participants: admitted.others,
             tracks,
+            recordings,
             ice_servers: Vec::new(),
         })
         .await;
@@ -635,6 +656,29 @@ impl Session {
         self.send(ServerMessage::Ack { id, message_id: Some(message_id) }).await;
     }
 
+    async fn start_recording(&mut self, id: Option<Value>, format: Option<String>, identity: Option<String>) {
+        let Some(joined) = self.joined.as_ref() else { return };
+        if !joined.grants.record {
+            return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant record")).await;
+        }
+        let room = joined.room.clone();
+        match self.ctx.recordings.start(&self.ctx.sfu, &room, format.as_deref(), identity.as_deref()).await {
+            Ok(recordings) => self.send(ServerMessage::RecordingStarted { id, recordings }).await,
+            Err(err) => self.send(ServerMessage::error(id, recording_error_code(&err), err.to_string())).await,
+        }
+    }
+
+    async fn stop_recording(&mut self, id: Option<Value>, recording_id: Option<String>) {
+        let Some(joined) = self.joined.as_ref() else { return };
+        if !joined.grants.record {
+            return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant record")).await;
+        }
+        match self.ctx.recordings.stop(&joined.room, recording_id.as_deref()) {
+            Ok(()) => self.send(ServerMessage::Ack { id, message_id: None }).await,
+            Err(err) => self.send(ServerMessage::error(id, recording_error_code(&err), err.to_string())).await,
+        }
+    }
+
     async fn on_media_event(&mut self, event: SfuEvent) {
         let Some(joined) = self.joined.as_mut() else { return };
         let message = match event {
@@ -703,6 +747,9 @@ impl Session {
             let status = if joined.removed { ParticipantStatus::Removed } else { ParticipantStatus::Left };
             let payload = serde_json::json!({ "participant_id": joined.me.participant_id });
             self.ctx.books.left(&joined.seat, status, remaining, payload);
+            if remaining == 0 {
+                self.ctx.recordings.room_closed(&joined.room);
+            }
             // Dropping the media session takes the participant's media out of the room.
         }
     }

@@ -5,13 +5,16 @@
 //! A task is a JSON object with a `task_id` (the idempotency key) and a `type`:
 //! `{"task_id":"t1","type":"close_room","meeting_id":"m1","reason":"over"}`,
 //! `{"task_id":"t2","type":"mute_participant","meeting_id":"m1","identity":"bob"}`,
-//! `{"task_id":"t3","type":"start_recording","meeting_id":"m1"}`. Types this server does not
+//! `{"task_id":"t3","type":"start_recording","meeting_id":"m1","format":"mp4"}`,
+//! `{"task_id":"t4","type":"stop_recording","meeting_id":"m1"}`. Types this server does not
 //! handle (work for other services on the same topic) are left alone.
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::rooms::{Control, Rooms};
+use crate::recordings::RecordingError;
+use crate::rooms::Control;
+use crate::session::SignalingContext;
 
 /// The task types this server executes.
 pub const HANDLED_TYPES: [&str; 4] = ["close_room", "mute_participant", "start_recording", "stop_recording"];
@@ -39,6 +42,12 @@ pub enum Command {
     StartRecording {
         /// The meeting.
         meeting_id: String,
+        /// `mp4`, `hls` or `mp4+hls` (default: the configured one).
+        #[serde(default)]
+        format: Option<String>,
+        /// Record only this user.
+        #[serde(default)]
+        identity: Option<String>,
     },
     /// Stop recording the room.
     StopRecording {
@@ -74,9 +83,9 @@ pub enum TaskError {
         /// The user.
         identity: String,
     },
-    /// The server cannot do this (yet).
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// The recording could not be started or stopped.
+    #[error("recording: {0}")]
+    Recording(String),
 }
 
 impl Task {
@@ -97,7 +106,7 @@ impl Command {
         match self {
             Self::CloseRoom { meeting_id, .. }
             | Self::MuteParticipant { meeting_id, .. }
-            | Self::StartRecording { meeting_id }
+            | Self::StartRecording { meeting_id, .. }
             | Self::StopRecording { meeting_id } => meeting_id,
         }
     }
@@ -112,9 +121,10 @@ impl Command {
         }
     }
 
-    /// Executes the command on this node's rooms (tasks and the admin API share it);
-    /// returns how many sessions it reached.
-    pub fn execute(&self, rooms: &Rooms) -> Result<usize, TaskError> {
+    /// Executes the command on this node (tasks and the admin API share it); returns how
+    /// many sessions (or, for recordings, participants' recordings) it reached.
+    pub async fn execute(&self, ctx: &SignalingContext) -> Result<usize, TaskError> {
+        let rooms = &ctx.rooms;
         match self {
             Self::CloseRoom { meeting_id, reason } => {
                 let reason = reason.clone().unwrap_or_else(|| "closed by the server".into());
@@ -127,8 +137,18 @@ impl Command {
                 0 => Err(TaskError::NoSuchParticipant { meeting_id: meeting_id.clone(), identity: identity.clone() }),
                 reached => Ok(reached),
             },
-            Self::StartRecording { .. } | Self::StopRecording { .. } => {
-                Err(TaskError::Unsupported("recording is not available on this server yet"))
+            Self::StartRecording { meeting_id, format, identity } => {
+                match ctx.recordings.start(&ctx.sfu, meeting_id, format.as_deref(), identity.as_deref()).await {
+                    Ok(started) => Ok(started.len()),
+                    // Already in the state asked for.
+                    Err(RecordingError::AlreadyRecording(_)) => Ok(0),
+                    Err(RecordingError::NoSuchRoom(room)) => Err(TaskError::NoSuchRoom(room)),
+                    Err(err) => Err(TaskError::Recording(err.to_string())),
+                }
+            }
+            Self::StopRecording { meeting_id } => {
+                let running = ctx.recordings.running(meeting_id).len();
+                ctx.recordings.stop(meeting_id, None).map(|()| running).map_err(|err| TaskError::Recording(err.to_string()))
             }
         }
     }
@@ -145,12 +165,5 @@ mod tests {
         assert_eq!(Task::parse(br#"{"task_id":"t2","type":"transcribe","recording_id":"r"}"#).unwrap(), None);
         assert!(matches!(Task::parse(b"nope"), Err(TaskError::Malformed(_))));
         assert!(matches!(Task::parse(br#"{"type":"close_room","meeting_id":"m"}"#), Err(TaskError::Malformed(_))));
-    }
-
-    #[test]
-    fn fails_for_rooms_and_people_that_are_not_here() {
-        let rooms = Rooms::new(10, 10);
-        let close = Task::parse(br#"{"task_id":"t","type":"close_room","meeting_id":"m"}"#).unwrap().unwrap();
-        assert_eq!(close.command.execute(&rooms), Err(TaskError::NoSuchRoom("m".into())));
     }
 }

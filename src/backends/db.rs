@@ -2,7 +2,8 @@
 //!
 //! Each statement is written once as a template; [`Dialect::render`] turns the two places
 //! where the databases differ into their own syntax: `{ts:$N}` (a Unix-milliseconds
-//! parameter made a timestamp) and `{json:$N}` (a text parameter made JSON). The schemas are
+//! parameter made a timestamp), `{json:$N}` (a text parameter made JSON) and
+//! `{epoch_ms:column}` (a timestamp column read as Unix milliseconds). The schemas are
 //! `migrations/postgres` and `migrations/sqlite`.
 
 use std::time::Duration;
@@ -40,6 +41,8 @@ impl Dialect {
                 (Self::Sqlite, Some(("ts", p))) => format!("strftime('%Y-%m-%dT%H:%M:%fZ', {p} / 1000.0, 'unixepoch')"),
                 (Self::Postgres, Some(("json", p))) => format!("{p}::jsonb"),
                 (Self::Sqlite, Some(("json", p))) => p.to_owned(),
+                (Self::Postgres, Some(("epoch_ms", c))) => format!("CAST(EXTRACT(EPOCH FROM {c}) * 1000 AS BIGINT)"),
+                (Self::Sqlite, Some(("epoch_ms", c))) => format!("CAST((julianday({c}) - 2440587.5) * 86400000.0 AS INTEGER)"),
                 _ => format!("{{{marker}}}"),
             };
             out.push_str(&rendered);
@@ -132,6 +135,58 @@ impl Database {
     }
 }
 
+/// A `meeting_recordings` row, as the recordings API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordingRow {
+    /// Recording id.
+    pub recording_id: String,
+    /// Meeting id.
+    pub meeting_id: String,
+    /// Room instance id.
+    pub room_id: Option<String>,
+    /// File name of the main object.
+    pub filename: String,
+    /// Its object key.
+    pub file_path: String,
+    /// Bytes stored.
+    pub file_size: i64,
+    /// Length, seconds.
+    pub duration: i64,
+    /// `mp4`, `hls` or `mp4+hls`.
+    pub format: String,
+    /// 1 recording, 2 done, 3 failed.
+    pub status: i64,
+    /// Start, Unix milliseconds.
+    pub started_at_ms: i64,
+    /// End, Unix milliseconds.
+    pub ended_at_ms: Option<i64>,
+}
+
+type RecordingTuple = (String, String, Option<String>, String, String, i64, i64, String, i64, i64, Option<i64>);
+
+impl Database {
+    /// The meeting's recordings, oldest first (soft-deleted ones left out).
+    pub async fn recordings(&self, meeting_id: &str) -> Result<Vec<RecordingRow>, sqlx::Error> {
+        let rows: Vec<RecordingTuple> = sqlx::query_as(self.statements.recordings.clone()).bind(meeting_id).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RecordingRow {
+                recording_id: r.0,
+                meeting_id: r.1,
+                room_id: r.2,
+                filename: r.3,
+                file_path: r.4,
+                file_size: r.5,
+                duration: r.6,
+                format: r.7,
+                status: r.8,
+                started_at_ms: r.9,
+                ended_at_ms: r.10,
+            })
+            .collect())
+    }
+}
+
 /// Whether a database error means "try again later" rather than "this record is wrong".
 fn classify(err: sqlx::Error) -> LogError {
     match &err {
@@ -163,6 +218,10 @@ struct Statements {
     session_ping: SqlStr,
     message: SqlStr,
     stream: SqlStr,
+    recording_started: SqlStr,
+    recording_ended: SqlStr,
+    ai_task: SqlStr,
+    recordings: SqlStr,
     operation: SqlStr,
 }
 
@@ -222,6 +281,19 @@ impl Statements {
                  ON CONFLICT (stream_id) DO UPDATE SET status = excluded.status,
                    ended_at = CASE WHEN excluded.status = 3 THEN {{ts:$7}} ELSE NULL END"
             )),
+            recording_started: r("INSERT INTO meeting_recordings
+                   (recording_id, meeting_id, room_id, filename, file_path, format, status, started_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 1, {ts:$7})
+                 ON CONFLICT (recording_id) DO NOTHING"),
+            recording_ended: r("UPDATE meeting_recordings SET status = $2, file_size = $3, duration = $4, ended_at = {ts:$5}
+                 WHERE recording_id = $1"),
+            ai_task: r("INSERT INTO ai_tasks (task_id, task_type, meeting_id, recording_id, status, input)
+                 VALUES ($1, $2, $3, $4, 1, {json:$5})
+                 ON CONFLICT (task_id) DO NOTHING"),
+            // Numbers read as BIGINT: the one integer type both drivers decode alike.
+            recordings: r("SELECT recording_id, meeting_id, room_id, filename, file_path, CAST(file_size AS BIGINT),
+                   CAST(duration AS BIGINT), format, CAST(status AS BIGINT), {epoch_ms:started_at}, {epoch_ms:ended_at}
+                 FROM meeting_recordings WHERE meeting_id = $1 AND deleted_at IS NULL ORDER BY id"),
             operation: r(&format!(
                 "INSERT INTO operation_logs (user_id, operation, resource_type, resource_id, details, created_at)
                  VALUES ({USER}$1), $2, $3, $4, {{json:$5}}, {{ts:$6}})"
@@ -304,6 +376,38 @@ impl Database {
                     .bind(codec)
                     .bind(*status as i16)
                     .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::RecordingStarted { recording_id, meeting_id, room_id, filename, file_path, format, at_ms } => {
+                sqlx::query(s.recording_started.clone())
+                    .bind(recording_id)
+                    .bind(meeting_id)
+                    .bind(room_id.clone())
+                    .bind(filename)
+                    .bind(file_path)
+                    .bind(format)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::RecordingEnded { recording_id, status, file_size, duration_secs, at_ms } => {
+                sqlx::query(s.recording_ended.clone())
+                    .bind(recording_id)
+                    .bind(*status as i16)
+                    .bind(*file_size)
+                    .bind(*duration_secs)
+                    .bind(ms(*at_ms))
+                    .execute(&mut **tx)
+                    .await
+            }
+            Record::AiTask { task_id, task_type, meeting_id, recording_id, input } => {
+                sqlx::query(s.ai_task.clone())
+                    .bind(task_id)
+                    .bind(task_type)
+                    .bind(meeting_id)
+                    .bind(recording_id.clone())
+                    .bind(input.to_string())
                     .execute(&mut **tx)
                     .await
             }

@@ -35,8 +35,11 @@ pub struct Backends {
     pub kafka: Option<KafkaSettings>,
     /// Objects.
     pub objects: Arc<dyn ObjectStore>,
-    /// The local object store's URL signer, when objects are local (served at `/objects`).
+    /// The local object store, when objects are local (its presigned URLs are served at
+    /// `/objects`).
     pub local_objects: Option<Arc<LocalObjects>>,
+    /// Signs this node's own download URLs (`/objects`, HLS playlists).
+    pub signer: UrlSigner,
 }
 
 /// Opens the database named by the configuration and applies its migrations.
@@ -74,10 +77,11 @@ pub async fn connect(config: &Config, public_url: &str) -> anyhow::Result<Backen
         }
     };
     let o = &config.objects;
+    let secret = config.auth.keys.get(&config.auth.signing_key).map(String::as_bytes).unwrap_or_default();
+    let signer = UrlSigner::new(secret);
     let (objects, local_objects): (Arc<dyn ObjectStore>, _) = match o.backend {
         ObjectsBackend::Local => {
-            let secret = config.auth.keys.get(&config.auth.signing_key).map(String::as_bytes).unwrap_or_default();
-            let local = LocalObjects::new(&o.local_dir, public_url.to_owned(), UrlSigner::new(secret))
+            let local = LocalObjects::new(&o.local_dir, public_url.to_owned(), signer.clone())
                 .with_context(|| format!("creating the objects folder {}", o.local_dir))?;
             let local = Arc::new(local);
             (local.clone(), Some(local))
@@ -97,5 +101,5 @@ pub async fn connect(config: &Config, public_url: &str) -> anyhow::Result<Backen
             (Arc::new(s3), None)
         }
     };
-    Ok(Backends { state, database, events, event_metrics, kafka, objects, local_objects })
+    Ok(Backends { state, database, events, event_metrics, kafka, objects, local_objects, signer })
 }

@@ -147,6 +147,7 @@ pub async fn ensure_topics(settings: &KafkaSettings) {
 pub struct KafkaEvents {
     producer: ThreadedProducer<DeliveryCounter>,
     topic: String,
+    tasks_topic: String,
     metrics: Arc<EventMetrics>,
     full: AtomicBool,
 }
@@ -157,7 +158,7 @@ impl KafkaEvents {
         let metrics = Arc::new(EventMetrics::default());
         let context = DeliveryCounter { metrics: metrics.clone(), failing: AtomicBool::new(false) };
         let producer = settings.producer_config().create_with_context(context)?;
-        Ok(Self { producer, topic: settings.events_topic(), metrics, full: AtomicBool::new(false) })
+        Ok(Self { producer, topic: settings.events_topic(), tasks_topic: settings.tasks_topic(), metrics, full: AtomicBool::new(false) })
     }
 
     /// The sink's counters.
@@ -166,21 +167,32 @@ impl KafkaEvents {
     }
 }
 
-impl EventSink for KafkaEvents {
-    fn publish(&self, event: Event) {
-        let payload = match serde_json::to_vec(&event) {
-            Ok(payload) => payload,
-            Err(err) => return warn!(%err, "event not serializable; dropped"),
-        };
-        let record = BaseRecord::to(&self.topic).key(event.meeting_id.as_bytes()).payload(&payload);
+impl KafkaEvents {
+    /// Hands a message to the producer's buffer; a full buffer drops it (counted, logged once
+    /// per episode).
+    fn send(&self, topic: &str, key: &str, payload: &[u8], what: &str) {
+        let record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload);
         match self.producer.send(record) {
             Ok(()) => self.full.store(false, Ordering::Relaxed),
             Err((err, _)) => {
                 self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
                 if !self.full.swap(true, Ordering::Relaxed) {
-                    warn!(%err, kind = event.kind.name(), meeting = %event.meeting_id, "Kafka buffer full; events are dropped");
+                    warn!(%err, what, meeting = %key, "Kafka buffer full; events are dropped");
                 }
             }
         }
+    }
+}
+
+impl EventSink for KafkaEvents {
+    fn publish(&self, event: Event) {
+        match serde_json::to_vec(&event) {
+            Ok(payload) => self.send(&self.topic, &event.meeting_id, &payload, event.kind.name()),
+            Err(err) => warn!(%err, "event not serializable; dropped"),
+        }
+    }
+
+    fn submit_task(&self, meeting_id: &str, task: &serde_json::Value) {
+        self.send(&self.tasks_topic, meeting_id, task.to_string().as_bytes(), "task");
     }
 }

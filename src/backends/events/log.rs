@@ -1,4 +1,4 @@
-//! The embedded event sink: every event is one structured log line.
+//! The embedded event sink: every event and task is one structured log line.
 
 use signaling::events::{Event, EventSink};
 
@@ -9,5 +9,9 @@ impl EventSink for LogEvents {
     fn publish(&self, event: Event) {
         let json = serde_json::to_string(&event).unwrap_or_default();
         tracing::info!(target: "switchboard::events", kind = event.kind.name(), meeting = %event.meeting_id, "{json}");
+    }
+
+    fn submit_task(&self, meeting_id: &str, task: &serde_json::Value) {
+        tracing::info!(target: "switchboard::tasks", meeting = %meeting_id, "{task}");
     }
 }

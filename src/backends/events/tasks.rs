@@ -92,7 +92,7 @@ impl TaskConsumer {
         }
         let mut pause = FIRST_RETRY;
         for attempt in 1..=self.attempts {
-            match task.command.execute(&self.signaling.rooms) {
+            match task.command.execute(&self.signaling).await {
                 Ok(reached) => {
                     info!(task = %task.task_id, kind = task.command.kind(), meeting = task.command.meeting_id(), reached, "task done");
                     let details = json!({ "meeting_id": task.command.meeting_id(), "sessions": reached, "attempt": attempt });
