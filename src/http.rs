@@ -99,6 +99,7 @@ async fn object(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(key): axum::extract::Path<String>,
     Query(query): Query<SignedQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let Some(objects) = state.local_objects.as_ref() else {
         return (StatusCode::NOT_FOUND, "objects are stored in S3; use its presigned URLs").into_response();
@@ -107,11 +108,37 @@ async fn object(
         return (StatusCode::FORBIDDEN, "invalid or expired signature").into_response();
     }
     match objects.get(&key).await {
-        Ok(body) => ([(header::CONTENT_TYPE, content_type_of(&key))], body).into_response(),
+        Ok(body) => {
+            let content_type = (header::CONTENT_TYPE, content_type_of(&key));
+            let ranges = (header::ACCEPT_RANGES, "bytes");
+            let len = body.len() as u64;
+            match headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| byte_range(v, len)) {
+                None => ([content_type, ranges], body).into_response(),
+                Some(Some((start, end))) => {
+                    let content_range = format!("bytes {start}-{end}/{len}");
+                    let part = body.slice(start as usize..=end as usize);
+                    (StatusCode::PARTIAL_CONTENT, [content_type, ranges], [(header::CONTENT_RANGE, content_range)], part).into_response()
+                }
+                Some(None) => (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response(),
+            }
+        }
         Err(ObjectError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
         Err(err @ ObjectError::InvalidKey(..)) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     }
+}
+
+/// The first and last byte of a single-range `Range` header (`bytes=a-b`, `bytes=a-`,
+/// `bytes=-n`) over `len` bytes; `None` when it cannot be satisfied (players seek with
+/// these, and ffmpeg reads a fragmented MP4's length only from a seekable source).
+fn byte_range(header: &str, len: u64) -> Option<(u64, u64)> {
+    let (first, last) = header.strip_prefix("bytes=")?.split_once('-')?;
+    let (start, end) = match (first.trim(), last.trim()) {
+        ("", suffix) => (len.checked_sub(suffix.parse::<u64>().ok()?.min(len))?, len.checked_sub(1)?),
+        (start, "") => (start.parse().ok()?, len.checked_sub(1)?),
+        (start, end) => (start.parse().ok()?, end.parse::<u64>().ok()?.min(len.checked_sub(1)?)),
+    };
+    (start <= end && end < len).then_some((start, end))
 }
 
 /// The content type of an object, from its extension.
@@ -225,4 +252,21 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
         } => {}
     }
     state.signaling_metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_are_read_like_http_says() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=990-2000", 1000), Some((990, 999)));
+        assert_eq!(byte_range("bytes=1000-", 1000), None);
+        assert_eq!(byte_range("bytes=5-1", 1000), None);
+        assert_eq!(byte_range("items=0-1", 1000), None);
+        assert_eq!(byte_range("bytes=0-1", 0), None);
+    }
 }

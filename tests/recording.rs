@@ -1,0 +1,281 @@
+//! Recording on a whole server: a Rust client publishes real encoded media (ffmpeg's x264 or
+//! libvpx video and libopus audio, 15 s) while the room is recorded through the HTTP API;
+//! the MP4 and the HLS playlist are then fetched through the download links the API lists
+//! and checked with ffprobe (codecs, streams, duration, frames) and decoded by ffmpeg.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::rtc_client::{self, local_track, Outbound};
+use common::{Signal, TestServer, WAIT};
+use rtc::rtp;
+use rtc::rtp::codec::{h264::H264Payloader, opus::OpusPayloader, vp8::Vp8Payloader};
+use rtc::rtp::packetizer::Payloader;
+use serde_json::{json, Value};
+use webrtc::media_stream::track_local::TrackLocal;
+
+const SECONDS: usize = 15;
+const FPS: usize = 30;
+const VIDEO_FRAMES: usize = SECONDS * FPS;
+const AUDIO_FRAMES: usize = SECONDS * 50;
+
+/// Runs ffmpeg with `args` writing `out` (in a fresh temp file); returns the file's bytes.
+fn ffmpeg(args: &[&str], extension: &str) -> Vec<u8> {
+    let dir = common::services::TempDir::new();
+    let path = dir.path().join(format!("media.{extension}"));
+    let status = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).arg(&path).status().expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg {args:?}");
+    std::fs::read(&path).expect("ffmpeg output")
+}
+
+/// 15 s of a test pattern as H.264 access units (baseline, Annex B, a keyframe every 2 s).
+fn h264_frames() -> Vec<Bytes> {
+    let stream = ffmpeg(
+        &["-f", "lavfi", "-i", &format!("testsrc=size=320x240:rate={FPS}"), "-frames:v", &VIDEO_FRAMES.to_string()]
+            .into_iter()
+            .chain(["-pix_fmt", "yuv420p", "-c:v", "libx264", "-profile:v", "baseline", "-level", "3.1", "-bf", "0", "-g", "60"])
+            .chain(["-x264-params", "aud=1:repeat-headers=1", "-f", "h264"])
+            .collect::<Vec<_>>(),
+        "h264",
+    );
+    // Access units start at their delimiter (NAL type 9).
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 4 < stream.len() {
+        if stream[i..i + 3] == [0, 0, 1] && stream[i + 3] & 0x1f == 9 {
+            starts.push(if i > 0 && stream[i - 1] == 0 { i - 1 } else { i });
+            i += 4;
+        } else {
+            i += 1;
+        }
+    }
+    starts.push(stream.len());
+    starts.windows(2).map(|w| Bytes::copy_from_slice(&stream[w[0]..w[1]])).collect()
+}
+
+/// 15 s of a test pattern as VP8 frames (a keyframe every 2 s).
+fn vp8_frames() -> Vec<Bytes> {
+    let ivf = ffmpeg(
+        &["-f", "lavfi", "-i", &format!("testsrc=size=320x240:rate={FPS}"), "-frames:v", &VIDEO_FRAMES.to_string()]
+            .into_iter()
+            .chain(["-pix_fmt", "yuv420p", "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "500k", "-g", "60", "-f", "ivf"])
+            .collect::<Vec<_>>(),
+        "ivf",
+    );
+    let mut frames = Vec::new();
+    let mut at = usize::from(u16::from_le_bytes([ivf[6], ivf[7]]));
+    while at + 12 <= ivf.len() {
+        let size = u32::from_le_bytes([ivf[at], ivf[at + 1], ivf[at + 2], ivf[at + 3]]) as usize;
+        frames.push(Bytes::copy_from_slice(&ivf[at + 12..at + 12 + size]));
+        at += 12 + size;
+    }
+    frames
+}
+
+/// 15 s of a tone as 20 ms Opus packets (read out of an Ogg file).
+fn opus_frames() -> Vec<Bytes> {
+    let ogg = ffmpeg(
+        &["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={SECONDS}")]
+            .into_iter()
+            .chain(["-c:a", "libopus", "-b:a", "48k", "-frame_duration", "20", "-application", "lowdelay", "-f", "ogg"])
+            .collect::<Vec<_>>(),
+        "ogg",
+    );
+    let mut packets = Vec::new();
+    let mut current = Vec::new();
+    let mut at = 0;
+    while at + 27 <= ogg.len() {
+        assert_eq!(&ogg[at..at + 4], b"OggS", "Ogg page");
+        let segments = usize::from(ogg[at + 26]);
+        let lacing = &ogg[at + 27..at + 27 + segments];
+        let mut data = at + 27 + segments;
+        for &len in lacing {
+            current.extend_from_slice(&ogg[data..data + usize::from(len)]);
+            data += usize::from(len);
+            if len < 255 {
+                packets.push(Bytes::from(std::mem::take(&mut current)));
+            }
+        }
+        at = data;
+    }
+    // The first two packets are the OpusHead and OpusTags headers; the encoder's delay
+    // (pre-skip) adds a packet at the end.
+    packets.into_iter().skip(2).take(AUDIO_FRAMES).collect()
+}
+
+/// Sends frames on a published track in real time, packetized as a WebRTC sender does.
+struct Sender {
+    out: Outbound,
+    payloader: Box<dyn Payloader + Send>,
+    sequence: u16,
+    step: u32,
+}
+
+impl Sender {
+    async fn send(&mut self, index: usize, frame: &Bytes) {
+        let payloads = self.payloader.payload(1200, frame).expect("packetized");
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let header = rtp::header::Header {
+                version: 2,
+                marker: i + 1 == count,
+                ssrc: self.out.ssrc,
+                payload_type: self.out.payload_type,
+                sequence_number: self.sequence,
+                timestamp: (index as u32).wrapping_mul(self.step),
+                ..Default::default()
+            };
+            self.sequence = self.sequence.wrapping_add(1);
+            self.out.track.write_rtp(rtp::Packet { header, payload }).await.expect("write rtp");
+        }
+    }
+}
+
+/// What ffprobe reads of a URL: streams with their codec and counted frames, and the
+/// container's duration.
+fn ffprobe(url: &str) -> Value {
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(url)
+        .output()
+        .expect("ffprobe runs");
+    assert!(output.status.success(), "ffprobe refused {url}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("ffprobe JSON")
+}
+
+/// ffmpeg's complaints when decoding all of a URL.
+fn decode_errors(url: &str) -> String {
+    let output = Command::new("ffmpeg").args(["-v", "error", "-i", url, "-f", "null", "-"]).output().expect("ffmpeg runs");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// An HTTP request to the server with a bearer token: status and JSON body.
+async fn api(server: &TestServer, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = tokio::net::TcpStream::connect(server.http).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response");
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Waits for the room's `recording` message with `state`.
+async fn recording_message(signal: &mut Signal, state: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no `recording` {state} message");
+        let message = signal.expect("recording").await;
+        if message["state"] == state {
+            return message;
+        }
+    }
+}
+
+/// Publishes `video` + Opus for 15 s while the room is recorded; checks the MP4 and HLS.
+async fn records_a_published_stream(mime_type: &str, video: Vec<Bytes>, payloader: Box<dyn Payloader + Send>, codec_name: &str) {
+    let audio = opus_frames();
+    assert_eq!((video.len(), audio.len()), (VIDEO_FRAMES, AUDIO_FRAMES), "encoded media");
+    let server = TestServer::start(&[]).await;
+    let room = format!("rec-{codec_name}");
+    let token = server.token(&room, "alice", &["publish", "subscribe", "record"]);
+    let mut signal = server.connect().await;
+    signal.join(&token).await;
+    let tracks = [local_track("alice-cam", "video", mime_type), local_track("alice-cam", "audio", "audio/opus")];
+    let (_client, outbound) = rtc_client::publish(&mut signal, &tracks).await;
+
+    let (status, started) =
+        api(&server, "POST", &format!("/api/rooms/{room}/recordings"), &token, Some(json!({"format": "mp4+hls"}))).await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["recordings"], json!([]), "nothing published yet: {started}");
+    let (status, again) = api(&server, "POST", &format!("/api/rooms/{room}/recordings"), &token, None).await;
+    assert_eq!((status, again["error"].as_str()), (409, Some("already_recording")), "{again}");
+
+    let mut video_sender = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32 };
+    let mut audio_sender = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960 };
+    // A frame per track opens the tracks on the server (its recorder starts with them; the
+    // video one is a delta frame, which a recording never starts on); the stream proper
+    // follows once the recording runs, starting with a keyframe.
+    video_sender.send(0, &video[VIDEO_FRAMES - 1]).await;
+    audio_sender.send(0, &audio[0]).await;
+    let message = recording_message(&mut signal, "started").await;
+    let recording_id = message["recording_id"].as_str().expect("recording id").to_owned();
+
+    let start = tokio::time::Instant::now();
+    let (mut v, mut a) = (0, 0);
+    while v < VIDEO_FRAMES || a < AUDIO_FRAMES {
+        let video_due = start + Duration::from_micros(v as u64 * 1_000_000 / FPS as u64);
+        let audio_due = start + Duration::from_millis(a as u64 * 20);
+        if v < VIDEO_FRAMES && (a >= AUDIO_FRAMES || video_due <= audio_due) {
+            tokio::time::sleep_until(video_due).await;
+            video_sender.send(v + 1, &video[v]).await;
+            v += 1;
+        } else {
+            tokio::time::sleep_until(audio_due).await;
+            audio_sender.send(a + 1, &audio[a]).await;
+            a += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = api(&server, "POST", &format!("/api/rooms/{room}/recordings/{recording_id}/stop"), &token, None).await;
+    assert_eq!(status, 202, "{body}");
+    recording_message(&mut signal, "finished").await;
+
+    // The row lands through the journal; wait for it to say done.
+    let deadline = Instant::now() + WAIT;
+    let listed = loop {
+        let (status, list) = api(&server, "GET", &format!("/api/recordings?meeting={room}"), &token, None).await;
+        assert_eq!(status, 200, "{list}");
+        let row = list["recordings"].as_array().and_then(|rows| rows.iter().find(|r| r["recording_id"] == recording_id.as_str())).cloned();
+        if let Some(row) = row.filter(|r| r["status"] == "done") {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "recording not listed as done: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed["format"], "mp4+hls");
+    assert!(listed["size"].as_i64().unwrap_or(0) > 100_000, "{listed}");
+    assert!((14..=16).contains(&listed["duration_secs"].as_i64().unwrap_or(0)), "{listed}");
+
+    for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
+        let probe = ffprobe(url);
+        let streams = probe["streams"].as_array().expect("streams");
+        assert_eq!(streams.len(), 2, "{url}: {probe}");
+        let stream = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind).unwrap_or_else(|| panic!("{kind} stream: {probe}"));
+        assert_eq!(stream("video")["codec_name"], codec_name, "{probe}");
+        assert_eq!(stream("audio")["codec_name"], "opus", "{probe}");
+        assert_eq!(stream("video")["nb_read_frames"], VIDEO_FRAMES.to_string(), "every video frame sent: {probe}");
+        assert_eq!(stream("audio")["nb_read_frames"], AUDIO_FRAMES.to_string(), "every audio frame sent: {probe}");
+        let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
+        assert!((duration - SECONDS as f64).abs() <= 0.5, "duration {duration} s: {probe}");
+        assert_eq!(decode_errors(url), "", "{url} decodes without errors");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h264_and_opus_are_recorded_to_mp4_and_hls() {
+    records_a_published_stream("video/H264", h264_frames(), Box::new(H264Payloader::default()), "h264").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vp8_and_opus_are_recorded_to_mp4_and_hls() {
+    records_a_published_stream("video/VP8", vp8_frames(), Box::new(Vp8Payloader::default()), "vp8").await;
+}
