@@ -190,83 +190,115 @@ async fn recording_message(signal: &mut Signal, state: &str) -> Value {
     }
 }
 
+/// A publisher in a room being recorded: its signaling, its senders and its recording.
+struct Session {
+    server: TestServer,
+    room: String,
+    token: String,
+    signal: Signal,
+    video: Sender,
+    audio: Sender,
+    recording_id: String,
+    _client: rtc_client::Client,
+}
+
+impl Session {
+    /// Joins `room`, publishes `mime_type` video and Opus, starts recording the room through
+    /// the API, and opens the tracks; returns once the participant's recording runs.
+    async fn start(overrides: &[(&str, &str)], room: &str, mime_type: &str, payloader: Box<dyn Payloader + Send>, opener: &Bytes) -> Self {
+        let server = TestServer::start(overrides).await;
+        let token = server.token(room, "alice", &["publish", "subscribe", "record"]);
+        let mut signal = server.connect().await;
+        signal.join(&token).await;
+        let tracks = [local_track("alice-cam", "video", mime_type), local_track("alice-cam", "audio", "audio/opus")];
+        let (client, outbound) = rtc_client::publish(&mut signal, &tracks).await;
+        let path = format!("/api/rooms/{room}/recordings");
+        let (status, started) = api(&server, "POST", &path, &token, Some(json!({"format": "mp4+hls"}))).await;
+        assert_eq!(status, 201, "{started}");
+        assert_eq!(started["recordings"], json!([]), "nothing published yet: {started}");
+        let (status, again) = api(&server, "POST", &path, &token, None).await;
+        assert_eq!((status, again["error"].as_str()), (409, Some("already_recording")), "{again}");
+        let mut video = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32 };
+        let mut audio = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960 };
+        // A frame per track opens the tracks on the server (the recorder starts with them;
+        // the video one is a delta frame, which a recording never starts on); the stream
+        // proper follows once the recording runs, starting with a keyframe.
+        video.send(0, opener).await;
+        audio.send(0, &Bytes::from_static(&[0xf8, 0xff, 0xfe])).await;
+        let message = recording_message(&mut signal, "started").await;
+        let recording_id = message["recording_id"].as_str().expect("recording id").to_owned();
+        Self { server, room: room.to_owned(), token, signal, video, audio, recording_id, _client: client }
+    }
+
+    /// Sends the frames in real time, interleaved as a camera and a microphone would.
+    async fn send(&mut self, video: &[Bytes], audio: &[Bytes]) {
+        let start = tokio::time::Instant::now();
+        let (mut v, mut a) = (0, 0);
+        while v < video.len() || a < audio.len() {
+            let video_due = start + Duration::from_micros(v as u64 * 1_000_000 / FPS as u64);
+            let audio_due = start + Duration::from_millis(a as u64 * 20);
+            if v < video.len() && (a >= audio.len() || video_due <= audio_due) {
+                tokio::time::sleep_until(video_due).await;
+                self.video.send(v + 1, &video[v]).await;
+                v += 1;
+            } else {
+                tokio::time::sleep_until(audio_due).await;
+                self.audio.send(a + 1, &audio[a]).await;
+                a += 1;
+            }
+        }
+    }
+
+    /// The recording's row once the API lists it as done.
+    async fn done(&self) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, list) = api(&self.server, "GET", &format!("/api/recordings?meeting={}", self.room), &self.token, None).await;
+            assert_eq!(status, 200, "{list}");
+            let rows = list["recordings"].as_array().cloned().unwrap_or_default();
+            if let Some(row) = rows.into_iter().find(|r| r["recording_id"] == self.recording_id.as_str() && r["status"] != "recording") {
+                assert_eq!(row["status"], "done", "{row}");
+                return row;
+            }
+            assert!(Instant::now() < deadline, "recording not listed as done: {list}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Checks a recording at `url`: both streams with their codecs, the frames and the length
+/// expected, and a decode without errors.
+fn check_recording(url: &str, codec_name: &str, video_frames: usize, audio_frames: usize, seconds: f64) {
+    let probe = ffprobe(url);
+    let streams = probe["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 2, "{url}: {probe}");
+    let stream = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind).unwrap_or_else(|| panic!("{kind} stream: {probe}"));
+    assert_eq!(stream("video")["codec_name"], codec_name, "{probe}");
+    assert_eq!(stream("audio")["codec_name"], "opus", "{probe}");
+    assert_eq!(stream("video")["nb_read_frames"], video_frames.to_string(), "every video frame sent: {probe}");
+    assert_eq!(stream("audio")["nb_read_frames"], audio_frames.to_string(), "every audio frame sent: {probe}");
+    let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
+    assert!((duration - seconds).abs() <= 0.5, "duration {duration} s, expected {seconds}: {probe}");
+    assert_eq!(decode_errors(url), "", "{url} decodes without errors");
+}
+
 /// Publishes `video` + Opus for 15 s while the room is recorded; checks the MP4 and HLS.
 async fn records_a_published_stream(mime_type: &str, video: Vec<Bytes>, payloader: Box<dyn Payloader + Send>, codec_name: &str) {
     let audio = opus_frames();
     assert_eq!((video.len(), audio.len()), (VIDEO_FRAMES, AUDIO_FRAMES), "encoded media");
-    let server = TestServer::start(&[]).await;
-    let room = format!("rec-{codec_name}");
-    let token = server.token(&room, "alice", &["publish", "subscribe", "record"]);
-    let mut signal = server.connect().await;
-    signal.join(&token).await;
-    let tracks = [local_track("alice-cam", "video", mime_type), local_track("alice-cam", "audio", "audio/opus")];
-    let (_client, outbound) = rtc_client::publish(&mut signal, &tracks).await;
-
-    let (status, started) =
-        api(&server, "POST", &format!("/api/rooms/{room}/recordings"), &token, Some(json!({"format": "mp4+hls"}))).await;
-    assert_eq!(status, 201, "{started}");
-    assert_eq!(started["recordings"], json!([]), "nothing published yet: {started}");
-    let (status, again) = api(&server, "POST", &format!("/api/rooms/{room}/recordings"), &token, None).await;
-    assert_eq!((status, again["error"].as_str()), (409, Some("already_recording")), "{again}");
-
-    let mut video_sender = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32 };
-    let mut audio_sender = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960 };
-    // A frame per track opens the tracks on the server (its recorder starts with them; the
-    // video one is a delta frame, which a recording never starts on); the stream proper
-    // follows once the recording runs, starting with a keyframe.
-    video_sender.send(0, &video[VIDEO_FRAMES - 1]).await;
-    audio_sender.send(0, &audio[0]).await;
-    let message = recording_message(&mut signal, "started").await;
-    let recording_id = message["recording_id"].as_str().expect("recording id").to_owned();
-
-    let start = tokio::time::Instant::now();
-    let (mut v, mut a) = (0, 0);
-    while v < VIDEO_FRAMES || a < AUDIO_FRAMES {
-        let video_due = start + Duration::from_micros(v as u64 * 1_000_000 / FPS as u64);
-        let audio_due = start + Duration::from_millis(a as u64 * 20);
-        if v < VIDEO_FRAMES && (a >= AUDIO_FRAMES || video_due <= audio_due) {
-            tokio::time::sleep_until(video_due).await;
-            video_sender.send(v + 1, &video[v]).await;
-            v += 1;
-        } else {
-            tokio::time::sleep_until(audio_due).await;
-            audio_sender.send(a + 1, &audio[a]).await;
-            a += 1;
-        }
-    }
+    let mut session = Session::start(&[], &format!("rec-{codec_name}"), mime_type, payloader, &video[VIDEO_FRAMES - 1]).await;
+    session.send(&video, &audio).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, body) = api(&server, "POST", &format!("/api/rooms/{room}/recordings/{recording_id}/stop"), &token, None).await;
+    let path = format!("/api/rooms/{}/recordings/{}/stop", session.room, session.recording_id);
+    let (status, body) = api(&session.server, "POST", &path, &session.token, None).await;
     assert_eq!(status, 202, "{body}");
-    recording_message(&mut signal, "finished").await;
-
-    // The row lands through the journal; wait for it to say done.
-    let deadline = Instant::now() + WAIT;
-    let listed = loop {
-        let (status, list) = api(&server, "GET", &format!("/api/recordings?meeting={room}"), &token, None).await;
-        assert_eq!(status, 200, "{list}");
-        let row = list["recordings"].as_array().and_then(|rows| rows.iter().find(|r| r["recording_id"] == recording_id.as_str())).cloned();
-        if let Some(row) = row.filter(|r| r["status"] == "done") {
-            break row;
-        }
-        assert!(Instant::now() < deadline, "recording not listed as done: {list}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    recording_message(&mut session.signal, "finished").await;
+    let listed = session.done().await;
     assert_eq!(listed["format"], "mp4+hls");
     assert!(listed["size"].as_i64().unwrap_or(0) > 100_000, "{listed}");
     assert!((14..=16).contains(&listed["duration_secs"].as_i64().unwrap_or(0)), "{listed}");
-
     for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
-        let probe = ffprobe(url);
-        let streams = probe["streams"].as_array().expect("streams");
-        assert_eq!(streams.len(), 2, "{url}: {probe}");
-        let stream = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind).unwrap_or_else(|| panic!("{kind} stream: {probe}"));
-        assert_eq!(stream("video")["codec_name"], codec_name, "{probe}");
-        assert_eq!(stream("audio")["codec_name"], "opus", "{probe}");
-        assert_eq!(stream("video")["nb_read_frames"], VIDEO_FRAMES.to_string(), "every video frame sent: {probe}");
-        assert_eq!(stream("audio")["nb_read_frames"], AUDIO_FRAMES.to_string(), "every audio frame sent: {probe}");
-        let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
-        assert!((duration - SECONDS as f64).abs() <= 0.5, "duration {duration} s: {probe}");
-        assert_eq!(decode_errors(url), "", "{url} decodes without errors");
+        check_recording(url, codec_name, VIDEO_FRAMES, AUDIO_FRAMES, SECONDS as f64);
     }
 }
 
@@ -278,4 +310,41 @@ async fn h264_and_opus_are_recorded_to_mp4_and_hls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn vp8_and_opus_are_recorded_to_mp4_and_hls() {
     records_a_published_stream("video/VP8", vp8_frames(), Box::new(Vp8Payloader::default()), "vp8").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_participant_leaving_ends_its_file_cleanly() {
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let mut session = Session::start(&[], "rec-leave", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..120], &audio[..200]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The publisher leaves without stopping anything; an observer stays in the room.
+    let (mut observer, _) = session.server.joined("rec-leave", "bob", &["subscribe"]).await;
+    session.signal.request(json!({"type": "leave"})).await;
+    let finished = recording_message(&mut observer, "finished").await;
+    assert_eq!(finished["recording_id"], session.recording_id.as_str());
+    let listed = session.done().await;
+    check_recording(listed["mp4_url"].as_str().expect("mp4 url"), "vp8", 120, 200, 4.0);
+    check_recording(listed["hls_url"].as_str().expect("hls url"), "vp8", 120, 200, 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_ends_at_its_length_limit() {
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let overrides = [("SWITCHBOARD__RECORDING__MAX_DURATION_SECS", "2")];
+    let mut session =
+        Session::start(&overrides, "rec-limit", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..120], &audio[..200]).await;
+    let listed = session.done().await;
+    let probe = ffprobe(listed["mp4_url"].as_str().expect("mp4 url"));
+    let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
+    assert!(duration > 1.0 && duration <= 2.0, "cut at the 2 s limit: {probe}");
+    // Past its limit the participant is not recorded again.
+    let (_, list) = api(&session.server, "GET", &format!("/api/recordings?meeting={}", session.room), &session.token, None).await;
+    assert_eq!(list["recordings"].as_array().map(Vec::len), Some(1), "{list}");
+    let log = session.server.dir.path().join(format!("objects/recordings/{}/{}.log", session.room, session.recording_id));
+    if !common::services::real_backends_requested() {
+        let log = std::fs::read_to_string(log).expect("recording log");
+        assert!(log.contains("length limit of 2 s reached"), "{log}");
+    }
 }
