@@ -1,5 +1,7 @@
 // Opens the demo page in two tabs of one room in headless Debian Chromium and checks that
-// each tab decodes the other's video and receives its audio (RTCPeerConnection.getStats).
+// each tab decodes the other's video and receives its audio (RTCPeerConnection.getStats),
+// chat, a resumed signaling connection, and a recording of both tabs made through the HTTP
+// API (its download links are printed as `recordings: [...]` for the caller to check).
 // Usage: node two_tabs.mjs http://127.0.0.1:PORT
 import { chromium } from 'playwright-core';
 
@@ -106,6 +108,25 @@ try {
   const graceLog = await pages[1].page.locator('#log').textContent();
   if (graceLog.includes('left')) throw new Error(`grace saw ada leave: ${graceLog}`);
   console.log('session resumed');
+
+  // Both tabs recorded for a few seconds through the recordings API.
+  const { token } = await (await fetch(`${base}/dev/token?room=${room}&identity=operator&grants=record`)).json();
+  const api = async (method, path) => {
+    const response = await fetch(`${base}${path}`, { method, headers: { authorization: `Bearer ${token}` } });
+    const body = await response.json();
+    if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${JSON.stringify(body)}`);
+    return body;
+  };
+  const started = await api('POST', `/api/rooms/${room}/recordings`);
+  if (started.recordings.length !== 2) throw new Error(`expected both tabs recorded: ${JSON.stringify(started)}`);
+  await pages[1].page.waitForFunction(() => document.getElementById('log').textContent.includes('* recording of'), null, { timeout: 10000 });
+  await new Promise((r) => setTimeout(r, 8000));
+  await api('POST', `/api/rooms/${room}/recordings/stop`);
+  const done = await waitFor('the recordings to be stored', async () => {
+    const list = await api('GET', `/api/recordings?meeting=${room}`);
+    return { ok: list.recordings.length === 2 && list.recordings.every((r) => r.status === 'done'), list };
+  }, 30000);
+  console.log(`recordings: ${JSON.stringify(done.list.recordings)}`);
 } catch (err) {
   console.error(String(err && err.stack || err));
   failed = true;
