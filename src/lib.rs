@@ -172,9 +172,16 @@ fn recording_config(config: &Config) -> RecordingConfig {
 }
 
 impl Server {
-    /// Graceful shutdown: finishes every open recording and waits (up to
-    /// `recording.shutdown_timeout_secs`) until they are stored.
+    /// Graceful shutdown: finishes every open recording and waits until they are stored,
+    /// their rows written and their events sent (each step up to
+    /// `recording.shutdown_timeout_secs`).
     pub async fn shutdown(&self) {
         self.context.recordings.shutdown(self.shutdown_timeout).await;
+        if !self.context.books.journal.drained(self.shutdown_timeout).await {
+            tracing::warn!("database records still queued at shutdown");
+        }
+        let events = self.context.books.events.clone();
+        let timeout = self.shutdown_timeout;
+        let _ = tokio::task::spawn_blocking(move || events.flush(timeout)).await;
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::rtc_client::{self, Client};
-use common::services::{self, Broker, Proxy, Redis, TempDir, S3};
+use common::services::{self, spawn_server, Broker, Proxy, Redis, TempDir, S3};
 use common::{answer_offers, Signal, TestServer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -333,20 +333,6 @@ async fn tasks_run_once_retry_and_land_in_the_dead_letter_topic() {
     let pool = database(&server).await;
     let done = rows(&pool, "SELECT operation FROM operation_logs WHERE resource_type = 'task' AND resource_id = $1", "mute-1").await;
     assert_eq!(done, [["mute_participant"]]);
-}
-
-/// Runs the server binary on `config`, with `env`; its output goes to `log`.
-fn spawn_server(config: &std::path::Path, env: &[(&str, &str)], log: &std::path::Path) -> std::process::Child {
-    let file = std::fs::File::create(log).expect("log file");
-    std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["--config", &config.display().to_string(), "serve"])
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file)
-        .spawn()
-        .expect("server process starts")
 }
 
 /// Waits until `log` contains `text`.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::rtc_client::{self, local_track, Outbound};
-use common::{Signal, TestServer, WAIT};
+use common::{services, Signal, TestServer, WAIT};
 use rtc::rtp;
 use rtc::rtp::codec::{h264::H264Payloader, opus::OpusPayloader, vp8::Vp8Payloader};
 use rtc::rtp::packetizer::Payloader;
@@ -161,10 +161,10 @@ fn decode_errors(url: &str) -> String {
 }
 
 /// An HTTP request to the server with a bearer token: status and JSON body.
-async fn api(server: &TestServer, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn api(http: std::net::SocketAddr, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut stream = tokio::net::TcpStream::connect(server.http).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -192,7 +192,7 @@ async fn recording_message(signal: &mut Signal, state: &str) -> Value {
 
 /// A publisher in a room being recorded: its signaling, its senders and its recording.
 struct Session {
-    server: TestServer,
+    http: std::net::SocketAddr,
     room: String,
     token: String,
     signal: Signal,
@@ -203,31 +203,46 @@ struct Session {
 }
 
 impl Session {
-    /// Joins `room`, publishes `mime_type` video and Opus, starts recording the room through
-    /// the API, and opens the tracks; returns once the participant's recording runs.
-    async fn start(overrides: &[(&str, &str)], room: &str, mime_type: &str, payloader: Box<dyn Payloader + Send>, opener: &Bytes) -> Self {
-        let server = TestServer::start(overrides).await;
-        let token = server.token(room, "alice", &["publish", "subscribe", "record"]);
-        let mut signal = server.connect().await;
+    /// Joins `room` on the server at `http` with `token` (publish + record) and publishes
+    /// `mime_type` video and Opus.
+    async fn publish(http: std::net::SocketAddr, token: String, room: &str, mime_type: &str, payloader: Box<dyn Payloader + Send>) -> Self {
+        let mut signal = Signal::connect(http).await;
         signal.join(&token).await;
         let tracks = [local_track("alice-cam", "video", mime_type), local_track("alice-cam", "audio", "audio/opus")];
         let (client, outbound) = rtc_client::publish(&mut signal, &tracks).await;
-        let path = format!("/api/rooms/{room}/recordings");
-        let (status, started) = api(&server, "POST", &path, &token, Some(json!({"format": "mp4+hls"}))).await;
+        let video = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32 };
+        let audio = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960 };
+        Self { http, room: room.to_owned(), token, signal, video, audio, recording_id: String::new(), _client: client }
+    }
+
+    /// [`Session::publish`] on a test server, then the room's recording started through the
+    /// API and the tracks opened.
+    async fn start(server: &TestServer, room: &str, mime_type: &str, payloader: Box<dyn Payloader + Send>, opener: &Bytes) -> Self {
+        let token = server.token(room, "alice", &["publish", "subscribe", "record"]);
+        let mut session = Self::publish(server.http, token, room, mime_type, payloader).await;
+        session.record_via_api().await;
+        session.open(opener).await;
+        session
+    }
+
+    /// Starts recording the room through the HTTP API (nothing is published yet).
+    async fn record_via_api(&self) {
+        let path = format!("/api/rooms/{}/recordings", self.room);
+        let (status, started) = api(self.http, "POST", &path, &self.token, Some(json!({"format": "mp4+hls"}))).await;
         assert_eq!(status, 201, "{started}");
         assert_eq!(started["recordings"], json!([]), "nothing published yet: {started}");
-        let (status, again) = api(&server, "POST", &path, &token, None).await;
+        let (status, again) = api(self.http, "POST", &path, &self.token, None).await;
         assert_eq!((status, again["error"].as_str()), (409, Some("already_recording")), "{again}");
-        let mut video = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32 };
-        let mut audio = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960 };
-        // A frame per track opens the tracks on the server (the recorder starts with them;
-        // the video one is a delta frame, which a recording never starts on); the stream
-        // proper follows once the recording runs, starting with a keyframe.
-        video.send(0, opener).await;
-        audio.send(0, &Bytes::from_static(&[0xf8, 0xff, 0xfe])).await;
-        let message = recording_message(&mut signal, "started").await;
-        let recording_id = message["recording_id"].as_str().expect("recording id").to_owned();
-        Self { server, room: room.to_owned(), token, signal, video, audio, recording_id, _client: client }
+    }
+
+    /// Opens the tracks with a frame each (the recorder starts with them; `opener`, the
+    /// video one, is a delta frame, which a recording never starts on) and waits for the
+    /// participant's recording to run. The stream proper follows, starting with a keyframe.
+    async fn open(&mut self, opener: &Bytes) {
+        self.video.send(0, opener).await;
+        self.audio.send(0, &Bytes::from_static(&[0xf8, 0xff, 0xfe])).await;
+        let message = recording_message(&mut self.signal, "started").await;
+        self.recording_id = message["recording_id"].as_str().expect("recording id").to_owned();
     }
 
     /// Sends the frames in real time, interleaved as a camera and a microphone would.
@@ -249,11 +264,19 @@ impl Session {
         }
     }
 
+    /// Stops the participant's recording through the API.
+    async fn stop(&mut self) {
+        let path = format!("/api/rooms/{}/recordings/{}/stop", self.room, self.recording_id);
+        let (status, body) = api(self.http, "POST", &path, &self.token, None).await;
+        assert_eq!(status, 202, "{body}");
+        recording_message(&mut self.signal, "finished").await;
+    }
+
     /// The recording's row once the API lists it as done.
     async fn done(&self) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
-            let (status, list) = api(&self.server, "GET", &format!("/api/recordings?meeting={}", self.room), &self.token, None).await;
+            let (status, list) = api(self.http, "GET", &format!("/api/recordings?meeting={}", self.room), &self.token, None).await;
             assert_eq!(status, 200, "{list}");
             let rows = list["recordings"].as_array().cloned().unwrap_or_default();
             if let Some(row) = rows.into_iter().find(|r| r["recording_id"] == self.recording_id.as_str() && r["status"] != "recording") {
@@ -286,13 +309,11 @@ fn check_recording(url: &str, codec_name: &str, video_frames: usize, audio_frame
 async fn records_a_published_stream(mime_type: &str, video: Vec<Bytes>, payloader: Box<dyn Payloader + Send>, codec_name: &str) {
     let audio = opus_frames();
     assert_eq!((video.len(), audio.len()), (VIDEO_FRAMES, AUDIO_FRAMES), "encoded media");
-    let mut session = Session::start(&[], &format!("rec-{codec_name}"), mime_type, payloader, &video[VIDEO_FRAMES - 1]).await;
+    let server = TestServer::start(&[]).await;
+    let mut session = Session::start(&server, &format!("rec-{codec_name}"), mime_type, payloader, &video[VIDEO_FRAMES - 1]).await;
     session.send(&video, &audio).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let path = format!("/api/rooms/{}/recordings/{}/stop", session.room, session.recording_id);
-    let (status, body) = api(&session.server, "POST", &path, &session.token, None).await;
-    assert_eq!(status, 202, "{body}");
-    recording_message(&mut session.signal, "finished").await;
+    session.stop().await;
     let listed = session.done().await;
     assert_eq!(listed["format"], "mp4+hls");
     assert!(listed["size"].as_i64().unwrap_or(0) > 100_000, "{listed}");
@@ -315,11 +336,12 @@ async fn vp8_and_opus_are_recorded_to_mp4_and_hls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_participant_leaving_ends_its_file_cleanly() {
     let (video, audio) = (vp8_frames(), opus_frames());
-    let mut session = Session::start(&[], "rec-leave", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
+    let server = TestServer::start(&[]).await;
+    let mut session = Session::start(&server, "rec-leave", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
     session.send(&video[..120], &audio[..200]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The publisher leaves without stopping anything; an observer stays in the room.
-    let (mut observer, _) = session.server.joined("rec-leave", "bob", &["subscribe"]).await;
+    let (mut observer, _) = server.joined("rec-leave", "bob", &["subscribe"]).await;
     session.signal.request(json!({"type": "leave"})).await;
     let finished = recording_message(&mut observer, "finished").await;
     assert_eq!(finished["recording_id"], session.recording_id.as_str());
@@ -331,20 +353,78 @@ async fn a_participant_leaving_ends_its_file_cleanly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recording_ends_at_its_length_limit() {
     let (video, audio) = (vp8_frames(), opus_frames());
-    let overrides = [("SWITCHBOARD__RECORDING__MAX_DURATION_SECS", "2")];
-    let mut session =
-        Session::start(&overrides, "rec-limit", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
+    let server = TestServer::start(&[("SWITCHBOARD__RECORDING__MAX_DURATION_SECS", "2")]).await;
+    let mut session = Session::start(&server, "rec-limit", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
     session.send(&video[..120], &audio[..200]).await;
     let listed = session.done().await;
     let probe = ffprobe(listed["mp4_url"].as_str().expect("mp4 url"));
     let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
-    assert!(duration > 1.0 && duration <= 2.0, "cut at the 2 s limit: {probe}");
+    // Cut at the limit (the last frame's own length may end just past it).
+    assert!(duration > 1.0 && duration <= 2.1, "cut at the 2 s limit: {probe}");
     // Past its limit the participant is not recorded again.
-    let (_, list) = api(&session.server, "GET", &format!("/api/recordings?meeting={}", session.room), &session.token, None).await;
+    let (_, list) = api(session.http, "GET", &format!("/api/recordings?meeting={}", session.room), &session.token, None).await;
     assert_eq!(list["recordings"].as_array().map(Vec::len), Some(1), "{list}");
-    let log = session.server.dir.path().join(format!("objects/recordings/{}/{}.log", session.room, session.recording_id));
+    let log = server.dir.path().join(format!("objects/recordings/{}/{}.log", session.room, session.recording_id));
     if !common::services::real_backends_requested() {
         let log = std::fs::read_to_string(log).expect("recording log");
         assert!(log.contains("length limit of 2 s reached"), "{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_open_recordings_before_the_process_exits() {
+    let dir = services::TempDir::new();
+    let port = services::free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, sb_config::DEFAULT_YAML).expect("config written");
+    let database = dir.path().join("switchboard.db");
+    let env = [
+        ("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ("SWITCHBOARD__MEDIA__PORT_BASE", "0".to_owned()),
+        ("SWITCHBOARD__MEDIA__WORKERS", "1".to_owned()),
+        ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS", "[127.0.0.1]".to_owned()),
+        ("SWITCHBOARD__DATABASE__URL", format!("sqlite://{}?mode=rwc", database.display())),
+        ("SWITCHBOARD__OBJECTS__LOCAL_DIR", dir.path().join("objects").display().to_string()),
+        ("SWITCHBOARD__RECORDING__SPOOL_DIR", dir.path().join("spool").display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let log = dir.path().join("server.log");
+    let mut process = services::spawn_server(&config, &env, &log);
+    services::wait_listening(port, "switchboard");
+
+    let authority = signaling::auth::TokenAuthority::new(
+        [("dev".to_owned(), sb_config::DEVELOPMENT_SECRET.to_owned())].into_iter().collect(),
+        "dev".to_owned(),
+    );
+    let grants = signaling::auth::Grants::from_names(["publish", "subscribe", "record"]).expect("grants");
+    let token = authority.issue("rec-term", "alice", None, grants, 600).expect("token");
+    let http = format!("127.0.0.1:{port}").parse().expect("address");
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let mut session = Session::publish(http, token, "rec-term", "video/VP8", Box::new(Vp8Payloader::default())).await;
+    session.record_via_api().await;
+    session.open(&video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..90], &audio[..150]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // SIGTERM while the recording runs: the process finishes it, then exits cleanly.
+    let pid = process.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+    let status = tokio::task::spawn_blocking(move || process.wait()).await.expect("wait").expect("exit status");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}\n{logged}");
+
+    let mp4 = dir.path().join(format!("objects/recordings/rec-term/{}.mp4", session.recording_id));
+    check_recording(&mp4.display().to_string(), "vp8", 90, 150, 3.0);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}", database.display()))
+        .await
+        .expect("the node's database");
+    let (status,): (i64,) = sqlx::query_as("SELECT CAST(status AS BIGINT) FROM meeting_recordings WHERE recording_id = $1")
+        .bind(&session.recording_id)
+        .fetch_one(&pool)
+        .await
+        .expect("the recording's row");
+    assert_eq!(status, 2, "recorded as done before the exit");
 }

@@ -133,4 +133,6 @@ pub trait EventSink: Send + Sync {
     /// Hands over a task for another service (`<prefix>.tasks`, keyed by meeting id); the
     /// task is a JSON object with `task_id` and `type`.
     fn submit_task(&self, meeting_id: &str, task: &serde_json::Value);
+    /// Sends what is buffered, waiting at most `timeout` (graceful shutdown; blocks).
+    fn flush(&self, timeout: std::time::Duration);
 }

@@ -391,6 +391,19 @@ impl Journal {
     pub fn metrics(&self) -> &Arc<JournalMetrics> {
         &self.metrics
     }
+
+    /// Waits until every queued record is written, at most `timeout` (graceful shutdown);
+    /// returns whether it was.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.metrics.queued.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 async fn write_loop(log: Arc<dyn SignalingLog>, mut receiver: mpsc::Receiver<Record>, batch_size: usize, metrics: Arc<JournalMetrics>) {

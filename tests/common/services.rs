@@ -351,3 +351,17 @@ impl ServiceAddresses {
 pub fn real_backends_requested() -> bool {
     std::env::var("SWITCHBOARD_TEST_BACKENDS").is_ok_and(|v| v == "real")
 }
+
+/// Runs the server binary on `config`, with `env`; its output goes to `log`.
+pub fn spawn_server(config: &std::path::Path, env: &[(&str, &str)], log: &std::path::Path) -> std::process::Child {
+    let file = std::fs::File::create(log).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--config", &config.display().to_string(), "serve"])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .expect("server process starts")
+}

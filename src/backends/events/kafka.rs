@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use signaling::events::{Event, EventSink};
 use tracing::{info, warn};
@@ -194,5 +194,11 @@ impl EventSink for KafkaEvents {
 
     fn submit_task(&self, meeting_id: &str, task: &serde_json::Value) {
         self.send(&self.tasks_topic, meeting_id, task.to_string().as_bytes(), "task");
+    }
+
+    fn flush(&self, timeout: std::time::Duration) {
+        if let Err(err) = self.producer.flush(timeout) {
+            warn!(%err, "events still buffered at shutdown");
+        }
     }
 }
