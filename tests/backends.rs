@@ -9,12 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::rtc_client::{self, Client};
-use common::services::{self, spawn_server, Broker, Proxy, Redis, TempDir, S3};
+use common::services::{self, consume, consume_from, produce, spawn_server, Broker, Proxy, Redis, TempDir, S3};
 use common::{answer_offers, Signal, TestServer};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use recorder::objects::ObjectStore;
 use serde_json::{json, Value};
 use signaling::state::StateStore;
@@ -255,44 +251,6 @@ async fn postgres_rows_are_exactly_what_happened_and_kafka_has_the_events_in_ord
         assert_eq!(event["node"], server.node.id.as_str());
     }
     assert_eq!(events[3]["participant_id"], script.alice_id.as_str());
-}
-
-/// Reads `topic` from its start until `last` matches a message; returns the JSON messages
-/// with their key checked against `meeting_id`.
-async fn consume(topic: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-    consume_from(&Broker::shared().brokers, topic, last).await
-}
-
-/// [`consume`] from the broker at `brokers`.
-async fn consume_from(brokers: &str, topic: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", services::unique("reader-"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let message = tokio::time::timeout_at(deadline, consumer.recv()).await.expect("messages in time").expect("message");
-        let value: Value = serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON message");
-        if let Some(meeting) = value["meeting_id"].as_str() {
-            assert_eq!(message.key(), Some(meeting.as_bytes()), "keyed by meeting id");
-        }
-        let done = last(&value);
-        out.push(value);
-        if done {
-            return out;
-        }
-    }
-}
-
-async fn produce(topic: &str, payload: &str) {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &Broker::shared().brokers).create().expect("producer");
-    let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(payload).key("task");
-    producer.send(record, Duration::from_secs(10)).await.expect("task produced");
 }
 
 // ---------------------------------------------------------------------------------------

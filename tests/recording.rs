@@ -112,10 +112,14 @@ struct Sender {
     payloader: Box<dyn Payloader + Send>,
     sequence: u16,
     step: u32,
+    /// Frames sent so far (the next frame's timestamp is this many steps on).
+    frames: u32,
 }
 
 impl Sender {
-    async fn send(&mut self, index: usize, frame: &Bytes) {
+    async fn send(&mut self, frame: &Bytes) {
+        let index = self.frames;
+        self.frames += 1;
         let payloads = self.payloader.payload(1200, frame).expect("packetized");
         let count = payloads.len();
         for (i, payload) in payloads.into_iter().enumerate() {
@@ -125,7 +129,7 @@ impl Sender {
                 ssrc: self.out.ssrc,
                 payload_type: self.out.payload_type,
                 sequence_number: self.sequence,
-                timestamp: (index as u32).wrapping_mul(self.step),
+                timestamp: index.wrapping_mul(self.step),
                 ..Default::default()
             };
             self.sequence = self.sequence.wrapping_add(1);
@@ -210,8 +214,8 @@ impl Session {
         signal.join(&token).await;
         let tracks = [local_track("alice-cam", "video", mime_type), local_track("alice-cam", "audio", "audio/opus")];
         let (client, outbound) = rtc_client::publish(&mut signal, &tracks).await;
-        let video = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32 };
-        let audio = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960 };
+        let video = Sender { out: outbound[0].clone(), payloader, sequence: 1000, step: 90_000 / FPS as u32, frames: 0 };
+        let audio = Sender { out: outbound[1].clone(), payloader: Box::new(OpusPayloader), sequence: 5000, step: 960, frames: 0 };
         Self { http, room: room.to_owned(), token, signal, video, audio, recording_id: String::new(), _client: client }
     }
 
@@ -239,8 +243,8 @@ impl Session {
     /// video one, is a delta frame, which a recording never starts on) and waits for the
     /// participant's recording to run. The stream proper follows, starting with a keyframe.
     async fn open(&mut self, opener: &Bytes) {
-        self.video.send(0, opener).await;
-        self.audio.send(0, &Bytes::from_static(&[0xf8, 0xff, 0xfe])).await;
+        self.video.send(opener).await;
+        self.audio.send(&Bytes::from_static(&[0xf8, 0xff, 0xfe])).await;
         let message = recording_message(&mut self.signal, "started").await;
         self.recording_id = message["recording_id"].as_str().expect("recording id").to_owned();
     }
@@ -254,11 +258,11 @@ impl Session {
             let audio_due = start + Duration::from_millis(a as u64 * 20);
             if v < video.len() && (a >= audio.len() || video_due <= audio_due) {
                 tokio::time::sleep_until(video_due).await;
-                self.video.send(v + 1, &video[v]).await;
+                self.video.send(&video[v]).await;
                 v += 1;
             } else {
                 tokio::time::sleep_until(audio_due).await;
-                self.audio.send(a + 1, &audio[a]).await;
+                self.audio.send(&audio[a]).await;
                 a += 1;
             }
         }
@@ -427,4 +431,102 @@ async fn sigterm_finishes_open_recordings_before_the_process_exits() {
         .await
         .expect("the recording's row");
     assert_eq!(status, 2, "recorded as done before the exit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_outlives_the_object_store_going_away_and_loses_nothing() {
+    let s3 = services::S3::shared();
+    let proxy = services::Proxy::start(format!("127.0.0.1:{}", s3.port).parse().expect("address"), None).await;
+    let spool = services::TempDir::new();
+    let overrides = [
+        ("OBJECTS__BACKEND", "s3".to_owned()),
+        ("OBJECTS__ENDPOINT", format!("http://{}", proxy.addr)),
+        ("OBJECTS__BUCKET", services::unique("b")),
+        ("OBJECTS__ACCESS_KEY", services::S3_ACCESS_KEY.to_owned()),
+        ("OBJECTS__SECRET_KEY", services::S3_SECRET_KEY.to_owned()),
+        ("RECORDING__SEGMENT_SECS", "1".to_owned()),
+        ("RECORDING__SPOOL_DIR", spool.path().display().to_string()),
+    ];
+    let overrides = overrides.into_iter().map(|(k, v)| (format!("SWITCHBOARD__{k}"), v)).collect();
+    let server = TestServer::start_with(overrides, None).await;
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let mut session = Session::start(&server, "rec-outage", "video/VP8", Box::new(Vp8Payloader::default()), &video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..60], &audio[..100]).await;
+    // S3 goes away for 3 s: the segments cut meanwhile wait in the spool folder.
+    proxy.cut();
+    session.send(&video[60..150], &audio[100..250]).await;
+    let spooled = std::fs::read_dir(spool.path()).map(|d| d.count()).unwrap_or(0);
+    assert!(spooled > 0, "segments spooled to disk while S3 was away");
+    proxy.restore();
+    session.send(&video[150..210], &audio[250..350]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.stop().await;
+    let listed = session.done().await;
+    assert_eq!(std::fs::read_dir(spool.path()).map(|d| d.count()).unwrap_or(0), 0, "the spool is emptied once S3 took it");
+    for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
+        check_recording(url, "vp8", 210, 350, 7.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_started_by_a_task_leaves_its_rows_events_and_transcription_task() {
+    let real = services::RealServices::start().await;
+    let (postgres_url, prefix) = (real.postgres_url.clone(), real.topic_prefix.clone());
+    let server = TestServer::start_with(real.overrides(), Some(real)).await;
+    let room = "rec-task";
+    let token = server.token(room, "alice", &["publish", "subscribe", "record"]);
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let mut session = Session::publish(server.http, token, room, "video/VP8", Box::new(Vp8Payloader::default())).await;
+    let tasks = format!("{prefix}.tasks");
+    services::produce(&tasks, &json!({"task_id": "rec-start", "type": "start_recording", "meeting_id": room, "format": "mp4"}).to_string())
+        .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&postgres_url).await.expect("database");
+    let task_done = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let sql = "SELECT COUNT(*) FROM operation_logs WHERE resource_type = 'task' AND resource_id = $1";
+                let (count,): (i64,) = sqlx::query_as(sql).bind(id).fetch_one(&pool).await.expect("query");
+                if count > 0 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "task {id} not done");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    task_done("rec-start").await;
+    session.open(&video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..90], &audio[..150]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    services::produce(&tasks, &json!({"task_id": "rec-stop", "type": "stop_recording", "meeting_id": room}).to_string()).await;
+    recording_message(&mut session.signal, "finished").await;
+    let listed = session.done().await;
+    assert_eq!((listed["format"].as_str(), listed["hls_url"].as_str()), (Some("mp4"), None), "{listed}");
+    check_recording(listed["mp4_url"].as_str().expect("mp4 url"), "vp8", 90, 150, 3.0);
+
+    let id = session.recording_id.as_str();
+    let sql = "SELECT meeting_id, filename, file_path, format, CAST(status AS TEXT), CAST(duration AS TEXT), CAST(file_size > 0 AS TEXT),
+               CAST(room_id IS NOT NULL AS TEXT), CAST(ended_at IS NOT NULL AS TEXT) FROM meeting_recordings WHERE recording_id = $1";
+    let row: (String, String, String, String, String, String, String, String, String) =
+        sqlx::query_as(sql).bind(id).fetch_one(&pool).await.expect("meeting_recordings row");
+    let key = format!("recordings/{room}/{id}.mp4");
+    assert_eq!(
+        row,
+        (room.into(), format!("{id}.mp4"), key.clone(), "mp4".into(), "2".into(), "3".into(), "true".into(), "true".into(), "true".into())
+    );
+    let sql = "SELECT task_type, meeting_id, CAST(status AS TEXT) FROM ai_tasks WHERE recording_id = $1";
+    let ai: (String, String, String) = sqlx::query_as(sql).bind(id).fetch_one(&pool).await.expect("ai_tasks row");
+    assert_eq!(ai, ("transcription".into(), room.into(), "1".into()));
+
+    let events = services::consume(&format!("{prefix}.system_events"), |e| e["type"] == "recording.finished").await;
+    let started = events.iter().find(|e| e["type"] == "recording.started").expect("recording.started");
+    assert_eq!((started["recording_id"].as_str(), started["format"].as_str()), (Some(id), Some("mp4")));
+    let finished = events.last().expect("recording.finished");
+    assert_eq!((finished["recording_id"].as_str(), finished["mp4_key"].as_str()), (Some(id), Some(key.as_str())), "{finished}");
+    let tasks = services::consume(&tasks, |t| t["type"] == "transcription").await;
+    let transcription = tasks.last().expect("transcription task");
+    assert_eq!((transcription["recording_id"].as_str(), transcription["input"]["mp4_key"].as_str()), (Some(id), Some(key.as_str())));
 }

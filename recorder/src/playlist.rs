@@ -49,11 +49,6 @@ impl Playlist {
         &self.segments
     }
 
-    /// Total length, microseconds.
-    pub fn duration_micros(&self) -> i64 {
-        self.segments.iter().map(|s| s.duration_micros).sum()
-    }
-
     /// The playlist text. The target duration covers the longest segment, rounded as HLS
     /// rounds (a sender that ignores keyframe requests can make segments longer than the
     /// configured target).
@@ -99,7 +94,6 @@ mod tests {
         assert!(done.contains("#EXT-X-TARGETDURATION:10\n"), "covers the longest segment:\n{done}");
         assert!(done.contains("#EXT-X-MAP:URI=\"init.mp4\"\n"));
         assert!(done.ends_with("#EXT-X-ENDLIST\n"));
-        assert_eq!(playlist.duration_micros(), 21_333_333);
 
         match m3u8_rs::parse_playlist_res(done.as_bytes()) {
             Ok(m3u8_rs::Playlist::MediaPlaylist(parsed)) => {

@@ -93,6 +93,8 @@ pub struct Uploader {
     /// MP4 bytes not yet sent as a part.
     mp4_buffer: BytesMut,
     mp4_bytes: u64,
+    /// Length of the media segments so far.
+    duration_micros: i64,
     playlist: Playlist,
     pending: VecDeque<Pending>,
     /// Files spooled so far, to name the next one.
@@ -116,6 +118,7 @@ impl Uploader {
             mp4,
             mp4_buffer: BytesMut::new(),
             mp4_bytes: 0,
+            duration_micros: 0,
             playlist,
             pending: VecDeque::new(),
             spooled: 0,
@@ -148,6 +151,7 @@ impl Uploader {
             }
             Output::MediaSegment { index, data, duration_micros } => {
                 self.append_mp4(data);
+                self.duration_micros += duration_micros;
                 if self.target.hls {
                     let name = format!("segment-{index:05}.m4s");
                     self.pending.push_back(Pending::Put {
@@ -257,7 +261,7 @@ impl Uploader {
         }
         let summary = UploadSummary {
             mp4_bytes: if self.target.mp4 { self.mp4_bytes } else { 0 },
-            duration_micros: self.playlist.duration_micros(),
+            duration_micros: self.duration_micros,
             segments: self.playlist.segments().len() as u32,
         };
         self.note(&format!("recording finished: {} segments, {} ms", summary.segments, summary.duration_micros / 1000));

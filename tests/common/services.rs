@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Credentials of the test S3 server.
@@ -364,4 +369,46 @@ pub fn spawn_server(config: &std::path::Path, env: &[(&str, &str)], log: &std::p
         .stderr(file)
         .spawn()
         .expect("server process starts")
+}
+
+/// Reads `topic` from its start until `last` matches a message; returns the JSON messages
+/// with their key checked against `meeting_id`.
+pub async fn consume(topic: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    consume_from(&Broker::shared().brokers, topic, last).await
+}
+
+/// [`consume`] from the broker at `brokers`.
+pub async fn consume_from(brokers: &str, topic: &str, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let message = tokio::time::timeout_at(deadline, consumer.recv()).await.expect("messages in time").expect("message");
+        let value: Value = serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON message");
+        if let Some(meeting) = value["meeting_id"].as_str() {
+            assert_eq!(message.key(), Some(meeting.as_bytes()), "keyed by meeting id");
+        }
+        let done = last(&value);
+        out.push(value);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Produces one message to `topic` on the shared broker, keyed by its `meeting_id` (as the
+/// server keys its own), or `task`.
+pub async fn produce(topic: &str, payload: &str) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &Broker::shared().brokers).create().expect("producer");
+    let meeting = serde_json::from_str::<Value>(payload).ok().and_then(|v| v["meeting_id"].as_str().map(str::to_owned));
+    let key = meeting.unwrap_or_else(|| "task".to_owned());
+    let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).payload(payload).key(&key);
+    producer.send(record, Duration::from_secs(10)).await.expect("task produced");
 }
