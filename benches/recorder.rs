@@ -52,13 +52,15 @@ fn packets(payloader: &mut dyn Payloader, frames: &[Bytes], frame_interval: Dura
 
 /// `seconds` of one participant's media in arrival order: (arrival offset, track, packet).
 fn media(seconds: u32) -> Vec<(Duration, usize, RtpPacket)> {
-    let video: Vec<Bytes> = (0..seconds * FPS).map(|i| vp8_frame(i % 60 == 0, if i % 60 == 0 { KEYFRAME_BYTES } else { VIDEO_FRAME_BYTES })).collect();
+    let video: Vec<Bytes> =
+        (0..seconds * FPS).map(|i| vp8_frame(i % 60 == 0, if i % 60 == 0 { KEYFRAME_BYTES } else { VIDEO_FRAME_BYTES })).collect();
     let audio: Vec<Bytes> = (0..seconds * 50).map(|i| Bytes::from(vec![0xfc ^ (i as u8 & 1); OPUS_PACKET_BYTES])).collect();
-    let mut all: Vec<(Duration, usize, RtpPacket)> = packets(&mut Vp8Payloader::default(), &video, Duration::from_secs(1) / FPS, 90_000 / FPS)
-        .into_iter()
-        .map(|(at, p)| (at, 0, p))
-        .chain(packets(&mut OpusPayloader, &audio, Duration::from_millis(20), 960).into_iter().map(|(at, p)| (at, 1, p)))
-        .collect();
+    let mut all: Vec<(Duration, usize, RtpPacket)> =
+        packets(&mut Vp8Payloader::default(), &video, Duration::from_secs(1) / FPS, 90_000 / FPS)
+            .into_iter()
+            .map(|(at, p)| (at, 0, p))
+            .chain(packets(&mut OpusPayloader, &audio, Duration::from_millis(20), 960).into_iter().map(|(at, p)| (at, 1, p)))
+            .collect();
     all.sort_by_key(|(at, _, _)| *at);
     all
 }

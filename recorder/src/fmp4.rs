@@ -12,6 +12,7 @@
 use std::num::NonZeroU32;
 
 use bytes::Bytes;
+use shiguredo_mp4::bitstream::av1::{build_av01_box_from_config_obus, parse_obus, Av1ObuParseContext, Av1ObuType, Av1SampleEntryConfig};
 use shiguredo_mp4::bitstream::h264::{annexb_to_length_prefixed, build_avc1_box_from_annexb, H264SampleEntryConfig, LengthSize};
 use shiguredo_mp4::bitstream::opus::{build_opus_box, ChannelCount, OpusSampleEntryConfig};
 use shiguredo_mp4::bitstream::vp8::{build_vp08_box, parse_frame_header, Vp8SampleEntryConfig};
@@ -143,16 +144,33 @@ fn sample_entry(codec: Codec, frame: &Frame) -> Result<SampleEntry, Fmp4Error> {
             };
             build_vp09_box(&header, &config).map(SampleEntry::Vp09).map_err(|e| failed(e.to_string()))
         }
-        Codec::Av1 => Err(Fmp4Error::UnsupportedCodec(codec)),
+        Codec::Av1 => {
+            // av1C carries the sequence header OBU of the first keyframe.
+            let obus = parse_obus(&frame.data, Av1ObuParseContext::Sample).map_err(|e| failed(e.to_string()))?;
+            let sequence = obus
+                .iter()
+                .find(|obu| matches!(obu.obu_type, Av1ObuType::SequenceHeader))
+                .ok_or_else(|| failed("the first frame has no sequence header".into()))?;
+            let config = Av1SampleEntryConfig { initial_presentation_delay_minus_one: None };
+            build_av01_box_from_config_obus(sequence.obu, &config).map(SampleEntry::Av01).map_err(|e| failed(e.to_string()))
+        }
     }
 }
 
-/// The sample bytes MP4 stores: H.264 as length-prefixed NAL units.
+/// The sample bytes MP4 stores: H.264 as length-prefixed NAL units, AV1 as its OBUs without
+/// temporal delimiters (the depacketizer already drops them; an encoder's stream has them).
 fn sample_data(codec: Codec, frame: &Frame) -> Result<Bytes, Fmp4Error> {
+    let failed = |e: shiguredo_mp4::Error| Fmp4Error::SampleEntry { codec, reason: e.to_string() };
     match codec {
-        Codec::H264 => annexb_to_length_prefixed(&frame.data, LengthSize::FourBytes)
-            .map(Bytes::from)
-            .map_err(|e| Fmp4Error::SampleEntry { codec, reason: e.to_string() }),
+        Codec::H264 => annexb_to_length_prefixed(&frame.data, LengthSize::FourBytes).map(Bytes::from).map_err(failed),
+        Codec::Av1 => {
+            let obus = parse_obus(&frame.data, Av1ObuParseContext::Sample).map_err(failed)?;
+            if obus.iter().all(|obu| !matches!(obu.obu_type, Av1ObuType::TemporalDelimiter)) {
+                return Ok(frame.data.clone());
+            }
+            let kept = obus.iter().filter(|obu| !matches!(obu.obu_type, Av1ObuType::TemporalDelimiter));
+            Ok(Bytes::from(kept.flat_map(|obu| obu.obu.iter().copied()).collect::<Vec<u8>>()))
+        }
         _ => Ok(frame.data.clone()),
     }
 }
@@ -160,9 +178,6 @@ fn sample_data(codec: Codec, frame: &Frame) -> Result<Bytes, Fmp4Error> {
 impl Fmp4Writer {
     /// A writer for these tracks (one audio and/or one video codec).
     pub fn new(codecs: &[Codec]) -> Result<Self, Fmp4Error> {
-        if let Some(codec) = codecs.iter().find(|c| matches!(c, Codec::Av1)) {
-            return Err(Fmp4Error::UnsupportedCodec(*codec));
-        }
         let muxer = Fmp4SegmentMuxer::new().map_err(|e| Fmp4Error::Mux(e.to_string()))?;
         Ok(Self { muxer, tracks: codecs.iter().map(|c| Track::new(*c)).collect(), ready: Vec::new(), init: None })
     }
@@ -342,7 +357,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("switchboard-{encoder}-{}.ivf", std::process::id()));
         let status = std::process::Command::new("ffmpeg")
             .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-frames:v", "30", "-pix_fmt", "yuv420p"])
-            .args(["-c:v", encoder, "-g", "15", "-f", "ivf"])
+            .args(["-c:v", encoder, "-cpu-used", "8", "-g", "15", "-f", "ivf"])
             .arg(&path)
             .status()
             .expect("ffmpeg runs");
@@ -359,6 +374,15 @@ mod tests {
         frames
     }
 
+    fn without_temporal_delimiter(codec: Codec, frame: Bytes) -> Bytes {
+        // A temporal delimiter OBU with its size field: header 0x12, size 0.
+        if codec == Codec::Av1 && frame.starts_with(&[0x12, 0x00]) {
+            frame.slice(2..)
+        } else {
+            frame
+        }
+    }
+
     /// Decodes a file completely; returns ffmpeg's complaints.
     fn decode_errors(path: &std::path::Path) -> String {
         let output = std::process::Command::new("ffmpeg")
@@ -371,9 +395,12 @@ mod tests {
     }
 
     #[test]
-    fn real_vp8_and_vp9_streams_decode_without_errors() {
-        for (codec, encoder, name) in [(Codec::Vp8, "libvpx", "vp8"), (Codec::Vp9, "libvpx-vp9", "vp9")] {
-            let frames = encoded_ivf_frames(encoder);
+    fn real_vp8_vp9_and_av1_streams_decode_without_errors() {
+        let encoders = [(Codec::Vp8, "libvpx", "vp8"), (Codec::Vp9, "libvpx-vp9", "vp9"), (Codec::Av1, "libaom-av1", "av1")];
+        for (codec, encoder, name) in encoders {
+            // The depacketizer hands AV1 on without temporal delimiters; the encoder's IVF
+            // temporal units start with one.
+            let frames: Vec<Bytes> = encoded_ivf_frames(encoder).into_iter().map(|f| without_temporal_delimiter(codec, f)).collect();
             assert_eq!(frames.len(), 30);
             let mut writer = Fmp4Writer::new(&[codec]).expect("writer");
             let mut file = Vec::new();
@@ -445,11 +472,10 @@ mod tests {
     }
 
     #[test]
-    fn video_must_start_on_a_keyframe_and_av1_is_refused() {
+    fn video_must_start_on_a_keyframe() {
         let mut writer = Fmp4Writer::new(&[Codec::Vp8]).expect("writer");
         let inter = Frame { timestamp: 0, data: vp8(false, 500), keyframe: false };
         assert!(matches!(writer.push(Codec::Vp8, 0, &inter), Err(Fmp4Error::SampleEntry { .. })));
-        assert!(matches!(Fmp4Writer::new(&[Codec::Av1]), Err(Fmp4Error::UnsupportedCodec(Codec::Av1))));
         assert_eq!(writer.fragment().expect("nothing to write"), None);
     }
 }

@@ -384,7 +384,7 @@ impl RoomTask {
             active.note(format!("track {} {:?} {}", track.id, track.kind, track.codec.mime_type));
         }
         for track in skipped {
-            active.note(format!("track {track} not recorded: one audio and one video track per file, codecs Opus, VP8, VP9, H.264"));
+            active.note(format!("track {track} not recorded: one audio and one video track per file, codecs Opus, VP8, VP9, H.264, AV1"));
         }
         info!(recording = %info.recording_id, participant = %publisher, tracks = info.tracks.len(), "recording started");
         self.observer.started(&info);
