@@ -76,8 +76,7 @@ async fn start(State(state): State<Arc<AppState>>, Path(room): Path<String>, hea
             Err(err) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()).into_response(),
         }
     };
-    let ctx = &state.signaling;
-    match ctx.recordings.start(&ctx.sfu, &room, body.format.as_deref(), body.identity.as_deref()).await {
+    match state.signaling.recordings.start(&room, body.format.as_deref(), body.identity.as_deref()).await {
         Ok(recordings) => (StatusCode::CREATED, Json(json!({ "meeting_id": room, "recordings": recordings }))).into_response(),
         Err(err) => refused(err),
     }

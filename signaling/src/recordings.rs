@@ -17,7 +17,7 @@ use recorder::room::{RecordingInfo, RecordingObserver, RoomRecorder, RoomRecorde
 use recorder::upload::UploadSummary;
 use serde::Serialize;
 use serde_json::json;
-use sfu::{ParticipantId, RoomId, Sfu, SfuError};
+use sfu::{ParticipantId, RoomId, SfuError};
 use tracing::{info, warn};
 
 use crate::bookkeeping::{new_id, unix_ms};
@@ -143,7 +143,6 @@ impl Recordings {
     /// start as participants publish.
     pub async fn start(
         &self,
-        sfu: &Sfu,
         meeting_id: &str,
         format: Option<&str>,
         identity: Option<&str>,
@@ -169,7 +168,7 @@ impl Recordings {
         if self.lock().get(meeting_id).is_some_and(|r| !r.recorder.is_finished()) {
             return Err(RecordingError::AlreadyRecording(meeting_id.to_owned()));
         }
-        let tap = sfu.tap(RoomId::new(meeting_id), self.config.queue_packets).await?;
+        let tap = context.sfu.tap(RoomId::new(meeting_id), self.config.queue_packets).await?;
         let settings = RoomRecorderSettings {
             meeting_id: meeting_id.to_owned(),
             mp4: formats.mp4,
@@ -222,9 +221,9 @@ impl Recordings {
     }
 
     /// A room opened: recorded at once if auto-record names it.
-    pub async fn room_opened(&self, sfu: &Sfu, meeting_id: &str) {
+    pub async fn room_opened(&self, meeting_id: &str) {
         if self.config.auto_record.iter().any(|room| room == "*" || room == meeting_id) {
-            if let Err(err) = self.start(sfu, meeting_id, None, None).await {
+            if let Err(err) = self.start(meeting_id, None, None).await {
                 warn!(meeting = meeting_id, %err, "auto-record did not start");
             }
         }

@@ -533,7 +533,7 @@ impl Session {
         let join_payload = serde_json::json!({ "participant_id": me.participant_id, "name": me.name, "grants": claims.grants });
         self.ctx.books.joined(&seat, admitted.opened, admitted.others.len() + 1, join_payload);
         if admitted.opened {
-            self.ctx.recordings.room_opened(&self.ctx.sfu, &claims.room).await;
+            self.ctx.recordings.room_opened(&claims.room).await;
         }
         self.joined = Some(Joined {
             room: claims.room.clone(),
@@ -662,7 +662,7 @@ impl Session {
             return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant record")).await;
         }
         let room = joined.room.clone();
-        match self.ctx.recordings.start(&self.ctx.sfu, &room, format.as_deref(), identity.as_deref()).await {
+        match self.ctx.recordings.start(&room, format.as_deref(), identity.as_deref()).await {
             Ok(recordings) => self.send(ServerMessage::RecordingStarted { id, recordings }).await,
             Err(err) => self.send(ServerMessage::error(id, recording_error_code(&err), err.to_string())).await,
         }

@@ -138,7 +138,7 @@ impl Command {
                 reached => Ok(reached),
             },
             Self::StartRecording { meeting_id, format, identity } => {
-                match ctx.recordings.start(&ctx.sfu, meeting_id, format.as_deref(), identity.as_deref()).await {
+                match ctx.recordings.start(meeting_id, format.as_deref(), identity.as_deref()).await {
                     Ok(started) => Ok(started.len()),
                     // Already in the state asked for.
                     Err(RecordingError::AlreadyRecording(_)) => Ok(0),
