@@ -530,3 +530,39 @@ async fn a_recording_started_by_a_task_leaves_its_rows_events_and_transcription_
     let transcription = tasks.last().expect("transcription task");
     assert_eq!((transcription["recording_id"].as_str(), transcription["input"]["mp4_key"].as_str()), (Some(id), Some(key.as_str())));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_record_and_signaling_control_with_the_record_grant() {
+    let server = TestServer::start(&[("SWITCHBOARD__RECORDING__AUTO_RECORD", "[rec-auto]")]).await;
+    // A room named by auto_record is recorded as soon as it opens.
+    let token = server.token("rec-auto", "alice", &["publish", "subscribe", "record"]);
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let mut session = Session::publish(server.http, token, "rec-auto", "video/VP8", Box::new(Vp8Payloader::default())).await;
+    session.open(&video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..60], &audio[..100]).await;
+
+    // Over signaling: the record grant is needed; a second start is refused; stop by id.
+    let (mut viewer, _) = server.joined("rec-auto", "bob", &["subscribe"]).await;
+    let refused = viewer.request(json!({"type": "start_recording"})).await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("forbidden")), "{refused}");
+    let again = session.signal.request(json!({"type": "start_recording", "format": "hls"})).await;
+    assert_eq!(again["code"], "already_recording", "{again}");
+    let unknown = session.signal.request(json!({"type": "stop_recording", "recording_id": "RC_nope"})).await;
+    assert_eq!(unknown["code"], "not_recording", "{unknown}");
+    let bad = session.signal.request(json!({"type": "start_recording", "format": "avi"})).await;
+    assert_eq!(bad["code"], "invalid_message", "{bad}");
+    let stopped = session.signal.request(json!({"type": "stop_recording", "recording_id": session.recording_id})).await;
+    assert_eq!(stopped["type"], "ack", "{stopped}");
+    recording_message(&mut viewer, "finished").await;
+    let listed = session.done().await;
+    check_recording(listed["mp4_url"].as_str().expect("mp4 url"), "vp8", 60, 100, 2.0);
+
+    // Stopping the room's recording, then starting it again over signaling: the publisher's
+    // tracks are there already, so its recording starts at once.
+    assert_eq!(session.signal.request(json!({"type": "stop_recording"})).await["type"], "ack");
+    let started = session.signal.request(json!({"type": "start_recording", "format": "mp4"})).await;
+    assert_eq!(started["type"], "recording_started", "{started}");
+    let recordings = started["recordings"].as_array().expect("recordings");
+    assert_eq!(recordings.len(), 1, "{started}");
+    assert_eq!((recordings[0]["identity"].as_str(), recordings[0]["format"].as_str()), (Some("alice"), Some("mp4")));
+}
