@@ -73,7 +73,7 @@ fn record(media: &[(Duration, usize, RtpPacket)], epoch: Instant) -> usize {
         while let Some(output) = recording.next_output() {
             written += match output {
                 Output::InitSegment(data) | Output::MediaSegment { data, .. } => data.len(),
-                Output::KeyframeRequest { .. } => 0,
+                Output::KeyframeRequest { .. } | Output::Gap { .. } => 0,
             };
         }
     };

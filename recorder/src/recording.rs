@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::assembler::{Assembled, Codec, FrameAssembler};
 use crate::clock::{ntp_now_micros, SenderClock, WallMicros};
 use crate::fmp4::{Fmp4Error, Fmp4Writer};
-use crate::jitter::{JitterBuffer, RtpPacket};
+use crate::jitter::{JitterBuffer, Released, RtpPacket};
 use crate::segmenter::{Cut, Segmenter};
 
 /// Settings of a recording.
@@ -51,6 +51,13 @@ pub enum Output {
     KeyframeRequest {
         /// Index of the track (as passed to [`Recording::new`]).
         track: usize,
+    },
+    /// Packets of track `track` never arrived (for the recording's log).
+    Gap {
+        /// Index of the track.
+        track: usize,
+        /// How many packets.
+        packets: u64,
     },
     /// The initialization segment (`ftyp` + `moov`); comes before the first media segment.
     InitSegment(Bytes),
@@ -159,6 +166,9 @@ impl Recording {
         loop {
             let input = &mut self.tracks[track];
             let Some(released) = input.jitter.pop(now) else { return Ok(()) };
+            if let Released::Lost { count } = released {
+                self.outputs.push_back(Output::Gap { track, packets: count });
+            }
             input.assembler.push(released, &mut self.assembled);
             for assembled in std::mem::take(&mut self.assembled) {
                 match assembled {
@@ -287,6 +297,7 @@ mod tests {
                         assert_eq!(track, 0);
                         requests += 1;
                     }
+                    Output::Gap { .. } => {}
                     other => outputs.push(other),
                 }
             }
@@ -377,7 +388,7 @@ mod tests {
         while let Some(output) = recording.next_output() {
             match output {
                 Output::InitSegment(data) | Output::MediaSegment { data, .. } => file.extend_from_slice(&data),
-                Output::KeyframeRequest { .. } => {}
+                Output::KeyframeRequest { .. } | Output::Gap { .. } => {}
             }
         }
         let path = std::env::temp_dir().join(format!("switchboard-arrival-{}.mp4", std::process::id()));

@@ -138,10 +138,11 @@ impl Uploader {
         keys::recording_part(&self.target.meeting_id, &self.target.recording_id, name)
     }
 
-    /// Stores what the recording produced. Keyframe requests are only logged.
+    /// Stores what the recording produced. Keyframe requests and gaps are only logged.
     pub async fn handle(&mut self, output: &Output) -> Result<(), ObjectError> {
         match output {
             Output::KeyframeRequest { track } => self.note(&format!("keyframe requested on track {track}")),
+            Output::Gap { track, packets } => self.note(&format!("gap on track {track}: {packets} packets lost")),
             Output::InitSegment(init) => {
                 self.append_mp4(init);
                 if self.target.hls {
