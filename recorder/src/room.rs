@@ -169,6 +169,8 @@ struct RoomTask {
     /// Publishers whose recording starts at the instant given.
     settling: HashMap<ParticipantId, Instant>,
     active: HashMap<ParticipantId, Active>,
+    /// The publisher of each track being recorded.
+    routes: HashMap<TrackId, ParticipantId>,
     /// Publishers not to record (stopped one by one, or past the length limit).
     excluded: HashSet<ParticipantId>,
     uploads: Vec<JoinHandle<()>>,
@@ -193,6 +195,7 @@ impl RoomTask {
             tracks: HashMap::new(),
             settling: HashMap::new(),
             active: HashMap::new(),
+            routes: HashMap::new(),
             excluded: HashSet::new(),
             uploads: Vec::new(),
             initial: Some(initial),
@@ -237,7 +240,7 @@ impl RoomTask {
     fn on_event(&mut self, tap: &RoomTap, event: TapEvent) {
         match event {
             TapEvent::Rtp { track, at, packet } => {
-                let Some(active) = self.active.values_mut().find(|a| a.index(&track).is_some()) else { return };
+                let Some(active) = self.routes.get(&track).and_then(|publisher| self.active.get_mut(publisher)) else { return };
                 let Some(index) = active.index(&track) else { return };
                 // One stream per track: the first seen (a simulcast track sends several).
                 let ssrc = active.tracks[index].1.get_or_insert(packet.ssrc);
@@ -251,7 +254,7 @@ impl RoomTask {
                 self.after_input(tap, &publisher, result);
             }
             TapEvent::SenderReport { track, ssrc, ntp_time, rtp_time } => {
-                if let Some(active) = self.active.values_mut().find(|a| a.index(&track).is_some()) {
+                if let Some(active) = self.routes.get(&track).and_then(|publisher| self.active.get_mut(publisher)) {
                     if let Some(index) = active.index(&track).filter(|&i| active.tracks[i].1.is_none_or(|s| s == ssrc)) {
                         active.recording.on_sender_report(index, ntp_time, rtp_time);
                     }
@@ -394,7 +397,19 @@ impl RoomTask {
         for track in info.tracks.iter().filter(|t| t.kind == MediaKind::Video) {
             tap.request_keyframe(&track.id);
         }
+        for (track, _) in &active.tracks {
+            self.routes.insert(track.clone(), publisher.clone());
+        }
         self.active.insert(publisher.clone(), active);
+    }
+
+    /// Takes a publisher's recording out of the running ones.
+    fn take_active(&mut self, publisher: &ParticipantId) -> Option<Active> {
+        let active = self.active.remove(publisher)?;
+        for (track, _) in &active.tracks {
+            self.routes.remove(track);
+        }
+        Some(active)
     }
 
     /// Passes the recording's outputs on, or fails it.
@@ -403,7 +418,7 @@ impl RoomTask {
         if let Err(err) = result {
             warn!(recording = %active.info.recording_id, %err, "recording failed");
             let _ = active.uploads.send(Upload::Failed(err.to_string()));
-            self.active.remove(publisher);
+            self.take_active(publisher);
             self.excluded.insert(publisher.clone());
             return;
         }
@@ -412,7 +427,7 @@ impl RoomTask {
 
     /// Ends a publisher's recording: the last segment is written and its uploads finish.
     fn finish(&mut self, tap: &RoomTap, publisher: &ParticipantId, why: &str) {
-        let Some(mut active) = self.active.remove(publisher) else { return };
+        let Some(mut active) = self.take_active(publisher) else { return };
         debug!(recording = %active.info.recording_id, why, "recording ends");
         active.note(format!("stop: {why}"));
         match active.recording.finish() {
