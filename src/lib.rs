@@ -118,6 +118,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         books,
         recordings: Recordings::new(recording, objects, context.clone()),
     });
+    context.recordings.recover_crashed();
     if let Some(kafka) = &backends.kafka {
         let consumer = backends::events::tasks::TaskConsumer::new(
             kafka,

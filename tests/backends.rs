@@ -595,6 +595,10 @@ async fn exercise_object_store(store: &dyn recorder::objects::ObjectStore) {
     let first: Vec<u8> = (0..recorder::objects::MIN_PART_BYTES).map(|i| (i % 251) as u8).collect();
     let mut upload = store.start_upload(&big, "video/mp4").await.expect("upload starts");
     upload.put_part(bytes::Bytes::from(first.clone())).await.expect("part 1");
+    // Taken up again by its id (as after a restart), with the part it has.
+    let id = upload.id().to_owned();
+    drop(upload);
+    let mut upload = store.resume_upload(&big, &id).await.expect("upload taken up again");
     upload.put_part(bytes::Bytes::from_static(b"tail")).await.expect("part 2");
     assert!(matches!(store.get(&big).await, Err(ObjectError::NotFound(_))), "not visible before completion");
     assert_eq!(upload.complete().await.expect("complete"), first.len() as u64 + 4);

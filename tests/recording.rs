@@ -375,38 +375,88 @@ async fn a_recording_ends_at_its_length_limit() {
     }
 }
 
+/// A server process on the embedded backends, its database, objects and spool in `dir`.
+struct Node {
+    dir: services::TempDir,
+    port: u16,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self { dir: services::TempDir::new(), port: services::free_port() }
+    }
+
+    fn http(&self) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().expect("address")
+    }
+
+    fn database(&self) -> std::path::PathBuf {
+        self.dir.path().join("switchboard.db")
+    }
+
+    /// Starts the process (logging to `<name>.log`) with `extra` settings; returns once it
+    /// listens.
+    fn spawn(&self, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
+        let config = self.dir.path().join("config.yaml");
+        std::fs::write(&config, sb_config::DEFAULT_YAML).expect("config written");
+        let env = [
+            ("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{}", self.port)),
+            ("SWITCHBOARD__MEDIA__PORT_BASE", "0".to_owned()),
+            ("SWITCHBOARD__MEDIA__WORKERS", "1".to_owned()),
+            ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS", "[127.0.0.1]".to_owned()),
+            ("SWITCHBOARD__DATABASE__URL", format!("sqlite://{}?mode=rwc", self.database().display())),
+            ("SWITCHBOARD__OBJECTS__LOCAL_DIR", self.dir.path().join("objects").display().to_string()),
+            ("SWITCHBOARD__RECORDING__SPOOL_DIR", self.dir.path().join("spool").display().to_string()),
+        ];
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(extra);
+        let process = services::spawn_server(&config, &env, &self.dir.path().join(format!("{name}.log")));
+        services::wait_listening(self.port, "switchboard");
+        process
+    }
+
+    /// Alice, publishing VP8 + Opus in `room`, recorded through the API.
+    async fn recorded_session(&self, room: &str, opener: &Bytes) -> Session {
+        let authority = signaling::auth::TokenAuthority::new(
+            [("dev".to_owned(), sb_config::DEVELOPMENT_SECRET.to_owned())].into_iter().collect(),
+            "dev".to_owned(),
+        );
+        let grants = signaling::auth::Grants::from_names(["publish", "subscribe", "record"]).expect("grants");
+        let token = authority.issue(room, "alice", None, grants, 600).expect("token");
+        let mut session = Session::publish(self.http(), token, room, "video/VP8", Box::new(Vp8Payloader::default())).await;
+        session.record_via_api().await;
+        session.open(opener).await;
+        session
+    }
+
+    /// The status of a recording's row, once it is `wanted` (waits up to 30 s).
+    async fn row_status(&self, recording_id: &str, wanted: i64) -> i64 {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}", self.database().display());
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("the node's database");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sql = "SELECT CAST(status AS BIGINT) FROM meeting_recordings WHERE recording_id = $1";
+            let status: Option<(i64,)> = sqlx::query_as(sql).bind(recording_id).fetch_optional(&pool).await.expect("query");
+            let status = status.map_or(0, |(s,)| s);
+            if status == wanted || Instant::now() >= deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn object(&self, key: &str) -> std::path::PathBuf {
+        self.dir.path().join("objects").join(key)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_open_recordings_before_the_process_exits() {
-    let dir = services::TempDir::new();
-    let port = services::free_port();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, sb_config::DEFAULT_YAML).expect("config written");
-    let database = dir.path().join("switchboard.db");
-    let env = [
-        ("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{port}")),
-        ("SWITCHBOARD__MEDIA__PORT_BASE", "0".to_owned()),
-        ("SWITCHBOARD__MEDIA__WORKERS", "1".to_owned()),
-        ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS", "[127.0.0.1]".to_owned()),
-        ("SWITCHBOARD__DATABASE__URL", format!("sqlite://{}?mode=rwc", database.display())),
-        ("SWITCHBOARD__OBJECTS__LOCAL_DIR", dir.path().join("objects").display().to_string()),
-        ("SWITCHBOARD__RECORDING__SPOOL_DIR", dir.path().join("spool").display().to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let log = dir.path().join("server.log");
-    let mut process = services::spawn_server(&config, &env, &log);
-    services::wait_listening(port, "switchboard");
-
-    let authority = signaling::auth::TokenAuthority::new(
-        [("dev".to_owned(), sb_config::DEVELOPMENT_SECRET.to_owned())].into_iter().collect(),
-        "dev".to_owned(),
-    );
-    let grants = signaling::auth::Grants::from_names(["publish", "subscribe", "record"]).expect("grants");
-    let token = authority.issue("rec-term", "alice", None, grants, 600).expect("token");
-    let http = format!("127.0.0.1:{port}").parse().expect("address");
+    let node = Node::new();
+    let mut process = node.spawn("server", &[]);
     let (video, audio) = (vp8_frames(), opus_frames());
-    let mut session = Session::publish(http, token, "rec-term", "video/VP8", Box::new(Vp8Payloader::default())).await;
-    session.record_via_api().await;
-    session.open(&video[VIDEO_FRAMES - 1]).await;
+    let mut session = node.recorded_session("rec-term", &video[VIDEO_FRAMES - 1]).await;
     session.send(&video[..90], &audio[..150]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -414,23 +464,47 @@ async fn sigterm_finishes_open_recordings_before_the_process_exits() {
     let pid = process.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
     let status = tokio::task::spawn_blocking(move || process.wait()).await.expect("wait").expect("exit status");
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = std::fs::read_to_string(node.dir.path().join("server.log")).unwrap_or_default();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}\n{logged}");
-
-    let mp4 = dir.path().join(format!("objects/recordings/rec-term/{}.mp4", session.recording_id));
+    let mp4 = node.object(&format!("recordings/rec-term/{}.mp4", session.recording_id));
     check_recording(&mp4.display().to_string(), "vp8", 90, 150, 3.0);
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("sqlite://{}", database.display()))
-        .await
-        .expect("the node's database");
-    let (status,): (i64,) = sqlx::query_as("SELECT CAST(status AS BIGINT) FROM meeting_recordings WHERE recording_id = $1")
-        .bind(&session.recording_id)
-        .fetch_one(&pool)
-        .await
-        .expect("the recording's row");
-    assert_eq!(status, 2, "recorded as done before the exit");
+    // The process is gone: the row it wrote before exiting is all there is.
+    assert_eq!(node.row_status(&session.recording_id, 2).await, 2, "recorded as done before the exit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_cut_by_a_crash_is_finished_when_the_node_restarts() {
+    let node = Node::new();
+    // Segments of 1 s are cut at each keyframe (every 2 s of this stream).
+    let settings = [("SWITCHBOARD__RECORDING__SEGMENT_SECS", "1")];
+    let mut process = node.spawn("first", &settings);
+    let (video, audio) = (vp8_frames(), opus_frames());
+    let mut session = node.recorded_session("rec-crash", &video[VIDEO_FRAMES - 1]).await;
+    session.send(&video[..150], &audio[..250]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // kill -9: no chance to finish anything.
+    process.kill().expect("killed");
+    let _ = process.wait();
+    let mp4 = node.object(&format!("recordings/rec-crash/{}.mp4", session.recording_id));
+    assert!(!mp4.exists(), "no MP4 before the restart");
+    assert_eq!(node.row_status(&session.recording_id, 1).await, 1, "still recording in the database");
+
+    // The restarted node completes the MP4 up to the last segment cut before the crash.
+    let mut restarted = node.spawn("second", &settings);
+    assert_eq!(node.row_status(&session.recording_id, 2).await, 2, "recorded as done after the recovery");
+    let probe = ffprobe(&mp4.display().to_string());
+    let frames = |kind: &str| -> usize {
+        let stream = probe["streams"].as_array().and_then(|s| s.iter().find(|s| s["codec_type"] == kind)).cloned().unwrap_or_default();
+        stream["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(frames("video"), 120, "the two segments cut before the crash (4 s): {probe}");
+    assert!((195..=205).contains(&frames("audio")), "their audio: {probe}");
+    assert_eq!(decode_errors(&mp4.display().to_string()), "", "the recovered file decodes without errors");
+    let playlist =
+        std::fs::read_to_string(node.object(&format!("recordings/rec-crash/{}/index.m3u8", session.recording_id))).expect("playlist");
+    assert!(playlist.ends_with("#EXT-X-ENDLIST\n"), "the playlist is closed: {playlist}");
+    let _ = restarted.kill();
+    let _ = restarted.wait();
 }
 
 #[tokio::test(flavor = "multi_thread")]

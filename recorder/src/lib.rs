@@ -4,7 +4,8 @@
 //! from RTCP sender reports for audio/video sync, the [`segmenter`] that cuts HLS segments on
 //! keyframes, the fragmented MP4 writer ([`fmp4`]), the HLS [`playlist`], and one
 //! participant's whole pipeline from RTP to segments ([`recording`]); the [`objects`] store
-//! recordings are written through by the [`upload`]er; and the [`room`] recorder that taps a
+//! recordings are written through by the [`upload`]er (whose crash record lets [`resume`]
+//! finish a recording after a crash); and the [`room`] recorder that taps a
 //! room's media in the SFU and records each publishing participant.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod jitter;
 pub mod objects;
 pub mod playlist;
 pub mod recording;
+pub mod resume;
 pub mod room;
 pub mod segmenter;
 pub mod upload;

@@ -44,6 +44,10 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, ObjectError>;
     /// Starts a multipart upload: for objects written as they grow (recordings).
     async fn start_upload(&self, key: &str, content_type: &str) -> Result<Box<dyn MultipartUpload>, ObjectError>;
+    /// Takes up an upload started earlier (by a process that is gone), with the parts it
+    /// stored, by the [`MultipartUpload::id`] it had. `NotFound` when the store no longer
+    /// has it.
+    async fn resume_upload(&self, key: &str, id: &str) -> Result<Box<dyn MultipartUpload>, ObjectError>;
     /// A URL that downloads the object without credentials until `expiry` has passed.
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<String, ObjectError>;
 }
@@ -51,6 +55,8 @@ pub trait ObjectStore: Send + Sync {
 /// An upload in parts; nothing is visible under its key until [`MultipartUpload::complete`].
 #[async_trait]
 pub trait MultipartUpload: Send {
+    /// The upload's id in the store, to take it up again after a restart.
+    fn id(&self) -> &str;
     /// Appends a part. Every part but the last must be at least [`MIN_PART_BYTES`] for S3.
     async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError>;
     /// Assembles the parts into the object; returns its size. After a failure (the store

@@ -369,6 +369,7 @@ impl RoomTask {
         let target = UploadTarget {
             meeting_id: info.meeting_id.clone(),
             recording_id: info.recording_id.clone(),
+            participant_id: info.participant.to_string(),
             mp4: info.mp4,
             hls: info.hls,
             part_bytes: self.settings.part_bytes,

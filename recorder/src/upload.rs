@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use crate::objects::{keys, MultipartUpload, ObjectError, ObjectStore};
 use crate::playlist::Playlist;
 use crate::recording::Output;
+use crate::resume::{CrashRecord, Manifest};
 
 /// What a recording produces and where.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct UploadTarget {
     pub meeting_id: String,
     /// The recording.
     pub recording_id: String,
+    /// The recorded participant (for the crash record).
+    pub participant_id: String,
     /// Write the MP4 file.
     pub mp4: bool,
     /// Write HLS.
@@ -33,7 +36,8 @@ pub struct UploadTarget {
     pub part_bytes: usize,
     /// HLS target segment duration, seconds.
     pub segment_secs: u64,
-    /// Folder for what waits while the store is unreachable; `None`: memory.
+    /// Folder for what waits while the store is unreachable and for the crash record
+    /// ([`crate::resume`]); `None`: memory only, nothing survives a crash.
     pub spool_dir: Option<PathBuf>,
 }
 
@@ -100,6 +104,8 @@ pub struct Uploader {
     /// Files spooled so far, to name the next one.
     spooled: u64,
     log: String,
+    /// What lets the recording be finished after a crash (with a spool folder).
+    crash: Option<CrashRecord>,
 }
 
 impl Uploader {
@@ -112,6 +118,26 @@ impl Uploader {
             None
         };
         let playlist = Playlist::new("init.mp4", target.segment_secs);
+        let crash = match &target.spool_dir {
+            Some(dir) => {
+                let manifest = Manifest {
+                    meeting_id: target.meeting_id.clone(),
+                    recording_id: target.recording_id.clone(),
+                    participant_id: target.participant_id.clone(),
+                    upload_id: mp4.as_ref().map(|upload| upload.id().to_owned()),
+                    hls: target.hls,
+                    duration_micros: 0,
+                };
+                match CrashRecord::create(dir, manifest).await {
+                    Ok(record) => Some(record),
+                    Err(err) => {
+                        tracing::warn!(recording = %target.recording_id, %err, "no crash record: a crash would lose the MP4");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let mut uploader = Self {
             store,
             target,
@@ -123,6 +149,7 @@ impl Uploader {
             pending: VecDeque::new(),
             spooled: 0,
             log: String::new(),
+            crash,
         };
         uploader.note("recording started");
         Ok(uploader)
@@ -144,15 +171,18 @@ impl Uploader {
             Output::KeyframeRequest { track } => self.note(&format!("keyframe requested on track {track}")),
             Output::Gap { track, packets } => self.note(&format!("gap on track {track}: {packets} packets lost")),
             Output::InitSegment(init) => {
-                self.append_mp4(init);
+                self.append_mp4(init).await;
                 if self.target.hls {
                     let key = self.hls_key("init.mp4");
                     self.pending.push_back(Pending::Put { key, body: Body::Memory(init.clone()), content_type: "video/mp4" });
                 }
             }
             Output::MediaSegment { index, data, duration_micros } => {
-                self.append_mp4(data);
+                self.append_mp4(data).await;
                 self.duration_micros += duration_micros;
+                if let Some(crash) = self.crash.as_mut() {
+                    crash.lasted(self.duration_micros).await;
+                }
                 if self.target.hls {
                     let name = format!("segment-{index:05}.m4s");
                     self.pending.push_back(Pending::Put {
@@ -184,8 +214,11 @@ impl Uploader {
         self.pending.push_back(Pending::Put { key, body, content_type: "application/vnd.apple.mpegurl" });
     }
 
-    fn append_mp4(&mut self, bytes: &Bytes) {
+    async fn append_mp4(&mut self, bytes: &Bytes) {
         if self.mp4.is_some() {
+            if let Some(crash) = self.crash.as_mut() {
+                crash.appended(bytes).await;
+            }
             self.mp4_buffer.extend_from_slice(bytes);
             self.mp4_bytes += bytes.len() as u64;
             if self.mp4_buffer.len() >= self.target.part_bytes {
@@ -205,7 +238,14 @@ impl Uploader {
                     Err(err) => Err(err),
                 },
                 Pending::Part(body) => match (self.mp4.as_mut(), body.bytes().await) {
-                    (Some(upload), Ok(bytes)) => upload.put_part(bytes).await,
+                    (Some(upload), Ok(bytes)) => {
+                        let length = bytes.len();
+                        let sent = upload.put_part(bytes).await;
+                        if let (Ok(()), Some(crash)) = (&sent, self.crash.as_mut()) {
+                            crash.confirmed(length).await;
+                        }
+                        sent
+                    }
                     (_, Err(err)) => Err(err),
                     (None, Ok(_)) => Ok(()),
                 },
@@ -268,6 +308,9 @@ impl Uploader {
         self.note(&format!("recording finished: {} segments, {} ms", summary.segments, summary.duration_micros / 1000));
         let key = keys::recording(&self.target.meeting_id, &self.target.recording_id, "log");
         self.store.put(&key, Bytes::from(self.log.clone()), "text/plain; charset=utf-8").await?;
+        if let Some(crash) = self.crash.take() {
+            crash.remove().await;
+        }
         Ok(summary)
     }
 }
@@ -286,6 +329,8 @@ mod tests {
     #[derive(Default)]
     struct MemoryStore {
         objects: Mutex<BTreeMap<String, Bytes>>,
+        /// Multipart uploads in progress: their parts so far, by id.
+        uploads: Mutex<BTreeMap<String, BytesMut>>,
         down: AtomicBool,
     }
 
@@ -301,20 +346,25 @@ mod tests {
     struct MemoryUpload {
         store: Arc<MemoryStore>,
         key: String,
-        data: BytesMut,
+        id: String,
     }
 
     #[async_trait]
     impl MultipartUpload for MemoryUpload {
+        fn id(&self) -> &str {
+            &self.id
+        }
         async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError> {
             self.store.check()?;
-            self.data.extend_from_slice(&body);
+            self.store.uploads.lock().unwrap().entry(self.id.clone()).or_default().extend_from_slice(&body);
             Ok(())
         }
         async fn complete(&mut self) -> Result<u64, ObjectError> {
             self.store.check()?;
-            self.store.objects.lock().unwrap().insert(self.key.clone(), self.data.clone().freeze());
-            Ok(self.data.len() as u64)
+            let data = self.store.uploads.lock().unwrap().remove(&self.id).ok_or_else(|| ObjectError::NotFound(self.id.clone()))?;
+            let size = data.len() as u64;
+            self.store.objects.lock().unwrap().insert(self.key.clone(), data.freeze());
+            Ok(size)
         }
         async fn abort(&mut self) -> Result<(), ObjectError> {
             Ok(())
@@ -345,11 +395,44 @@ mod tests {
         }
         async fn start_upload(&self, key: &str, _: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
             self.check()?;
-            Ok(Box::new(MemoryUpload { store: self.clone(), key: key.to_owned(), data: BytesMut::new() }))
+            let id = format!("upload-{}", self.uploads.lock().unwrap().len());
+            self.uploads.lock().unwrap().insert(id.clone(), BytesMut::new());
+            Ok(Box::new(MemoryUpload { store: self.clone(), key: key.to_owned(), id }))
+        }
+        async fn resume_upload(&self, key: &str, id: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
+            self.check()?;
+            if !self.uploads.lock().unwrap().contains_key(id) {
+                return Err(ObjectError::NotFound(id.to_owned()));
+            }
+            Ok(Box::new(MemoryUpload { store: self.clone(), key: key.to_owned(), id: id.to_owned() }))
         }
         async fn presign_get(&self, key: &str, _: Duration) -> Result<String, ObjectError> {
             Ok(format!("memory://{key}"))
         }
+    }
+
+    fn target(recording_id: &str, spool: &std::path::Path) -> UploadTarget {
+        UploadTarget {
+            meeting_id: "m1".into(),
+            recording_id: recording_id.into(),
+            participant_id: "p1".into(),
+            mp4: true,
+            hls: true,
+            part_bytes: 16,
+            segment_secs: 6,
+            spool_dir: Some(spool.to_owned()),
+        }
+    }
+
+    fn segment(index: u32, fill: u8) -> Output {
+        Output::MediaSegment { index, data: Bytes::from(vec![fill; 10]), duration_micros: 6_000_000 }
+    }
+
+    fn spool_files(spool: &std::path::Path) -> usize {
+        std::fs::read_dir(spool)
+            .expect("spool folder")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "spool")))
+            .count()
     }
 
     #[tokio::test]
@@ -357,29 +440,19 @@ mod tests {
         let memory = Arc::new(MemoryStore::default());
         let store: Arc<dyn ObjectStore> = Arc::new(memory.clone());
         let spool = std::env::temp_dir().join(format!("switchboard-spool-{}", std::process::id()));
-        let target = UploadTarget {
-            meeting_id: "m1".into(),
-            recording_id: "r1".into(),
-            mp4: true,
-            hls: true,
-            part_bytes: 16,
-            segment_secs: 6,
-            spool_dir: Some(spool.clone()),
-        };
+        let target = target("r1", &spool);
         let mut uploader = Uploader::start(store.clone(), target).await.expect("started");
-        let segment = |index: u32, fill: u8| Output::MediaSegment { index, data: Bytes::from(vec![fill; 10]), duration_micros: 6_000_000 };
         uploader.handle(&Output::InitSegment(Bytes::from_static(b"INIT"))).await.expect("init");
         uploader.handle(&segment(0, b'a')).await.expect("segment 0");
         memory.down.store(true, Ordering::SeqCst);
         assert!(matches!(uploader.handle(&segment(1, b'b')).await, Err(ObjectError::Unavailable(_))));
         assert!(uploader.handle(&Output::KeyframeRequest { track: 0 }).await.is_err(), "still away");
         assert!(uploader.backlog() > 0);
-        let spooled = std::fs::read_dir(&spool).expect("spool folder").count();
-        assert_eq!(spooled, uploader.backlog(), "what waits is on disk, not in memory");
+        assert_eq!(spool_files(&spool), uploader.backlog(), "what waits is on disk, not in memory");
         memory.down.store(false, Ordering::SeqCst);
         uploader.handle(&segment(2, b'c')).await.expect("back");
         assert_eq!(uploader.backlog(), 0);
-        assert_eq!(std::fs::read_dir(&spool).expect("spool folder").count(), 0, "spool files removed once sent");
+        assert_eq!(spool_files(&spool), 0, "spool files removed once sent");
         let _ = std::fs::remove_dir_all(&spool);
         let summary = uploader.finish().await.expect("finished");
         assert_eq!(summary, UploadSummary { mp4_bytes: 34, duration_micros: 18_000_000, segments: 3 });
@@ -400,5 +473,34 @@ mod tests {
             log.contains("recording started") && log.contains("keyframe requested") && log.contains("recording finished: 3 segments"),
             "{log}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_recording_cut_by_a_crash_is_finished_at_the_next_start() {
+        let memory = Arc::new(MemoryStore::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(memory.clone());
+        let spool = std::env::temp_dir().join(format!("switchboard-crash-{}", std::process::id()));
+        let mut uploader = Uploader::start(store.clone(), target("r2", &spool)).await.expect("started");
+        uploader.handle(&Output::InitSegment(Bytes::from_static(b"INIT"))).await.expect("init");
+        uploader.handle(&segment(0, b'a')).await.expect("segment 0");
+        // A part went out (16 bytes), the rest waits; then S3 goes away and the process dies.
+        memory.down.store(true, Ordering::SeqCst);
+        assert!(uploader.handle(&segment(1, b'b')).await.is_err());
+        drop(uploader);
+        assert!(memory.objects.lock().unwrap().get("recordings/m1/r2.mp4").is_none(), "nothing complete before recovery");
+
+        // The next start, the store back: the MP4 is completed with everything produced.
+        memory.down.store(false, Ordering::SeqCst);
+        let recovered = crate::resume::recover(store.as_ref(), &spool).await;
+        let _ = std::fs::remove_dir_all(&spool);
+        assert_eq!(recovered.len(), 1);
+        let recovered = recovered.into_iter().next().expect("one").expect("recovered");
+        assert_eq!((recovered.manifest.recording_id.as_str(), recovered.manifest.participant_id.as_str()), ("r2", "p1"));
+        assert_eq!(recovered.manifest.duration_micros, 12_000_000);
+        assert_eq!(recovered.mp4_bytes, 24);
+        assert_eq!(&store.get("recordings/m1/r2.mp4").await.expect("mp4")[..], b"INITaaaaaaaaaabbbbbbbbbb");
+        let playlist = store.get("recordings/m1/r2/index.m3u8").await.expect("playlist");
+        assert!(playlist.ends_with(b"#EXT-X-ENDLIST\n"), "the playlist is closed");
+        assert_eq!(crate::resume::recover(store.as_ref(), &spool).await.len(), 0, "nothing left to recover");
     }
 }

@@ -231,7 +231,7 @@ impl Sfu {
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let id = self.next_tap.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        let command = Command::Attach { room: room.clone(), id, sink, queued: queued.clone(), capacity, reply };
+        let command = Command::AttachTap { room: room.clone(), id, sink, queued: queued.clone(), capacity, reply };
         worker.send(command).map_err(|_| SfuError::WorkerGone)?;
         match tokio::time::timeout(WORKER_REPLY_TIMEOUT, rx).await {
             Ok(Ok(())) => Ok(RoomTap { id, room, worker, events, queued, _hold: hold }),

@@ -169,6 +169,6 @@ impl RoomTap {
 
 impl Drop for RoomTap {
     fn drop(&mut self) {
-        let _ = self.worker.send(Command::Detach { room: self.room.clone(), tap: self.id });
+        let _ = self.worker.send(Command::DetachTap { room: self.room.clone(), tap: self.id });
     }
 }

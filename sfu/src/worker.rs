@@ -66,7 +66,7 @@ pub(crate) enum Command {
     Leave {
         participant: ParticipantId,
     },
-    Attach {
+    AttachTap {
         room: RoomId,
         id: u64,
         sink: mpsc::UnboundedSender<TapEvent>,
@@ -74,7 +74,7 @@ pub(crate) enum Command {
         capacity: usize,
         reply: oneshot::Sender<()>,
     },
-    Detach {
+    DetachTap {
         room: RoomId,
         tap: u64,
     },
@@ -486,7 +486,7 @@ impl Worker {
                 let _ = reply.send(result);
             }
             Command::Leave { participant } => self.leave(now, &participant),
-            Command::Attach { room, id, sink, queued, capacity, reply } => {
+            Command::AttachTap { room, id, sink, queued, capacity, reply } => {
                 let published = self.rooms.get(&room).into_iter().flatten().filter_map(|m| self.participants.get(m));
                 for published in published.flat_map(|p| p.published.values()) {
                     let _ = sink.send(TapEvent::TrackPublished(published.info.clone()));
@@ -495,7 +495,7 @@ impl Worker {
                 self.taps.attach(room, id, sink, queued, capacity);
                 let _ = reply.send(());
             }
-            Command::Detach { room, tap } => self.taps.detach(&room, tap),
+            Command::DetachTap { room, tap } => self.taps.detach(&room, tap),
             Command::TapKeyframeRequest { track } => {
                 if let Some(request) = self.forwarder.keyframe_request(now, &track) {
                     self.send_keyframe_request(now, request);

@@ -254,6 +254,49 @@ impl Recordings {
         }
     }
 
+    /// Finishes, in the background, the recordings a crashed run of this node left in the
+    /// spool folder (see [`recorder::resume`]), and records them as done. Retried while the
+    /// object store is unreachable.
+    pub fn recover_crashed(&self) {
+        let Some(dir) = self.config.spool_dir.clone() else { return };
+        let store = self.store.clone();
+        let context = self.context.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut waiting = false;
+                for result in recorder::resume::recover(store.as_ref(), &dir).await {
+                    match result {
+                        Ok(recovered) => {
+                            let manifest = &recovered.manifest;
+                            info!(recording = %manifest.recording_id, bytes = recovered.mp4_bytes, "recording recovered after a restart");
+                            let info = RecordingInfo {
+                                recording_id: manifest.recording_id.clone(),
+                                meeting_id: manifest.meeting_id.clone(),
+                                participant: ParticipantId::new(manifest.participant_id.as_str()),
+                                tracks: Vec::new(),
+                                mp4: manifest.upload_id.is_some(),
+                                hls: manifest.hls,
+                            };
+                            let formats = Formats { mp4: info.mp4, hls: info.hls };
+                            let summary =
+                                UploadSummary { mp4_bytes: recovered.mp4_bytes, duration_micros: manifest.duration_micros, segments: 0 };
+                            Reporter { context: context.clone(), formats }.finished(&info, &summary);
+                        }
+                        Err((manifest, recorder::objects::ObjectError::Unavailable(err))) => {
+                            warn!(recording = %manifest.recording_id, %err, "object store unreachable; recovery retried");
+                            waiting = true;
+                        }
+                        Err((manifest, err)) => warn!(recording = %manifest.recording_id, %err, "recording not recovered"),
+                    }
+                }
+                if !waiting || context.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(RECOVERY_RETRY).await;
+            }
+        });
+    }
+
     fn set_running(&self, meeting_id: &str, change: impl FnOnce(&mut Vec<RecordingSummary>)) {
         if let Some(room) = self.lock().get_mut(meeting_id) {
             change(&mut room.running);
@@ -271,6 +314,9 @@ where
         let _ = task.await;
     }
 }
+
+/// Pause between attempts at recovering recordings while the object store is away.
+const RECOVERY_RETRY: Duration = Duration::from_secs(10);
 
 /// How long after a participant's first track its recording starts.
 const SETTLE: Duration = Duration::from_millis(1000);

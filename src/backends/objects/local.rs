@@ -85,8 +85,11 @@ impl LocalObjects {
         self.signer.verify(key, expires, signature, now)
     }
 
-    fn scratch_path(&self) -> PathBuf {
-        self.root.join(UPLOADS_DIR).join(signaling::bookkeeping::new_id("UP_"))
+    /// A new scratch file's name and path in the uploads folder.
+    fn new_scratch(&self) -> (String, PathBuf) {
+        let id = signaling::bookkeeping::new_id("UP_");
+        let path = self.root.join(UPLOADS_DIR).join(&id);
+        (id, path)
     }
 
     async fn place(&self, scratch: &Path, key: &str) -> Result<(), ObjectError> {
@@ -123,7 +126,7 @@ fn collect(dir: &Path, prefix: &str, base: &Path, out: &mut Vec<ObjectInfo>) -> 
 impl ObjectStore for LocalObjects {
     async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), ObjectError> {
         self.path_of(key)?;
-        let scratch = self.scratch_path();
+        let (_, scratch) = self.new_scratch();
         tokio::fs::write(&scratch, &body).await.map_err(io_error)?;
         self.place(&scratch, key).await
     }
@@ -159,15 +162,33 @@ impl ObjectStore for LocalObjects {
 
     async fn start_upload(&self, key: &str, _content_type: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
         self.path_of(key)?;
-        let scratch = self.scratch_path();
+        let (id, scratch) = self.new_scratch();
         let file = tokio::fs::File::create(&scratch).await.map_err(io_error)?;
         Ok(Box::new(LocalUpload {
             store: LocalObjects { root: self.root.clone(), public_url: self.public_url.clone(), signer: self.signer.clone() },
             key: key.to_owned(),
+            id,
             scratch,
             file,
             size: 0,
         }))
+    }
+
+    async fn resume_upload(&self, key: &str, id: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
+        self.path_of(key)?;
+        // The id is the scratch file's name, in this store's uploads folder only.
+        if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
+            return Err(ObjectError::InvalidKey(id.to_owned(), "not an upload id of this store"));
+        }
+        let scratch = self.root.join(UPLOADS_DIR).join(id);
+        let file = match tokio::fs::OpenOptions::new().append(true).open(&scratch).await {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(ObjectError::NotFound(id.to_owned())),
+            Err(err) => return Err(io_error(err)),
+        };
+        let size = file.metadata().await.map_err(io_error)?.len();
+        let store = LocalObjects { root: self.root.clone(), public_url: self.public_url.clone(), signer: self.signer.clone() };
+        Ok(Box::new(LocalUpload { store, key: key.to_owned(), id: id.to_owned(), scratch, file, size }))
     }
 
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<String, ObjectError> {
@@ -182,6 +203,8 @@ impl ObjectStore for LocalObjects {
 struct LocalUpload {
     store: LocalObjects,
     key: String,
+    /// The scratch file's name.
+    id: String,
     scratch: PathBuf,
     file: tokio::fs::File,
     size: u64,
@@ -189,6 +212,10 @@ struct LocalUpload {
 
 #[async_trait]
 impl MultipartUpload for LocalUpload {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError> {
         self.file.write_all(&body).await.map_err(io_error)?;
         self.size += body.len() as u64;

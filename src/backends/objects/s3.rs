@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -43,6 +43,17 @@ pub struct S3Objects {
 
 fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(err: SdkError<E, R>) -> ObjectError {
     ObjectError::Unavailable(DisplayErrorContext(&err).to_string())
+}
+
+/// A multipart request's failure: `NotFound` when the store no longer has the upload.
+fn upload_error<E: std::error::Error + ProvideErrorMetadata + 'static, R: std::fmt::Debug>(
+    upload_id: &str,
+    err: SdkError<E, R>,
+) -> ObjectError {
+    match err.as_service_error().and_then(|e| e.code()) {
+        Some("NoSuchUpload") => ObjectError::NotFound(upload_id.to_owned()),
+        _ => unavailable(err),
+    }
 }
 
 impl S3Objects {
@@ -153,6 +164,41 @@ impl ObjectStore for S3Objects {
         }))
     }
 
+    async fn resume_upload(&self, key: &str, id: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
+        validate_key(key)?;
+        let mut parts = Vec::new();
+        let mut size = 0u64;
+        let mut marker: Option<String> = None;
+        loop {
+            let listed = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|err| upload_error(id, err))?;
+            for part in listed.parts() {
+                size += u64::try_from(part.size().unwrap_or(0)).unwrap_or(0);
+                parts.push(CompletedPart::builder().set_part_number(part.part_number()).set_e_tag(part.e_tag().map(str::to_owned)).build());
+            }
+            match (listed.is_truncated(), listed.next_part_number_marker()) {
+                (Some(true), Some(next)) => marker = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            upload_id: id.to_owned(),
+            parts,
+            size,
+        }))
+    }
+
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<String, ObjectError> {
         validate_key(key)?;
         let config = PresigningConfig::expires_in(expiry).map_err(|e| ObjectError::Unavailable(e.to_string()))?;
@@ -173,6 +219,10 @@ struct S3Upload {
 
 #[async_trait]
 impl MultipartUpload for S3Upload {
+    fn id(&self) -> &str {
+        &self.upload_id
+    }
+
     async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError> {
         let number = i32::try_from(self.parts.len() + 1).map_err(|_| ObjectError::Unavailable("too many parts".into()))?;
         let length = body.len() as u64;
@@ -186,7 +236,7 @@ impl MultipartUpload for S3Upload {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(unavailable)?;
+            .map_err(|err| upload_error(&self.upload_id, err))?;
         self.parts.push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag().map(str::to_owned)).build());
         self.size += length;
         Ok(())
@@ -202,7 +252,7 @@ impl MultipartUpload for S3Upload {
             .multipart_upload(parts)
             .send()
             .await
-            .map_err(unavailable)?;
+            .map_err(|err| upload_error(&self.upload_id, err))?;
         Ok(self.size)
     }
 
