@@ -126,12 +126,28 @@ pub struct Recordings {
     store: Arc<dyn ObjectStore>,
     context: Weak<SignalingContext>,
     rooms: Mutex<HashMap<String, RoomRecording>>,
+    /// Held for the process's life: the spool folder is this process's alone.
+    _spool_lock: Option<std::fs::File>,
 }
 
 impl Recordings {
     /// Recordings stored in `store`; `context` is the signaling context this belongs to.
-    pub fn new(config: RecordingConfig, store: Arc<dyn ObjectStore>, context: Weak<SignalingContext>) -> Self {
-        Self { config, store, context, rooms: Mutex::new(HashMap::new()) }
+    ///
+    /// The spool folder is claimed with a lock file: a second process given the same folder
+    /// records without it (uploads wait in memory, nothing survives a crash) rather than take
+    /// over the first one's crash records.
+    pub fn new(mut config: RecordingConfig, store: Arc<dyn ObjectStore>, context: Weak<SignalingContext>) -> Self {
+        let spool_lock = config.spool_dir.as_deref().and_then(|dir| match claim(dir) {
+            Ok(lock) => Some(lock),
+            Err(err) => {
+                warn!(dir = %dir.display(), %err, "spool folder not available: recordings wait in memory and do not survive a crash");
+                None
+            }
+        });
+        if spool_lock.is_none() {
+            config.spool_dir = None;
+        }
+        Self { config, store, context, rooms: Mutex::new(HashMap::new()), _spool_lock: spool_lock }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomRecording>> {
@@ -304,6 +320,17 @@ impl Recordings {
     }
 }
 
+/// Takes the spool folder for this process: an exclusive lock on its `.lock` file.
+fn claim(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other("used by another process")),
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
+}
+
 /// Waits for every future (in their own tasks, so they progress together).
 async fn futures_join<F>(futures: impl Iterator<Item = F>)
 where
@@ -458,5 +485,27 @@ impl RecordingObserver for Reporter {
 
     fn failed(&self, info: &RecordingInfo, error: &str) {
         self.ended(info, RecordingStatus::Failed, None, Some(error));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_folder_belongs_to_one_process_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("switchboard-claim-{}", std::process::id()));
+        let first = claim(&dir).expect("free folder");
+        assert!(claim(&dir).is_err(), "held by the first claim");
+        drop(first);
+        assert!(claim(&dir).is_ok(), "free again once released");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn formats_parse_and_name() {
+        assert_eq!(Formats::parse("mp4+hls"), Some(Formats { mp4: true, hls: true }));
+        assert_eq!(Formats::parse("hls").map(Formats::name), Some("hls"));
+        assert_eq!(Formats::parse("avi"), None);
     }
 }

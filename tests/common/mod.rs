@@ -67,6 +67,7 @@ impl TestServer {
         let mut env = vec![
             ("SWITCHBOARD__DATABASE__URL".to_owned(), format!("sqlite://{}/switchboard.db?mode=rwc", dir.path().display())),
             ("SWITCHBOARD__OBJECTS__LOCAL_DIR".to_owned(), dir.path().join("objects").display().to_string()),
+            ("SWITCHBOARD__RECORDING__SPOOL_DIR".to_owned(), dir.path().join("spool").display().to_string()),
         ];
         env.extend(overrides);
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
