@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::rtc_client::{self, local_track, Outbound};
 use common::{services, Signal, TestServer, WAIT};
 use rtc::rtp;
-use rtc::rtp::codec::{h264::H264Payloader, opus::OpusPayloader, vp8::Vp8Payloader};
+use rtc::rtp::codec::{av1::Av1Payloader, h264::H264Payloader, opus::OpusPayloader, vp8::Vp8Payloader};
 use rtc::rtp::packetizer::Payloader;
 use serde_json::{json, Value};
 use webrtc::media_stream::track_local::TrackLocal;
@@ -56,23 +56,29 @@ fn h264_frames() -> Vec<Bytes> {
     starts.windows(2).map(|w| Bytes::copy_from_slice(&stream[w[0]..w[1]])).collect()
 }
 
-/// 15 s of a test pattern as VP8 frames (a keyframe every 2 s).
-fn vp8_frames() -> Vec<Bytes> {
+/// `frames` of a test pattern encoded by ffmpeg with `codec_args`, as IVF frames.
+fn ivf_frames(frames: usize, codec_args: &[&str]) -> Vec<Bytes> {
     let ivf = ffmpeg(
-        &["-f", "lavfi", "-i", &format!("testsrc=size=320x240:rate={FPS}"), "-frames:v", &VIDEO_FRAMES.to_string()]
+        &["-f", "lavfi", "-i", &format!("testsrc=size=320x240:rate={FPS}"), "-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"]
             .into_iter()
-            .chain(["-pix_fmt", "yuv420p", "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "500k", "-g", "60", "-f", "ivf"])
+            .chain(codec_args.iter().copied())
+            .chain(["-f", "ivf"])
             .collect::<Vec<_>>(),
         "ivf",
     );
-    let mut frames = Vec::new();
+    let mut out = Vec::new();
     let mut at = usize::from(u16::from_le_bytes([ivf[6], ivf[7]]));
     while at + 12 <= ivf.len() {
         let size = u32::from_le_bytes([ivf[at], ivf[at + 1], ivf[at + 2], ivf[at + 3]]) as usize;
-        frames.push(Bytes::copy_from_slice(&ivf[at + 12..at + 12 + size]));
+        out.push(Bytes::copy_from_slice(&ivf[at + 12..at + 12 + size]));
         at += 12 + size;
     }
-    frames
+    out
+}
+
+/// 15 s of a test pattern as VP8 frames (a keyframe every 2 s).
+fn vp8_frames() -> Vec<Bytes> {
+    ivf_frames(VIDEO_FRAMES, &["-c:v", "libvpx", "-deadline", "realtime", "-b:v", "500k", "-g", "60"])
 }
 
 /// 15 s of a tone as 20 ms Opus packets (read out of an Ogg file).
@@ -335,6 +341,22 @@ async fn h264_and_opus_are_recorded_to_mp4_and_hls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn vp8_and_opus_are_recorded_to_mp4_and_hls() {
     records_a_published_stream("video/VP8", vp8_frames(), Box::new(Vp8Payloader::default()), "vp8").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn av1_and_opus_are_recorded_to_mp4_and_hls() {
+    // 3 s of libaom AV1 (a keyframe every second): temporal units, as a sender packetizes them.
+    let video = ivf_frames(90, &["-c:v", "libaom-av1", "-cpu-used", "8", "-b:v", "300k", "-g", "30"]);
+    let audio = opus_frames();
+    let server = TestServer::start(&[]).await;
+    let mut session = Session::start(&server, "rec-av1", "video/AV1", Box::new(Av1Payloader::default()), &video[89]).await;
+    session.send(&video, &audio[..150]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.stop().await;
+    let listed = session.done().await;
+    for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
+        check_recording(url, "av1", 90, 150, 3.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

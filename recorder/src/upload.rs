@@ -46,6 +46,8 @@ pub struct UploadTarget {
 pub struct UploadSummary {
     /// Size of the MP4 file, bytes (0 without MP4).
     pub mp4_bytes: u64,
+    /// Size of the HLS init segment and media segments, bytes (0 without HLS).
+    pub hls_bytes: u64,
     /// Length of the recording, microseconds.
     pub duration_micros: i64,
     /// HLS segments stored.
@@ -97,6 +99,8 @@ pub struct Uploader {
     /// MP4 bytes not yet sent as a part.
     mp4_buffer: BytesMut,
     mp4_bytes: u64,
+    /// Bytes of the HLS segments stored or waiting.
+    hls_bytes: u64,
     /// Length of the media segments so far.
     duration_micros: i64,
     playlist: Playlist,
@@ -144,6 +148,7 @@ impl Uploader {
             mp4,
             mp4_buffer: BytesMut::new(),
             mp4_bytes: 0,
+            hls_bytes: 0,
             duration_micros: 0,
             playlist,
             pending: VecDeque::new(),
@@ -173,6 +178,7 @@ impl Uploader {
             Output::InitSegment(init) => {
                 self.append_mp4(init).await;
                 if self.target.hls {
+                    self.hls_bytes += init.len() as u64;
                     let key = self.hls_key("init.mp4");
                     self.pending.push_back(Pending::Put { key, body: Body::Memory(init.clone()), content_type: "video/mp4" });
                 }
@@ -184,6 +190,7 @@ impl Uploader {
                     crash.lasted(self.duration_micros).await;
                 }
                 if self.target.hls {
+                    self.hls_bytes += data.len() as u64;
                     let name = format!("segment-{index:05}.m4s");
                     self.pending.push_back(Pending::Put {
                         key: self.hls_key(&name),
@@ -302,6 +309,7 @@ impl Uploader {
         }
         let summary = UploadSummary {
             mp4_bytes: if self.target.mp4 { self.mp4_bytes } else { 0 },
+            hls_bytes: self.hls_bytes,
             duration_micros: self.duration_micros,
             segments: self.playlist.segments().len() as u32,
         };
@@ -455,7 +463,7 @@ mod tests {
         assert_eq!(spool_files(&spool), 0, "spool files removed once sent");
         let _ = std::fs::remove_dir_all(&spool);
         let summary = uploader.finish().await.expect("finished");
-        assert_eq!(summary, UploadSummary { mp4_bytes: 34, duration_micros: 18_000_000, segments: 3 });
+        assert_eq!(summary, UploadSummary { mp4_bytes: 34, hls_bytes: 34, duration_micros: 18_000_000, segments: 3 });
 
         let get = |key: &str| {
             let store = store.clone();

@@ -294,8 +294,12 @@ impl Recordings {
                                 hls: manifest.hls,
                             };
                             let formats = Formats { mp4: info.mp4, hls: info.hls };
-                            let summary =
-                                UploadSummary { mp4_bytes: recovered.mp4_bytes, duration_micros: manifest.duration_micros, segments: 0 };
+                            let summary = UploadSummary {
+                                mp4_bytes: recovered.mp4_bytes,
+                                hls_bytes: 0,
+                                duration_micros: manifest.duration_micros,
+                                segments: 0,
+                            };
                             Reporter { context: context.clone(), formats }.finished(&info, &summary);
                         }
                         Err((manifest, recorder::objects::ObjectError::Unavailable(err))) => {
@@ -383,7 +387,8 @@ impl Reporter {
         books.journal.record(Record::RecordingEnded {
             recording_id: info.recording_id.clone(),
             status,
-            file_size: summary.map_or(0, |s| i64::try_from(s.mp4_bytes).unwrap_or(i64::MAX)),
+            // The MP4's size; for HLS alone, its segments'.
+            file_size: summary.map_or(0, |s| i64::try_from(if info.mp4 { s.mp4_bytes } else { s.hls_bytes }).unwrap_or(i64::MAX)),
             duration_secs: i32::try_from(duration_ms.div_ceil(1000)).unwrap_or(i32::MAX),
             at_ms: unix_ms(),
         });
