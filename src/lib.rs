@@ -5,6 +5,7 @@
 mod admin;
 pub mod backends;
 mod http;
+pub mod loadtest;
 mod recordings_api;
 
 use std::net::SocketAddr;

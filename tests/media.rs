@@ -258,3 +258,43 @@ async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
     // The spray did reach Alice's connection: none of it was dropped as unroutable.
     assert_eq!(server.metric("switchboard_unroutable_datagrams_total").await, 0.0);
 }
+
+/// The load generator against a server: every client connects, the media sent reaches the
+/// room's other participants, and the report carries the measurements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
+    use switchboard::loadtest::{LoadSettings, Scenario, Video};
+    let server = TestServer::start(&[]).await;
+    let authority = signaling::auth::TokenAuthority::new(server.config.auth.keys.clone(), server.config.auth.signing_key.clone());
+    let video = Video { kbps: 300, fps: 30, keyframe_every: 60 };
+    let settings = |scenario, participants| LoadSettings {
+        url: format!("http://{}", server.http),
+        scenario,
+        rooms: 2,
+        participants,
+        speakers: 1,
+        seconds: 2,
+        video,
+        server_pid: Some(std::process::id()),
+    };
+
+    // Meeting: 2 rooms of 3, everyone sends audio and video and receives the other two.
+    let meeting = switchboard::loadtest::run(&settings(Scenario::Meeting, 3), &authority, |_| {}).await.expect("meeting run");
+    assert_eq!((meeting.clients, meeting.connected, meeting.failed), (6, 6, 0), "{meeting:#?}");
+    assert!(meeting.packets_sent > 1000, "{meeting:#?}");
+    // Each packet reaches two others, less what was sent before they subscribed.
+    let fanned = meeting.packets_received as f64 / meeting.packets_sent as f64;
+    assert!(fanned > 1.6 && fanned <= 2.0, "received {fanned:.2}× what was sent: {meeting:#?}");
+    assert!(meeting.loss < 0.01, "{meeting:#?}");
+    assert_eq!(meeting.join_to_media_us.count, 6, "every client timed its first media");
+    assert!(meeting.delay_us.count as u64 == meeting.packets_received && meeting.delay_us.max > 0, "{meeting:#?}");
+    let server_usage = meeting.server.expect("the server's CPU and memory");
+    assert!(server_usage.cpu_seconds > 0.0 && server_usage.rss_bytes > 0, "{server_usage:?}");
+
+    // Livestream: one publisher per room, three viewers who publish nothing.
+    let live = switchboard::loadtest::run(&settings(Scenario::Livestream, 4), &authority, |_| {}).await.expect("livestream run");
+    assert_eq!((live.connected, live.failed), (8, 0), "{live:#?}");
+    let fanned = live.packets_received as f64 / live.packets_sent as f64;
+    assert!(fanned > 2.4 && fanned <= 3.0, "each packet reaches the three viewers: {live:#?}");
+    assert!(live.table().contains("forwarding delay"));
+}

@@ -1,0 +1,408 @@
+//! One simulated participant: its signaling over `/ws` and its two WebRTC connections on the
+//! sans-IO `rtc` engine (its own ICE, DTLS and SRTP, each on its own UDP socket), publishing
+//! synthetic media and receiving the room's.
+//!
+//! Every packet a publisher sends carries its send time (microseconds since the test's
+//! epoch) in its last 8 payload bytes; the SFU forwards payloads untouched, so subscribers
+//! measure the forwarding delay from it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp::codec::vp8::Vp8Payloader;
+use rtc::rtp::packetizer::Payloader;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::report::Counters;
+use super::Media;
+
+/// Why a client stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The signaling connection failed or the server refused a request.
+    #[error("signaling: {0}")]
+    Signaling(String),
+    /// The WebRTC engine failed.
+    #[error("webrtc: {0}")]
+    Engine(String),
+    /// A socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn engine(err: impl std::fmt::Display) -> ClientError {
+    ClientError::Engine(err.to_string())
+}
+
+/// What one client does.
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    /// The server's WebSocket URL (`ws://host:port/ws`).
+    pub ws_url: String,
+    /// Its access token.
+    pub token: String,
+    /// What it publishes (`None`: it only listens).
+    pub publish: Option<Media>,
+    /// Whether it receives the room's media.
+    pub subscribe: bool,
+    /// When it stops.
+    pub until: Instant,
+}
+
+/// One of the client's connections and its socket.
+struct Connection {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    connected: bool,
+}
+
+impl Connection {
+    async fn new() -> Result<Self, ClientError> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let local = socket.local_addr()?;
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(engine)?;
+        let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).map_err(engine)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(engine)?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(engine)?).map_err(engine)?;
+        pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(engine)?;
+        Ok(Self { pc, socket, local, connected: false })
+    }
+
+    fn deliver(&mut self, datagram: &[u8], from: SocketAddr) {
+        let transport = TransportContext { local_addr: self.local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
+        let _ = self.pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(datagram) });
+    }
+
+    /// Sends what the engine wrote and runs its due timers.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        if self.pc.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.pc.handle_timeout(now);
+        }
+        while let Some(out) = self.pc.poll_write() {
+            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+        }
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                self.connected = state == RTCPeerConnectionState::Connected;
+            }
+        }
+    }
+
+    fn deadline(&mut self) -> Instant {
+        self.pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(100))
+    }
+}
+
+/// A publisher's stream: its sender, the packets' payload type, SSRC and sequence, and
+/// when its next frame is due.
+struct Outbound {
+    sender: RTCRtpSenderId,
+    video: bool,
+    payload_type: u8,
+    ssrc: u32,
+    sequence: u16,
+    frames: u32,
+    next: Instant,
+}
+
+/// What the client has received of one stream (by SSRC): extended sequence numbers.
+#[derive(Default)]
+struct Inbound {
+    first: Option<u64>,
+    highest: u64,
+    received: u64,
+}
+
+impl Inbound {
+    fn on(&mut self, sequence: u16) {
+        self.received += 1;
+        if self.first.is_none() {
+            self.first = Some(u64::from(sequence));
+            self.highest = u64::from(sequence);
+            return;
+        }
+        // Unwrap against the highest so far (forward within half the sequence space).
+        let delta = sequence.wrapping_sub(self.highest as u16);
+        if delta != 0 && delta < 0x8000 {
+            self.highest += u64::from(delta);
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        self.first.map_or(0, |first| (self.highest - first + 1).saturating_sub(self.received))
+    }
+}
+
+/// Runs one client until `plan.until`.
+pub async fn run(plan: ClientPlan, epoch: Instant, counters: Arc<Counters>) -> Result<(), ClientError> {
+    let signaling = |e: tokio_tungstenite::tungstenite::Error| ClientError::Signaling(e.to_string());
+    let (mut ws, _) = tokio_tungstenite::connect_async(plan.ws_url.as_str()).await.map_err(signaling)?;
+    let joined_at = Instant::now();
+    ws.send(Message::text(json!({"type": "join", "id": 1, "token": plan.token}).to_string())).await.map_err(signaling)?;
+    let mut publisher = match &plan.publish {
+        Some(_) => Some(Connection::new().await?),
+        None => None,
+    };
+    let mut subscriber = if plan.subscribe { Some(Connection::new().await?) } else { None };
+    let mut outbound: Vec<Outbound> = Vec::new();
+    let mut inbound: HashMap<u32, Inbound> = HashMap::new();
+    let mut first_media = false;
+    let mut buffers = [vec![0u8; 2048], vec![0u8; 2048]];
+    let mut payloader = Vp8Payloader::default();
+    let mut counted_connected = false;
+    loop {
+        let now = Instant::now();
+        if now >= plan.until {
+            break;
+        }
+        let mut deadline = plan.until;
+        for connection in [publisher.as_mut(), subscriber.as_mut()].into_iter().flatten() {
+            deadline = deadline.min(connection.deadline());
+        }
+        if publisher.as_ref().is_some_and(|p| p.connected) {
+            deadline = outbound.iter().map(|o| o.next).fold(deadline, Instant::min);
+        }
+        let [pub_buffer, sub_buffer] = &mut buffers;
+        tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    handle_signal(&value, &plan, &mut ws, &mut publisher, &mut subscriber, &mut outbound).await?;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(signaling(err)),
+                None => return Err(ClientError::Signaling("the server closed the connection".into())),
+            },
+            received = recv(publisher.as_ref().map(|c| &c.socket), pub_buffer) => {
+                if let (Ok((len, from)), Some(p)) = (received, publisher.as_mut()) {
+                    p.deliver(&pub_buffer[..len], from);
+                }
+            },
+            received = recv(subscriber.as_ref().map(|c| &c.socket), sub_buffer) => {
+                if let (Ok((len, from)), Some(s)) = (received, subscriber.as_mut()) {
+                    s.deliver(&sub_buffer[..len], from);
+                }
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        // Media due now.
+        if let (Some(media), Some(p)) = (&plan.publish, publisher.as_mut()) {
+            if p.connected {
+                let now = Instant::now();
+                for stream in outbound.iter_mut().filter(|o| o.next <= now) {
+                    send_frame(p, stream, media, epoch, &mut payloader, &counters);
+                }
+            }
+        }
+        for connection in [publisher.as_mut(), subscriber.as_mut()].into_iter().flatten() {
+            connection.flush();
+        }
+        if let Some(s) = subscriber.as_mut() {
+            while let Some(message) = s.pc.poll_read() {
+                if let RTCMessage::RtpPacket(_, packet) = message.message {
+                    if !first_media {
+                        first_media = true;
+                        Counters::sample(&counters.joins, joined_at.elapsed());
+                    }
+                    on_packet(&packet, &mut inbound, epoch, &counters);
+                }
+            }
+            s.flush();
+        }
+        let up = publisher.as_ref().is_none_or(|p| p.connected) && subscriber.as_ref().is_none_or(|s| s.connected);
+        if up && !counted_connected {
+            counted_connected = true;
+            Counters::add(&counters.connected, 1);
+        }
+    }
+    Counters::add(&counters.packets_lost, inbound.values().map(Inbound::lost).sum());
+    let _ = ws.send(Message::text(json!({"type": "leave"}).to_string())).await;
+    Ok(())
+}
+
+/// Waits for a datagram on a connection's socket (forever when there is none).
+async fn recv(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Acts on a message from the server.
+async fn handle_signal(
+    value: &Value,
+    plan: &ClientPlan,
+    ws: &mut Ws,
+    publisher: &mut Option<Connection>,
+    subscriber: &mut Option<Connection>,
+    outbound: &mut Vec<Outbound>,
+) -> Result<(), ClientError> {
+    let send = |value: Value| Message::text(value.to_string());
+    let signaling = |e: tokio_tungstenite::tungstenite::Error| ClientError::Signaling(e.to_string());
+    match value["type"].as_str().unwrap_or_default() {
+        "joined" => {
+            let (Some(media), Some(p)) = (&plan.publish, publisher.as_mut()) else { return Ok(()) };
+            let stream = format!("load-{}", rand::random::<u32>());
+            if media.video.is_some() {
+                let track = track(&stream, "video", RtpCodecKind::Video, vp8(), rand::random());
+                p.pc.add_track(track).map_err(engine)?;
+            }
+            if media.audio {
+                let track = track(&stream, "audio", RtpCodecKind::Audio, opus(), rand::random());
+                p.pc.add_track(track).map_err(engine)?;
+            }
+            let offer = p.pc.create_offer(None).map_err(engine)?;
+            p.pc.set_local_description(Instant::now(), offer.clone()).map_err(engine)?;
+            ws.send(send(json!({"type": "publish_offer", "id": 2, "sdp": offer.sdp}))).await.map_err(signaling)?;
+        }
+        "publish_answer" => {
+            let Some(p) = publisher.as_mut() else { return Ok(()) };
+            let sdp = value["sdp"].as_str().unwrap_or_default().to_owned();
+            let answer = RTCSessionDescription::answer(sdp).map_err(engine)?;
+            p.pc.set_remote_description(Instant::now(), answer).map_err(engine)?;
+            let senders: Vec<RTCRtpSenderId> = p.pc.get_senders().collect();
+            for id in senders {
+                let Some(mut sender) = p.pc.rtp_sender(id) else { continue };
+                let parameters = sender.get_parameters();
+                let Some(codec) = parameters.rtp_parameters.codecs.first() else { continue };
+                let video = codec.rtp_codec.mime_type.to_ascii_lowercase().starts_with("video");
+                let ssrc = parameters.encodings.first().map(|e| e.rtp_coding_parameters.ssrc.unwrap_or(0)).unwrap_or(0);
+                outbound.push(Outbound {
+                    sender: id,
+                    video,
+                    payload_type: codec.payload_type,
+                    ssrc,
+                    sequence: 0,
+                    frames: 0,
+                    next: Instant::now(),
+                });
+            }
+        }
+        "subscribe_offer" => {
+            let Some(s) = subscriber.as_mut() else { return Ok(()) };
+            let sdp = value["sdp"].as_str().unwrap_or_default().to_owned();
+            s.pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp).map_err(engine)?).map_err(engine)?;
+            let answer = s.pc.create_answer(None).map_err(engine)?;
+            s.pc.set_local_description(Instant::now(), answer.clone()).map_err(engine)?;
+            ws.send(send(json!({"type": "subscribe_answer", "sdp": answer.sdp}))).await.map_err(signaling)?;
+        }
+        "ping" => ws.send(send(json!({"type": "pong"}))).await.map_err(signaling)?,
+        "error" if value["id"].is_number() => return Err(ClientError::Signaling(value.to_string())),
+        _ => {}
+    }
+    Ok(())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec { mime_type: "video/VP8".into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] }
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn track(stream: &str, id: &str, kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
+    let encoding = RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+        active: true,
+        codec,
+        ..Default::default()
+    };
+    MediaStreamTrack::new(stream.into(), id.into(), id.into(), kind, vec![encoding])
+}
+
+/// Sends one frame of a stream: a VP8 frame of the configured size (keyframes larger) in
+/// packets, or one Opus-sized packet; each packet ends with its send time.
+fn send_frame(p: &mut Connection, stream: &mut Outbound, media: &Media, epoch: Instant, payloader: &mut Vp8Payloader, counters: &Counters) {
+    let now = Instant::now();
+    let sent_us = u64::try_from(now.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+    let (payloads, timestamp, interval) = match (&media.video, stream.video) {
+        (Some(video), true) => {
+            let keyframe = stream.frames.is_multiple_of(video.keyframe_every.max(1));
+            let frame = video.frame(keyframe);
+            let payloads = payloader.payload(1180, &frame).unwrap_or_default();
+            (payloads, stream.frames.wrapping_mul(90_000 / video.fps), Duration::from_secs(1) / video.fps)
+        }
+        _ => (vec![Bytes::from(vec![0xfc; 80])], stream.frames.wrapping_mul(960), Duration::from_millis(20)),
+    };
+    let count = payloads.len();
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let mut stamped = BytesMut::with_capacity(payload.len() + 8);
+        stamped.extend_from_slice(&payload);
+        stamped.put_u64(sent_us);
+        let header = rtp::header::Header {
+            version: 2,
+            marker: i + 1 == count,
+            payload_type: stream.payload_type,
+            sequence_number: stream.sequence,
+            timestamp,
+            ssrc: stream.ssrc,
+            ..Default::default()
+        };
+        stream.sequence = stream.sequence.wrapping_add(1);
+        let length = stamped.len() as u64;
+        let Some(mut sender) = p.pc.rtp_sender(stream.sender) else { return };
+        if sender.write_rtp(now, rtp::Packet { header, payload: stamped.freeze() }).is_ok() {
+            Counters::add(&counters.packets_sent, 1);
+            Counters::add(&counters.bytes_sent, length);
+        }
+    }
+    stream.frames = stream.frames.wrapping_add(1);
+    stream.next += interval;
+    if stream.next < now {
+        stream.next = now + interval;
+    }
+}
+
+/// Counts a received packet and its forwarding delay.
+fn on_packet(packet: &rtp::Packet, inbound: &mut HashMap<u32, Inbound>, epoch: Instant, counters: &Counters) {
+    inbound.entry(packet.header.ssrc).or_default().on(packet.header.sequence_number);
+    Counters::add(&counters.packets_received, 1);
+    Counters::add(&counters.bytes_received, packet.payload.len() as u64);
+    if let Some(stamp) = packet.payload.len().checked_sub(8).and_then(|at| packet.payload.get(at..)) {
+        let sent_us = u64::from_be_bytes(stamp.try_into().unwrap_or_default());
+        let now_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Counters::sample(&counters.delays, Duration::from_micros(now_us.saturating_sub(sent_us)));
+    }
+}
