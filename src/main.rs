@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The load generator's own WebRTC engine logs every connection at info; its report is
     // what matters there.
-    let default_level = if matches!(cli.command, Some(Command::Loadtest { .. })) { "warn" } else { "info" };
+    let default_level = if matches!(cli.command, Some(Command::Loadtest { .. })) { "warn,rtc_dtls::config=error" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         // Colours for a terminal, plain text for log files and collectors.
