@@ -30,7 +30,8 @@ enum Command {
         /// The server's base URL.
         #[arg(long, default_value = "http://127.0.0.1:7880")]
         url: String,
-        /// meeting (N × N video), livestream (1 → N), audio (few speakers, many listeners).
+        /// meeting (N × N video), livestream (1 → N), audio (few speakers, many listeners),
+        /// churn (meeting participants replaced every --lifetime seconds).
         #[arg(long, value_enum, default_value = "meeting")]
         scenario: switchboard::loadtest::Scenario,
         /// Rooms.
@@ -45,6 +46,9 @@ enum Command {
         /// Seconds of media once everyone joined.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Seconds a churn participant stays before it leaves and is replaced.
+        #[arg(long, default_value_t = 5)]
+        lifetime: u64,
         /// Video bitrate per publisher, kbit/s.
         #[arg(long, default_value_t = 800)]
         video_kbps: u32,
@@ -105,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{:?} database at {} is migrated", config.database.backend, config.database.url);
             Ok(())
         }
-        Command::Loadtest { url, scenario, rooms, participants, speakers, seconds, video_kbps, fps, server_pid, json } => {
+        Command::Loadtest { url, scenario, rooms, participants, speakers, seconds, lifetime, video_kbps, fps, server_pid, json } => {
             let settings = switchboard::loadtest::LoadSettings {
                 url,
                 scenario,
@@ -113,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 participants,
                 speakers,
                 seconds,
+                lifetime: std::time::Duration::from_secs(lifetime.max(1)),
                 video: switchboard::loadtest::Video { kbps: video_kbps, fps: fps.max(1), keyframe_every: fps.max(1) * 2 },
                 server_pid,
             };

@@ -260,7 +260,8 @@ async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
 }
 
 /// The load generator against a server: every client connects, the media sent reaches the
-/// room's other participants, and the report carries the measurements.
+/// room's other participants, participants come and go under churn, and the report carries
+/// the measurements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     use switchboard::loadtest::{LoadSettings, Scenario, Video};
@@ -274,6 +275,7 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
         participants,
         speakers: 1,
         seconds: 2,
+        lifetime: Duration::from_millis(1500),
         video,
         server_pid: Some(std::process::id()),
     };
@@ -297,4 +299,11 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     let fanned = live.packets_received as f64 / live.packets_sent as f64;
     assert!(fanned > 2.4 && fanned <= 3.0, "each packet reaches the three viewers: {live:#?}");
     assert!(live.table().contains("forwarding delay"));
+
+    // Churn: participants leave after 1.5 s and are replaced; the room keeps forwarding.
+    let churn = switchboard::loadtest::run(&settings(Scenario::Churn, 3), &authority, |_| {}).await.expect("churn run");
+    assert_eq!(churn.failed, 0, "{churn:#?}");
+    assert!(churn.clients >= 12, "each of the 6 places joined at least twice: {churn:#?}");
+    assert!(churn.connected + 6 >= churn.clients, "all but the last, cut short, connected: {churn:#?}");
+    assert!(churn.packets_received > churn.packets_sent, "{churn:#?}");
 }

@@ -81,6 +81,7 @@ pub enum AuthError {
 }
 
 /// Issues and verifies tokens with the configured keys.
+#[derive(Clone)]
 pub struct TokenAuthority {
     keys: BTreeMap<String, String>,
     signing_key: String,

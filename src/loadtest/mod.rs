@@ -5,7 +5,9 @@
 //!
 //! Scenarios: `meeting` (every participant publishes video and audio and receives the
 //! others'), `livestream` (one publisher, the rest receive), `audio` (a few speakers, many
-//! listeners, audio only). Loopback only; it stops by itself after `seconds`.
+//! listeners, audio only), `churn` (meeting participants who leave after `lifetime` and are
+//! replaced at once: `participants / lifetime` joins and leaves per second per room).
+//! Loopback only; it stops by itself after `seconds`.
 
 mod client;
 mod report;
@@ -30,6 +32,8 @@ pub enum Scenario {
     Livestream,
     /// A few speakers (audio only), many listeners.
     Audio,
+    /// Meeting participants who leave after a lifetime and are replaced at once.
+    Churn,
 }
 
 /// Synthetic video: VP8-framed payloads of a size that gives the bitrate.
@@ -81,6 +85,8 @@ pub struct LoadSettings {
     pub speakers: usize,
     /// How long media flows once everyone joined.
     pub seconds: u64,
+    /// How long a churn participant stays.
+    pub lifetime: Duration,
     /// The video publishers send.
     pub video: Video,
     /// The server process, for its CPU and memory (`/proc/<pid>`).
@@ -104,21 +110,13 @@ pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: 
     let ramp = Duration::from_millis(20) * clients as u32;
     let until = epoch + ramp + Duration::from_secs(settings.seconds) + Duration::from_secs(2);
     let before = settings.server_pid.and_then(ProcessUsage::read);
+    let authority = Arc::new(authority.clone());
     let mut tasks = Vec::with_capacity(clients);
     for room in 0..settings.rooms {
         for index in 0..settings.participants {
-            let (publish, subscribe) = roles(settings, index);
-            let identity = format!("load-{room}-{index}");
-            let grants = Grants { publish: publish.is_some(), subscribe, publish_data: false, record: false, admin: false };
-            let token = authority.issue(&format!("load-{room}"), &identity, None, grants, 3600)?;
-            let plan = ClientPlan { ws_url: ws_url.clone(), token, publish, subscribe, until };
-            let counters = counters.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(err) = client::run(plan, epoch, counters.clone()).await {
-                    tracing::warn!(%identity, %err, "load client failed");
-                    Counters::add(&counters.failed, 1);
-                }
-            }));
+            let slot = Slot { room, index, ws_url: ws_url.clone(), until, epoch, counters: counters.clone(), authority: authority.clone() };
+            let (roles, lifetime) = (roles(settings, index), (settings.scenario == Scenario::Churn).then_some(settings.lifetime));
+            tasks.push(tokio::spawn(slot.run(roles, lifetime)));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -128,8 +126,9 @@ pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: 
         let c = &counters;
         let load = |x: &std::sync::atomic::AtomicU64| x.load(std::sync::atomic::Ordering::Relaxed);
         progress(&format!(
-            "{:>4.0} s  connected {}/{clients}  failed {}  sent {}  received {}",
+            "{:>4.0} s  joined {}  connected {}  failed {}  sent {}  received {}",
             epoch.elapsed().as_secs_f64(),
+            load(&c.started),
             load(&c.connected),
             load(&c.failed),
             load(&c.packets_sent),
@@ -140,14 +139,48 @@ pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: 
         let _ = task.await;
     }
     let after = settings.server_pid.and_then(ProcessUsage::read);
-    Ok(report(settings, clients, &counters, media_start.elapsed(), before, after))
+    Ok(report(settings, &counters, media_start.elapsed(), before, after))
+}
+
+/// One participant place of a room: a client, or (churn) one client after another.
+struct Slot {
+    room: usize,
+    index: usize,
+    ws_url: String,
+    until: Instant,
+    epoch: Instant,
+    counters: Arc<Counters>,
+    authority: Arc<TokenAuthority>,
+}
+
+impl Slot {
+    async fn run(self, (publish, subscribe): (Option<Media>, bool), lifetime: Option<Duration>) {
+        let mut generation = 0;
+        while Instant::now() < self.until {
+            let identity = format!("load-{}-{}-{generation}", self.room, self.index);
+            generation += 1;
+            let grants = Grants { publish: publish.is_some(), subscribe, publish_data: false, record: false, admin: false };
+            let token = match self.authority.issue(&format!("load-{}", self.room), &identity, None, grants, 3600) {
+                Ok(token) => token,
+                Err(err) => return tracing::warn!(%err, "no token for a load client"),
+            };
+            let until = lifetime.map_or(self.until, |l| (Instant::now() + l).min(self.until));
+            let plan = ClientPlan { ws_url: self.ws_url.clone(), token, publish, subscribe, until };
+            Counters::add(&self.counters.started, 1);
+            if let Err(err) = client::run(plan, self.epoch, self.counters.clone()).await {
+                tracing::warn!(%identity, %err, "load client failed");
+                Counters::add(&self.counters.failed, 1);
+                return;
+            }
+        }
+    }
 }
 
 /// What participant `index` of a room publishes, and whether it subscribes.
 fn roles(settings: &LoadSettings, index: usize) -> (Option<Media>, bool) {
     let av = Media { video: Some(settings.video), audio: true };
     match settings.scenario {
-        Scenario::Meeting => (Some(av), true),
+        Scenario::Meeting | Scenario::Churn => (Some(av), true),
         Scenario::Livestream => (if index == 0 { Some(av) } else { None }, index != 0),
         Scenario::Audio => (if index < settings.speakers.max(1) { Some(Media { video: None, audio: true }) } else { None }, true),
     }
@@ -155,7 +188,6 @@ fn roles(settings: &LoadSettings, index: usize) -> (Option<Media>, bool) {
 
 fn report(
     settings: &LoadSettings,
-    clients: usize,
     counters: &Counters,
     media: Duration,
     before: Option<ProcessUsage>,
@@ -174,7 +206,7 @@ fn report(
     let mut joins = std::mem::take(&mut *counters.joins.lock().unwrap_or_else(|p| p.into_inner()));
     Report {
         scenario: format!("{:?}", settings.scenario).to_lowercase(),
-        clients: clients as u64,
+        clients: load(&counters.started),
         connected: load(&counters.connected),
         failed: load(&counters.failed),
         seconds: media.as_secs_f64(),

@@ -10,6 +10,8 @@ use serde::Serialize;
 /// Counters every client adds to.
 #[derive(Default)]
 pub struct Counters {
+    /// Clients started (joins; with churn, more than the participants).
+    pub started: AtomicU64,
     /// Clients whose connections came up.
     pub connected: AtomicU64,
     /// Clients that failed to join or connect.
@@ -98,7 +100,7 @@ impl Percentiles {
 pub struct Report {
     /// The scenario's name.
     pub scenario: String,
-    /// Clients started.
+    /// Clients started (joins).
     pub clients: u64,
     /// Clients whose connections came up.
     pub connected: u64,
