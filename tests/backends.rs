@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::rtc_client::{self, Client};
 use common::services::{self, consume, consume_from, produce, spawn_server, Broker, Proxy, Redis, TempDir, S3};
-use common::{answer_offers, Signal, TestServer};
+use common::{answer_offers, http_json, Signal, TestServer};
 use recorder::objects::ObjectStore;
 use serde_json::{json, Value};
 use signaling::state::StateStore;
@@ -804,23 +804,6 @@ async fn migrate_creates_the_seed_schema_in_sqlite_and_postgres() {
 // ---------------------------------------------------------------------------------------
 // Admin API
 
-/// A plain HTTP/1.1 POST: status and body.
-async fn http_post(addr: std::net::SocketAddr, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("response read");
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_close_rooms_and_mute_participants_over_http_and_it_is_logged() {
     let server = TestServer::start_with(Vec::new(), None).await;
@@ -831,23 +814,27 @@ async fn admins_close_rooms_and_mute_participants_over_http_and_it_is_logged() {
 
     let admin = server.token("ops-room", "ops", &["admin"]);
     let path = "/api/rooms/ops-room/participants/alice/mute";
-    assert_eq!(http_post(server.http, path, None, "").await.0, 401);
-    assert_eq!(http_post(server.http, path, Some("not-a-token"), "").await.0, 401);
-    assert_eq!(http_post(server.http, path, Some(&server.token("ops-room", "eve", &["publish"])), "").await.0, 403);
-    assert_eq!(http_post(server.http, path, Some(&server.token("other", "ops", &["admin"])), "").await.0, 403, "admin of another room");
-    assert_eq!(http_post(server.http, "/api/rooms/ops-room/participants/nobody/mute", Some(&admin), "").await.0, 404);
+    assert_eq!(http_json(server.http, "POST", path, None, "").await.0, 401);
+    assert_eq!(http_json(server.http, "POST", path, Some("not-a-token"), "").await.0, 401);
+    assert_eq!(http_json(server.http, "POST", path, Some(&server.token("ops-room", "eve", &["publish"])), "").await.0, 403);
+    assert_eq!(
+        http_json(server.http, "POST", path, Some(&server.token("other", "ops", &["admin"])), "").await.0,
+        403,
+        "admin of another room"
+    );
+    assert_eq!(http_json(server.http, "POST", "/api/rooms/ops-room/participants/nobody/mute", Some(&admin), "").await.0, 404);
 
-    let (status, body) = http_post(server.http, path, Some(&admin), "").await;
+    let (status, body) = http_json(server.http, "POST", path, Some(&admin), "").await;
     assert_eq!((status, body), (200, json!({"sessions": 1})));
     let muted = alice.expect("track_muted").await;
     assert_eq!((muted["track_id"].clone(), muted["muted"].clone()), (track, json!(true)));
 
-    assert_eq!(http_post(server.http, "/api/rooms/ops-room/close", Some(&admin), "{nope").await.0, 400);
-    let (status, _) = http_post(server.http, "/api/rooms/ops-room/close", Some(&admin), r#"{"reason":"maintenance"}"#).await;
+    assert_eq!(http_json(server.http, "POST", "/api/rooms/ops-room/close", Some(&admin), "{nope").await.0, 400);
+    let (status, _) = http_json(server.http, "POST", "/api/rooms/ops-room/close", Some(&admin), r#"{"reason":"maintenance"}"#).await;
     assert_eq!(status, 200);
     assert_eq!(alice.expect("room_closed").await["reason"], "maintenance");
     alice.closed().await;
-    assert_eq!(http_post(server.http, "/api/rooms/ops-room/close", Some(&admin), "").await.0, 404, "the room is gone");
+    assert_eq!(http_json(server.http, "POST", "/api/rooms/ops-room/close", Some(&admin), "").await.0, 404, "the room is gone");
 
     journal_drained(&server).await;
     let pool = database(&server).await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::TestServer;
+use common::{decode_errors, ffprobe, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_tabs_see_and_hear_each_other() {
@@ -35,21 +35,7 @@ async fn two_chromium_tabs_see_and_hear_each_other() {
 /// A browser's recording as HLS: a video (VP8, VP9 or H.264, as Chromium chose) and an Opus
 /// stream, the length the API lists, frames in both, and a decode without errors.
 fn check_hls(url: &str, listed_secs: f64) {
-    let output = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_frames:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(url)
-        .output()
-        .expect("ffprobe runs");
-    assert!(output.status.success(), "ffprobe refused {url}: {}", String::from_utf8_lossy(&output.stderr));
-    let probe: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ffprobe JSON");
+    let probe = ffprobe(url);
     let streams = probe["streams"].as_array().expect("streams");
     assert_eq!(streams.len(), 2, "{probe}");
     let stream = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind).unwrap_or_else(|| panic!("{kind} stream: {probe}"));
@@ -62,6 +48,5 @@ fn check_hls(url: &str, listed_secs: f64) {
     let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
     // The API lists whole seconds, rounded up.
     assert!(duration > 4.0 && (listed_secs - duration) >= -0.5 && (listed_secs - duration) < 1.5, "{duration} s vs {listed_secs}: {probe}");
-    let decoded = Command::new("ffmpeg").args(["-v", "error", "-i", url, "-f", "null", "-"]).output().expect("ffmpeg runs");
-    assert_eq!(String::from_utf8_lossy(&decoded.stderr), "", "{url} decodes without errors");
+    assert_eq!(decode_errors(url), "", "{url} decodes without errors");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::rtc_client::{self, local_track, Outbound};
-use common::{services, Signal, TestServer, WAIT};
+use common::{decode_errors, ffprobe, services, Signal, TestServer, WAIT};
 use rtc::rtp;
 use rtc::rtp::codec::{av1::Av1Payloader, h264::H264Payloader, opus::OpusPayloader, vp8::Vp8Payloader};
 use rtc::rtp::packetizer::Payloader;
@@ -144,48 +144,10 @@ impl Sender {
     }
 }
 
-/// What ffprobe reads of a URL: streams with their codec and counted frames, and the
-/// container's duration.
-fn ffprobe(url: &str) -> Value {
-    let output = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_frames:format=duration",
-            "-of",
-            "json",
-        ])
-        .arg(url)
-        .output()
-        .expect("ffprobe runs");
-    assert!(output.status.success(), "ffprobe refused {url}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("ffprobe JSON")
-}
-
-/// ffmpeg's complaints when decoding all of a URL.
-fn decode_errors(url: &str) -> String {
-    let output = Command::new("ffmpeg").args(["-v", "error", "-i", url, "-f", "null", "-"]).output().expect("ffmpeg runs");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// An HTTP request to the server with a bearer token: status and JSON body.
+/// An API request with a bearer token: status and JSON body.
 async fn api(http: std::net::SocketAddr, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("response");
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    common::http_json(http, method, path, Some(token), &body).await
 }
 
 /// Waits for the room's `recording` message with `state`.

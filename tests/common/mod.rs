@@ -253,6 +253,51 @@ pub async fn answer_offers(signal: &mut Signal, client: &rtc_client::Client, win
     answered
 }
 
+/// An HTTP/1.1 request (JSON body, optional bearer token): the status and the JSON body
+/// (`Null` when the body is not JSON).
+pub async fn http_json(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response read");
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// What ffprobe reads of a file or URL: streams with their type, codec and counted frames,
+/// and the container's duration.
+pub fn ffprobe(url: &str) -> Value {
+    let output = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(url)
+        .output()
+        .expect("ffprobe runs (Debian package ffmpeg; scripts/test installs it)");
+    assert!(output.status.success(), "ffprobe refused {url}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("ffprobe JSON")
+}
+
+/// ffmpeg's complaints when decoding all of a file or URL (empty: it decoded cleanly).
+pub fn decode_errors(url: &str) -> String {
+    let output = std::process::Command::new("ffmpeg").args(["-v", "error", "-i", url, "-f", "null", "-"]).output().expect("ffmpeg runs");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub mod rtc_client {
     //! WebRTC clients on the async `webrtc` crate.
     use super::*;
