@@ -19,7 +19,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
@@ -27,7 +26,7 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTra
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
-use sfu::peer::{build_peer, PeerRole, PeerSettings, SrtpProfile};
+use sfu::peer::{add_host_candidates, build_peer, PeerRole, PeerSettings, SrtpProfile};
 use sfu::{ParticipantId, TrackId};
 
 const FAN_OUT: [usize; 3] = [1, 10, 100];
@@ -94,20 +93,7 @@ fn client(client_addr: SocketAddr) -> (RTCPeerConnection, SocketAddr) {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
     let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).expect("client");
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: client_addr.ip().to_string(),
-            port: client_addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("candidate");
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
-    pc.add_local_candidate(RTCIceCandidateInit::default()).expect("gathering done");
+    add_host_candidates(&mut pc, &[client_addr]).expect("host candidate");
     (pc, client_addr)
 }
 

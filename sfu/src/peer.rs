@@ -102,7 +102,14 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
         .with_interceptor_registry(registry)
         .build(now)
         .map_err(engine)?;
-    for addr in &shared.candidates {
+    add_host_candidates(&mut pc, &shared.candidates)?;
+    Ok(NewPeer { pc, ufrag })
+}
+
+/// Gives a connection UDP host candidates at `addrs` and ends its gathering (no trickle):
+/// how the server's connections, and clients on the same engine, announce themselves.
+pub fn add_host_candidates(pc: &mut RTCPeerConnection, addrs: &[SocketAddr]) -> Result<(), SfuError> {
+    for addr in addrs {
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".to_owned(),
@@ -117,8 +124,7 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
         .map_err(engine)?;
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(engine)?).map_err(engine)?;
     }
-    pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(engine)?;
-    Ok(NewPeer { pc, ufrag })
+    pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(engine)
 }
 
 fn engine(err: impl std::fmt::Display) -> SfuError {

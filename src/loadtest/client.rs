@@ -19,7 +19,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp;
 use rtc::rtp::codec::vp8::Vp8Payloader;
@@ -83,20 +82,7 @@ impl Connection {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(engine)?;
         let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).map_err(engine)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".into(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(engine)?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(engine)?).map_err(engine)?;
-        pc.add_local_candidate(RTCIceCandidateInit::default()).map_err(engine)?;
+        sfu::peer::add_host_candidates(&mut pc, &[local]).map_err(engine)?;
         Ok(Self { pc, socket, local, connected: false })
     }
 
