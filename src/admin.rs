@@ -49,6 +49,15 @@ pub(crate) fn refusal(status: StatusCode, code: &'static str, message: impl Into
     Refusal { status, code, message: message.into() }
 }
 
+/// A request's optional JSON body: the defaults when it is empty, 400 `invalid_body` when it
+/// does not parse.
+pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refusal> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()))
+}
+
 /// The identity of an admin of `room`, from the request's bearer token.
 fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String, Refusal> {
     bearer_of(state, headers, room, "admin", |grants| grants.admin)
@@ -120,13 +129,9 @@ async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>
         Ok(admin) => admin,
         Err(refused) => return refused.into_response(),
     };
-    let body: CloseBody = if body.is_empty() {
-        CloseBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(body) => body,
-            Err(err) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()).into_response(),
-        }
+    let body: CloseBody = match optional_json(&body) {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
     };
     let details = json!({ "reason": body.reason });
     act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason: body.reason }, "room", room, details).await

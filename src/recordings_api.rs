@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use signaling::recordings::RecordingError;
 
-use crate::admin::{bearer_of, refusal, Refusal};
+use crate::admin::{bearer_of, optional_json, refusal, Refusal};
 use crate::backends::db::RecordingRow;
 use crate::http::{AppState, SignedQuery};
 
@@ -68,13 +68,9 @@ async fn start(State(state): State<Arc<AppState>>, Path(room): Path<String>, hea
     if let Err(refused) = recorder_of(&state, &headers, &room) {
         return refused.into_response();
     }
-    let body: StartBody = if body.is_empty() {
-        StartBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(body) => body,
-            Err(err) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()).into_response(),
-        }
+    let body: StartBody = match optional_json(&body) {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
     };
     match state.signaling.recordings.start(&room, body.format.as_deref(), body.identity.as_deref()).await {
         Ok(recordings) => (StatusCode::CREATED, Json(json!({ "meeting_id": room, "recordings": recordings }))).into_response(),
