@@ -17,22 +17,12 @@ use recorder::jitter::RtpPacket;
 use recorder::recording::{Output, Recording, RecordingSettings};
 use rtc::rtp::codec::{opus::OpusPayloader, vp8::Vp8Payloader};
 use rtc::rtp::packetizer::Payloader;
+use switchboard::loadtest::synthetic_vp8_frame;
 
 const FPS: u32 = 30;
 const VIDEO_FRAME_BYTES: usize = 5_000;
 const KEYFRAME_BYTES: usize = 30_000;
 const OPUS_PACKET_BYTES: usize = 120;
-
-/// A VP8 frame with a valid frame header (640x480 keyframes) and filler after it.
-fn vp8_frame(key: bool, len: usize) -> Bytes {
-    let tag = (64u32 << 5) | (1 << 4) | u32::from(!key);
-    let mut data = vec![tag as u8, (tag >> 8) as u8, (tag >> 16) as u8];
-    if key {
-        data.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
-    }
-    data.resize(len, 0x5a);
-    Bytes::from(data)
-}
 
 /// One track's packets for `seconds`: (arrival offset, packet).
 fn packets(payloader: &mut dyn Payloader, frames: &[Bytes], frame_interval: Duration, clock_step: u32) -> Vec<(Duration, RtpPacket)> {
@@ -52,8 +42,9 @@ fn packets(payloader: &mut dyn Payloader, frames: &[Bytes], frame_interval: Dura
 
 /// `seconds` of one participant's media in arrival order: (arrival offset, track, packet).
 fn media(seconds: u32) -> Vec<(Duration, usize, RtpPacket)> {
-    let video: Vec<Bytes> =
-        (0..seconds * FPS).map(|i| vp8_frame(i % 60 == 0, if i % 60 == 0 { KEYFRAME_BYTES } else { VIDEO_FRAME_BYTES })).collect();
+    let video: Vec<Bytes> = (0..seconds * FPS)
+        .map(|i| synthetic_vp8_frame(i % 60 == 0, if i % 60 == 0 { KEYFRAME_BYTES } else { VIDEO_FRAME_BYTES }))
+        .collect();
     let audio: Vec<Bytes> = (0..seconds * 50).map(|i| Bytes::from(vec![0xfc ^ (i as u8 & 1); OPUS_PACKET_BYTES])).collect();
     let mut all: Vec<(Duration, usize, RtpPacket)> =
         packets(&mut Vp8Payloader::default(), &video, Duration::from_secs(1) / FPS, 90_000 / FPS)

@@ -48,17 +48,23 @@ pub struct Video {
 }
 
 impl Video {
-    /// A frame with a valid VP8 frame tag (keyframes carry the 640x480 start code).
+    /// A frame of the size that gives the bitrate (keyframes three times larger).
     fn frame(&self, keyframe: bool) -> Bytes {
         let size = (self.kbps as usize * 1000 / 8 / self.fps.max(1) as usize).max(16) * if keyframe { 3 } else { 1 };
-        let tag = (64u32 << 5) | (1 << 4) | u32::from(!keyframe);
-        let mut data = vec![tag as u8, (tag >> 8) as u8, (tag >> 16) as u8];
-        if keyframe {
-            data.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
-        }
-        data.resize(size, 0x5a);
-        Bytes::from(data)
+        synthetic_vp8_frame(keyframe, size)
     }
+}
+
+/// A VP8 frame of `len` bytes with a valid frame tag (keyframes carry the 640x480 start
+/// code) and filler after it: what the SFU and the recorder read of real frames.
+pub fn synthetic_vp8_frame(keyframe: bool, len: usize) -> Bytes {
+    let tag = (64u32 << 5) | (1 << 4) | u32::from(!keyframe);
+    let mut data = vec![tag as u8, (tag >> 8) as u8, (tag >> 16) as u8];
+    if keyframe {
+        data.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+    }
+    data.resize(len.max(data.len()), 0x5a);
+    Bytes::from(data)
 }
 
 /// What a publisher sends.
