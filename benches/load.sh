@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Runs the load generator's scenarios against a Switchboard server on this machine
-# (loopback only) and writes one JSON report per scenario to $OUT (default target/load).
+# Runs the load generator's scenarios (benches/scenarios/*.yaml) against a Switchboard server
+# on this machine (loopback only) and writes one JSON report per scenario to $OUT (default
+# target/load). benches/compare.sh runs the same scenarios against Switchboard and Janus.
 #
-#   benches/load.sh            # release build, every scenario, 15 s each
+#   benches/load.sh                    # release build, every scenario
+#   benches/load.sh meeting churn      # some of them
 #   SECONDS_EACH=30 benches/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out="${OUT:-target/load}"
-seconds="${SECONDS_EACH:-15}"
 port="${PORT:-7990}"
 mkdir -p "$out"
 cargo build --release --quiet
@@ -29,14 +30,12 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 
-run() { # name, then loadtest arguments
-  local name=$1
-  shift
+scenarios=("$@")
+((${#scenarios[@]})) || scenarios=(meeting livestream audio churn)
+for name in "${scenarios[@]}"; do
   echo "== $name"
-  "$bin" loadtest --url "http://127.0.0.1:$port" --seconds "$seconds" --server-pid "$server" --json "$out/$name.json" "$@"
-}
-run meeting --scenario meeting --rooms 4 --participants 4
-run livestream --scenario livestream --rooms 1 --participants 50
-run audio --scenario audio --rooms 2 --participants 25 --speakers 3
-run churn --scenario churn --rooms 2 --participants 5 --lifetime 3
+  extra=()
+  [[ -n "${SECONDS_EACH:-}" ]] && extra=(--seconds "$SECONDS_EACH")
+  "$bin" loadtest --file "benches/scenarios/$name.yaml" "${extra[@]}" --url "http://127.0.0.1:$port" --server-pid "$server" --json "$out/$name.json"
+done
 echo "reports in $out"

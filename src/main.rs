@@ -27,34 +27,11 @@ enum Command {
     /// Run a load test against a server (loopback): simulated WebRTC clients join rooms,
     /// publish and subscribe; prints a progress line each second, then a table (and JSON).
     Loadtest {
-        /// The server's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:7880")]
-        url: String,
-        /// meeting (N × N video), livestream (1 → N), audio (few speakers, many listeners),
-        /// churn (meeting participants replaced every --lifetime seconds).
-        #[arg(long, value_enum, default_value = "meeting")]
-        scenario: switchboard::loadtest::Scenario,
-        /// Rooms.
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        /// Participants per room.
-        #[arg(long, default_value_t = 4)]
-        participants: usize,
-        /// Speakers per room (audio scenario).
-        #[arg(long, default_value_t = 2)]
-        speakers: usize,
-        /// Seconds of media once everyone joined.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Seconds a churn participant stays before it leaves and is replaced.
-        #[arg(long, default_value_t = 5)]
-        lifetime: u64,
-        /// Video bitrate per publisher, kbit/s.
-        #[arg(long, default_value_t = 800)]
-        video_kbps: u32,
-        /// Video frames per second.
-        #[arg(long, default_value_t = 30)]
-        fps: u32,
+        /// A YAML file with the load (the flags' names in snake_case); flags override it.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        spec: switchboard::loadtest::LoadSpec,
         /// The server's process id, to report its CPU seconds and memory.
         #[arg(long)]
         server_pid: Option<u32>,
@@ -109,18 +86,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{:?} database at {} is migrated", config.database.backend, config.database.url);
             Ok(())
         }
-        Command::Loadtest { url, scenario, rooms, participants, speakers, seconds, lifetime, video_kbps, fps, server_pid, json } => {
-            let settings = switchboard::loadtest::LoadSettings {
-                url,
-                scenario,
-                rooms,
-                participants,
-                speakers,
-                seconds,
-                lifetime: std::time::Duration::from_secs(lifetime.max(1)),
-                video: switchboard::loadtest::Video { kbps: video_kbps, fps: fps.max(1), keyframe_every: fps.max(1) * 2 },
-                server_pid,
+        Command::Loadtest { file, spec, server_pid, json } => {
+            let spec = match file {
+                Some(path) => spec.or(switchboard::loadtest::LoadSpec::from_yaml_file(&path)?),
+                None => spec,
             };
+            let settings = spec.settings(server_pid);
             let authority = signaling::auth::TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone());
             let report = switchboard::loadtest::run(&settings, &authority, |line| eprintln!("{line}")).await?;
             print!("{}", report.table());

@@ -264,11 +264,12 @@ async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
 /// the measurements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
-    use switchboard::loadtest::{LoadSettings, Scenario, Video};
+    use switchboard::loadtest::{LoadSettings, Scenario, Target, Video};
     let server = TestServer::start(&[]).await;
     let authority = signaling::auth::TokenAuthority::new(server.config.auth.keys.clone(), server.config.auth.signing_key.clone());
     let video = Video { kbps: 300, fps: 30, keyframe_every: 60 };
     let settings = |scenario, participants| LoadSettings {
+        target: Target::Switchboard,
         url: format!("http://{}", server.http),
         scenario,
         rooms: 2,
@@ -277,6 +278,7 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
         seconds: 2,
         lifetime: Duration::from_millis(1500),
         video,
+        client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         server_pid: Some(std::process::id()),
     };
 
@@ -292,6 +294,9 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     assert!(meeting.delay_us.count as u64 == meeting.packets_received && meeting.delay_us.max > 0, "{meeting:#?}");
     let server_usage = meeting.server.expect("the server's CPU and memory");
     assert!(server_usage.cpu_seconds > 0.0 && server_usage.rss_bytes > 0, "{server_usage:?}");
+    assert_eq!(meeting.subscribed_tracks, 6 * 2 * 2, "each client got the others' audio and video");
+    assert!(meeting.window_packets_received > 0 && meeting.window_packets_received < meeting.packets_received, "{meeting:#?}");
+    assert!(meeting.rss_per_subscribed_track_bytes.is_some() && meeting.received_packets_per_server_cpu_second.is_some());
 
     // Livestream: one publisher per room, three viewers who publish nothing.
     let live = switchboard::loadtest::run(&settings(Scenario::Livestream, 4), &authority, |_| {}).await.expect("livestream run");

@@ -1,5 +1,6 @@
-//! One simulated participant: its signaling over `/ws` and its two WebRTC connections on the
-//! sans-IO `rtc` engine (its own ICE, DTLS and SRTP, each on its own UDP socket), publishing
+//! One simulated participant: its signaling over a WebSocket (Switchboard's `/ws`, or
+//! another server's through a [`Dialect`]) and its two WebRTC connections on the sans-IO
+//! `rtc` engine (its own ICE, DTLS and SRTP, each on its own UDP socket), publishing
 //! synthetic media and receiving the room's.
 //!
 //! Every packet a publisher sends carries its send time (microseconds since the test's
@@ -7,7 +8,7 @@
 //! measure the forwarding delay from it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::packetizer::Payloader;
@@ -29,6 +33,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::report::Counters;
@@ -55,10 +61,10 @@ fn engine(err: impl std::fmt::Display) -> ClientError {
 /// What one client does.
 #[derive(Debug, Clone)]
 pub struct ClientPlan {
-    /// The server's WebSocket URL (`ws://host:port/ws`).
+    /// The server's WebSocket URL.
     pub ws_url: String,
-    /// Its access token.
-    pub token: String,
+    /// The address its media sockets bind to (its ICE host candidate).
+    pub ip: IpAddr,
     /// What it publishes (`None`: it only listens).
     pub publish: Option<Media>,
     /// Whether it receives the room's media.
@@ -76,8 +82,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn new() -> Result<Self, ClientError> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    async fn new(ip: IpAddr) -> Result<Self, ClientError> {
+        let socket = UdpSocket::bind((ip, 0)).await?;
         let local = socket.local_addr()?;
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(engine)?;
@@ -152,71 +158,86 @@ impl Inbound {
     }
 }
 
-/// Runs one client until `plan.until`.
-pub async fn run(plan: ClientPlan, epoch: Instant, counters: Arc<Counters>) -> Result<(), ClientError> {
+/// Runs one client until `plan.until`: connects its signaling, lets `dialect` drive the
+/// negotiation, sends media once the publisher is up and counts what arrives.
+pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant, counters: Arc<Counters>) -> Result<(), ClientError> {
     let signaling = |e: tokio_tungstenite::tungstenite::Error| ClientError::Signaling(e.to_string());
-    let (mut ws, _) = tokio_tungstenite::connect_async(plan.ws_url.as_str()).await.map_err(signaling)?;
+    let mut request = plan.ws_url.as_str().into_client_request().map_err(signaling)?;
+    if let Some(protocol) = dialect.subprotocol() {
+        let value = HeaderValue::from_static(protocol);
+        request.headers_mut().insert("Sec-WebSocket-Protocol", value);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(signaling)?;
     let joined_at = Instant::now();
-    ws.send(Message::text(json!({"type": "join", "id": 1, "token": plan.token}).to_string())).await.map_err(signaling)?;
-    let mut publisher = match &plan.publish {
-        Some(_) => Some(Connection::new().await?),
-        None => None,
-    };
-    let mut subscriber = if plan.subscribe { Some(Connection::new().await?) } else { None };
-    let mut outbound: Vec<Outbound> = Vec::new();
+    send_all(&mut ws, dialect.opening()).await?;
+    let mut peers = Peers::new(plan.ip, plan.publish, plan.subscribe).await?;
     let mut inbound: HashMap<u32, Inbound> = HashMap::new();
     let mut first_media = false;
     let mut buffers = [vec![0u8; 2048], vec![0u8; 2048]];
     let mut payloader = Vp8Payloader::default();
     let mut counted_connected = false;
+    let mut next_keepalive = Instant::now() + KEEPALIVE;
     loop {
         let now = Instant::now();
         if now >= plan.until {
             break;
         }
-        let mut deadline = plan.until;
-        for connection in [publisher.as_mut(), subscriber.as_mut()].into_iter().flatten() {
+        let mut deadline = plan.until.min(next_keepalive);
+        for connection in peers.connections() {
             deadline = deadline.min(connection.deadline());
         }
-        if publisher.as_ref().is_some_and(|p| p.connected) {
-            deadline = outbound.iter().map(|o| o.next).fold(deadline, Instant::min);
+        if peers.publisher.as_ref().is_some_and(|p| p.connected) {
+            deadline = peers.outbound.iter().map(|o| o.next).fold(deadline, Instant::min);
         }
         let [pub_buffer, sub_buffer] = &mut buffers;
         tokio::select! {
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    handle_signal(&value, &plan, &mut ws, &mut publisher, &mut subscriber, &mut outbound).await?;
+                    tracing::trace!(message = %text, "signaling from the server");
+                    let replies = dialect.on_message(&value, &mut peers)?;
+                    send_all(&mut ws, replies).await?;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(err)) => return Err(signaling(err)),
                 None => return Err(ClientError::Signaling("the server closed the connection".into())),
             },
-            received = recv(publisher.as_ref().map(|c| &c.socket), pub_buffer) => {
-                if let (Ok((len, from)), Some(p)) = (received, publisher.as_mut()) {
+            received = recv(peers.publisher.as_ref().map(|c| &c.socket), pub_buffer) => {
+                if let (Ok((len, from)), Some(p)) = (received, peers.publisher.as_mut()) {
                     p.deliver(&pub_buffer[..len], from);
                 }
             },
-            received = recv(subscriber.as_ref().map(|c| &c.socket), sub_buffer) => {
-                if let (Ok((len, from)), Some(s)) = (received, subscriber.as_mut()) {
+            received = recv(peers.subscriber.as_ref().map(|c| &c.socket), sub_buffer) => {
+                if let (Ok((len, from)), Some(s)) = (received, peers.subscriber.as_mut()) {
                     s.deliver(&sub_buffer[..len], from);
                 }
             },
             () = tokio::time::sleep_until(deadline.into()) => {}
         }
+        if Instant::now() >= next_keepalive {
+            next_keepalive = Instant::now() + KEEPALIVE;
+            send_all(&mut ws, dialect.keepalive()).await?;
+        }
         // Media due now.
-        if let (Some(media), Some(p)) = (&plan.publish, publisher.as_mut()) {
+        if let (Some(media), Some(p)) = (&plan.publish, peers.publisher.as_mut()) {
             if p.connected {
                 let now = Instant::now();
-                for stream in outbound.iter_mut().filter(|o| o.next <= now) {
+                for stream in peers.outbound.iter_mut().filter(|o| o.next <= now) {
                     send_frame(p, stream, media, epoch, &mut payloader, &counters);
                 }
             }
         }
-        for connection in [publisher.as_mut(), subscriber.as_mut()].into_iter().flatten() {
+        for connection in peers.connections() {
             connection.flush();
         }
-        if let Some(s) = subscriber.as_mut() {
+        if let Some(p) = peers.publisher.as_mut() {
+            while let Some(message) = p.pc.poll_read() {
+                if let RTCMessage::RtcpPacket(_, packets) = message.message {
+                    count_feedback(&packets, &counters);
+                }
+            }
+        }
+        if let Some(s) = peers.subscriber.as_mut() {
             while let Some(message) = s.pc.poll_read() {
                 if let RTCMessage::RtpPacket(_, packet) = message.message {
                     if !first_media {
@@ -228,14 +249,25 @@ pub async fn run(plan: ClientPlan, epoch: Instant, counters: Arc<Counters>) -> R
             }
             s.flush();
         }
-        let up = publisher.as_ref().is_none_or(|p| p.connected) && subscriber.as_ref().is_none_or(|s| s.connected);
+        let up = peers.publisher.as_ref().is_none_or(|p| p.connected) && peers.subscriber.as_ref().is_none_or(|s| s.connected);
         if up && !counted_connected {
             counted_connected = true;
             Counters::add(&counters.connected, 1);
         }
     }
     Counters::add(&counters.packets_lost, inbound.values().map(Inbound::lost).sum());
-    let _ = ws.send(Message::text(json!({"type": "leave"}).to_string())).await;
+    Counters::add(&counters.tracks_received, inbound.len() as u64);
+    let _ = send_all(&mut ws, dialect.closing()).await;
+    Ok(())
+}
+
+/// How often a dialect may send a keepalive.
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+async fn send_all(ws: &mut Ws, messages: Vec<Value>) -> Result<(), ClientError> {
+    for message in messages {
+        ws.send(Message::text(message.to_string())).await.map_err(|e| ClientError::Signaling(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -247,69 +279,150 @@ async fn recv(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> std::io::Result<
     }
 }
 
-/// Acts on a message from the server.
-async fn handle_signal(
-    value: &Value,
-    plan: &ClientPlan,
-    ws: &mut Ws,
-    publisher: &mut Option<Connection>,
-    subscriber: &mut Option<Connection>,
-    outbound: &mut Vec<Outbound>,
-) -> Result<(), ClientError> {
-    let send = |value: Value| Message::text(value.to_string());
-    let signaling = |e: tokio_tungstenite::tungstenite::Error| ClientError::Signaling(e.to_string());
-    match value["type"].as_str().unwrap_or_default() {
-        "joined" => {
-            let (Some(media), Some(p)) = (&plan.publish, publisher.as_mut()) else { return Ok(()) };
-            let stream = format!("load-{}", rand::random::<u32>());
-            if media.video.is_some() {
-                let track = track(&stream, "video", RtpCodecKind::Video, vp8(), rand::random());
-                p.pc.add_track(track).map_err(engine)?;
-            }
-            if media.audio {
-                let track = track(&stream, "audio", RtpCodecKind::Audio, opus(), rand::random());
-                p.pc.add_track(track).map_err(engine)?;
-            }
-            let offer = p.pc.create_offer(None).map_err(engine)?;
-            p.pc.set_local_description(Instant::now(), offer.clone()).map_err(engine)?;
-            ws.send(send(json!({"type": "publish_offer", "id": 2, "sdp": offer.sdp}))).await.map_err(signaling)?;
+/// Counts the feedback a publisher gets from the server: NACKs and picture-loss requests.
+fn count_feedback(packets: &[Box<dyn rtc::rtcp::Packet>], counters: &Counters) {
+    for packet in packets {
+        let any = packet.as_any();
+        if any.is::<TransportLayerNack>() {
+            Counters::add(&counters.nacks, 1);
+        } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+            Counters::add(&counters.plis, 1);
         }
-        "publish_answer" => {
-            let Some(p) = publisher.as_mut() else { return Ok(()) };
-            let sdp = value["sdp"].as_str().unwrap_or_default().to_owned();
-            let answer = RTCSessionDescription::answer(sdp).map_err(engine)?;
-            p.pc.set_remote_description(Instant::now(), answer).map_err(engine)?;
-            let senders: Vec<RTCRtpSenderId> = p.pc.get_senders().collect();
-            for id in senders {
-                let Some(mut sender) = p.pc.rtp_sender(id) else { continue };
-                let parameters = sender.get_parameters();
-                let Some(codec) = parameters.rtp_parameters.codecs.first() else { continue };
-                let video = codec.rtp_codec.mime_type.to_ascii_lowercase().starts_with("video");
-                let ssrc = parameters.encodings.first().map(|e| e.rtp_coding_parameters.ssrc.unwrap_or(0)).unwrap_or(0);
-                outbound.push(Outbound {
-                    sender: id,
-                    video,
-                    payload_type: codec.payload_type,
-                    ssrc,
-                    sequence: 0,
-                    frames: 0,
-                    next: Instant::now(),
-                });
-            }
-        }
-        "subscribe_offer" => {
-            let Some(s) = subscriber.as_mut() else { return Ok(()) };
-            let sdp = value["sdp"].as_str().unwrap_or_default().to_owned();
-            s.pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp).map_err(engine)?).map_err(engine)?;
-            let answer = s.pc.create_answer(None).map_err(engine)?;
-            s.pc.set_local_description(Instant::now(), answer.clone()).map_err(engine)?;
-            ws.send(send(json!({"type": "subscribe_answer", "sdp": answer.sdp}))).await.map_err(signaling)?;
-        }
-        "ping" => ws.send(send(json!({"type": "pong"}))).await.map_err(signaling)?,
-        "error" if value["id"].is_number() => return Err(ClientError::Signaling(value.to_string())),
-        _ => {}
     }
-    Ok(())
+}
+
+/// A signaling protocol a load client speaks: what it sends first, how it answers the
+/// server's messages (driving the client's connections through [`Peers`]), its keepalives
+/// and its goodbye. Sans-IO: it returns the JSON messages to send.
+pub trait Dialect: Send {
+    /// The WebSocket subprotocol to ask for, if any.
+    fn subprotocol(&self) -> Option<&'static str> {
+        None
+    }
+    /// The messages sent once the WebSocket is open.
+    fn opening(&mut self) -> Vec<Value>;
+    /// The replies to a message from the server.
+    fn on_message(&mut self, message: &Value, peers: &mut Peers) -> Result<Vec<Value>, ClientError>;
+    /// The messages that keep the session alive (sent every 20 s).
+    fn keepalive(&mut self) -> Vec<Value> {
+        Vec::new()
+    }
+    /// The messages sent when the client leaves.
+    fn closing(&mut self) -> Vec<Value>;
+}
+
+/// The client's connections, as the signaling sees them: a publisher connection (when it
+/// publishes) and a subscriber connection (when it receives), each negotiated by SDP.
+pub struct Peers {
+    publish: Option<Media>,
+    publisher: Option<Connection>,
+    subscriber: Option<Connection>,
+    outbound: Vec<Outbound>,
+}
+
+impl Peers {
+    async fn new(ip: IpAddr, publish: Option<Media>, subscribe: bool) -> Result<Self, ClientError> {
+        let publisher = match publish {
+            Some(_) => Some(Connection::new(ip).await?),
+            None => None,
+        };
+        let subscriber = if subscribe { Some(Connection::new(ip).await?) } else { None };
+        Ok(Self { publish, publisher, subscriber, outbound: Vec::new() })
+    }
+
+    fn connections(&mut self) -> impl Iterator<Item = &mut Connection> {
+        [self.publisher.as_mut(), self.subscriber.as_mut()].into_iter().flatten()
+    }
+
+    /// Whether the client receives the room's media.
+    pub fn subscribes(&self) -> bool {
+        self.subscriber.is_some()
+    }
+
+    /// The publisher connection's offer, with its tracks (video and/or audio) added;
+    /// `None` when the client does not publish.
+    pub fn publish_offer(&mut self) -> Result<Option<String>, ClientError> {
+        let (Some(media), Some(p)) = (&self.publish, self.publisher.as_mut()) else { return Ok(None) };
+        let stream = format!("load-{}", rand::random::<u32>());
+        if media.video.is_some() {
+            p.pc.add_track(track(&stream, "video", RtpCodecKind::Video, vp8(), rand::random())).map_err(engine)?;
+        }
+        if media.audio {
+            p.pc.add_track(track(&stream, "audio", RtpCodecKind::Audio, opus(), rand::random())).map_err(engine)?;
+        }
+        let offer = p.pc.create_offer(None).map_err(engine)?;
+        p.pc.set_local_description(Instant::now(), offer.clone()).map_err(engine)?;
+        Ok(Some(offer.sdp))
+    }
+
+    /// Applies the server's answer to the publisher connection and readies its streams.
+    pub fn accept_publish_answer(&mut self, sdp: &str) -> Result<(), ClientError> {
+        let Some(p) = self.publisher.as_mut() else { return Ok(()) };
+        let answer = RTCSessionDescription::answer(sdp.to_owned()).map_err(engine)?;
+        p.pc.set_remote_description(Instant::now(), answer).map_err(engine)?;
+        let senders: Vec<RTCRtpSenderId> = p.pc.get_senders().collect();
+        for id in senders {
+            let Some(mut sender) = p.pc.rtp_sender(id) else { continue };
+            let parameters = sender.get_parameters();
+            let Some(codec) = parameters.rtp_parameters.codecs.first() else { continue };
+            let video = codec.rtp_codec.mime_type.to_ascii_lowercase().starts_with("video");
+            let ssrc = parameters.encodings.first().map(|e| e.rtp_coding_parameters.ssrc.unwrap_or(0)).unwrap_or(0);
+            self.outbound.push(Outbound {
+                sender: id,
+                video,
+                payload_type: codec.payload_type,
+                ssrc,
+                sequence: 0,
+                frames: 0,
+                next: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Answers the server's offer on the subscriber connection; `None` when the client
+    /// does not receive.
+    pub fn answer_subscription(&mut self, sdp: &str) -> Result<Option<String>, ClientError> {
+        let Some(s) = self.subscriber.as_mut() else { return Ok(None) };
+        s.pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp.to_owned()).map_err(engine)?).map_err(engine)?;
+        let answer = s.pc.create_answer(None).map_err(engine)?;
+        s.pc.set_local_description(Instant::now(), answer.clone()).map_err(engine)?;
+        Ok(Some(answer.sdp))
+    }
+}
+
+/// Switchboard's own signaling on `/ws` (docs/protocol.md): join with a token, publish by
+/// offer, answer the server's subscription offers.
+pub struct SwitchboardDialect {
+    /// The access token.
+    pub token: String,
+}
+
+impl Dialect for SwitchboardDialect {
+    fn opening(&mut self) -> Vec<Value> {
+        vec![json!({"type": "join", "id": 1, "token": self.token})]
+    }
+
+    fn on_message(&mut self, value: &Value, peers: &mut Peers) -> Result<Vec<Value>, ClientError> {
+        let sdp = || value["sdp"].as_str().unwrap_or_default();
+        Ok(match value["type"].as_str().unwrap_or_default() {
+            "joined" => peers.publish_offer()?.map(|sdp| json!({"type": "publish_offer", "id": 2, "sdp": sdp})).into_iter().collect(),
+            "publish_answer" => {
+                peers.accept_publish_answer(sdp())?;
+                Vec::new()
+            }
+            "subscribe_offer" => {
+                peers.answer_subscription(sdp())?.map(|sdp| json!({"type": "subscribe_answer", "sdp": sdp})).into_iter().collect()
+            }
+            "ping" => vec![json!({"type": "pong"})],
+            "error" if value["id"].is_number() => return Err(ClientError::Signaling(value.to_string())),
+            _ => Vec::new(),
+        })
+    }
+
+    fn closing(&mut self) -> Vec<Value> {
+        vec![json!({"type": "leave"})]
+    }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

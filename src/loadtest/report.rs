@@ -26,6 +26,12 @@ pub struct Counters {
     pub bytes_received: AtomicU64,
     /// Packets missing from the received sequences.
     pub packets_lost: AtomicU64,
+    /// NACKs publishers got from the server.
+    pub nacks: AtomicU64,
+    /// Picture-loss requests (PLI, FIR) publishers got from the server.
+    pub plis: AtomicU64,
+    /// Remote tracks (SSRCs) subscribers received, summed over the clients.
+    pub tracks_received: AtomicU64,
     /// Samples: forwarding delay (send to receive), microseconds.
     pub delays: Mutex<Vec<u32>>,
     /// Samples: join request to first remote media, microseconds.
@@ -100,14 +106,14 @@ impl Percentiles {
 pub struct Report {
     /// The scenario's name.
     pub scenario: String,
+    /// The server's kind (switchboard, janus).
+    pub target: String,
     /// Clients started (joins).
     pub clients: u64,
     /// Clients whose connections came up.
     pub connected: u64,
     /// Clients that failed.
     pub failed: u64,
-    /// Seconds the media ran.
-    pub seconds: f64,
     /// RTP packets sent by publishers.
     pub packets_sent: u64,
     /// RTP payload bytes sent.
@@ -118,37 +124,57 @@ pub struct Report {
     pub bytes_received: u64,
     /// Packets missing from the received sequences, as a share of those expected.
     pub loss: f64,
+    /// NACKs the server sent publishers.
+    pub nacks: u64,
+    /// Picture-loss requests (PLI, FIR) the server sent publishers.
+    pub plis: u64,
     /// Join request to first remote media, microseconds.
     pub join_to_media_us: Percentiles,
     /// Forwarding delay (publisher send to subscriber receive), microseconds.
     pub delay_us: Percentiles,
-    /// The server process over the run (when its pid was given).
+    /// Length of the measurement window (everyone joined), seconds.
+    pub window_seconds: f64,
+    /// RTP packets subscribers received in the window.
+    pub window_packets_received: u64,
+    /// Remote tracks subscribers received, summed over the clients.
+    pub subscribed_tracks: u64,
+    /// The server process in the window: CPU seconds, and RSS at its end (when its pid
+    /// was given).
     pub server: Option<ProcessUsage>,
-    /// Packets the server forwarded per CPU-second (when its pid was given).
+    /// Packets the server forwarded per CPU-second in the window.
     pub received_packets_per_server_cpu_second: Option<f64>,
+    /// The server's CPU use in the window, in cores (1.0: one core busy).
+    pub server_cpu_share: Option<f64>,
+    /// The server's memory growth from idle to the window's end per subscribed track,
+    /// bytes (not for churn).
+    pub rss_per_subscribed_track_bytes: Option<f64>,
 }
 
 impl Report {
     /// The report as a table.
     pub fn table(&self) -> String {
         let mut rows = vec![
-            ("scenario", self.scenario.clone()),
+            ("scenario / server", format!("{} / {}", self.scenario, self.target)),
             ("clients (connected / failed)", format!("{} ({} / {})", self.clients, self.connected, self.failed)),
-            ("media seconds", format!("{:.1}", self.seconds)),
             ("packets sent / received", format!("{} / {}", self.packets_sent, self.packets_received)),
             ("bytes sent / received", format!("{} / {}", self.bytes_sent, self.bytes_received)),
             ("loss", format!("{:.3} %", self.loss * 100.0)),
+            ("NACKs / PLIs to publishers", format!("{} / {}", self.nacks, self.plis)),
             ("join → first media p50 / p99", format!("{} / {} ms", self.join_to_media_us.p50 / 1000, self.join_to_media_us.p99 / 1000)),
             ("forwarding delay p50 / p99 / max", format!("{} / {} / {} µs", self.delay_us.p50, self.delay_us.p99, self.delay_us.max)),
+            ("window: seconds / packets received", format!("{:.1} / {}", self.window_seconds, self.window_packets_received)),
         ];
-        if let Some(server) = self.server {
+        if let (Some(server), Some(share)) = (self.server, self.server_cpu_share) {
             rows.push((
-                "server CPU seconds / RSS",
-                format!("{:.2} s / {:.1} MiB", server.cpu_seconds, server.rss_bytes as f64 / 1048576.0),
+                "server CPU seconds (cores) / RSS",
+                format!("{:.2} s ({share:.2}) / {:.1} MiB", server.cpu_seconds, server.rss_bytes as f64 / 1048576.0),
             ));
         }
         if let Some(rate) = self.received_packets_per_server_cpu_second {
             rows.push(("egress packets per server CPU-second", format!("{rate:.0}")));
+        }
+        if let Some(bytes) = self.rss_per_subscribed_track_bytes {
+            rows.push(("server memory per subscribed track", format!("{:.1} KB ({} tracks)", bytes / 1000.0, self.subscribed_tracks)));
         }
         let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
         rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
