@@ -90,7 +90,15 @@ struct Peer {
     pc: RTCPeerConnection,
     ufrag: String,
     deadline: Option<Instant>,
+    /// Connectivity checks that came before the remote description (the client starts
+    /// checking as soon as it has answered, and its answer travels the slower signaling
+    /// path): handed to the engine once the answer is set, instead of leaving the client
+    /// to retry a check that went unanswered.
+    early_checks: Vec<TaggedBytesMut>,
 }
+
+/// Early connectivity checks kept per connection.
+const MAX_EARLY_CHECKS: usize = 8;
 
 /// A track this participant publishes.
 struct Published {
@@ -258,6 +266,12 @@ impl Worker {
                 transport: TransportContext { local_addr, peer_addr, ecn: None, transport_protocol: TransportProtocol::UDP },
                 message,
             };
+            if peer.pc.remote_description().is_none() {
+                if stun::local_ufrag(&input.message).is_some() && peer.early_checks.len() < MAX_EARLY_CHECKS {
+                    peer.early_checks.push(input);
+                }
+                continue;
+            }
             match isolate(|| peer.pc.handle_read(input)) {
                 Some(Ok(())) => {}
                 Some(Err(err)) => debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected"),
@@ -576,6 +590,11 @@ impl Worker {
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let peer = participant.subscriber.as_mut().ok_or(SfuError::NotNegotiated)?;
         peer.pc.set_remote_description(now, answer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        for check in std::mem::take(&mut peer.early_checks) {
+            if let Err(err) = peer.pc.handle_read(check) {
+                debug!(participant = %id, %err, "early connectivity check rejected");
+            }
+        }
         let again = participant.negotiation == Negotiation::AwaitingAnswer { again: true };
         participant.negotiation = Negotiation::Stable;
         // Forwarding to a sender starts once its payload type is negotiated.
@@ -754,7 +773,7 @@ impl Worker {
     fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Peer, SfuError> {
         let peer = build_peer(now, role, &self.peers)?;
         self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), role));
-        Ok(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None })
+        Ok(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new() })
     }
 
     /// Closes a connection (flushing its DTLS close) and forgets its ufrag.

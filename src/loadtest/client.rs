@@ -16,10 +16,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -82,12 +84,14 @@ struct Connection {
 }
 
 impl Connection {
-    async fn new(ip: IpAddr) -> Result<Self, ClientError> {
+    async fn new(ip: IpAddr, answering_role: RTCDtlsRole) -> Result<Self, ClientError> {
         let socket = UdpSocket::bind((ip, 0)).await?;
         let local = socket.local_addr()?;
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(engine)?;
-        let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).map_err(engine)?;
+        let settings = SettingEngineBuilder::new().with_answering_dtls_role(answering_role).build();
+        let mut pc =
+            RTCPeerConnectionBuilder::new().with_media_engine(media).with_setting_engine(settings).build(Instant::now()).map_err(engine)?;
         sfu::peer::add_host_candidates(&mut pc, &[local]).map_err(engine)?;
         Ok(Self { pc, socket, local, connected: false })
     }
@@ -97,19 +101,32 @@ impl Connection {
         let _ = self.pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(datagram) });
     }
 
-    /// Sends what the engine wrote and runs its due timers.
+    /// Runs the engine's due timers, sends what it wrote and notes its state changes.
     fn flush(&mut self) {
         let now = Instant::now();
         if self.pc.poll_timeout().is_some_and(|t| t <= now) {
             let _ = self.pc.handle_timeout(now);
         }
-        while let Some(out) = self.pc.poll_write() {
-            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
-        }
-        while let Some(event) = self.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                self.connected = state == RTCPeerConnectionState::Connected;
+        loop {
+            while let Some(out) = self.pc.poll_write() {
+                let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
             }
+            let mut ice_connected = false;
+            while let Some(event) = self.pc.poll_event() {
+                match event {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                        self.connected = state == RTCPeerConnectionState::Connected
+                    }
+                    RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(RTCIceConnectionState::Connected) => ice_connected = true,
+                    _ => {}
+                }
+            }
+            if !ice_connected {
+                break;
+            }
+            // The engine queues a DTLS client's first flight when ICE connects without asking
+            // for a wake-up; a browser sends it at once.
+            let _ = self.pc.handle_timeout(now);
         }
     }
 
@@ -170,7 +187,7 @@ pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(signaling)?;
     let joined_at = Instant::now();
     send_all(&mut ws, dialect.opening()).await?;
-    let mut peers = Peers::new(plan.ip, plan.publish, plan.subscribe).await?;
+    let mut peers = Peers::new(plan.ip, dialect.answering_dtls_role(), plan.publish, plan.subscribe).await?;
     let mut inbound: HashMap<u32, Inbound> = HashMap::new();
     let mut first_media = false;
     let mut buffers = [vec![0u8; 2048], vec![0u8; 2048]];
@@ -299,6 +316,13 @@ pub trait Dialect: Send {
     fn subprotocol(&self) -> Option<&'static str> {
         None
     }
+    /// The DTLS role the client takes when it answers an offer. Browsers take the client
+    /// role (setup:active) and retransmit a lost first flight after 50 ms; this engine waits
+    /// a second, so a server that drops a ClientHello arriving just before its own ICE
+    /// check completes is better served by the server role.
+    fn answering_dtls_role(&self) -> RTCDtlsRole {
+        RTCDtlsRole::Client
+    }
     /// The messages sent once the WebSocket is open.
     fn opening(&mut self) -> Vec<Value>;
     /// The replies to a message from the server.
@@ -321,12 +345,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    async fn new(ip: IpAddr, publish: Option<Media>, subscribe: bool) -> Result<Self, ClientError> {
+    async fn new(ip: IpAddr, answering_role: RTCDtlsRole, publish: Option<Media>, subscribe: bool) -> Result<Self, ClientError> {
         let publisher = match publish {
-            Some(_) => Some(Connection::new(ip).await?),
+            Some(_) => Some(Connection::new(ip, answering_role).await?),
             None => None,
         };
-        let subscriber = if subscribe { Some(Connection::new(ip).await?) } else { None };
+        let subscriber = if subscribe { Some(Connection::new(ip, answering_role).await?) } else { None };
         Ok(Self { publish, publisher, subscriber, outbound: Vec::new() })
     }
 

@@ -9,6 +9,7 @@
 //! the first feeds with `join`, later ones with `subscribe`, one negotiation at a time;
 //! every offer Janus makes on it is answered with `start`.
 
+use rtc::peer_connection::transport::RTCDtlsRole;
 use serde_json::{json, Value};
 
 use super::client::{ClientError, Dialect, Peers};
@@ -205,6 +206,13 @@ impl JanusDialect {
 impl Dialect for JanusDialect {
     fn subprotocol(&self) -> Option<&'static str> {
         Some("janus-protocol")
+    }
+
+    /// Janus answers the first ClientHello only once its own ICE agent has completed, which
+    /// can be just after the client's: as the DTLS server the client never waits for a
+    /// retransmission.
+    fn answering_dtls_role(&self) -> RTCDtlsRole {
+        RTCDtlsRole::Server
     }
 
     fn opening(&mut self) -> Vec<Value> {
