@@ -186,6 +186,9 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<Token
 
 async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
+        // Signaling messages are small: an 8 KiB read buffer rather than tungstenite's
+        // 128 KiB per connection (larger messages still arrive whole).
+        .read_buffer_size(8 * 1024)
         .max_message_size(state.max_frame_bytes)
         .max_frame_size(state.max_frame_bytes)
         .on_upgrade(move |socket| connection(state, socket))

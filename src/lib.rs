@@ -53,6 +53,7 @@ impl Settings {
                 .collect(),
             forwarder: ForwarderSettings {
                 nack_cache_packets: media.nack_cache_packets,
+                nack_cache_age: Duration::from_millis(media.nack_cache_ms),
                 keyframe_interval: Duration::from_millis(media.keyframe_interval_ms),
             },
         };

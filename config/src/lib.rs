@@ -270,8 +270,10 @@ pub struct MediaConfig {
     pub announced_ips: Vec<Ipv4Addr>,
     /// SRTP profiles accepted from clients.
     pub srtp_profiles: Vec<SrtpProfile>,
-    /// Packets kept per video track for NACKs.
+    /// Most packets kept per video track for NACKs.
     pub nack_cache_packets: usize,
+    /// Milliseconds a packet is kept for NACKs.
+    pub nack_cache_ms: u64,
     /// Minimum milliseconds between keyframe requests to one publisher track.
     pub keyframe_interval_ms: u64,
 }

@@ -26,15 +26,17 @@ pub enum MediaKind {
 /// Tunables of the forwarding table.
 #[derive(Debug, Clone)]
 pub struct ForwarderSettings {
-    /// Packets kept per video track for retransmission.
+    /// Most packets kept per video track for retransmission.
     pub nack_cache_packets: usize,
+    /// How long a packet is kept for retransmission.
+    pub nack_cache_age: Duration,
     /// Minimum time between two keyframe requests sent to one publisher track.
     pub keyframe_interval: Duration,
 }
 
 impl Default for ForwarderSettings {
     fn default() -> Self {
-        Self { nack_cache_packets: 1024, keyframe_interval: Duration::from_millis(500) }
+        Self { nack_cache_packets: 1024, nack_cache_age: Duration::from_secs(1), keyframe_interval: Duration::from_millis(500) }
     }
 }
 
@@ -120,7 +122,7 @@ impl Forwarder {
 
     /// Registers a published track. Video tracks get a NACK cache.
     pub fn add_track(&mut self, track: TrackId, publisher: ParticipantId, kind: MediaKind, clock_rate: u32) {
-        let cache = (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets));
+        let cache = (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_age));
         self.tracks.insert(
             track,
             UpTrack {
@@ -209,7 +211,7 @@ impl Forwarder {
         strip_extensions(&mut packet.header);
         up.source_ssrc = Some(packet.header.ssrc);
         if let Some(cache) = up.cache.as_mut() {
-            cache.insert(&packet);
+            cache.insert(now, &packet);
         }
         for down in &mut up.downtracks {
             if let Some(rewritten) = rewrite(now, down, &packet) {

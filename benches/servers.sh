@@ -1,0 +1,68 @@
+# Sourced by the load scripts of benches/: starts a release Switchboard and, when asked,
+# Janus 1.1.2 with benches/janus, each stopped when the calling script exits. Sets $bin,
+# $host_ip, $ours (pid) and $theirs (pid).
+#
+# Signaling is on 127.0.0.1. Janus never offers loopback ICE candidates, so the media of both
+# servers and of the clients uses the machine's own IPv4 address: the kernel delivers it
+# locally, nothing leaves the machine, and both servers see the same path.
+
+port="${PORT:-7990}"
+janus_port="${JANUS_PORT:-8188}"
+host_ip="${HOST_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)}"
+[[ -n "$host_ip" ]] || { echo "no IPv4 address on this machine besides loopback; set HOST_IP" >&2; exit 1; }
+cargo build --release --quiet
+bin=target/release/switchboard
+work=$(mktemp -d)
+pids=()
+stop_servers() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap stop_servers EXIT
+
+start_switchboard() { # log file
+  SWITCHBOARD__HTTP__LISTEN="127.0.0.1:$port" \
+  SWITCHBOARD__MEDIA__PORT_BASE=0 \
+  SWITCHBOARD__MEDIA__ANNOUNCED_IPS="[$host_ip]" \
+  SWITCHBOARD__DATABASE__URL="sqlite://$work/switchboard.db?mode=rwc" \
+  SWITCHBOARD__OBJECTS__LOCAL_DIR="$work/objects" \
+  SWITCHBOARD__RECORDING__SPOOL_DIR="$work/spool" \
+  RUST_LOG=warn "$bin" >"$1" 2>&1 &
+  ours=$!
+  pids+=("$ours")
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return
+    sleep 0.1
+  done
+  echo "Switchboard did not start; see $1" >&2
+  exit 1
+}
+
+start_janus() { # log file
+  command -v janus >/dev/null || { echo "Janus is not installed: apt-get install janus" >&2; exit 1; }
+  mkdir -p "$work/janus"
+  cp benches/janus/*.jcfg "$work/janus/"
+  sed -i "s/ws_port = 8188/ws_port = $janus_port/" "$work/janus/janus.transport.websockets.jcfg"
+  sed -i "s/@HOST_IP@/$host_ip/" "$work/janus/janus.jcfg"
+  janus -F "$work/janus" -C "$work/janus/janus.jcfg" --disable-colors >"$1" 2>&1 &
+  theirs=$!
+  pids+=("$theirs")
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$janus_port") 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "Janus did not start; see $1" >&2
+  exit 1
+}
+
+# Runs the load generator against one server: target (switchboard|janus), then loadtest flags.
+load() {
+  local target=$1
+  shift
+  if [[ $target == janus ]]; then
+    "$bin" loadtest --target janus --url "ws://127.0.0.1:$janus_port" --server-pid "$theirs" --client-ip "$host_ip" "$@"
+  else
+    "$bin" loadtest --url "http://127.0.0.1:$port" --server-pid "$ours" --client-ip "$host_ip" "$@"
+  fi
+}
