@@ -312,3 +312,41 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     assert!(churn.connected + 6 >= churn.clients, "all but the last, cut short, connected: {churn:#?}");
     assert!(churn.packets_received > churn.packets_sent, "{churn:#?}");
 }
+
+/// The load generator's Janus dialect against a real Janus 1.1.2 VideoRoom (Debian's
+/// `janus`, with the config the side-by-side bench uses): every client joins, publishes and
+/// receives the others through Janus, so the comparison in docs/benchmarks.md measures a
+/// Janus that actually forwarded the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_runs_a_meeting_and_a_livestream_through_janus() {
+    use switchboard::loadtest::{LoadSettings, Scenario, Target, Video};
+    let janus = common::Janus::start();
+    let settings = |scenario, participants| LoadSettings {
+        target: Target::Janus,
+        url: format!("ws://127.0.0.1:{}", janus.port),
+        scenario,
+        rooms: 1,
+        participants,
+        speakers: 1,
+        seconds: 2,
+        lifetime: Duration::from_secs(5),
+        video: Video { kbps: 300, fps: 30, keyframe_every: 60 },
+        client_ip: janus.host_ip.into(),
+        server_pid: Some(janus.pid()),
+    };
+    // Tokens are not used by Janus.
+    let authority = signaling::auth::TokenAuthority::new(Default::default(), String::new());
+
+    let meeting = switchboard::loadtest::run(&settings(Scenario::Meeting, 3), &authority, |_| {}).await.expect("meeting run");
+    assert_eq!((meeting.clients, meeting.connected, meeting.failed), (3, 3, 0), "{meeting:#?}");
+    let fanned = meeting.packets_received as f64 / meeting.packets_sent as f64;
+    assert!(fanned > 1.6 && fanned <= 2.0, "Janus forwarded each packet to the two others: {fanned:.2}, {meeting:#?}");
+    assert_eq!(meeting.subscribed_tracks, 3 * 2 * 2, "each client got the others' audio and video");
+    assert!(meeting.loss < 0.01 && meeting.delay_us.count as u64 == meeting.packets_received, "{meeting:#?}");
+    assert!(meeting.server.is_some_and(|s| s.cpu_seconds > 0.0), "Janus's CPU was read: {meeting:#?}");
+
+    let live = switchboard::loadtest::run(&settings(Scenario::Livestream, 4), &authority, |_| {}).await.expect("livestream run");
+    assert_eq!((live.connected, live.failed), (4, 0), "{live:#?}");
+    let fanned = live.packets_received as f64 / live.packets_sent as f64;
+    assert!(fanned > 2.4 && fanned <= 3.0, "each packet reaches the three viewers: {live:#?}");
+}

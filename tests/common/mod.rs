@@ -33,6 +33,78 @@ pub fn test_config(overrides: &[(&str, &str)]) -> sb_config::Config {
     sb_config::Config::from_yaml_and_env(sb_config::DEFAULT_YAML, env).expect("test config")
 }
 
+/// A Janus 1.1.2 process (Debian's `janus`) with the side-by-side bench's configuration
+/// (benches/janus) on a free WebSocket port; killed when dropped.
+pub struct Janus {
+    child: std::process::Child,
+    _dir: services::TempDir,
+    /// Its WebSocket port on 127.0.0.1.
+    pub port: u16,
+    /// The machine's own IPv4 address, where Janus gathers its candidates (it offers no
+    /// loopback ones).
+    pub host_ip: std::net::Ipv4Addr,
+}
+
+impl Janus {
+    /// Starts Janus and waits until its WebSocket port accepts connections.
+    pub fn start() -> Self {
+        let host_ip = host_ipv4();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let dir = services::TempDir::new();
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/janus");
+        for entry in std::fs::read_dir(&source).expect("benches/janus") {
+            let path = entry.expect("a config file").path();
+            let text = std::fs::read_to_string(&path)
+                .expect("a config file")
+                .replace("ws_port = 8188", &format!("ws_port = {port}"))
+                .replace("@HOST_IP@", &host_ip.to_string());
+            std::fs::write(dir.path().join(path.file_name().expect("a file name")), text).expect("config written");
+        }
+        let config = dir.path().join("janus.jcfg");
+        let child = std::process::Command::new("janus")
+            .arg("-F")
+            .arg(dir.path())
+            .arg("-C")
+            .arg(&config)
+            .arg("--disable-colors")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("janus runs (apt-get install janus)");
+        let janus = Self { child, _dir: dir, port, host_ip };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return janus;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Janus did not open its WebSocket port {port}");
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Janus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address this machine reaches others from (its default route's source address).
+fn host_ipv4() -> std::net::Ipv4Addr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    // Connecting a UDP socket sends nothing; it only picks the route and its source.
+    socket.connect("192.0.2.255:9").or_else(|_| socket.connect("8.8.8.8:9")).expect("a route off loopback");
+    match socket.local_addr().expect("a local address").ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => ip,
+        other => panic!("no IPv4 address besides loopback ({other}): Janus needs one"),
+    }
+}
+
 /// A running server and a token authority with its keys.
 pub struct TestServer {
     pub http: SocketAddr,
