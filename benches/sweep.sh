@@ -31,5 +31,8 @@ PY
   done
 done
 
-gnuplot -e "table='$table'; output='docs/cpu-vs-packets.png'" benches/cpu-vs-packets.gp
+# One server's rows together, so gnuplot draws each line without gaps.
+sorted="$out/sweep-sorted.tsv"
+(head -1 "$table" && tail -n +2 "$table" | sort -t$'\t' -k1,1 -k2,2n) >"$sorted"
+gnuplot -e "table='$sorted'; output='docs/cpu-vs-packets.png'" benches/cpu-vs-packets.gp
 echo "plot in docs/cpu-vs-packets.png, table in $table"
