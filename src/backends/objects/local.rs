@@ -218,6 +218,9 @@ impl MultipartUpload for LocalUpload {
 
     async fn put_part(&mut self, body: Bytes) -> Result<(), ObjectError> {
         self.file.write_all(&body).await.map_err(io_error)?;
+        // tokio's File hands writes to a blocking task and may still hold the last chunk:
+        // a part is written once the OS has it (a resumed upload reads the file's length).
+        self.file.flush().await.map_err(io_error)?;
         self.size += body.len() as u64;
         Ok(())
     }
