@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 const UPLOADS_DIR: &str = ".uploads";
 
 /// Objects in a folder.
+#[derive(Clone)]
 pub struct LocalObjects {
     root: PathBuf,
     /// Base URL of this server, for presigned URLs.
@@ -164,14 +165,7 @@ impl ObjectStore for LocalObjects {
         self.path_of(key)?;
         let (id, scratch) = self.new_scratch();
         let file = tokio::fs::File::create(&scratch).await.map_err(io_error)?;
-        Ok(Box::new(LocalUpload {
-            store: LocalObjects { root: self.root.clone(), public_url: self.public_url.clone(), signer: self.signer.clone() },
-            key: key.to_owned(),
-            id,
-            scratch,
-            file,
-            size: 0,
-        }))
+        Ok(Box::new(LocalUpload { store: self.clone(), key: key.to_owned(), id, scratch, file, size: 0 }))
     }
 
     async fn resume_upload(&self, key: &str, id: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
@@ -187,8 +181,7 @@ impl ObjectStore for LocalObjects {
             Err(err) => return Err(io_error(err)),
         };
         let size = file.metadata().await.map_err(io_error)?.len();
-        let store = LocalObjects { root: self.root.clone(), public_url: self.public_url.clone(), signer: self.signer.clone() };
-        Ok(Box::new(LocalUpload { store, key: key.to_owned(), id: id.to_owned(), scratch, file, size }))
+        Ok(Box::new(LocalUpload { store: self.clone(), key: key.to_owned(), id: id.to_owned(), scratch, file, size }))
     }
 
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<String, ObjectError> {

@@ -97,6 +97,11 @@ impl S3Objects {
             Err(err) => Err(unavailable(err)),
         }
     }
+
+    /// The handle of upload `upload_id` to `key`, with the parts it already has.
+    fn upload(&self, key: &str, upload_id: String, parts: Vec<CompletedPart>, size: u64) -> Box<dyn MultipartUpload> {
+        Box::new(S3Upload { client: self.client.clone(), bucket: self.bucket.clone(), key: key.to_owned(), upload_id, parts, size })
+    }
 }
 
 #[async_trait]
@@ -154,14 +159,7 @@ impl ObjectStore for S3Objects {
             .await
             .map_err(unavailable)?;
         let upload_id = created.upload_id().ok_or_else(|| ObjectError::Unavailable("no upload id in the answer".into()))?.to_owned();
-        Ok(Box::new(S3Upload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            upload_id,
-            parts: Vec::new(),
-            size: 0,
-        }))
+        Ok(self.upload(key, upload_id, Vec::new(), 0))
     }
 
     async fn resume_upload(&self, key: &str, id: &str) -> Result<Box<dyn MultipartUpload>, ObjectError> {
@@ -189,14 +187,7 @@ impl ObjectStore for S3Objects {
                 _ => break,
             }
         }
-        Ok(Box::new(S3Upload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            upload_id: id.to_owned(),
-            parts,
-            size,
-        }))
+        Ok(self.upload(key, id.to_owned(), parts, size))
     }
 
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<String, ObjectError> {
