@@ -465,7 +465,14 @@ async fn a_recording_cut_by_a_crash_is_finished_when_the_node_restarts() {
     let (video, audio) = (vp8_frames(), opus_frames());
     let mut session = node.recorded_session("rec-crash", &video[VIDEO_FRAMES - 1]).await;
     session.send(&video[..150], &audio[..250]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until both segments (cut at frames 60 and 120) are stored: the playlist lists them.
+    let playlist = node.object(&format!("recordings/rec-crash/{}/index.m3u8", session.recording_id));
+    let segments = || std::fs::read_to_string(&playlist).map(|p| p.matches("#EXTINF").count()).unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while segments() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(segments(), 2, "two segments stored before the crash");
     // kill -9: no chance to finish anything.
     process.kill().expect("killed");
     let _ = process.wait();
