@@ -21,7 +21,7 @@ FIGURES = [
     ("forwarding delay p99", lambda r: r["delay_us"]["p99"], "µs", False),
     ("join → first media p50", lambda r: r["join_to_media_us"]["p50"] / 1000, "ms", False),
     ("join → first media p99", lambda r: r["join_to_media_us"]["p99"] / 1000, "ms", False),
-    ("memory per subscribed track", lambda r: (r["rss_per_subscribed_track_bytes"] or 0) / 1000, "KB", False),
+    ("memory per subscribed track", lambda r: (r["memory_per_subscribed_track_bytes"] or 0) / 1000, "KB", False),
     ("server RSS", lambda r: r["server"]["rss_bytes"] / 1048576, "MiB", False),
     ("clients connected / started", lambda r: f'{r["connected"]} / {r["clients"]}', "", None),
 ]

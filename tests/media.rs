@@ -296,7 +296,7 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     assert!(server_usage.cpu_seconds > 0.0 && server_usage.rss_bytes > 0, "{server_usage:?}");
     assert_eq!(meeting.subscribed_tracks, 6 * 2 * 2, "each client got the others' audio and video");
     assert!(meeting.window_packets_received > 0 && meeting.window_packets_received < meeting.packets_received, "{meeting:#?}");
-    assert!(meeting.rss_per_subscribed_track_bytes.is_some() && meeting.received_packets_per_server_cpu_second.is_some());
+    assert!(meeting.memory_per_subscribed_track_bytes.is_some() && meeting.received_packets_per_server_cpu_second.is_some());
 
     // Livestream: one publisher per room, three viewers who publish nothing.
     let live = switchboard::loadtest::run(&settings(Scenario::Livestream, 4), &authority, |_| {}).await.expect("livestream run");

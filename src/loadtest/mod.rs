@@ -372,9 +372,7 @@ fn report(settings: &LoadSettings, counters: &Counters, idle: Snapshot, start: S
     let lost = load(&counters.packets_lost);
     let tracks = load(&counters.tracks_received);
     let server = match (start.usage, end.usage) {
-        (Some(before), Some(after)) => {
-            Some(ProcessUsage { cpu_seconds: after.cpu_seconds - before.cpu_seconds, rss_bytes: after.rss_bytes })
-        }
+        (Some(before), Some(after)) => Some(ProcessUsage { cpu_seconds: after.cpu_seconds - before.cpu_seconds, ..after }),
         _ => None,
     };
     let window_received = end.received - start.received;
@@ -384,7 +382,7 @@ fn report(settings: &LoadSettings, counters: &Counters, idle: Snapshot, start: S
     // Memory per track means something when the tracks are all there at once.
     let per_track = match (idle.usage, end.usage) {
         (Some(idle), Some(end)) if tracks > 0 && settings.scenario != Scenario::Churn => {
-            Some(end.rss_bytes.saturating_sub(idle.rss_bytes) as f64 / tracks as f64)
+            Some(end.anon_bytes.saturating_sub(idle.anon_bytes) as f64 / tracks as f64)
         }
         _ => None,
     };
@@ -409,6 +407,6 @@ fn report(settings: &LoadSettings, counters: &Counters, idle: Snapshot, start: S
         server,
         received_packets_per_server_cpu_second: server.filter(|s| s.cpu_seconds > 0.0).map(|s| window_received as f64 / s.cpu_seconds),
         server_cpu_share: server.filter(|_| window_seconds > 0.0).map(|s| s.cpu_seconds / window_seconds),
-        rss_per_subscribed_track_bytes: per_track,
+        memory_per_subscribed_track_bytes: per_track,
     }
 }

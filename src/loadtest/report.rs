@@ -58,6 +58,9 @@ pub struct ProcessUsage {
     pub cpu_seconds: f64,
     /// Resident set size, bytes.
     pub rss_bytes: u64,
+    /// The anonymous part of the resident set (heap, stacks), bytes: what the process
+    /// allocated, without the pages of its executable and libraries.
+    pub anon_bytes: u64,
 }
 
 impl ProcessUsage {
@@ -71,8 +74,10 @@ impl ProcessUsage {
         // /proc counts in USER_HZ, 100 on every Linux architecture this runs on.
         let hz = 100.0;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some(Self { cpu_seconds: ticks as f64 / hz, rss_bytes: rss_kib * 1024 })
+        let kib = |field: &str| -> Option<u64> {
+            status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()
+        };
+        Some(Self { cpu_seconds: ticks as f64 / hz, rss_bytes: kib("VmRSS:")? * 1024, anon_bytes: kib("RssAnon:")? * 1024 })
     }
 }
 
@@ -145,9 +150,10 @@ pub struct Report {
     pub received_packets_per_server_cpu_second: Option<f64>,
     /// The server's CPU use in the window, in cores (1.0: one core busy).
     pub server_cpu_share: Option<f64>,
-    /// The server's memory growth from idle to the window's end per subscribed track,
+    /// The growth of the server's anonymous resident memory (heap, stacks; not the code
+    /// pages it touched meanwhile) from idle to the window's end per subscribed track,
     /// bytes (not for churn).
-    pub rss_per_subscribed_track_bytes: Option<f64>,
+    pub memory_per_subscribed_track_bytes: Option<f64>,
 }
 
 impl Report {
@@ -173,7 +179,7 @@ impl Report {
         if let Some(rate) = self.received_packets_per_server_cpu_second {
             rows.push(("egress packets per server CPU-second", format!("{rate:.0}")));
         }
-        if let Some(bytes) = self.rss_per_subscribed_track_bytes {
+        if let Some(bytes) = self.memory_per_subscribed_track_bytes {
             rows.push(("server memory per subscribed track", format!("{:.1} KB ({} tracks)", bytes / 1000.0, self.subscribed_tracks)));
         }
         let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
