@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{NackGeneratorBuilder, Registry, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -88,10 +88,16 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
     for parameter in ["", "pli"] {
         media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
-    let mut registry = configure_rtcp_reports(Registry::new());
-    if role == PeerRole::Publisher {
-        registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-        registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
+    // Each connection carries media one way, so it gets only that direction's interceptors:
+    // every one is a step (and a copy of the packet) for each packet that passes.
+    let mut registry = Registry::new();
+    match role {
+        PeerRole::Publisher => {
+            registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+            registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+            registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
+        }
+        PeerRole::Subscriber => registry = registry.with(Slot::SenderReport, SenderReportBuilder::new().build()),
     }
     // Application-most, after the reports, so the chain has seen everything it marks.
     registry = registry.with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(role));

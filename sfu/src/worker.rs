@@ -121,8 +121,9 @@ struct Participant {
     room: RoomId,
     grants: MediaGrants,
     events: mpsc::UnboundedSender<SfuEvent>,
-    publisher: Option<Peer>,
-    subscriber: Option<Peer>,
+    /// Boxed: a connection is several kilobytes, and the participants map keeps spare slots.
+    publisher: Option<Box<Peer>>,
+    subscriber: Option<Box<Peer>>,
     /// By the publisher connection's media track id.
     published: HashMap<String, Published>,
     subscriptions: HashMap<TrackId, Subscription>,
@@ -139,8 +140,8 @@ struct Subscription {
 impl Participant {
     fn peer_mut(&mut self, role: PeerRole) -> Option<&mut Peer> {
         match role {
-            PeerRole::Publisher => self.publisher.as_mut(),
-            PeerRole::Subscriber => self.subscriber.as_mut(),
+            PeerRole::Publisher => self.publisher.as_deref_mut(),
+            PeerRole::Subscriber => self.subscriber.as_deref_mut(),
         }
     }
 }
@@ -770,14 +771,14 @@ impl Worker {
     }
 
     /// Builds one of a participant's connections and makes it reachable by its ICE ufrag.
-    fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Peer, SfuError> {
+    fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Box<Peer>, SfuError> {
         let peer = build_peer(now, role, &self.peers)?;
         self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), role));
-        Ok(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new() })
+        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new() }))
     }
 
     /// Closes a connection (flushing its DTLS close) and forgets its ufrag.
-    fn close_peer(&mut self, mut peer: Peer) {
+    fn close_peer(&mut self, mut peer: Box<Peer>) {
         self.by_ufrag.remove(&peer.ufrag);
         if peer.pc.close().is_ok() {
             while let Some(out) = peer.pc.poll_write() {
