@@ -16,6 +16,12 @@ fn format_keys(mime_type: &str) -> &'static [&'static str] {
     }
 }
 
+/// Whether the engine registers one format of this codec only (VP8, Opus, G.711, G.722), so
+/// naming the codec names the format.
+pub fn has_one_format(mime_type: &str) -> bool {
+    format_keys(mime_type).is_empty()
+}
+
 fn fmtp_value<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
     fmtp.split(';').filter_map(|pair| pair.trim().split_once('=')).find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim())
 }

@@ -24,8 +24,10 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiver, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +38,7 @@ use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::socket::MediaSocket;
 use crate::tap::{TapEvent, Taps};
-use crate::{stun, MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{codec, stun, MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 
 /// A request from signaling to the worker that owns the room.
 pub(crate) enum Command {
@@ -135,6 +137,9 @@ struct Subscription {
     sender: RTCRtpSenderId,
     /// The publisher's codec, to find its payload type in the subscriber's answer.
     codec: RTCRtpCodec,
+    kind: MediaKind,
+    /// Whether its m-line offers every codec of its kind (see `Worker::subscribe`).
+    all_codecs: bool,
 }
 
 impl Participant {
@@ -677,17 +682,20 @@ impl Worker {
         );
         match peer.pc.add_track(media_track) {
             Ok(sender) => {
+                // The engine fixes the codecs it accepts for a kind from the first answered
+                // m-line of that kind, and later tracks may use other codecs: so one m-line of
+                // each kind offers every codec. The others offer only their track's codec (and
+                // its RTX) where that names one format: the engine reads every m-line of every
+                // answer again, at a cost that grows with the square of its codecs.
+                let all_codecs = !codec::has_one_format(&track.codec.mime_type)
+                    || !participant.subscriptions.values().any(|s| s.kind == track.kind && s.all_codecs);
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
                     // The subscriber connection only ever sends.
                     transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
-                    // Offer every codec of the kind, not just this track's: once a kind is
-                    // negotiated the engine only accepts codecs the subscriber answered with,
-                    // and later tracks may use other codecs.
-                    if let Err(err) = transceiver.set_codec_preferences(Vec::new()) {
-                        debug!(%subscriber, track = %track.id, %err, "codec preferences not reset");
-                    }
+                    offer_codecs(&mut transceiver, (!all_codecs).then_some(&track.codec));
                 }
-                participant.subscriptions.insert(track.id.clone(), Subscription { sender, codec: track.codec.clone() });
+                let subscription = Subscription { sender, codec: track.codec.clone(), kind: track.kind, all_codecs };
+                participant.subscriptions.insert(track.id.clone(), subscription);
                 self.forwarder.subscribe(now, &track.id, subscriber.clone(), ssrc);
             }
             Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
@@ -728,6 +736,16 @@ impl Worker {
                 if let (Some(subscription), Some(peer)) = (p.subscriptions.remove(track), p.subscriber.as_mut()) {
                     if let Err(err) = peer.pc.remove_track(subscription.sender) {
                         debug!(%subscriber, %track, %err, "remove_track failed");
+                    }
+                    // Another m-line of the kind takes over offering every codec.
+                    let kind = subscription.kind;
+                    if subscription.all_codecs && !p.subscriptions.values().any(|s| s.kind == kind && s.all_codecs) {
+                        if let Some(heir) = p.subscriptions.values_mut().find(|s| s.kind == kind) {
+                            heir.all_codecs = true;
+                            if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(heir.sender)) {
+                                offer_codecs(&mut transceiver, None);
+                            }
+                        }
                     }
                 }
                 if !affected.contains(subscriber) {
@@ -785,6 +803,15 @@ impl Worker {
                 self.socket.send(&out.message, out.transport.peer_addr);
             }
         }
+    }
+}
+
+/// Makes a subscriber transceiver offer `only` this codec (and its RTX), or every codec of
+/// its kind.
+fn offer_codecs(transceiver: &mut RTCRtpTransceiver<'_>, only: Option<&RTCRtpCodec>) {
+    let preferences = only.map(|codec| vec![RTCRtpCodecParameters { rtp_codec: codec.clone(), ..Default::default() }]).unwrap_or_default();
+    if let Err(err) = transceiver.set_codec_preferences(preferences) {
+        debug!(%err, "codec preferences not set");
     }
 }
 
