@@ -683,12 +683,14 @@ impl Worker {
         match peer.pc.add_track(media_track) {
             Ok(sender) => {
                 // The engine fixes the codecs it accepts for a kind from the first answered
-                // m-line of that kind, and later tracks may use other codecs: so one m-line of
-                // each kind offers every codec. The others offer only their track's codec (and
-                // its RTX) where that names one format: the engine reads every m-line of every
-                // answer again, at a cost that grows with the square of its codecs.
+                // m-line of that kind, and later tracks may use other codecs: so until the
+                // subscriber has answered a kind, one m-line of it offers every codec. The
+                // others offer only their track's codec (and its RTX) where that names one
+                // format: the engine reads every m-line of every answer again, at a cost that
+                // grows with the square of its codecs.
                 let all_codecs = !codec::has_one_format(&track.codec.mime_type)
-                    || !participant.subscriptions.values().any(|s| s.kind == track.kind && s.all_codecs);
+                    || (!answered(&peer.pc, track.kind)
+                        && !participant.subscriptions.values().any(|s| s.kind == track.kind && s.all_codecs));
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
                     // The subscriber connection only ever sends.
                     transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
@@ -737,9 +739,13 @@ impl Worker {
                     if let Err(err) = peer.pc.remove_track(subscription.sender) {
                         debug!(%subscriber, %track, %err, "remove_track failed");
                     }
-                    // Another m-line of the kind takes over offering every codec.
+                    // Another m-line of the kind takes over offering every codec, while the
+                    // kind is not answered yet.
                     let kind = subscription.kind;
-                    if subscription.all_codecs && !p.subscriptions.values().any(|s| s.kind == kind && s.all_codecs) {
+                    if subscription.all_codecs
+                        && !answered(&peer.pc, kind)
+                        && !p.subscriptions.values().any(|s| s.kind == kind && s.all_codecs)
+                    {
                         if let Some(heir) = p.subscriptions.values_mut().find(|s| s.kind == kind) {
                             heir.all_codecs = true;
                             if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(heir.sender)) {
@@ -804,6 +810,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether the connection's remote description has an m-line of `kind`: once it has, the
+/// engine's codecs for the kind are fixed.
+fn answered(pc: &RTCPeerConnection, kind: MediaKind) -> bool {
+    let prefix = match kind {
+        MediaKind::Audio => "m=audio ",
+        MediaKind::Video => "m=video ",
+    };
+    pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
 }
 
 /// Makes a subscriber transceiver offer `only` this codec (and its RTX), or every codec of
