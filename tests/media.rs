@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::rtc_client::{self, Client, Received};
-use common::{answer_offers, TestServer};
+use common::{answer_offers, offers_answered, TestServer};
 use serde_json::json;
 
 /// Collects packets until none arrives for `quiet`.
@@ -97,6 +97,44 @@ async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks()
     let offer = carol.expect("subscribe_offer").await;
     let sdp = offer["sdp"].as_str().expect("sdp");
     assert_eq!(sdp.matches("a=sendonly").count(), 1, "only Bob's track is still sent:\n{sdp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_video_lines_of_a_subscriber_offer_carry_their_codec_only() {
+    let server = TestServer::start(&[]).await;
+    let (mut carol, _) = server.joined("lines", "carol", &["subscribe"]).await;
+    let carol_rtc = rtc_client::new_client().await;
+    const SENT: u32 = 400;
+    let mut senders = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["alice", "dave"] {
+        let (mut signal, _) = server.joined("lines", name, &["publish"]).await;
+        let (client, out) = rtc_client::publish(&mut signal, &[rtc_client::local_track(name, &format!("{name}-cam"), "video/VP8")]).await;
+        senders.push(tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 3000)));
+        clients.push((signal, client));
+    }
+    for _ in 0..2 {
+        carol.expect("track_published").await;
+    }
+    let offers = offers_answered(&mut carol, &carol_rtc, Duration::from_millis(1500)).await;
+    let last = offers.last().expect("an offer");
+    // The first video m-line offers every video codec, the second VP8 and its RTX only.
+    let video_lines: Vec<&str> = last.split("m=video ").skip(1).collect();
+    assert_eq!(video_lines.len(), 2, "two video m-lines:\n{last}");
+    let formats = |section: &str| section.lines().filter(|l| l.starts_with("a=rtpmap:")).map(|l| l.to_owned()).collect::<Vec<_>>();
+    assert!(formats(video_lines[0]).len() > 4, "the first offers every codec:\n{last}");
+    let second = formats(video_lines[1]);
+    assert_eq!(second.len(), 2, "the second offers VP8 and RTX only:\n{last}");
+    assert!(second[0].ends_with("VP8/90000") && second[1].ends_with("rtx/90000"), "{second:?}");
+
+    let mut carol_rtc = carol_rtc;
+    carol_rtc.wait_connected().await;
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    assert_identical_run(&received, "alice-cam", SENT, "video/VP8");
+    assert_identical_run(&received, "dave-cam", SENT, "video/VP8");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

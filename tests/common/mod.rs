@@ -314,15 +314,22 @@ impl Signal {
 /// Answers every subscribe offer that arrives on `signal` within `window` with `client`;
 /// returns how many.
 pub async fn answer_offers(signal: &mut Signal, client: &rtc_client::Client, window: Duration) -> usize {
-    let mut answered = 0;
+    offers_answered(signal, client, window).await.len()
+}
+
+/// Answers every subscribe offer that arrives on `signal` within `window` with `client`;
+/// returns the offers' SDP.
+pub async fn offers_answered(signal: &mut Signal, client: &rtc_client::Client, window: Duration) -> Vec<String> {
+    let mut offers = Vec::new();
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(offer) = tokio::time::timeout_at(deadline, signal.expect("subscribe_offer")).await {
-        let sdp = client.answer(offer["sdp"].as_str().expect("offer sdp")).await;
+        let offer = offer["sdp"].as_str().expect("offer sdp").to_owned();
+        let sdp = client.answer(&offer).await;
         let reply = signal.request(json!({"type": "subscribe_answer", "sdp": sdp})).await;
         assert_eq!(reply["type"], "ack", "answer refused: {reply}");
-        answered += 1;
+        offers.push(offer);
     }
-    answered
+    offers
 }
 
 /// An HTTP/1.1 request (JSON body, optional bearer token): the status and the JSON body
