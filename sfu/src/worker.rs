@@ -688,9 +688,8 @@ impl Worker {
                 // others offer only their track's codec (and its RTX) where that names one
                 // format: the engine reads every m-line of every answer again, at a cost that
                 // grows with the square of its codecs.
-                let all_codecs = !codec::has_one_format(&track.codec.mime_type)
-                    || (!answered(&peer.pc, track.kind)
-                        && !participant.subscriptions.values().any(|s| s.kind == track.kind && s.all_codecs));
+                let all_codecs =
+                    !codec::has_one_format(&track.codec.mime_type) || needs_every_codec(&peer.pc, &participant.subscriptions, track.kind);
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
                     // The subscriber connection only ever sends.
                     transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
@@ -742,10 +741,7 @@ impl Worker {
                     // Another m-line of the kind takes over offering every codec, while the
                     // kind is not answered yet.
                     let kind = subscription.kind;
-                    if subscription.all_codecs
-                        && !answered(&peer.pc, kind)
-                        && !p.subscriptions.values().any(|s| s.kind == kind && s.all_codecs)
-                    {
+                    if subscription.all_codecs && needs_every_codec(&peer.pc, &p.subscriptions, kind) {
                         if let Some(heir) = p.subscriptions.values_mut().find(|s| s.kind == kind) {
                             heir.all_codecs = true;
                             if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(heir.sender)) {
@@ -812,14 +808,18 @@ impl Worker {
     }
 }
 
-/// Whether the connection's remote description has an m-line of `kind`: once it has, the
-/// engine's codecs for the kind are fixed.
-fn answered(pc: &RTCPeerConnection, kind: MediaKind) -> bool {
+/// Whether a subscriber connection still needs an m-line of `kind` that offers every codec:
+/// none of its `subscriptions` of that kind offers them, and the engine's codecs for the kind
+/// are not fixed yet (they are once the remote description has an m-line of the kind).
+fn needs_every_codec(pc: &RTCPeerConnection, subscriptions: &HashMap<TrackId, Subscription>, kind: MediaKind) -> bool {
+    if subscriptions.values().any(|s| s.kind == kind && s.all_codecs) {
+        return false;
+    }
     let prefix = match kind {
         MediaKind::Audio => "m=audio ",
         MediaKind::Video => "m=video ",
     };
-    pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
+    !pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
 }
 
 /// Makes a subscriber transceiver offer `only` this codec (and its RTX), or every codec of
