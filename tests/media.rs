@@ -19,6 +19,16 @@ async fn collect(client: &mut Client, quiet: Duration) -> Vec<Received> {
     all
 }
 
+/// Waits until `client` is connected and every sender has sent its last packet, then
+/// collects what arrived.
+async fn receive_streams(client: &mut Client, senders: impl IntoIterator<Item = tokio::task::JoinHandle<()>>) -> Vec<Received> {
+    client.wait_connected().await;
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    collect(client, Duration::from_millis(700)).await
+}
+
 /// Checks that `name`'s packets arrived byte-identical, contiguous, up to the last one sent.
 fn assert_identical_run(received: &[Received], name: &str, sent: u32, mime_type: &str) {
     let mut by_index = BTreeMap::new();
@@ -60,10 +70,7 @@ async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks()
         published.push(event["track"]["track_id"].as_str().expect("track id").to_owned());
     }
     assert!(answer_offers(&mut carol, &carol_rtc, Duration::from_millis(1500)).await >= 1);
-    carol_rtc.wait_connected().await;
-    audio.await.expect("audio sender");
-    video.await.expect("video sender");
-    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    let received = receive_streams(&mut carol_rtc, [audio, video]).await;
     assert_identical_run(&received, "alice-mic", SENT, "audio/opus");
     assert_identical_run(&received, "alice-cam", SENT, "video/VP8");
     for packet in &received {
@@ -103,7 +110,7 @@ async fn publishers_reach_a_subscriber_byte_identical_and_leave_removes_tracks()
 async fn later_video_lines_of_a_subscriber_offer_carry_their_codec_only() {
     let server = TestServer::start(&[]).await;
     let (mut carol, _) = server.joined("lines", "carol", &["subscribe"]).await;
-    let carol_rtc = rtc_client::new_client().await;
+    let mut carol_rtc = rtc_client::new_client().await;
     const SENT: u32 = 400;
     let mut senders = Vec::new();
     let mut clients = Vec::new();
@@ -127,12 +134,7 @@ async fn later_video_lines_of_a_subscriber_offer_carry_their_codec_only() {
     assert_eq!(second.len(), 2, "the second offers VP8 and RTX only:\n{last}");
     assert!(second[0].ends_with("VP8/90000") && second[1].ends_with("rtx/90000"), "{second:?}");
 
-    let mut carol_rtc = carol_rtc;
-    carol_rtc.wait_connected().await;
-    for sender in senders {
-        sender.await.expect("sender");
-    }
-    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    let received = receive_streams(&mut carol_rtc, senders).await;
     assert_identical_run(&received, "alice-cam", SENT, "video/VP8");
     assert_identical_run(&received, "dave-cam", SENT, "video/VP8");
 }
@@ -152,9 +154,7 @@ async fn late_joiner_receives_tracks_already_published() {
     assert_eq!(joined["tracks"].as_array().map(Vec::len), Some(1), "joined lists the track: {joined}");
     let mut dave_rtc = rtc_client::new_client().await;
     assert_eq!(answer_offers(&mut dave, &dave_rtc, Duration::from_millis(800)).await, 1);
-    dave_rtc.wait_connected().await;
-    sender.await.expect("sender");
-    let received = collect(&mut dave_rtc, Duration::from_millis(700)).await;
+    let received = receive_streams(&mut dave_rtc, [sender]).await;
     assert_identical_run(&received, "cam", 400, "video/VP8");
 
     // Alice's signaling connection dies without a leave: her track goes all the same.
@@ -193,11 +193,7 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
         frank.expect("track_published").await;
     }
     assert!(answer_offers(&mut frank, &frank_rtc, Duration::from_millis(1500)).await >= 1);
-    frank_rtc.wait_connected().await;
-    for sender in senders {
-        sender.await.expect("sender");
-    }
-    let received = collect(&mut frank_rtc, Duration::from_millis(700)).await;
+    let received = receive_streams(&mut frank_rtc, senders).await;
     assert_identical_run(&received, "erin-vp9", SENT, "video/VP9");
     assert_identical_run(&received, "gus-av1", SENT, "video/AV1");
 
@@ -288,9 +284,7 @@ async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    carol_rtc.wait_connected().await;
-    sender.await.expect("sender");
-    let received = collect(&mut carol_rtc, Duration::from_millis(700)).await;
+    let received = receive_streams(&mut carol_rtc, [sender]).await;
     assert_identical_run(&received, "noisy-cam", SENT, "video/VP8");
     assert!(server.metric("switchboard_rtp_packets_in_total").await >= f64::from(SENT));
     // The spray did reach Alice's connection: none of it was dropped as unroutable.
