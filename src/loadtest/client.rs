@@ -7,7 +7,7 @@
 //! epoch) in its last 8 payload bytes; the SFU forwards payloads untouched, so subscribers
 //! measure the forwarding delay from it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,7 +188,9 @@ pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant
     let joined_at = Instant::now();
     send_all(&mut ws, dialect.opening()).await?;
     let mut peers = Peers::new(plan.ip, dialect.answering_dtls_role(), plan.publish, plan.subscribe).await?;
-    let mut inbound: HashMap<u32, Inbound> = HashMap::new();
+    // Remote tracks seen, and their sequences in the measurement window (for loss).
+    let mut tracks: HashSet<u32> = HashSet::new();
+    let mut measured: HashMap<u32, Inbound> = HashMap::new();
     let mut first_media = false;
     let mut buffers = [vec![0u8; 2048], vec![0u8; 2048]];
     let mut payloader = Vp8Payloader::default();
@@ -261,7 +263,7 @@ pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant
                         first_media = true;
                         Counters::sample(&counters.joins, joined_at.elapsed());
                     }
-                    on_packet(&packet, &mut inbound, epoch, &counters);
+                    on_packet(&packet, &mut tracks, &mut measured, epoch, &counters);
                 }
             }
             s.flush();
@@ -272,8 +274,8 @@ pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant
             Counters::add(&counters.connected, 1);
         }
     }
-    Counters::add(&counters.packets_lost, inbound.values().map(Inbound::lost).sum());
-    Counters::add(&counters.tracks_received, inbound.len() as u64);
+    Counters::add(&counters.packets_lost, measured.values().map(Inbound::lost).sum());
+    Counters::add(&counters.tracks_received, tracks.len() as u64);
     let _ = send_all(&mut ws, dialect.closing()).await;
     Ok(())
 }
@@ -518,11 +520,17 @@ fn send_frame(p: &mut Connection, stream: &mut Outbound, media: &Media, epoch: I
     }
 }
 
-/// Counts a received packet and its forwarding delay.
-fn on_packet(packet: &rtp::Packet, inbound: &mut HashMap<u32, Inbound>, epoch: Instant, counters: &Counters) {
-    inbound.entry(packet.header.ssrc).or_default().on(packet.header.sequence_number);
+/// Counts a received packet and, in the measurement window, its sequence for loss and its
+/// forwarding delay.
+fn on_packet(packet: &rtp::Packet, tracks: &mut HashSet<u32>, measured: &mut HashMap<u32, Inbound>, epoch: Instant, counters: &Counters) {
+    tracks.insert(packet.header.ssrc);
     Counters::add(&counters.packets_received, 1);
     Counters::add(&counters.bytes_received, packet.payload.len() as u64);
+    if !counters.measuring() {
+        return;
+    }
+    Counters::add(&counters.packets_measured, 1);
+    measured.entry(packet.header.ssrc).or_default().on(packet.header.sequence_number);
     if let Some(stamp) = packet.payload.len().checked_sub(8).and_then(|at| packet.payload.get(at..)) {
         let sent_us = u64::from_be_bytes(stamp.try_into().unwrap_or_default());
         let now_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);

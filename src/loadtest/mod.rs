@@ -222,8 +222,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// Runs the test and reports; `authority` signs the clients' tokens (Switchboard).
 /// `progress` is called about once a second with a one-line summary.
 ///
-/// Clients join one every 20 ms; the measurement (packets, the server's CPU and memory)
-/// covers `seconds` from [`SETTLE`] after the last join, when every client is in.
+/// Clients join one every 20 ms; the measurement (packets, loss, forwarding delay, the
+/// server's CPU and memory) covers `seconds` from [`SETTLE`] after the last join, when every
+/// client is in.
 pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: impl Fn(&str)) -> anyhow::Result<Report> {
     let clients = settings.rooms * settings.participants;
     anyhow::ensure!(clients > 0 && clients <= MAX_CLIENTS, "between 1 and {MAX_CLIENTS} clients, not {clients}");
@@ -237,7 +238,7 @@ pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: 
     let ramp = Duration::from_millis(20) * clients as u32;
     let window_end = epoch + ramp + SETTLE + Duration::from_secs(settings.seconds);
     let until = window_end + Duration::from_secs(1);
-    let idle = Snapshot::take(settings.server_pid, &counters);
+    let idle = Snapshot::take(settings.server_pid);
     let context = Arc::new(SlotContext {
         target: settings.target,
         ws_url,
@@ -259,9 +260,11 @@ pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: 
         }
     }
     wait(epoch + ramp + SETTLE, epoch, &counters, &progress).await;
-    let window_start = Snapshot::take(settings.server_pid, &counters);
+    let window_start = Snapshot::take(settings.server_pid);
+    counters.measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     wait(window_end, epoch, &counters, &progress).await;
-    let window_end = Snapshot::take(settings.server_pid, &counters);
+    counters.measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    let window_end = Snapshot::take(settings.server_pid);
     for task in tasks {
         let _ = task.await;
     }
@@ -294,13 +297,11 @@ fn progress_line(epoch: Instant, c: &Counters) -> String {
 struct Snapshot {
     at: Instant,
     usage: Option<ProcessUsage>,
-    received: u64,
 }
 
 impl Snapshot {
-    fn take(pid: Option<u32>, counters: &Counters) -> Self {
-        let received = counters.packets_received.load(std::sync::atomic::Ordering::Relaxed);
-        Self { at: Instant::now(), usage: pid.and_then(ProcessUsage::read), received }
+    fn take(pid: Option<u32>) -> Self {
+        Self { at: Instant::now(), usage: pid.and_then(ProcessUsage::read) }
     }
 }
 
@@ -375,7 +376,7 @@ fn report(settings: &LoadSettings, counters: &Counters, idle: Snapshot, start: S
         (Some(before), Some(after)) => Some(ProcessUsage { cpu_seconds: after.cpu_seconds - before.cpu_seconds, ..after }),
         _ => None,
     };
-    let window_received = end.received - start.received;
+    let window_received = load(&counters.packets_measured);
     let window_seconds = end.at.duration_since(start.at).as_secs_f64();
     let mut delays = std::mem::take(&mut *counters.delays.lock().unwrap_or_else(|p| p.into_inner()));
     let mut joins = std::mem::take(&mut *counters.joins.lock().unwrap_or_else(|p| p.into_inner()));
@@ -396,7 +397,7 @@ fn report(settings: &LoadSettings, counters: &Counters, idle: Snapshot, start: S
         bytes_sent: load(&counters.bytes_sent),
         packets_received: received,
         bytes_received: load(&counters.bytes_received),
-        loss: if received + lost == 0 { 0.0 } else { lost as f64 / (received + lost) as f64 },
+        loss: if window_received + lost == 0 { 0.0 } else { lost as f64 / (window_received + lost) as f64 },
         nacks: load(&counters.nacks),
         plis: load(&counters.plis),
         join_to_media_us: Percentiles::of(&mut joins),

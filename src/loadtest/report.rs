@@ -1,7 +1,7 @@
 //! What a load test measured: counters shared by the simulated clients, latency samples,
 //! the server process's CPU and memory from `/proc`, and the report (table and JSON).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,7 +24,9 @@ pub struct Counters {
     pub packets_received: AtomicU64,
     /// RTP payload bytes received.
     pub bytes_received: AtomicU64,
-    /// Packets missing from the received sequences.
+    /// RTP packets received in the measurement window.
+    pub packets_measured: AtomicU64,
+    /// Packets missing from the sequences received in the measurement window.
     pub packets_lost: AtomicU64,
     /// NACKs publishers got from the server.
     pub nacks: AtomicU64,
@@ -32,16 +34,24 @@ pub struct Counters {
     pub plis: AtomicU64,
     /// Remote tracks (SSRCs) subscribers received, summed over the clients.
     pub tracks_received: AtomicU64,
-    /// Samples: forwarding delay (send to receive), microseconds.
+    /// Samples: forwarding delay (send to receive) in the measurement window, microseconds.
     pub delays: Mutex<Vec<u32>>,
     /// Samples: join request to first remote media, microseconds.
     pub joins: Mutex<Vec<u32>>,
+    /// Whether the measurement window is open: loss and delays count only then, so the
+    /// joins before it (DTLS handshakes, negotiation) do not blur the steady state.
+    pub measuring: AtomicBool,
 }
 
 impl Counters {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether the measurement window is open.
+    pub fn measuring(&self) -> bool {
+        self.measuring.load(Ordering::Relaxed)
     }
 
     /// Records a sample (microseconds).
@@ -127,7 +137,8 @@ pub struct Report {
     pub packets_received: u64,
     /// RTP payload bytes received.
     pub bytes_received: u64,
-    /// Packets missing from the received sequences, as a share of those expected.
+    /// Packets missing from the sequences received in the measurement window, as a share of
+    /// those expected there.
     pub loss: f64,
     /// NACKs the server sent publishers.
     pub nacks: u64,
@@ -135,7 +146,8 @@ pub struct Report {
     pub plis: u64,
     /// Join request to first remote media, microseconds.
     pub join_to_media_us: Percentiles,
-    /// Forwarding delay (publisher send to subscriber receive), microseconds.
+    /// Forwarding delay (publisher send to subscriber receive) in the measurement window,
+    /// microseconds.
     pub delay_us: Percentiles,
     /// Length of the measurement window (everyone joined), seconds.
     pub window_seconds: f64,
