@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Where loss starts, and the forwarding delay at half that load, for Switchboard and Janus
+# held to the same CPU budget. On this 2-core machine the load generator (every client with
+# its own ICE, DTLS and SRTP) runs out of CPU long before a server does, so each server is put
+# in a cgroup of its own with a CFS quota of $CORES cores (0.25 by default): a smaller machine
+# for the server, the same for both. The meeting scenario (rooms of 4) then grows until the
+# clients lose packets; the delay target is read at the largest load at most half of that.
+#
+#   benches/capacity.sh                          # CORES=0.25, rooms 1 2 3 4 5 6 7 8 10 12
+#   CORES=0.5 ROOMS="2 4 6 8 10 12 14" benches/capacity.sh
+#
+# Needs root (it writes the cgroup). Table: $OUT/capacity.tsv (server, rooms, egress packets/s,
+# server CPU in cores, loss %, delay p50 and p99 in µs); summary: $OUT/capacity.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-target/capacity}"
+cores="${CORES:-0.25}"
+loss_pct="${LOSS_PCT:-0.1}"
+mkdir -p "$out"
+source benches/servers.sh
+
+# The CFS period: short, so a server that used up its quota waits at most this long.
+period_us=10000
+quota_us=$(python3 -c "print(int($cores * $period_us))")
+cgroups=()
+cap_cpu() { # name pid
+  local dir
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    dir=/sys/fs/cgroup/switchboard-capacity-$1
+    mkdir -p "$dir"
+    echo "$quota_us $period_us" >"$dir/cpu.max"
+  else
+    dir=/sys/fs/cgroup/cpu/switchboard-capacity-$1
+    mkdir -p "$dir"
+    echo "$period_us" >"$dir/cpu.cfs_period_us"
+    echo "$quota_us" >"$dir/cpu.cfs_quota_us"
+  fi
+  echo "$2" >"$dir/cgroup.procs"
+  cgroups+=("$dir")
+}
+cleanup() {
+  stop_servers
+  for dir in "${cgroups[@]}"; do rmdir "$dir" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+start_switchboard "$out/switchboard.log"
+start_janus "$out/janus.log"
+cap_cpu switchboard "$ours"
+cap_cpu janus "$theirs"
+echo "each server held to $cores cores (CFS quota $quota_us µs per $period_us µs)"
+
+table="$out/capacity.tsv"
+printf 'server\trooms\tegress_pps\tcpu_cores\tloss_pct\tdelay_p50_us\tdelay_p99_us\n' >"$table"
+for target in switchboard janus; do
+  for rooms in ${ROOMS:-1 2 3 4 5 6 7 8 10 12}; do
+    report="$out/$target.$rooms.json"
+    load "$target" --scenario meeting --rooms "$rooms" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
+    row=$(python3 - "$report" "$target" "$rooms" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+pps = r["window_packets_received"] / r["window_seconds"]
+d = r["delay_us"]
+print(f'{sys.argv[2]}\t{sys.argv[3]}\t{pps:.0f}\t{r["server_cpu_share"]:.3f}\t{r["loss"] * 100:.3f}\t{d["p50"]}\t{d["p99"]}')
+PY
+)
+    echo "$row" | tee -a "$table"
+    # Past the first load with loss, more rooms only lose more.
+    python3 -c "import sys; sys.exit(0 if float('$(cut -f5 <<<"$row")') >= $loss_pct else 1)" && break
+  done
+done
+
+python3 - "$table" "$loss_pct" "$cores" <<'PY' | tee "$out/capacity.md"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+threshold, cores = float(sys.argv[2]), sys.argv[3]
+print(f"| server ({cores} cores) | loss starts at | half that load | egress packets/s there | delay p50 / p99 there |")
+print("| --- | --- | --- | --- | --- |")
+for server in ("switchboard", "janus"):
+    own = [r for r in rows if r["server"] == server]
+    lossy = [r for r in own if float(r["loss_pct"]) >= threshold]
+    if not lossy:
+        print(f"| {server} | no loss up to {own[-1]['rooms']} rooms | – | – | – |")
+        continue
+    start = int(lossy[0]["rooms"])
+    half = [r for r in own if int(r["rooms"]) <= start / 2]
+    if not half:
+        print(f"| {server} | {start} rooms | – | – | – |")
+        continue
+    h = half[-1]
+    print(f"| {server} | {start} rooms ({lossy[0]['egress_pps']} packets/s, {lossy[0]['loss_pct']} % lost) | {h['rooms']} rooms "
+          f"| {h['egress_pps']} | {int(h['delay_p50_us']) / 1000:.2f} / {int(h['delay_p99_us']) / 1000:.2f} ms |")
+PY
