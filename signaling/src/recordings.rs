@@ -389,7 +389,8 @@ impl Reporter {
             status,
             // The MP4's size; for HLS alone, its segments'.
             file_size: summary.map_or(0, |s| i64::try_from(if info.mp4 { s.mp4_bytes } else { s.hls_bytes }).unwrap_or(i64::MAX)),
-            duration_secs: i32::try_from(duration_ms.div_ceil(1000)).unwrap_or(i32::MAX),
+            // To the nearest second: a 3.02 s recording is 3 s long, as players show it.
+            duration_secs: i32::try_from((duration_ms + 500) / 1000).unwrap_or(i32::MAX),
             at_ms: unix_ms(),
         });
         let participant_id = info.participant.to_string();
