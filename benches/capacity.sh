@@ -52,22 +52,15 @@ cap_cpu janus "$theirs"
 echo "each server held to $cores cores (CFS quota $quota_us µs per $period_us µs)"
 
 table="$out/capacity.tsv"
-printf 'server\trooms\tegress_pps\tcpu_cores\tloss_pct\tdelay_p50_us\tdelay_p99_us\n' >"$table"
+meeting_header >"$table"
 for target in switchboard janus; do
   for rooms in ${ROOMS:-1 2 3 4 5 6 7 8 10 12}; do
     report="$out/$target.$rooms.json"
     load "$target" --scenario meeting --rooms "$rooms" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
-    row=$(python3 - "$report" "$target" "$rooms" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-pps = r["window_packets_received"] / r["window_seconds"]
-d = r["delay_us"]
-print(f'{sys.argv[2]}\t{sys.argv[3]}\t{pps:.0f}\t{r["server_cpu_share"]:.3f}\t{r["loss"] * 100:.3f}\t{d["p50"]}\t{d["p99"]}')
-PY
-)
+    row=$(meeting_row "$report" "$target" "$rooms")
     echo "$row" | tee -a "$table"
     # Past the first load with loss, more rooms only lose more.
-    python3 -c "import sys; sys.exit(0 if float('$(cut -f5 <<<"$row")') >= $loss_pct else 1)" && break
+    awk -F'\t' -v limit="$loss_pct" '{ exit !($5 >= limit) }' <<<"$row" && break
   done
 done
 

@@ -2,7 +2,7 @@
 # Server CPU against forwarded packets, Switchboard and Janus: the meeting scenario (rooms of
 # 4, everyone sends 800 kbit/s video and audio) at a growing number of rooms, one server at a
 # time, then a plot (docs/cpu-vs-packets.png, gnuplot) and the table behind it
-# ($OUT/sweep.tsv: server, rooms, egress packets/s, CPU cores, loss %, delay p99 µs).
+# ($OUT/sweep.tsv: server, rooms, egress packets/s, CPU cores, loss %, delay p50 and p99 µs).
 #
 #   benches/sweep.sh                  # rooms 1 2 4 6 8 10
 #   ROOMS="1 2 3" SECONDS_EACH=10 benches/sweep.sh
@@ -15,18 +15,13 @@ start_switchboard "$out/switchboard.log"
 start_janus "$out/janus.log"
 
 table="$out/sweep.tsv"
-printf 'server\trooms\tegress_pps\tcpu_cores\tloss_pct\tdelay_p99_us\n' >"$table"
+meeting_header >"$table"
 for rooms in ${ROOMS:-1 2 4 6 8 10}; do
   for target in switchboard janus; do
     echo "== $rooms rooms: $target"
     report="$out/$target.$rooms.json"
     load "$target" --scenario meeting --rooms "$rooms" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
-    python3 - "$report" "$target" "$rooms" >>"$table" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-pps = r["window_packets_received"] / r["window_seconds"]
-print(f'{sys.argv[2]}\t{sys.argv[3]}\t{pps:.0f}\t{r["server_cpu_share"]:.3f}\t{r["loss"] * 100:.3f}\t{r["delay_us"]["p99"]}')
-PY
+    meeting_row "$report" "$target" "$rooms" >>"$table"
     tail -1 "$table"
   done
 done
