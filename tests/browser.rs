@@ -46,7 +46,7 @@ fn check_hls(url: &str, listed_secs: f64) {
         assert!(frames > 50, "{kind} frames recorded: {probe}");
     }
     let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
-    // The API lists whole seconds, rounded up.
+    // The API lists whole seconds, to the nearest.
     assert!(duration > 4.0 && (listed_secs - duration) >= -0.5 && (listed_secs - duration) < 1.5, "{duration} s vs {listed_secs}: {probe}");
     assert_eq!(decode_errors(url), "", "{url} decodes without errors");
 }

@@ -261,17 +261,24 @@ impl Session {
     }
 }
 
+/// The recording's own log from a local object store at `objects` (empty where the objects
+/// are in S3, or the log is not written yet).
+fn recording_log(objects: &std::path::Path, session: &Session) -> String {
+    std::fs::read_to_string(objects.join(format!("recordings/{}/{}.log", session.room, session.recording_id))).unwrap_or_default()
+}
+
 /// Checks a recording at `url`: both streams with their codecs, the frames and the length
-/// expected, and a decode without errors.
-fn check_recording(url: &str, codec_name: &str, video_frames: usize, audio_frames: usize, seconds: f64) {
+/// expected, and a decode without errors. `log`, the recording's own log (its gaps and
+/// keyframe requests), is shown when a frame count is off.
+fn check_recording(url: &str, codec_name: &str, video_frames: usize, audio_frames: usize, seconds: f64, log: &str) {
     let probe = ffprobe(url);
     let streams = probe["streams"].as_array().expect("streams");
     assert_eq!(streams.len(), 2, "{url}: {probe}");
     let stream = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind).unwrap_or_else(|| panic!("{kind} stream: {probe}"));
     assert_eq!(stream("video")["codec_name"], codec_name, "{probe}");
     assert_eq!(stream("audio")["codec_name"], "opus", "{probe}");
-    assert_eq!(stream("video")["nb_read_frames"], video_frames.to_string(), "every video frame sent: {probe}");
-    assert_eq!(stream("audio")["nb_read_frames"], audio_frames.to_string(), "every audio frame sent: {probe}");
+    assert_eq!(stream("video")["nb_read_frames"], video_frames.to_string(), "every video frame sent: {probe}\nrecording log:\n{log}");
+    assert_eq!(stream("audio")["nb_read_frames"], audio_frames.to_string(), "every audio frame sent: {probe}\nrecording log:\n{log}");
     let duration: f64 = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration");
     assert!((duration - seconds).abs() <= 0.5, "duration {duration} s, expected {seconds}: {probe}");
     assert_eq!(decode_errors(url), "", "{url} decodes without errors");
@@ -291,7 +298,14 @@ async fn records_a_published_stream(mime_type: &str, video: Vec<Bytes>, payloade
     assert!(listed["size"].as_i64().unwrap_or(0) > 100_000, "{listed}");
     assert!((14..=16).contains(&listed["duration_secs"].as_i64().unwrap_or(0)), "{listed}");
     for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
-        check_recording(url, codec_name, VIDEO_FRAMES, AUDIO_FRAMES, SECONDS as f64);
+        check_recording(
+            url,
+            codec_name,
+            VIDEO_FRAMES,
+            AUDIO_FRAMES,
+            SECONDS as f64,
+            &recording_log(&server.dir.path().join("objects"), &session),
+        );
     }
 }
 
@@ -317,7 +331,7 @@ async fn av1_and_opus_are_recorded_to_mp4_and_hls() {
     session.stop().await;
     let listed = session.done().await;
     for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
-        check_recording(url, "av1", 90, 150, 3.0);
+        check_recording(url, "av1", 90, 150, 3.0, &recording_log(&server.dir.path().join("objects"), &session));
     }
 }
 
@@ -334,8 +348,22 @@ async fn a_participant_leaving_ends_its_file_cleanly() {
     let finished = recording_message(&mut observer, "finished").await;
     assert_eq!(finished["recording_id"], session.recording_id.as_str());
     let listed = session.done().await;
-    check_recording(listed["mp4_url"].as_str().expect("mp4 url"), "vp8", 120, 200, 4.0);
-    check_recording(listed["hls_url"].as_str().expect("hls url"), "vp8", 120, 200, 4.0);
+    check_recording(
+        listed["mp4_url"].as_str().expect("mp4 url"),
+        "vp8",
+        120,
+        200,
+        4.0,
+        &recording_log(&server.dir.path().join("objects"), &session),
+    );
+    check_recording(
+        listed["hls_url"].as_str().expect("hls url"),
+        "vp8",
+        120,
+        200,
+        4.0,
+        &recording_log(&server.dir.path().join("objects"), &session),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,7 +479,7 @@ async fn sigterm_finishes_open_recordings_before_the_process_exits() {
     let logged = std::fs::read_to_string(node.dir.path().join("server.log")).unwrap_or_default();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}\n{logged}");
     let mp4 = node.object(&format!("recordings/rec-term/{}.mp4", session.recording_id));
-    check_recording(&mp4.display().to_string(), "vp8", 90, 150, 3.0);
+    check_recording(&mp4.display().to_string(), "vp8", 90, 150, 3.0, &recording_log(&node.object(""), &session));
     // The process is gone: the row it wrote before exiting is all there is.
     assert_eq!(node.row_status(&session.recording_id, 2).await, 2, "recorded as done before the exit");
 }
@@ -532,7 +560,7 @@ async fn a_recording_outlives_the_object_store_going_away_and_loses_nothing() {
     let listed = session.done().await;
     assert_eq!(spooled(), 0, "the spool is emptied once S3 took it");
     for url in [listed["mp4_url"].as_str().expect("mp4 url"), listed["hls_url"].as_str().expect("hls url")] {
-        check_recording(url, "vp8", 210, 350, 7.0);
+        check_recording(url, "vp8", 210, 350, 7.0, &recording_log(&server.dir.path().join("objects"), &session));
     }
 }
 
@@ -573,7 +601,14 @@ async fn a_recording_started_by_a_task_leaves_its_rows_events_and_transcription_
     recording_message(&mut session.signal, "finished").await;
     let listed = session.done().await;
     assert_eq!((listed["format"].as_str(), listed["hls_url"].as_str()), (Some("mp4"), None), "{listed}");
-    check_recording(listed["mp4_url"].as_str().expect("mp4 url"), "vp8", 90, 150, 3.0);
+    check_recording(
+        listed["mp4_url"].as_str().expect("mp4 url"),
+        "vp8",
+        90,
+        150,
+        3.0,
+        &recording_log(&server.dir.path().join("objects"), &session),
+    );
 
     let id = session.recording_id.as_str();
     let sql = "SELECT meeting_id, filename, file_path, format, CAST(status AS TEXT), CAST(duration AS TEXT), CAST(file_size > 0 AS TEXT),
@@ -623,7 +658,14 @@ async fn auto_record_and_signaling_control_with_the_record_grant() {
     assert_eq!(stopped["type"], "ack", "{stopped}");
     recording_message(&mut viewer, "finished").await;
     let listed = session.done().await;
-    check_recording(listed["mp4_url"].as_str().expect("mp4 url"), "vp8", 60, 100, 2.0);
+    check_recording(
+        listed["mp4_url"].as_str().expect("mp4 url"),
+        "vp8",
+        60,
+        100,
+        2.0,
+        &recording_log(&server.dir.path().join("objects"), &session),
+    );
 
     // Stopping the room's recording, then starting it again over signaling: the publisher's
     // tracks are there already, so its recording starts at once.

@@ -371,15 +371,23 @@ pub fn ffprobe(url: &str) -> Value {
     serde_json::from_slice(&output.stdout).expect("ffprobe JSON")
 }
 
-/// ffmpeg's complaints when decoding all of a file or URL (empty: it decoded cleanly).
+/// ffmpeg's complaints when decoding all of a file or URL (empty: it decoded cleanly). The
+/// decoded frames keep the file's own timestamps (`-enc_time_base -1`): by default the null
+/// output rounds them to one over the frame rate ffmpeg guesses from the first frames, and a
+/// browser's variable frame rate (frames 10 ms apart as its camera starts) then collides two
+/// frames on one output timestamp, which ffmpeg reports as an error of its own muxer.
 pub fn decode_errors(url: &str) -> String {
-    let output = std::process::Command::new("ffmpeg").args(["-v", "error", "-i", url, "-f", "null", "-"]).output().expect("ffmpeg runs");
+    let output = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", url, "-enc_time_base", "-1", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 pub mod rtc_client {
     //! WebRTC clients on the async `webrtc` crate.
     use super::*;
+    use rtc::interceptor::{NackResponderBuilder, Registry, Slot};
     use rtc::media_stream::MediaStreamTrack;
     use rtc::rtp;
     use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
@@ -451,8 +459,12 @@ pub mod rtc_client {
         let (tracks_tx, remote_tracks) = mpsc::unbounded_channel();
         let mut media = MediaEngine::default();
         media.register_default_codecs().expect("codecs");
+        // Publishers answer the server's NACKs, as browsers do: a packet the loaded machine
+        // drops is resent instead of costing the frames up to the next keyframe.
+        let registry = Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build());
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media)
+            .with_interceptor_registry(registry)
             .with_handler(Arc::new(Handler { received: received_tx, remote_tracks: tracks_tx, connected: state_tx }))
             .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
             .build()
