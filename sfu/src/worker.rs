@@ -460,6 +460,15 @@ impl Worker {
                     }
                     SfuMetrics::add(&self.metrics.packets_out, 1);
                     SfuMetrics::add(&self.metrics.bytes_out, bytes);
+                    // Sent at once: each of the engine's stages queues a write until it is
+                    // polled, and a batch of reads would grow every stage's queue of the
+                    // connection to the batch's size (kept: queues do not shrink). One poll
+                    // yields this packet; the flush takes anything else the write produced.
+                    match isolate(|| peer.pc.poll_write()) {
+                        Some(Some(sent)) => self.socket.send(&sent.message, sent.transport.peer_addr),
+                        Some(None) => {}
+                        None => self.poisoned.push(out.subscriber.clone()),
+                    }
                     self.dirty.insert((out.subscriber, PeerRole::Subscriber));
                 }
                 Err(err) => debug!(subscriber = %out.subscriber, track = %out.track, %err, "forward failed"),
