@@ -54,6 +54,7 @@ impl Settings {
             forwarder: ForwarderSettings {
                 nack_cache_packets: media.nack_cache_packets,
                 nack_cache_age: Duration::from_millis(media.nack_cache_ms),
+                nack_cache_min_age: Duration::from_millis(media.nack_cache_min_ms),
                 keyframe_interval: Duration::from_millis(media.keyframe_interval_ms),
             },
         };

@@ -272,8 +272,11 @@ pub struct MediaConfig {
     pub srtp_profiles: Vec<SrtpProfile>,
     /// Most packets kept per video track for NACKs.
     pub nack_cache_packets: usize,
-    /// Milliseconds a packet is kept for NACKs.
+    /// Most milliseconds a packet is kept for NACKs.
     pub nack_cache_ms: u64,
+    /// Least milliseconds a packet is kept for NACKs; between the two, four round trips of
+    /// the track's slowest subscriber.
+    pub nack_cache_min_ms: u64,
     /// Minimum milliseconds between keyframe requests to one publisher track.
     pub keyframe_interval_ms: u64,
 }
@@ -391,6 +394,9 @@ impl Config {
         if self.media.srtp_profiles.is_empty() {
             return bad("media.srtp_profiles", "must name at least one profile");
         }
+        if self.media.nack_cache_min_ms > self.media.nack_cache_ms {
+            return bad("media.nack_cache_min_ms", "must not exceed media.nack_cache_ms");
+        }
         if self.signaling.ping_interval_secs == 0 {
             return bad("signaling.ping_interval_secs", "must be positive");
         }
@@ -464,6 +470,12 @@ mod tests {
         assert_eq!(config.media.srtp_profiles, vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::Aes128CmHmacSha1_80]);
         let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__SRTP_PROFILES", "[]")])).unwrap_err();
         assert!(err.to_string().contains("media.srtp_profiles"), "{err}");
+    }
+
+    #[test]
+    fn the_least_nack_window_may_not_exceed_the_most() {
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__NACK_CACHE_MIN_MS", "1500")])).unwrap_err();
+        assert!(err.to_string().contains("media.nack_cache_min_ms"), "{err}");
     }
 
     #[test]

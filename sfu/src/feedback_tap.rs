@@ -1,10 +1,10 @@
-//! An interceptor that lets the RTCP the worker acts on through to it: a subscriber's NACKs
-//! and keyframe requests, a publisher's sender reports.
+//! An interceptor that lets the RTCP the worker acts on through to it: a subscriber's NACKs,
+//! keyframe requests and receiver reports, a publisher's sender reports.
 //!
 //! The `rtc` interceptor chain ends inbound RTCP before the application unless a packet is
-//! marked for delivery. The SFU answers NACKs from the publisher's cache and relays PLI/FIR;
-//! taps (the recorder) follow a publisher's clock from its sender reports. The tap marks
-//! exactly those and leaves receiver reports to the chain.
+//! marked for delivery. The SFU answers NACKs from the publisher's cache, relays PLI/FIR and
+//! sizes that cache by the round trips subscribers' receiver reports show; taps (the
+//! recorder) follow a publisher's clock from its sender reports. The tap marks exactly those.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
@@ -19,8 +20,8 @@ use rtc::shared::error::Error;
 
 use crate::peer::PeerRole;
 
-/// Marks inbound RTCP for delivery to the application: NACK, PLI and FIR on a subscriber
-/// connection, sender reports on a publisher connection.
+/// Marks inbound RTCP for delivery to the application: NACK, PLI, FIR and receiver reports
+/// on a subscriber connection, sender reports on a publisher connection.
 pub struct FeedbackTap {
     role: PeerRole,
     reads: VecDeque<TaggedPacket>,
@@ -38,7 +39,12 @@ impl FeedbackTap {
         packets.iter().any(|p| {
             let any = p.as_any();
             match self.role {
-                PeerRole::Subscriber => any.is::<TransportLayerNack>() || any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>(),
+                PeerRole::Subscriber => {
+                    any.is::<TransportLayerNack>()
+                        || any.is::<PictureLossIndication>()
+                        || any.is::<FullIntraRequest>()
+                        || any.is::<ReceiverReport>()
+                }
                 PeerRole::Publisher => any.is::<SenderReport>(),
             }
         })

@@ -28,17 +28,30 @@ pub enum MediaKind {
 pub struct ForwarderSettings {
     /// Most packets kept per video track for retransmission.
     pub nack_cache_packets: usize,
-    /// How long a packet is kept for retransmission.
+    /// How long a packet is kept for retransmission at most.
     pub nack_cache_age: Duration,
+    /// How long a packet is kept for retransmission at least: the window while the
+    /// subscribers' round-trip times are short or not known yet.
+    pub nack_cache_min_age: Duration,
     /// Minimum time between two keyframe requests sent to one publisher track.
     pub keyframe_interval: Duration,
 }
 
 impl Default for ForwarderSettings {
     fn default() -> Self {
-        Self { nack_cache_packets: 1024, nack_cache_age: Duration::from_secs(1), keyframe_interval: Duration::from_millis(500) }
+        Self {
+            nack_cache_packets: 1024,
+            nack_cache_age: Duration::from_secs(1),
+            nack_cache_min_age: Duration::from_millis(250),
+            keyframe_interval: Duration::from_millis(500),
+        }
     }
 }
+
+/// Round trips of its slowest subscriber a video track's packets are kept for NACKs: a
+/// subscriber asks again each round trip, and a packet resent later than this misses its
+/// frame anyway.
+pub const NACK_ROUND_TRIPS: u32 = 4;
 
 /// What the subscriber's answer fixed for one downtrack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +81,8 @@ struct DownTrack {
     /// Next sequence number of the RTX stream.
     rtx_sequence: u16,
     munger: RtpMunger,
+    /// The subscriber's round-trip time from its receiver reports (zero until one came).
+    round_trip: Duration,
 }
 
 /// A published track with its subscribers.
@@ -122,7 +137,8 @@ impl Forwarder {
 
     /// Registers a published track. Video tracks get a NACK cache.
     pub fn add_track(&mut self, track: TrackId, publisher: ParticipantId, kind: MediaKind, clock_rate: u32) {
-        let cache = (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_age));
+        let cache =
+            (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_min_age));
         self.tracks.insert(
             track,
             UpTrack {
@@ -157,7 +173,14 @@ impl Forwarder {
     pub fn subscribe(&mut self, now: Instant, track: &TrackId, subscriber: ParticipantId, ssrc: u32) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
         up.downtracks.retain(|d| d.subscriber != subscriber);
-        up.downtracks.push(DownTrack { subscriber, ssrc, negotiated: None, rtx_sequence: 0, munger: RtpMunger::new(up.clock_rate) });
+        up.downtracks.push(DownTrack {
+            subscriber,
+            ssrc,
+            negotiated: None,
+            rtx_sequence: 0,
+            munger: RtpMunger::new(up.clock_rate),
+            round_trip: Duration::ZERO,
+        });
         self.keyframe_request(now, track)
     }
 
@@ -177,6 +200,22 @@ impl Forwarder {
             self.keyframe_request(now, track)
         } else {
             None
+        }
+    }
+
+    /// Takes a subscriber's round-trip time and sets the retransmission window of every
+    /// video track it receives to [`NACK_ROUND_TRIPS`] round trips of the slowest of the
+    /// track's subscribers, within the configured least and most. A subscriber that left
+    /// counts until the next report of another one (they come about every second).
+    pub fn set_round_trip(&mut self, subscriber: &ParticipantId, round_trip: Duration) {
+        let (least, most) = (self.settings.nack_cache_min_age, self.settings.nack_cache_age.max(self.settings.nack_cache_min_age));
+        for up in self.tracks.values_mut() {
+            let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { continue };
+            down.round_trip = round_trip;
+            let slowest = up.downtracks.iter().map(|d| d.round_trip).max().unwrap_or_default();
+            if let Some(cache) = up.cache.as_mut() {
+                cache.set_max_age(slowest.saturating_mul(NACK_ROUND_TRIPS).clamp(least, most));
+            }
         }
     }
 

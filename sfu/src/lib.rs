@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod munger;
 pub mod packet_cache;
 pub mod peer;
+mod round_trip;
 mod socket;
 mod stun;
 pub mod tap;

@@ -2,9 +2,10 @@
 //!
 //! One cache per *published* track, not per subscriber: a retransmission is the cached
 //! source packet run through the requesting subscriber's munger again. It holds the packets
-//! of the last `max_age` (a NACK for anything older comes too late to help) and at most
-//! `capacity` of them, in arrival order, so its memory follows the track's bitrate rather
-//! than a fixed count. Payloads are shared `Bytes`, not copies.
+//! of the last `max_age` (a NACK for anything older comes too late to help; the forwarder
+//! sets it from its subscribers' round-trip times) and at most `capacity` of them, in arrival
+//! order, so its memory follows the track's bitrate rather than a fixed count. Payloads are
+//! shared `Bytes`, not copies.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -23,6 +24,11 @@ impl PacketCache {
     /// A cache of the packets of the last `max_age`, at most `capacity` of them.
     pub fn new(capacity: usize, max_age: Duration) -> Self {
         Self { packets: VecDeque::new(), capacity: capacity.max(1), max_age }
+    }
+
+    /// Keeps packets for `max_age` from now on (the oldest go with the next insert).
+    pub fn set_max_age(&mut self, max_age: Duration) {
+        self.max_age = max_age;
     }
 
     /// Remembers a packet that arrived at `now`, forgetting those too old or too many.

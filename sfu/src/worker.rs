@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
@@ -22,6 +22,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -36,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Negotiated, Outgoing, RtxStream};
 use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
+use crate::round_trip;
 use crate::socket::MediaSocket;
 use crate::tap::{TapEvent, Taps};
 use crate::{codec, stun, MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
@@ -431,6 +433,12 @@ impl Worker {
                 SfuMetrics::add(&self.metrics.keyframe_requests, 1);
                 if let Some(request) = self.forwarder.keyframe_request(now, track) {
                     self.send_keyframe_request(now, request);
+                }
+            } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {
+                let arrival = round_trip::ntp_middle(SystemTime::now());
+                let echoed = report.reports.iter().filter_map(|r| round_trip::round_trip(arrival, r.last_sender_report, r.delay));
+                if let Some(rtt) = echoed.max() {
+                    self.forwarder.set_round_trip(subscriber, rtt);
                 }
             }
         }

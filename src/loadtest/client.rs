@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -84,14 +85,24 @@ struct Connection {
 }
 
 impl Connection {
-    async fn new(ip: IpAddr, answering_role: RTCDtlsRole) -> Result<Self, ClientError> {
+    /// A connection on a socket of its own; `receives` gives it receiver reports, which a
+    /// browser's receiving connection sends and an SFU reads round-trip times from.
+    async fn new(ip: IpAddr, answering_role: RTCDtlsRole, receives: bool) -> Result<Self, ClientError> {
         let socket = UdpSocket::bind((ip, 0)).await?;
         let local = socket.local_addr()?;
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(engine)?;
         let settings = SettingEngineBuilder::new().with_answering_dtls_role(answering_role).build();
-        let mut pc =
-            RTCPeerConnectionBuilder::new().with_media_engine(media).with_setting_engine(settings).build(Instant::now()).map_err(engine)?;
+        let mut registry = Registry::new();
+        if receives {
+            registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+        }
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .map_err(engine)?;
         sfu::peer::add_host_candidates(&mut pc, &[local]).map_err(engine)?;
         Ok(Self { pc, socket, local, connected: false })
     }
@@ -349,10 +360,10 @@ pub struct Peers {
 impl Peers {
     async fn new(ip: IpAddr, answering_role: RTCDtlsRole, publish: Option<Media>, subscribe: bool) -> Result<Self, ClientError> {
         let publisher = match publish {
-            Some(_) => Some(Connection::new(ip, answering_role).await?),
+            Some(_) => Some(Connection::new(ip, answering_role, false).await?),
             None => None,
         };
-        let subscriber = if subscribe { Some(Connection::new(ip, answering_role).await?) } else { None };
+        let subscriber = if subscribe { Some(Connection::new(ip, answering_role, true).await?) } else { None };
         Ok(Self { publish, publisher, subscriber, outbound: Vec::new() })
     }
 

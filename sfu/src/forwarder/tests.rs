@@ -255,3 +255,26 @@ fn nack_is_answered_on_the_rtx_stream_when_negotiated() {
         assert_eq!(&o.packet.payload[2..], &original.payload[..]);
     }
 }
+
+#[test]
+fn the_retransmission_window_follows_the_slowest_subscribers_round_trip() {
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut f = room(2, start);
+    // 4 round trips of the slowest subscriber (150 ms): 600 ms, within 250 ms .. 1 s.
+    f.set_round_trip(&sub(0), Duration::from_millis(20));
+    f.set_round_trip(&sub(1), Duration::from_millis(150));
+    let mut out = Vec::new();
+    for seq in 0..=100u16 {
+        f.forward(at(u64::from(seq) * 10), &track(), video_packet(9, seq, 0), &mut out);
+    }
+    out.clear();
+    assert_eq!(f.on_nack(at(1000), &track(), &sub(0), [35, 45], &mut out), 1, "650 ms old: gone; 550 ms old: kept");
+    assert_eq!(out[0].packet.header.sequence_number, 45);
+    // The slow subscriber's link got faster: back to the least window, 250 ms.
+    f.set_round_trip(&sub(1), Duration::from_millis(10));
+    f.forward(at(1010), &track(), video_packet(9, 101, 0), &mut out);
+    out.clear();
+    assert_eq!(f.on_nack(at(1010), &track(), &sub(1), [70, 80], &mut out), 1, "310 ms old: gone; 210 ms old: kept");
+    assert_eq!(out[0].packet.header.sequence_number, 80);
+}
