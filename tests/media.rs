@@ -330,6 +330,11 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     assert_eq!(meeting.subscribed_tracks, 6 * 2 * 2, "each client got the others' audio and video");
     assert!(meeting.window_packets_received > 0 && meeting.window_packets_received < meeting.packets_received, "{meeting:#?}");
     assert!(meeting.memory_per_subscribed_track_bytes.is_some() && meeting.received_packets_per_server_cpu_second.is_some());
+    // The subscribers' receiver reports reached the forwarder, which sizes the NACK caches
+    // by the round trips they show (loopback: well under 50 ms).
+    let [round_trips, seconds] =
+        server.metrics(["switchboard_subscriber_round_trip_seconds_count", "switchboard_subscriber_round_trip_seconds_sum"]).await;
+    assert!(round_trips > 0.0 && seconds / round_trips < 0.05, "{round_trips} round trips, {seconds} s in all");
 
     // Livestream: one publisher per room, three viewers who publish nothing.
     let live = switchboard::loadtest::run(&settings(Scenario::Livestream, 4), &authority, |_| {}).await.expect("livestream run");

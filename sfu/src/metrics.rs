@@ -35,6 +35,10 @@ pub struct SfuMetrics {
     pub tap_packets: AtomicU64,
     /// Packets a tap lost because its queue was full.
     pub tap_packets_dropped: AtomicU64,
+    /// Round trips measured from subscribers' receiver reports.
+    pub round_trips: AtomicU64,
+    /// Their sum, microseconds.
+    pub round_trip_micros: AtomicU64,
 }
 
 impl SfuMetrics {
@@ -76,5 +80,12 @@ impl SfuMetrics {
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }
+        let name = "switchboard_subscriber_round_trip_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Round trips from subscribers' receiver reports (they size the NACK caches).\n# TYPE {name} summary\n{name}_sum {}\n{name}_count {}",
+            self.round_trip_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.round_trips.load(Ordering::Relaxed)
+        );
     }
 }

@@ -438,6 +438,8 @@ impl Worker {
                 let arrival = round_trip::ntp_middle(SystemTime::now());
                 let echoed = report.reports.iter().filter_map(|r| round_trip::round_trip(arrival, r.last_sender_report, r.delay));
                 if let Some(rtt) = echoed.max() {
+                    SfuMetrics::add(&self.metrics.round_trips, 1);
+                    SfuMetrics::add(&self.metrics.round_trip_micros, rtt.as_micros() as u64);
                     self.forwarder.set_round_trip(subscriber, rtt);
                 }
             }
