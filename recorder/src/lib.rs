@@ -20,6 +20,7 @@ pub mod resume;
 pub mod room;
 pub mod segmenter;
 pub mod upload;
+pub mod vp8;
 
 #[cfg(test)]
 mod test_support;
