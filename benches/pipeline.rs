@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
@@ -219,8 +219,10 @@ fn pipeline(c: &mut Criterion) {
                             forwarder.forward(now, &track_id, packet, &mut out);
                         }
                     }
-                    for (outgoing, (pair, sender)) in out.drain(..).zip(subscribers.iter_mut()) {
-                        pair.server.rtp_sender(*sender).expect("sender").write_rtp(now, outgoing.packet).expect("forward");
+                    for (outgoing, (pair, _)) in out.drain(..).zip(subscribers.iter_mut()) {
+                        // As the worker writes: to the connection, past the track's sender.
+                        let message = RTCMessage::RtpPacket(String::new(), outgoing.packet);
+                        pair.server.handle_write(TaggedRTCMessage { now, message }).expect("forward");
                         while let Some(datagram) = pair.server.poll_write() {
                             black_box(datagram.message.len());
                         }

@@ -450,20 +450,19 @@ impl Worker {
     fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>) {
         for out in outgoing.drain(..) {
             let Some(subscriber) = self.participants.get_mut(&out.subscriber) else { continue };
-            let Some(sender_id) = subscriber.subscriptions.get(&out.track).map(|s| s.sender) else { continue };
+            if !subscriber.subscriptions.contains_key(&out.track) {
+                continue;
+            }
             let Some(peer) = subscriber.subscriber.as_mut() else { continue };
             let bytes = out.packet.payload.len() as u64;
             let rtx = out.rtx;
-            let written = if rtx {
-                // The sender only accepts its primary SSRC; the repair stream goes to the
-                // connection directly (the track id is not used for routing).
-                let message = RTCMessage::RtpPacket(out.track.to_string(), out.packet);
-                peer.pc.handle_write(TaggedRTCMessage { now, message })
-            } else {
-                let Some(mut sender) = peer.pc.rtp_sender(sender_id) else { continue };
-                sender.write_rtp(now, out.packet)
-            };
-            match written {
+            // Straight to the connection, not through the track's RTCRtpSender: the sender
+            // would check the SSRC, payload type and header extensions against its
+            // parameters and copy its track id into a new String for every packet, and the
+            // forwarder has already set what the subscriber negotiated (and stripped the
+            // extensions). The connection routes by SSRC; the track id is not read.
+            let message = RTCMessage::RtpPacket(String::new(), out.packet);
+            match peer.pc.handle_write(TaggedRTCMessage { now, message }) {
                 Ok(()) => {
                     if rtx {
                         SfuMetrics::add(&self.metrics.rtx_packets, 1);
