@@ -156,6 +156,9 @@ impl FrameAssembler {
                 self.broken = true;
                 self.need_keyframe(out);
             }
+            // Padding only (a sender's bandwidth probe; the padding is already stripped): it
+            // takes a sequence number but carries no media, so it neither breaks nor ends a frame.
+            Released::Packet(packet) if packet.payload.is_empty() => {}
             Released::Packet(packet) if self.codec.is_audio() => {
                 self.parts.push(packet);
                 self.finish_frame(out);
@@ -283,6 +286,21 @@ mod tests {
         assert_eq!(got.iter().map(|f| f.data.clone()).collect::<Vec<_>>(), sent);
         assert_eq!(got.iter().map(|f| f.keyframe).collect::<Vec<_>>(), [true, false, false]);
         assert_eq!(got.iter().map(|f| f.timestamp).collect::<Vec<_>>(), [0, 3000, 6000]);
+    }
+
+    #[test]
+    fn padding_only_packets_between_and_inside_frames_are_skipped() {
+        let sent = vec![vp8_frame(true, 3000, 1), vp8_frame(false, 1800, 2), vp8_frame(false, 300, 3)];
+        let mut packets = packetize(&mut Vp8Payloader::default(), &sent, 3000);
+        // Probes with the timestamp of the frame before, as senders pad: one between frames
+        // and one inside the second frame (the assembler sees packets in order, not numbers).
+        let probe = |at: &RtpPacket| RtpPacket { payload: Bytes::new(), marker: false, ..at.clone() };
+        let second = packets.iter().position(|p| p.timestamp == 3000).expect("second frame");
+        packets.insert(second, probe(&packets[second - 1]));
+        packets.insert(second + 2, probe(&packets[second + 1]));
+        let (out, stats) = assemble(Codec::Vp8, packets.into_iter().map(Released::Packet).collect());
+        assert_eq!((stats.dropped_frames, stats.keyframe_requests), (0, 0));
+        assert!(frames(&out).iter().map(|f| &f.data).eq(sent.iter()), "every frame intact");
     }
 
     #[test]
