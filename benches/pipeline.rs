@@ -174,7 +174,7 @@ fn pipeline(c: &mut Criterion) {
             let pt = payload_type(&mut pair.server, sender);
             forwarder.subscribe(Instant::now(), &track_id, id.clone(), ssrc);
             forwarder.set_negotiated(Instant::now(), &track_id, &id, Negotiated { payload_type: pt, rtx: None });
-            subscribers.push((pair, sender));
+            subscribers.push(pair);
         }
         let mut seq = 0u16;
         let mut out: Vec<Outgoing> = Vec::with_capacity(n);
@@ -219,7 +219,7 @@ fn pipeline(c: &mut Criterion) {
                             forwarder.forward(now, &track_id, packet, &mut out);
                         }
                     }
-                    for (outgoing, (pair, _)) in out.drain(..).zip(subscribers.iter_mut()) {
+                    for (outgoing, pair) in out.drain(..).zip(subscribers.iter_mut()) {
                         // As the worker writes: to the connection, past the track's sender.
                         let message = RTCMessage::RtpPacket(String::new(), outgoing.packet);
                         pair.server.handle_write(TaggedRTCMessage { now, message }).expect("forward");
