@@ -1,7 +1,7 @@
 //! The whole server-side forwarding path on the `rtc` engine, without sockets: a publisher's
 //! SRTP datagram is decrypted by its connection (with the publisher-side interceptors),
-//! fanned out by the forwarder, written to 1, 10 or 100 subscriber connections and
-//! SRTP-protected (AEAD AES-128-GCM) by each. Client connections live in memory and are
+//! fanned out by the forwarder and SRTP-protected (AEAD AES-128-GCM) for 1, 10 or 100
+//! subscriber connections by their egress, as the worker sends them. Client connections live in memory and are
 //! connected by handing datagrams across, so no packet reaches a network.
 //! Throughput is forwarded packets per second on one core.
 //!
@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
@@ -25,6 +25,7 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCR
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::egress::Egress;
 use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
 use sfu::peer::{add_host_candidates, build_peer, PeerRole, PeerSettings, SrtpProfile};
 use sfu::{ParticipantId, TrackId};
@@ -142,10 +143,12 @@ fn publisher() -> (Pair, RTCRtpSenderId) {
     (pair, sender)
 }
 
-/// A subscriber: the server offers one sendonly VP8 track, the client answers.
-fn subscriber(index: usize) -> (Pair, RTCRtpSenderId, u32) {
+/// A subscriber: the server offers one sendonly VP8 track, the client answers; its egress
+/// is keyed, and checked once by the client decrypting a packet it protected.
+fn subscriber(index: usize) -> (Pair, Egress, RTCRtpSenderId, u32) {
     let (mut client, client_addr) = client(addr(3, 40_001 + index as u16));
-    let mut server = build_peer(Instant::now(), PeerRole::Subscriber, &server_settings()).expect("server").pc;
+    let built = build_peer(Instant::now(), PeerRole::Subscriber, &server_settings()).expect("server");
+    let mut server = built.pc;
     let ssrc = 0x1000 + index as u32;
     let sender = server.add_track(track("pub", "pub/cam", ssrc)).expect("track");
     if let Some(mut transceiver) = server.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
@@ -154,7 +157,22 @@ fn subscriber(index: usize) -> (Pair, RTCRtpSenderId, u32) {
     negotiate(&mut server, &mut client);
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
-    (pair, sender, ssrc)
+    let mut egress = Egress::new(built.keys.expect("a subscriber connection's keys"));
+    egress.start(Instant::now(), &mut pair.server).expect("egress keys");
+    egress.set_remote(client_addr);
+    let pt = payload_type(&mut pair.server, sender);
+    let probe = rtp::Packet {
+        header: rtp::header::Header { version: 2, payload_type: pt, ssrc, sequence_number: 1, ..Default::default() },
+        payload: Bytes::from_static(b"probe"),
+    };
+    let (datagram, _) = egress.protect(Instant::now(), &probe).expect("protect");
+    let transport =
+        TransportContext { local_addr: client_addr, peer_addr: pair.server_addr, ecn: None, transport_protocol: TransportProtocol::UDP };
+    pair.client.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(datagram) }).expect("client reads");
+    let decrypted = std::iter::from_fn(|| pair.client.poll_read())
+        .any(|m| matches!(m.message, RTCMessage::RtpPacket(_, p) if p.payload == probe.payload));
+    assert!(decrypted, "the client decrypts what the egress protected");
+    (pair, egress, sender, ssrc)
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -169,12 +187,12 @@ fn pipeline(c: &mut Criterion) {
         forwarder.add_track(track_id.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
         let mut subscribers = Vec::new();
         for i in 0..n {
-            let (mut pair, sender, ssrc) = subscriber(i);
+            let (mut pair, egress, sender, ssrc) = subscriber(i);
             let id = ParticipantId::new(format!("sub{i}"));
             let pt = payload_type(&mut pair.server, sender);
             forwarder.subscribe(Instant::now(), &track_id, id.clone(), ssrc);
             forwarder.set_negotiated(Instant::now(), &track_id, &id, Negotiated { payload_type: pt, rtx: None });
-            subscribers.push(pair);
+            subscribers.push((pair, egress));
         }
         let mut seq = 0u16;
         let mut out: Vec<Outgoing> = Vec::with_capacity(n);
@@ -219,13 +237,9 @@ fn pipeline(c: &mut Criterion) {
                             forwarder.forward(now, &track_id, packet, &mut out);
                         }
                     }
-                    for (outgoing, pair) in out.drain(..).zip(subscribers.iter_mut()) {
-                        // As the worker writes: to the connection, past the track's sender.
-                        let message = RTCMessage::RtpPacket(String::new(), outgoing.packet);
-                        pair.server.handle_write(TaggedRTCMessage { now, message }).expect("forward");
-                        while let Some(datagram) = pair.server.poll_write() {
-                            black_box(datagram.message.len());
-                        }
+                    for (outgoing, (_, egress)) in out.drain(..).zip(subscribers.iter_mut()) {
+                        let (datagram, to) = egress.protect(now, &outgoing.packet).expect("forward");
+                        black_box((datagram.len(), to));
                     }
                     while publisher.server.poll_write().is_some() {}
                 },

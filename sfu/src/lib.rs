@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+pub mod egress;
 mod feedback_tap;
 pub mod forwarder;
 pub mod ids;

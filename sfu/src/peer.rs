@@ -6,11 +6,12 @@
 //! forwarder's per-track cache instead of keeping a cache per subscriber.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -19,6 +20,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCD
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 
+use crate::egress::KeyCapture;
 use crate::feedback_tap::FeedbackTap;
 use crate::SfuError;
 
@@ -40,6 +42,8 @@ pub struct NewPeer {
     pub pc: RTCPeerConnection,
     /// The local ICE ufrag: the first half of the STUN USERNAME the client sends.
     pub ufrag: String,
+    /// A subscriber connection's crypto provider, which sees its SRTP keys (see [`crate::egress`]).
+    pub keys: Option<Arc<KeyCapture>>,
 }
 
 /// An SRTP protection profile the server accepts.
@@ -77,7 +81,15 @@ pub struct PeerSettings {
 pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result<NewPeer, SfuError> {
     let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
     let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
-    let settings = SettingEngineBuilder::new()
+    let keys = match role {
+        PeerRole::Publisher => None,
+        PeerRole::Subscriber => Some(Arc::new(KeyCapture::new(rtc::crypto::default_provider().map_err(engine)?))),
+    };
+    let mut settings = SettingEngineBuilder::new();
+    if let Some(keys) = &keys {
+        settings = settings.with_crypto_provider(keys.clone());
+    }
+    let settings = settings
         .with_lite(true)
         .with_ice_credentials(ufrag.clone(), pwd)
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -89,15 +101,13 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
         media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
     // Each connection carries media one way, so it gets only that direction's interceptors:
-    // every one is a step (and a copy of the packet) for each packet that passes.
+    // every one is a step (and a copy of the packet) for each packet that passes. Subscriber
+    // connections get none: the worker's egress sends their media and sender reports.
     let mut registry = Registry::new();
-    match role {
-        PeerRole::Publisher => {
-            registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-            registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-            registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
-        }
-        PeerRole::Subscriber => registry = registry.with(Slot::SenderReport, SenderReportBuilder::new().build()),
+    if role == PeerRole::Publisher {
+        registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+        registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+        registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
     }
     // Application-most, after the reports, so the chain has seen everything it marks.
     registry = registry.with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(role));
@@ -109,7 +119,7 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
         .build(now)
         .map_err(engine)?;
     add_host_candidates(&mut pc, &shared.candidates)?;
-    Ok(NewPeer { pc, ufrag })
+    Ok(NewPeer { pc, ufrag, keys })
 }
 
 /// Gives a connection UDP host candidates at `addrs` and ends its gathering (no trickle):

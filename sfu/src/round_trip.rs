@@ -10,13 +10,19 @@ const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 /// Longest round trip taken as real; beyond it the report or a clock is off.
 const MAX_ROUND_TRIP_UNITS: u32 = 10 << 16;
 
+/// The 64-bit NTP timestamp of `time` (32.32 fixed-point seconds since 1900), as sender
+/// reports carry it.
+pub fn ntp_time(time: SystemTime) -> u64 {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs() + NTP_UNIX_OFFSET_SECS;
+    let fraction = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+    (seconds << 32) | fraction
+}
+
 /// The middle 32 bits of the NTP timestamp of `time` (16.16 fixed-point seconds), the form
 /// receiver reports echo sender reports in.
 pub fn ntp_middle(time: SystemTime) -> u32 {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since.as_secs() + NTP_UNIX_OFFSET_SECS;
-    let fraction = (u64::from(since.subsec_nanos()) << 16) / 1_000_000_000;
-    ((seconds << 16) | fraction) as u32
+    (ntp_time(time) >> 16) as u32
 }
 
 /// The round trip shown by a report arriving at `arrival` (NTP middle bits) that echoes

@@ -34,6 +34,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::egress::Egress;
 use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Negotiated, Outgoing, RtxStream};
 use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
@@ -99,6 +100,8 @@ struct Peer {
     /// path): handed to the engine once the answer is set, instead of leaving the client
     /// to retry a check that went unanswered.
     early_checks: Vec<TaggedBytesMut>,
+    /// A subscriber connection's media send side.
+    egress: Option<Egress>,
 }
 
 /// Early connectivity checks kept per connection.
@@ -137,6 +140,8 @@ struct Participant {
 /// A published track sent on this participant's subscriber connection.
 struct Subscription {
     sender: RTCRtpSenderId,
+    /// The SSRC the subscriber receives the track on.
+    ssrc: u32,
     /// The publisher's codec, to find its payload type in the subscriber's answer.
     codec: RTCRtpCodec,
     kind: MediaKind,
@@ -233,14 +238,25 @@ impl Worker {
             .values()
             .flat_map(|p| [p.publisher.as_ref(), p.subscriber.as_ref()])
             .flatten()
-            .filter_map(|peer| peer.deadline)
+            .flat_map(|peer| [peer.deadline, peer.egress.as_ref().and_then(Egress::deadline)])
+            .flatten()
             .fold(idle, Instant::min)
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
+        let wall_clock = SystemTime::now();
         for (id, participant) in &mut self.participants {
             for role in [PeerRole::Publisher, PeerRole::Subscriber] {
                 let Some(peer) = participant.peer_mut(role) else { continue };
+                if let Some(reports) = peer.egress.as_mut().and_then(|e| e.due_reports(now, wall_clock)) {
+                    let message = RTCMessage::RtcpPacket(String::new(), reports);
+                    match isolate(|| peer.pc.handle_write(TaggedRTCMessage { now, message })) {
+                        Some(Ok(())) => {}
+                        Some(Err(err)) => debug!(participant = %id, %err, "sender reports not sent"),
+                        None => self.poisoned.push(id.clone()),
+                    }
+                    self.dirty.insert((id.clone(), role));
+                }
                 if peer.deadline.is_some_and(|d| d <= now) {
                     match isolate(|| peer.pc.handle_timeout(now)) {
                         Some(Ok(())) => {}
@@ -280,8 +296,14 @@ impl Worker {
                 }
                 continue;
             }
+            // STUN, by RFC 7983's first byte; everything else comes from where the client sends.
+            let from_client = (input.message.first().is_some_and(|&b| b > 3)).then_some(peer_addr);
             match isolate(|| peer.pc.handle_read(input)) {
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    if let (Some(addr), Some(egress)) = (from_client, peer.egress.as_mut()) {
+                        egress.set_remote(addr);
+                    }
+                }
                 Some(Err(err)) => debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected"),
                 None => self.poisoned.push(key.0.clone()),
             }
@@ -370,6 +392,9 @@ impl Worker {
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 debug!(participant = %key.0, role = ?key.1, %state, "connection state");
+                if state == RTCPeerConnectionState::Connected {
+                    self.start_egress(now, key);
+                }
                 if state == RTCPeerConnectionState::Failed {
                     if let Some(p) = self.participants.get(&key.0) {
                         let _ = p.events.send(SfuEvent::ConnectionFailed);
@@ -446,42 +471,34 @@ impl Worker {
         }
     }
 
-    /// Hands rewritten packets to their subscribers' connections for SRTP and sending.
+    /// Protects rewritten packets for their subscribers and sends them.
     fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>) {
         for out in outgoing.drain(..) {
             let Some(subscriber) = self.participants.get_mut(&out.subscriber) else { continue };
             if !subscriber.subscriptions.contains_key(&out.track) {
                 continue;
             }
-            let Some(peer) = subscriber.subscriber.as_mut() else { continue };
-            let bytes = out.packet.payload.len() as u64;
-            let rtx = out.rtx;
-            // Straight to the connection, not through the track's RTCRtpSender: the sender
-            // would check the SSRC, payload type and header extensions against its
-            // parameters and copy its track id into a new String for every packet, and the
-            // forwarder has already set what the subscriber negotiated (and stripped the
-            // extensions). The connection routes by SSRC; the track id is not read.
-            let message = RTCMessage::RtpPacket(String::new(), out.packet);
-            match peer.pc.handle_write(TaggedRTCMessage { now, message }) {
-                Ok(()) => {
-                    if rtx {
+            let Some(egress) = subscriber.subscriber.as_mut().and_then(|peer| peer.egress.as_mut()) else { continue };
+            match egress.protect(now, &out.packet) {
+                Ok((datagram, to)) => {
+                    self.socket.send(datagram, to);
+                    if out.rtx {
                         SfuMetrics::add(&self.metrics.rtx_packets, 1);
                     }
                     SfuMetrics::add(&self.metrics.packets_out, 1);
-                    SfuMetrics::add(&self.metrics.bytes_out, bytes);
-                    // Sent at once: each of the engine's stages queues a write until it is
-                    // polled, and a batch of reads would grow every stage's queue of the
-                    // connection to the batch's size (kept: queues do not shrink). One poll
-                    // yields this packet; the flush takes anything else the write produced.
-                    match isolate(|| peer.pc.poll_write()) {
-                        Some(Some(sent)) => self.socket.send(&sent.message, sent.transport.peer_addr),
-                        Some(None) => {}
-                        None => self.poisoned.push(out.subscriber.clone()),
-                    }
-                    self.dirty.insert((out.subscriber, PeerRole::Subscriber));
+                    SfuMetrics::add(&self.metrics.bytes_out, out.packet.payload.len() as u64);
                 }
                 Err(err) => debug!(subscriber = %out.subscriber, track = %out.track, %err, "forward failed"),
             }
+        }
+    }
+
+    /// Keys a subscriber connection's egress once DTLS is done.
+    fn start_egress(&mut self, now: Instant, key: &PeerKey) {
+        let Some(peer) = peer_of(&mut self.participants, key) else { return };
+        let Some(egress) = peer.egress.as_mut().filter(|e| !e.is_started()) else { return };
+        if let Err(err) = egress.start(now, &mut peer.pc) {
+            warn!(participant = %key.0, %err, "subscriber media cannot be protected");
         }
     }
 
@@ -713,7 +730,10 @@ impl Worker {
                     transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
                     offer_codecs(&mut transceiver, (!all_codecs).then_some(&track.codec));
                 }
-                let subscription = Subscription { sender, codec: track.codec.clone(), kind: track.kind, all_codecs };
+                if let Some(egress) = peer.egress.as_mut() {
+                    egress.add_stream(ssrc, track.codec.clock_rate);
+                }
+                let subscription = Subscription { sender, ssrc, codec: track.codec.clone(), kind: track.kind, all_codecs };
                 participant.subscriptions.insert(track.id.clone(), subscription);
                 self.forwarder.subscribe(now, &track.id, subscriber.clone(), ssrc);
             }
@@ -753,6 +773,9 @@ impl Worker {
             for subscriber in subscribers {
                 let Some(p) = self.participants.get_mut(subscriber) else { continue };
                 if let (Some(subscription), Some(peer)) = (p.subscriptions.remove(track), p.subscriber.as_mut()) {
+                    if let Some(egress) = peer.egress.as_mut() {
+                        egress.remove_stream(subscription.ssrc);
+                    }
                     if let Err(err) = peer.pc.remove_track(subscription.sender) {
                         debug!(%subscriber, %track, %err, "remove_track failed");
                     }
@@ -812,7 +835,8 @@ impl Worker {
     fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Box<Peer>, SfuError> {
         let peer = build_peer(now, role, &self.peers)?;
         self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), role));
-        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new() }))
+        let egress = peer.keys.map(Egress::new);
+        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new(), egress }))
     }
 
     /// Closes a connection (flushing its DTLS close) and forgets its ufrag.

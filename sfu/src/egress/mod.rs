@@ -1,0 +1,168 @@
+//! The forwarded media of a subscriber connection, protected and addressed by the worker.
+//!
+//! Each forwarded packet would otherwise go through every stage of the engine's write
+//! pipeline (endpoint, interceptors, SRTP, DTLS, ICE, demuxer), each queueing it until
+//! polled. The forwarder has already rewritten what a subscriber negotiated, so all that is
+//! left is the SRTP (RFC 3711, RFC 7714 for AES-GCM) and a datagram to the client's address:
+//! [`Egress`] does that with keys of its own (AES-128-GCM sealed in place in one reused
+//! buffer, [`gcm`]; other profiles through an `rtc` SRTP context), from the same DTLS-SRTP exporter
+//! output as the engine's ([`keys`]), and keeps the sender report figures the engine's
+//! report interceptor would have ([`reports`]). RTCP still goes through the engine, whose
+//! SRTCP context shares the master key (SRTP and SRTCP keys and indexes are separate).
+
+mod gcm;
+pub mod keys;
+mod reports;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp;
+use rtc::rtp::packet::Packet;
+use rtc::shared::marshal::Marshal;
+use rtc::srtp::config::Config;
+use rtc::srtp::context::Context;
+use rtc::srtp::protection_profile::ProtectionProfile;
+use rtc::statistics::StatsSelector;
+
+use gcm::GcmSender;
+pub use keys::KeyCapture;
+use reports::SentStream;
+
+/// How often sender reports go out on a connection, as the engine's interceptor sends them.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a forwarded packet was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// DTLS has not given the connection its keys yet, or the client's address is unknown.
+    #[error("the connection is not connected yet")]
+    NotConnected,
+    /// The SRTP context refused the packet (key exhausted, say).
+    #[error("SRTP: {0}")]
+    Srtp(String),
+}
+
+/// The send side of one subscriber connection.
+pub struct Egress {
+    keys: Arc<KeyCapture>,
+    srtp: Option<Protection>,
+    remote: Option<SocketAddr>,
+    /// The datagram being sent: kept to save an allocation per packet.
+    datagram: Vec<u8>,
+    streams: Vec<SentStream>,
+    next_report: Option<Instant>,
+}
+
+impl Egress {
+    /// A connection's egress, to be started once its DTLS handshake has run through `keys`.
+    pub fn new(keys: Arc<KeyCapture>) -> Self {
+        Self { keys, srtp: None, remote: None, datagram: Vec::new(), streams: Vec::new(), next_report: None }
+    }
+
+    /// Whether [`Egress::start`] has keyed it.
+    pub fn is_started(&self) -> bool {
+        self.srtp.is_some()
+    }
+
+    /// Keys the SRTP context from the exporter output, once `pc` (the connection built with
+    /// this egress's [`KeyCapture`]) has finished its DTLS handshake: with the profile and the
+    /// DTLS role it settled, as its statistics give them.
+    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), EgressError> {
+        let stats = pc.get_stats(now, StatsSelector::None);
+        let transport = stats.transport().ok_or(EgressError::NotConnected)?;
+        let profile =
+            profile_named(&transport.srtp_cipher).ok_or_else(|| EgressError::Srtp(format!("no profile {:?}", transport.srtp_cipher)))?;
+        let dtls_client = transport.dtls_role == RTCDtlsRole::Client;
+        let mut config = Config { profile, ..Default::default() };
+        let exported = self.keys.exported();
+        let material = exported.get(..config.keying_material_len()).ok_or(EgressError::NotConnected)?;
+        config.set_session_keys_from_keying_material(material, dtls_client).map_err(srtp)?;
+        let (key, salt) = (&config.keys.local_master_key, &config.keys.local_master_salt);
+        let crypto = self.keys.unwatched();
+        self.srtp = Some(match profile {
+            ProtectionProfile::AeadAes128Gcm => Protection::Gcm(GcmSender::new(crypto, key, salt)?),
+            _ => Protection::Context(Box::new(Context::new(key, salt, profile, None, None, crypto).map_err(srtp)?)),
+        });
+        self.next_report = Some(now + REPORT_INTERVAL);
+        Ok(())
+    }
+
+    /// Where the client receives: the source of its last datagram the engine accepted.
+    pub fn set_remote(&mut self, addr: SocketAddr) {
+        self.remote = Some(addr);
+    }
+
+    /// Reports on the stream of `ssrc` from now on, at `clock_rate`.
+    pub fn add_stream(&mut self, ssrc: u32, clock_rate: u32) {
+        if !self.streams.iter().any(|s| s.ssrc == ssrc) {
+            self.streams.push(SentStream::new(ssrc, clock_rate));
+        }
+    }
+
+    /// Stops reporting on the stream of `ssrc`.
+    pub fn remove_stream(&mut self, ssrc: u32) {
+        self.streams.retain(|s| s.ssrc != ssrc);
+        if let Some(Protection::Gcm(sender)) = &mut self.srtp {
+            sender.remove(ssrc);
+        }
+    }
+
+    /// Encrypts `packet` for the client and counts it; returns the datagram and where it goes.
+    pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], SocketAddr), EgressError> {
+        let (Some(protection), Some(remote)) = (self.srtp.as_mut(), self.remote) else { return Err(EgressError::NotConnected) };
+        match protection {
+            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram)?,
+            Protection::Context(context) => {
+                let clear = packet.marshal().map_err(srtp)?;
+                let protected = context.encrypt_rtp_with_header(&clear, &packet.header).map_err(srtp)?;
+                self.datagram.clear();
+                self.datagram.extend_from_slice(&protected);
+            }
+        }
+        if let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == packet.header.ssrc) {
+            stream.sent(now, packet);
+        }
+        Ok((&self.datagram, remote))
+    }
+
+    /// When the next sender reports are due, once started.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.next_report
+    }
+
+    /// The sender reports of every stream that has sent, if they are due at `now`.
+    pub fn due_reports(&mut self, now: Instant, wall_clock: SystemTime) -> Option<Vec<Box<dyn rtcp::Packet>>> {
+        if self.next_report.is_none_or(|due| due > now) {
+            return None;
+        }
+        self.next_report = Some(now + REPORT_INTERVAL);
+        let reports: Vec<Box<dyn rtcp::Packet>> =
+            self.streams.iter().filter_map(|s| s.report(now, wall_clock)).map(|r| Box::new(r) as Box<dyn rtcp::Packet>).collect();
+        (!reports.is_empty()).then_some(reports)
+    }
+}
+
+/// How forwarded RTP is protected: AES-128-GCM of our own, or `rtc`'s context for the others.
+enum Protection {
+    Gcm(GcmSender),
+    Context(Box<Context>),
+}
+
+fn srtp(err: impl std::fmt::Display) -> EgressError {
+    EgressError::Srtp(err.to_string())
+}
+
+/// The engine's protection profile of a DTLS-SRTP profile name as its statistics give it.
+fn profile_named(name: &str) -> Option<ProtectionProfile> {
+    match name {
+        "SRTP_AEAD_AES_128_GCM" => Some(ProtectionProfile::AeadAes128Gcm),
+        "SRTP_AEAD_AES_256_GCM" => Some(ProtectionProfile::AeadAes256Gcm),
+        "SRTP_AES128_CM_HMAC_SHA1_80" => Some(ProtectionProfile::Aes128CmHmacSha1_80),
+        "SRTP_AES128_CM_HMAC_SHA1_32" => Some(ProtectionProfile::Aes128CmHmacSha1_32),
+        _ => None,
+    }
+}
