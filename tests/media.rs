@@ -164,6 +164,24 @@ async fn late_joiner_receives_tracks_already_published() {
     dave.expect("participant_left").await;
 }
 
+/// The egress seals AES-128-GCM itself and hands other profiles to the engine's SRTP
+/// context: a server that accepts only AES-CM-HMAC-SHA1-80 forwards just as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_forwarded_under_the_sha1_80_profile_when_it_is_the_one_accepted() {
+    let server = TestServer::start(&[("SWITCHBOARD__MEDIA__SRTP_PROFILES", "[aes128_cm_hmac_sha1_80]")]).await;
+    let (mut alice, _) = server.joined("sha1", "alice", &["publish"]).await;
+    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
+    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 300, 3000));
+    alice.expect("track_published").await;
+
+    let (mut erin, _) = server.joined("sha1", "erin", &["subscribe"]).await;
+    let mut erin_rtc = rtc_client::new_client().await;
+    assert_eq!(answer_offers(&mut erin, &erin_rtc, Duration::from_millis(800)).await, 1);
+    let received = receive_streams(&mut erin_rtc, [sender]).await;
+    assert_identical_run(&received, "cam", 300, "video/VP8");
+}
+
 /// Counters of subscriber feedback and the SFU's answers to it.
 const FEEDBACK_METRICS: [&str; 5] = [
     "switchboard_keyframe_requests_total",

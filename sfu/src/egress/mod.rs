@@ -33,7 +33,7 @@ pub use keys::KeyCapture;
 use reports::SentStream;
 
 /// How often sender reports go out on a connection, as the engine's interceptor sends them.
-pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a forwarded packet was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub enum EgressError {
 /// The send side of one subscriber connection.
 pub struct Egress {
     keys: Arc<KeyCapture>,
-    srtp: Option<Protection>,
+    protection: Option<Protection>,
     remote: Option<SocketAddr>,
     /// The datagram being sent: kept to save an allocation per packet.
     datagram: Vec<u8>,
@@ -60,12 +60,12 @@ pub struct Egress {
 impl Egress {
     /// A connection's egress, to be started once its DTLS handshake has run through `keys`.
     pub fn new(keys: Arc<KeyCapture>) -> Self {
-        Self { keys, srtp: None, remote: None, datagram: Vec::new(), streams: Vec::new(), next_report: None }
+        Self { keys, protection: None, remote: None, datagram: Vec::new(), streams: Vec::new(), next_report: None }
     }
 
     /// Whether [`Egress::start`] has keyed it.
     pub fn is_started(&self) -> bool {
-        self.srtp.is_some()
+        self.protection.is_some()
     }
 
     /// Keys the SRTP context from the exporter output, once `pc` (the connection built with
@@ -83,7 +83,7 @@ impl Egress {
         config.set_session_keys_from_keying_material(material, dtls_client).map_err(srtp)?;
         let (key, salt) = (&config.keys.local_master_key, &config.keys.local_master_salt);
         let crypto = self.keys.unwatched();
-        self.srtp = Some(match profile {
+        self.protection = Some(match profile {
             ProtectionProfile::AeadAes128Gcm => Protection::Gcm(GcmSender::new(crypto, key, salt)?),
             _ => Protection::Context(Box::new(Context::new(key, salt, profile, None, None, crypto).map_err(srtp)?)),
         });
@@ -106,14 +106,14 @@ impl Egress {
     /// Stops reporting on the stream of `ssrc`.
     pub fn remove_stream(&mut self, ssrc: u32) {
         self.streams.retain(|s| s.ssrc != ssrc);
-        if let Some(Protection::Gcm(sender)) = &mut self.srtp {
+        if let Some(Protection::Gcm(sender)) = &mut self.protection {
             sender.remove(ssrc);
         }
     }
 
     /// Encrypts `packet` for the client and counts it; returns the datagram and where it goes.
     pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], SocketAddr), EgressError> {
-        let (Some(protection), Some(remote)) = (self.srtp.as_mut(), self.remote) else { return Err(EgressError::NotConnected) };
+        let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(EgressError::NotConnected) };
         match protection {
             Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram)?,
             Protection::Context(context) => {
