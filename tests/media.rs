@@ -182,6 +182,27 @@ async fn media_is_forwarded_under_the_sha1_80_profile_when_it_is_the_one_accepte
     assert_identical_run(&received, "cam", 300, "video/VP8");
 }
 
+/// The egress keys itself with the half of the DTLS-SRTP keying material that belongs to
+/// the server's side of the handshake: the client's, when the subscriber answers as DTLS
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_answering_as_dtls_server_receives_the_media() {
+    let server = TestServer::start(&[]).await;
+    let (mut alice, _) = server.joined("passive", "alice", &["publish"]).await;
+    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
+    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 300, 3000));
+    alice.expect("track_published").await;
+
+    let (mut frank, _) = server.joined("passive", "frank", &["subscribe"]).await;
+    let mut frank_rtc = rtc_client::new_client_answering_as_dtls_server().await;
+    assert_eq!(answer_offers(&mut frank, &frank_rtc, Duration::from_millis(800)).await, 1);
+    let answer = frank_rtc.pc.local_description().await.expect("an answer");
+    assert!(answer.sdp.contains("a=setup:passive"), "answers as DTLS server:\n{}", answer.sdp);
+    let received = receive_streams(&mut frank_rtc, [sender]).await;
+    assert_identical_run(&received, "cam", 300, "video/VP8");
+}
+
 /// Counters of subscriber feedback and the SFU's answers to it.
 const FEEDBACK_METRICS: [&str; 5] = [
     "switchboard_keyframe_requests_total",

@@ -389,6 +389,8 @@ pub mod rtc_client {
     use super::*;
     use rtc::interceptor::{NackResponderBuilder, Registry, Slot};
     use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
+    use rtc::peer_connection::transport::RTCDtlsRole;
     use rtc::rtp;
     use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
     use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -454,6 +456,17 @@ pub mod rtc_client {
     }
 
     pub async fn new_client() -> Client {
+        client_with(SettingEngine::default()).await
+    }
+
+    /// A client that answers the server's offers as DTLS server (`setup:passive`), as the
+    /// protocol allows and browsers do not: the server's side of the handshake is then the
+    /// client's, and so are its SRTP keys.
+    pub async fn new_client_answering_as_dtls_server() -> Client {
+        client_with(SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Server).build()).await
+    }
+
+    async fn client_with(settings: SettingEngine) -> Client {
         let (received_tx, received) = mpsc::unbounded_channel();
         let (state_tx, states) = mpsc::unbounded_channel();
         let (tracks_tx, remote_tracks) = mpsc::unbounded_channel();
@@ -464,6 +477,7 @@ pub mod rtc_client {
         let registry = Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build());
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media)
+            .with_setting_engine(settings)
             .with_interceptor_registry(registry)
             .with_handler(Arc::new(Handler { received: received_tx, remote_tracks: tracks_tx, connected: state_tx }))
             .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
