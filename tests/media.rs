@@ -164,22 +164,28 @@ async fn late_joiner_receives_tracks_already_published() {
     dave.expect("participant_left").await;
 }
 
-/// The egress seals AES-128-GCM itself and hands other profiles to the engine's SRTP
-/// context: a server that accepts only AES-CM-HMAC-SHA1-80 forwards just as well.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_is_forwarded_under_the_sha1_80_profile_when_it_is_the_one_accepted() {
-    let server = TestServer::start(&[("SWITCHBOARD__MEDIA__SRTP_PROFILES", "[aes128_cm_hmac_sha1_80]")]).await;
-    let (mut alice, _) = server.joined("sha1", "alice", &["publish"]).await;
+/// Alice publishes 300 VP8 packets in `room`; then a subscriber joins on `client`, and every
+/// packet from its first on must reach it byte-identical. Gives the client back.
+async fn vp8_reaches_a_subscriber(server: &TestServer, room: &str, mut client: rtc_client::Client) -> rtc_client::Client {
+    let (mut alice, _) = server.joined(room, "alice", &["publish"]).await;
     let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
     let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
     let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 300, 3000));
     alice.expect("track_published").await;
 
-    let (mut erin, _) = server.joined("sha1", "erin", &["subscribe"]).await;
-    let mut erin_rtc = rtc_client::new_client().await;
-    assert_eq!(answer_offers(&mut erin, &erin_rtc, Duration::from_millis(800)).await, 1);
-    let received = receive_streams(&mut erin_rtc, [sender]).await;
+    let (mut subscriber, _) = server.joined(room, "erin", &["subscribe"]).await;
+    assert_eq!(answer_offers(&mut subscriber, &client, Duration::from_millis(800)).await, 1);
+    let received = receive_streams(&mut client, [sender]).await;
     assert_identical_run(&received, "cam", 300, "video/VP8");
+    client
+}
+
+/// The egress seals AES-128-GCM itself and hands other profiles to the engine's SRTP
+/// context: a server that accepts only AES-CM-HMAC-SHA1-80 forwards just as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_forwarded_under_the_sha1_80_profile_when_it_is_the_one_accepted() {
+    let server = TestServer::start(&[("SWITCHBOARD__MEDIA__SRTP_PROFILES", "[aes128_cm_hmac_sha1_80]")]).await;
+    vp8_reaches_a_subscriber(&server, "sha1", rtc_client::new_client().await).await;
 }
 
 /// The egress keys itself with the half of the DTLS-SRTP keying material that belongs to
@@ -188,19 +194,9 @@ async fn media_is_forwarded_under_the_sha1_80_profile_when_it_is_the_one_accepte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_answering_as_dtls_server_receives_the_media() {
     let server = TestServer::start(&[]).await;
-    let (mut alice, _) = server.joined("passive", "alice", &["publish"]).await;
-    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
-    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
-    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 300, 3000));
-    alice.expect("track_published").await;
-
-    let (mut frank, _) = server.joined("passive", "frank", &["subscribe"]).await;
-    let mut frank_rtc = rtc_client::new_client_answering_as_dtls_server().await;
-    assert_eq!(answer_offers(&mut frank, &frank_rtc, Duration::from_millis(800)).await, 1);
-    let answer = frank_rtc.pc.local_description().await.expect("an answer");
-    assert!(answer.sdp.contains("a=setup:passive"), "answers as DTLS server:\n{}", answer.sdp);
-    let received = receive_streams(&mut frank_rtc, [sender]).await;
-    assert_identical_run(&received, "cam", 300, "video/VP8");
+    let client = vp8_reaches_a_subscriber(&server, "passive", rtc_client::new_client_answering_as_dtls_server().await).await;
+    let answer = client.pc.local_description().await.expect("an answer");
+    assert!(answer.sdp.contains("a=setup:passive"), "answered as DTLS server:\n{}", answer.sdp);
 }
 
 /// Counters of subscriber feedback and the SFU's answers to it.
