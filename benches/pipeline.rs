@@ -1,8 +1,8 @@
 //! The whole server-side forwarding path on the `rtc` engine, without sockets: a publisher's
 //! SRTP datagram is decrypted by its connection (with the publisher-side interceptors),
 //! fanned out by the forwarder and SRTP-protected (AEAD AES-128-GCM) for 1, 10 or 100
-//! subscriber connections by their egress, as the worker sends them. Client connections live in memory and are
-//! connected by handing datagrams across, so no packet reaches a network.
+//! subscriber connections by their egress, as the worker sends them. Client connections live
+//! in memory and are connected by handing datagrams across, so no packet reaches a network.
 //! Throughput is forwarded packets per second on one core.
 //!
 //! `cargo bench --bench pipeline`
@@ -144,8 +144,9 @@ fn publisher() -> (Pair, RTCRtpSenderId) {
 }
 
 /// A subscriber: the server offers one sendonly VP8 track, the client answers; its egress
-/// is keyed, and checked once by the client decrypting a packet it protected.
-fn subscriber(index: usize) -> (Pair, Egress, RTCRtpSenderId, u32) {
+/// is keyed, and checked once by the client decrypting a packet it protected. With the
+/// track's SSRC and the payload type the client gave VP8.
+fn subscriber(index: usize) -> (Pair, Egress, u32, u8) {
     let (mut client, client_addr) = client(addr(3, 40_001 + index as u16));
     let built = build_peer(Instant::now(), PeerRole::Subscriber, &server_settings()).expect("server");
     let mut server = built.pc;
@@ -172,7 +173,7 @@ fn subscriber(index: usize) -> (Pair, Egress, RTCRtpSenderId, u32) {
     let decrypted = std::iter::from_fn(|| pair.client.poll_read())
         .any(|m| matches!(m.message, RTCMessage::RtpPacket(_, p) if p.payload == probe.payload));
     assert!(decrypted, "the client decrypts what the egress protected");
-    (pair, egress, sender, ssrc)
+    (pair, egress, ssrc, pt)
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -187,9 +188,8 @@ fn pipeline(c: &mut Criterion) {
         forwarder.add_track(track_id.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
         let mut subscribers = Vec::new();
         for i in 0..n {
-            let (mut pair, egress, sender, ssrc) = subscriber(i);
+            let (pair, egress, ssrc, pt) = subscriber(i);
             let id = ParticipantId::new(format!("sub{i}"));
-            let pt = payload_type(&mut pair.server, sender);
             forwarder.subscribe(Instant::now(), &track_id, id.clone(), ssrc);
             forwarder.set_negotiated(Instant::now(), &track_id, &id, Negotiated { payload_type: pt, rtx: None });
             subscribers.push((pair, egress));

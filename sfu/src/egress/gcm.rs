@@ -11,6 +11,7 @@ use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 
 use super::EgressError;
+use crate::munger::seq_is_older;
 
 /// Master and session key length of AEAD_AES_128_GCM.
 pub const KEY_LEN: usize = 16;
@@ -82,11 +83,7 @@ impl GcmSender {
             self.sent.push((ssrc, Index { rollover: 0, sequence }));
             return 0;
         };
-        let ahead = sequence.wrapping_sub(highest.sequence);
-        if ahead == 0 {
-            return highest.rollover;
-        }
-        if ahead < 1 << 15 {
+        if seq_is_older(highest.sequence, sequence) {
             if sequence < highest.sequence {
                 highest.rollover = highest.rollover.wrapping_add(1);
             }

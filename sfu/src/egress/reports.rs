@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp::packet::Packet;
 
+use crate::munger::seq_is_older;
 use crate::round_trip::ntp_time;
 
 /// What has been sent on one SSRC.
@@ -30,14 +31,7 @@ impl SentStream {
     /// Counts a packet sent at `now`.
     pub fn sent(&mut self, now: Instant, packet: &Packet) {
         let header = &packet.header;
-        let newer = match self.last {
-            None => true,
-            Some((sequence, _, _)) => {
-                let ahead = header.sequence_number.wrapping_sub(sequence);
-                ahead > 0 && ahead < 1 << 15
-            }
-        };
-        if newer {
+        if self.last.is_none_or(|(sequence, _, _)| seq_is_older(sequence, header.sequence_number)) {
             // The time of a frame's first packet: its later packets share its timestamp.
             let since = match self.last {
                 Some((_, timestamp, at)) if timestamp == header.timestamp => at,
