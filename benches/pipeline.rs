@@ -1,7 +1,8 @@
-//! The whole server-side forwarding path on the `rtc` engine, without sockets: a publisher's
-//! SRTP datagram is decrypted by its connection (with the publisher-side interceptors),
-//! fanned out by the forwarder and SRTP-protected (AEAD AES-128-GCM) for 1, 10 or 100
-//! subscriber connections by their egress, as the worker sends them. Client connections live
+//! The whole server-side forwarding path, without sockets: a publisher's SRTP datagram is
+//! opened by its connection's ingress (AEAD AES-128-GCM in place, with the receiver reports,
+//! NACKs and transport-wide feedback it keeps), fanned out by the forwarder and
+//! SRTP-protected for 1, 10 or 100 subscriber connections by their egress, as the worker
+//! does it. Client connections live
 //! in memory and are connected by handing datagrams across, so no packet reaches a network.
 //! Throughput is forwarded packets per second on one core.
 //!
@@ -16,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
@@ -27,6 +28,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::egress::Egress;
 use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
+use sfu::ingress::{Ingress, Taken};
 use sfu::peer::{add_host_candidates, build_peer, PeerRole, PeerSettings, SrtpProfile};
 use sfu::{ParticipantId, TrackId};
 
@@ -132,15 +134,20 @@ fn negotiate(offerer: &mut RTCPeerConnection, answerer: &mut RTCPeerConnection) 
     offerer.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer.sdp).expect("sdp")).expect("remote answer");
 }
 
-/// The publisher: the client offers a VP8 track, the server answers.
-fn publisher() -> (Pair, RTCRtpSenderId) {
+/// The publisher: the client offers a VP8 track, the server answers; the server's ingress
+/// is keyed and opens the track's SSRC.
+fn publisher(track_id: &TrackId) -> (Pair, RTCRtpSenderId, Ingress) {
     let (mut client, client_addr) = client(addr(2, 40_000));
     let sender = client.add_track(track("pub", "cam", PUBLISHER_SSRC)).expect("track");
-    let mut server = build_peer(Instant::now(), PeerRole::Publisher, &server_settings()).expect("server").pc;
+    let built = build_peer(Instant::now(), PeerRole::Publisher, &server_settings()).expect("server");
+    let mut server = built.pc;
     negotiate(&mut client, &mut server);
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
-    (pair, sender)
+    let mut ingress = Ingress::new(built.keys);
+    ingress.start(Instant::now(), &mut pair.server).expect("ingress keys");
+    ingress.add_stream(Instant::now(), PUBLISHER_SSRC, track_id.clone(), 90_000, true);
+    (pair, sender, ingress)
 }
 
 /// A subscriber: the server offers one sendonly VP8 track, the client answers; its egress
@@ -158,7 +165,7 @@ fn subscriber(index: usize) -> (Pair, Egress, u32, u8) {
     negotiate(&mut server, &mut client);
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
-    let mut egress = Egress::new(built.keys.expect("a subscriber connection's keys"));
+    let mut egress = Egress::new(built.keys);
     egress.start(Instant::now(), &mut pair.server).expect("egress keys");
     egress.set_remote(client_addr);
     let pt = payload_type(&mut pair.server, sender);
@@ -181,9 +188,9 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("server_pipeline");
     group.sample_size(30);
     for n in FAN_OUT {
-        let (mut publisher, publisher_sender) = publisher();
-        let publisher_pt = payload_type(&mut publisher.client, publisher_sender);
         let track_id = TrackId::new("pub/cam");
+        let (mut publisher, publisher_sender, mut ingress) = publisher(&track_id);
+        let publisher_pt = payload_type(&mut publisher.client, publisher_sender);
         let mut forwarder = Forwarder::new(ForwarderSettings::default());
         forwarder.add_track(track_id.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
         let mut subscribers = Vec::new();
@@ -224,24 +231,23 @@ fn pipeline(c: &mut Criterion) {
                 |datagrams| {
                     let now = Instant::now();
                     for datagram in datagrams {
-                        let transport = TransportContext {
-                            local_addr: publisher.server_addr,
-                            peer_addr: publisher.client_addr,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        };
-                        let _ = publisher.server.handle_read(TaggedBytesMut { now, transport, message: datagram });
-                    }
-                    while let Some(message) = publisher.server.poll_read() {
-                        if let RTCMessage::RtpPacket(_, packet) = message.message {
-                            forwarder.forward(now, &track_id, packet, &mut out);
+                        match ingress.take(now, datagram) {
+                            Taken::Media(track, packet) => forwarder.forward(now, &track, packet, &mut out),
+                            Taken::Engine(_) => panic!("the track's SSRC is the ingress's"),
+                            Taken::Refused(err) => panic!("refused: {err}"),
                         }
                     }
                     for (outgoing, (_, egress)) in out.drain(..).zip(subscribers.iter_mut()) {
                         let (datagram, to) = egress.protect(now, &outgoing.packet).expect("forward");
                         black_box((datagram.len(), to));
                     }
-                    while publisher.server.poll_write().is_some() {}
+                    if ingress.deadline().is_some_and(|due| due <= now) {
+                        let mut feedback = Vec::new();
+                        ingress.due_feedback(now, &mut feedback);
+                        let message = RTCMessage::RtcpPacket(String::new(), feedback);
+                        publisher.server.handle_write(TaggedRTCMessage { now, message }).expect("feedback");
+                        while publisher.server.poll_write().is_some() {}
+                    }
                 },
                 BatchSize::SmallInput,
             );

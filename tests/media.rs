@@ -263,6 +263,55 @@ async fn vp9_and_av1_are_forwarded_and_subscriber_feedback_is_answered() {
     assert_eq!(after[4] - before[4], 5.0, "on the negotiated RTX stream");
 }
 
+/// The server's feedback to a publisher, which the worker's ingress keeps now that it opens
+/// publishers' media itself: NACKs for the packets that did not arrive, receiver reports that
+/// count them lost, and transport-wide feedback on every packet that carried a transport-wide
+/// sequence number (browsers estimate their uplink from it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_gets_nacks_receiver_reports_and_transport_feedback() {
+    use rtc::rtcp::receiver_report::ReceiverReport;
+    use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+
+    let server = TestServer::start(&[]).await;
+    let (mut signal, _) = server.joined("feedback", "alice", &["publish"]).await;
+    let (client, seen) = rtc_client::new_client_seeing_feedback().await;
+    let (_client, tracks) =
+        rtc_client::publish_on(client, &mut signal, &[rtc_client::local_track("alice", "alice-cam", "video/VP8")]).await;
+    let ssrc = tracks[0].ssrc;
+    // Packets 100 and 101 are never sent: lost for good, the publisher has nothing to resend.
+    const SENT: u32 = 300;
+    rtc_client::send_packets_but(tracks[0].clone(), SENT, 3000, &[100, 101]).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (mut nacked, mut reported, mut acknowledged) = (Vec::new(), None, 0);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (nacked, reported, acknowledged) = (Vec::new(), None, 0);
+        for packet in seen.lock().expect("not poisoned").iter() {
+            let any = packet.as_any();
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                assert_eq!(nack.media_ssrc, ssrc);
+                nacked.extend(nack.nacks.iter().flat_map(|pair| pair.packet_list()));
+            } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {
+                reported = report.reports.iter().find(|r| r.ssrc == ssrc).map(|r| (r.last_sequence_number, r.total_lost)).or(reported);
+            } else if let Some(feedback) = any.downcast_ref::<TransportLayerCc>() {
+                acknowledged += feedback.recv_deltas.len();
+            }
+        }
+        if reported == Some((SENT - 1, 2)) && acknowledged >= SENT as usize - 2 {
+            break;
+        }
+    }
+    nacked.sort_unstable();
+    nacked.dedup();
+    assert_eq!(nacked, vec![100, 101], "the missing packets, and only they, are NACKed");
+    assert_eq!(reported, Some((SENT - 1, 2)), "the last receiver report: highest sequence number, packets lost");
+    assert!(acknowledged >= SENT as usize - 2, "transport-wide feedback on {acknowledged} packets of {}", SENT - 2);
+    assert!(server.metric("switchboard_publisher_nacks_total").await >= 2.0);
+    assert_eq!(server.metric("switchboard_srtp_refused_total").await, 0.0);
+}
+
 /// A STUN binding request carrying `username` (no integrity: the ICE agent must refuse it).
 fn stun_binding(username: &str) -> Vec<u8> {
     let mut attribute = vec![0x00, 0x06];

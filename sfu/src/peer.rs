@@ -1,9 +1,10 @@
 //! Construction of the server side of a peer connection on the `rtc` engine.
 //!
 //! Every connection is ICE-lite with host candidates on its worker's one UDP port, and
-//! offers the configured SRTP profiles (AEAD AES-GCM by default, see [`SrtpProfile`]). Publisher connections generate NACKs towards the browser;
-//! subscriber connections leave NACKs to the application, which answers them from the
-//! forwarder's per-track cache instead of keeping a cache per subscriber.
+//! offers the configured SRTP profiles (AEAD AES-GCM by default, see [`SrtpProfile`]). The
+//! engine carries ICE, DTLS and RTCP; the worker opens publishers' media and sends their
+//! feedback ([`crate::ingress`]), and protects and sends subscribers' media
+//! ([`crate::egress`]), with the SRTP keys each connection's crypto provider sees.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,17 +12,17 @@ use std::time::Instant;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_TRANSPORT_CC};
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
 
-use crate::egress::KeyCapture;
 use crate::feedback_tap::FeedbackTap;
+use crate::srtp::KeyCapture;
 use crate::SfuError;
 
 /// Chain position of the feedback tap: past every built-in slot, before the terminus.
@@ -42,8 +43,8 @@ pub struct NewPeer {
     pub pc: RTCPeerConnection,
     /// The local ICE ufrag: the first half of the STUN USERNAME the client sends.
     pub ufrag: String,
-    /// A subscriber connection's crypto provider, which sees its SRTP keys (see [`crate::egress`]).
-    pub keys: Option<Arc<KeyCapture>>,
+    /// The connection's crypto provider, which sees its SRTP keys (see [`crate::srtp`]).
+    pub keys: Arc<KeyCapture>,
 }
 
 /// An SRTP protection profile the server accepts.
@@ -81,15 +82,9 @@ pub struct PeerSettings {
 pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result<NewPeer, SfuError> {
     let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
     let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
-    let keys = match role {
-        PeerRole::Publisher => None,
-        PeerRole::Subscriber => Some(Arc::new(KeyCapture::new(rtc::crypto::default_provider().map_err(engine)?))),
-    };
-    let mut settings = SettingEngineBuilder::new();
-    if let Some(keys) = &keys {
-        settings = settings.with_crypto_provider(keys.clone());
-    }
-    let settings = settings
+    let keys = Arc::new(KeyCapture::new(rtc::crypto::default_provider().map_err(engine)?));
+    let settings = SettingEngineBuilder::new()
+        .with_crypto_provider(keys.clone())
         .with_lite(true)
         .with_ice_credentials(ufrag.clone(), pwd)
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -100,17 +95,16 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
     for parameter in ["", "pli"] {
         media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
-    // Each connection carries media one way, so it gets only that direction's interceptors:
-    // every one is a step (and a copy of the packet) for each packet that passes. Subscriber
-    // connections get none: the worker's egress sends their media and sender reports.
-    let mut registry = Registry::new();
+    // Publishers' browsers estimate their uplink from transport-wide feedback, which the
+    // worker's ingress sends. No interceptors: the worker's ingress and egress do their work.
     if role == PeerRole::Publisher {
-        registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-        registry = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-        registry = configure_twcc_receiver_only(registry, &mut media).map_err(engine)?;
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
+            let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
+            media.register_header_extension(extension, kind, None).map_err(engine)?;
+        }
     }
-    // Application-most, after the reports, so the chain has seen everything it marks.
-    registry = registry.with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(role));
+    let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(role));
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(settings)

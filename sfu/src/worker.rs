@@ -30,12 +30,14 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiver, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::egress::Egress;
 use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Negotiated, Outgoing, RtxStream};
+use crate::ingress::{Ingress, Taken};
 use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::round_trip;
@@ -102,6 +104,8 @@ struct Peer {
     early_checks: Vec<TaggedBytesMut>,
     /// A subscriber connection's media send side.
     egress: Option<Egress>,
+    /// A publisher connection's media receive side.
+    ingress: Option<Ingress>,
 }
 
 /// Early connectivity checks kept per connection.
@@ -238,7 +242,9 @@ impl Worker {
             .values()
             .flat_map(|p| [p.publisher.as_ref(), p.subscriber.as_ref()])
             .flatten()
-            .flat_map(|peer| [peer.deadline, peer.egress.as_ref().and_then(Egress::deadline)])
+            .flat_map(|peer| {
+                [peer.deadline, peer.egress.as_ref().and_then(Egress::deadline), peer.ingress.as_ref().and_then(Ingress::deadline)]
+            })
             .flatten()
             .fold(idle, Instant::min)
     }
@@ -248,11 +254,16 @@ impl Worker {
         for (id, participant) in &mut self.participants {
             for role in [PeerRole::Publisher, PeerRole::Subscriber] {
                 let Some(peer) = participant.peer_mut(role) else { continue };
-                if let Some(reports) = peer.egress.as_mut().and_then(|e| e.due_reports(now, wall_clock)) {
-                    let message = RTCMessage::RtcpPacket(String::new(), reports);
+                let mut feedback = peer.egress.as_mut().and_then(|e| e.due_reports(now, wall_clock)).unwrap_or_default();
+                if let Some(ingress) = peer.ingress.as_mut().filter(|i| i.deadline().is_some_and(|due| due <= now)) {
+                    let nacked = ingress.due_feedback(now, &mut feedback);
+                    SfuMetrics::add(&self.metrics.publisher_nacks, nacked as u64);
+                }
+                if !feedback.is_empty() {
+                    let message = RTCMessage::RtcpPacket(String::new(), feedback);
                     match isolate(|| peer.pc.handle_write(TaggedRTCMessage { now, message })) {
                         Some(Ok(())) => {}
-                        Some(Err(err)) => debug!(participant = %id, %err, "sender reports not sent"),
+                        Some(Err(err)) => debug!(participant = %id, ?role, %err, "RTCP not sent"),
                         None => self.poisoned.push(id.clone()),
                     }
                     self.dirty.insert((id.clone(), role));
@@ -284,7 +295,26 @@ impl Worker {
                 SfuMetrics::add(&self.metrics.unroutable_datagrams, 1);
                 continue;
             };
-            let Some(peer) = peer_of(&mut self.participants, &key) else { continue };
+            let Some(participant) = self.participants.get_mut(&key.0) else { continue };
+            let Some(peer) = participant.peer_mut(key.1) else { continue };
+            // A publisher's media of a known stream is opened here, past the engine.
+            let taken = match peer.ingress.as_mut() {
+                Some(ingress) => ingress.take(now, message),
+                None => Taken::Engine(message),
+            };
+            let message = match taken {
+                Taken::Engine(message) => message,
+                Taken::Media(track, packet) => {
+                    let room = participant.room.clone();
+                    self.forward_published(now, &room, &track, packet);
+                    continue;
+                }
+                Taken::Refused(err) => {
+                    SfuMetrics::add(&self.metrics.srtp_refused, 1);
+                    debug!(participant = %key.0, %err, "media refused");
+                    continue;
+                }
+            };
             let input = TaggedBytesMut {
                 now,
                 transport: TransportContext { local_addr, peer_addr, ecn: None, transport_protocol: TransportProtocol::UDP },
@@ -385,6 +415,9 @@ impl Worker {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
                 let Some(participant) = self.participants.get_mut(&key.0) else { return };
                 if let Some(published) = participant.published.remove(&media_track_id) {
+                    if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
+                        ingress.remove_track(&published.track);
+                    }
                     let room = participant.room.clone();
                     let subscribers = self.forwarder.remove_track(&published.track);
                     self.unpublished(now, &room, vec![(published.track, subscribers)]);
@@ -393,7 +426,7 @@ impl Worker {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 debug!(participant = %key.0, role = ?key.1, %state, "connection state");
                 if state == RTCPeerConnectionState::Connected {
-                    self.start_egress(now, key);
+                    self.start_media(now, key);
                 }
                 if state == RTCPeerConnectionState::Failed {
                     if let Some(p) = self.participants.get(&key.0) {
@@ -409,26 +442,26 @@ impl Worker {
         let now = message.now;
         match (key.1, message.message) {
             (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
-                let Some(participant) = self.participants.get(&key.0) else { return };
+                let Some(participant) = self.participants.get_mut(&key.0) else { return };
                 let Some(track) = participant.published.get(&media_track_id).map(|p| p.track.clone()) else { return };
-                if !self.taps.is_empty() {
-                    self.taps.send_rtp(&self.metrics, &participant.room, &track, now, &packet);
+                if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
+                    ingress.received(now, &packet);
                 }
-                SfuMetrics::add(&self.metrics.packets_in, 1);
-                SfuMetrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
-                let mut outgoing = std::mem::take(&mut self.outgoing);
-                self.forwarder.forward(now, &track, packet, &mut outgoing);
-                self.send_outgoing(now, &mut outgoing);
-                self.outgoing = outgoing;
+                let room = participant.room.clone();
+                self.forward_published(now, &room, &track, packet);
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
                 self.handle_subscriber_rtcp(now, &key.0, &TrackId::new(track_id), &packets);
             }
             (PeerRole::Publisher, RTCMessage::RtcpPacket(media_track_id, packets)) => {
-                let Some(participant) = self.participants.get(&key.0) else { return };
+                let Some(participant) = self.participants.get_mut(&key.0) else { return };
                 let Some(track) = participant.published.get(&media_track_id).map(|p| &p.track) else { return };
+                let mut ingress = participant.publisher.as_deref_mut().and_then(|p| p.ingress.as_mut());
                 for packet in &packets {
                     if let Some(report) = packet.as_any().downcast_ref::<SenderReport>() {
+                        if let Some(ingress) = ingress.as_mut() {
+                            ingress.sender_report(now, report.ssrc, report.ntp_time);
+                        }
                         let event = || TapEvent::SenderReport {
                             track: track.clone(),
                             ssrc: report.ssrc,
@@ -471,6 +504,19 @@ impl Worker {
         }
     }
 
+    /// Forwards a publisher's packet of `track` to the track's subscribers and taps.
+    fn forward_published(&mut self, now: Instant, room: &RoomId, track: &TrackId, packet: rtc::rtp::packet::Packet) {
+        if !self.taps.is_empty() {
+            self.taps.send_rtp(&self.metrics, room, track, now, &packet);
+        }
+        SfuMetrics::add(&self.metrics.packets_in, 1);
+        SfuMetrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        self.forwarder.forward(now, track, packet, &mut outgoing);
+        self.send_outgoing(now, &mut outgoing);
+        self.outgoing = outgoing;
+    }
+
     /// Protects rewritten packets for their subscribers and sends them.
     fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>) {
         for out in outgoing.drain(..) {
@@ -493,12 +539,20 @@ impl Worker {
         }
     }
 
-    /// Keys a subscriber connection's egress once DTLS is done.
-    fn start_egress(&mut self, now: Instant, key: &PeerKey) {
+    /// Keys a subscriber connection's egress, or a publisher connection's ingress, once DTLS
+    /// is done.
+    fn start_media(&mut self, now: Instant, key: &PeerKey) {
         let Some(peer) = peer_of(&mut self.participants, key) else { return };
-        let Some(egress) = peer.egress.as_mut().filter(|e| !e.is_started()) else { return };
-        if let Err(err) = egress.start(now, &mut peer.pc) {
-            warn!(participant = %key.0, %err, "subscriber media cannot be protected");
+        if let Some(egress) = peer.egress.as_mut().filter(|e| !e.is_started()) {
+            if let Err(err) = egress.start(now, &mut peer.pc) {
+                warn!(participant = %key.0, %err, "subscriber media cannot be protected");
+            }
+        }
+        if let Some(ingress) = peer.ingress.as_mut().filter(|i| !i.is_started()) {
+            // Until it is keyed the engine opens the publisher's media, so it still flows.
+            if let Err(err) = ingress.start(now, &mut peer.pc) {
+                warn!(participant = %key.0, %err, "publisher media left to the engine");
+            }
         }
     }
 
@@ -661,11 +715,8 @@ impl Worker {
 
     fn publish_track(&mut self, now: Instant, id: &ParticipantId, media_track_id: String, receiver_id: RTCRtpReceiverId, ssrc: u32) {
         let Some(participant) = self.participants.get_mut(id) else { return };
-        if participant.published.contains_key(&media_track_id) {
-            return; // another simulcast layer of a known track
-        }
-        let Some(peer) = participant.publisher.as_mut() else { return };
-        let Some(receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
+        let Some(peer) = participant.publisher.as_deref_mut() else { return };
+        let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
         let kind = match receiver.track().kind() {
             RtpCodecKind::Audio => MediaKind::Audio,
             _ => MediaKind::Video,
@@ -674,7 +725,19 @@ impl Worker {
             warn!(participant = %id, "published track without a codec");
             return;
         };
-        let track = TrackId::new(format!("{id}/{media_track_id}"));
+        let twcc = receiver.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).map(|e| e.id);
+        let track =
+            participant.published.get(&media_track_id).map_or_else(|| TrackId::new(format!("{id}/{media_track_id}")), |p| p.track.clone());
+        if let Some(ingress) = peer.ingress.as_mut() {
+            let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
+            ingress.add_stream(now, ssrc, track.clone(), codec.clock_rate, nack);
+            if let Some(extension_id) = twcc.and_then(|id| u8::try_from(id).ok()) {
+                ingress.enable_twcc(now, extension_id);
+            }
+        }
+        if participant.published.contains_key(&media_track_id) {
+            return; // another simulcast layer of a known track
+        }
         let info = TrackInfo { id: track.clone(), publisher: id.clone(), kind, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track: track.clone(), receiver: receiver_id, info: info.clone() });
         self.forwarder.add_track(track.clone(), id.clone(), kind, codec.clock_rate);
@@ -835,8 +898,11 @@ impl Worker {
     fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Box<Peer>, SfuError> {
         let peer = build_peer(now, role, &self.peers)?;
         self.by_ufrag.insert(peer.ufrag.clone(), (id.clone(), role));
-        let egress = peer.keys.map(Egress::new);
-        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new(), egress }))
+        let (egress, ingress) = match role {
+            PeerRole::Subscriber => (Some(Egress::new(peer.keys)), None),
+            PeerRole::Publisher => (None, Some(Ingress::new(peer.keys))),
+        };
+        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new(), egress, ingress }))
     }
 
     /// Closes a connection (flushing its DTLS close) and forgets its ufrag.

@@ -387,12 +387,15 @@ pub fn decode_errors(url: &str) -> String {
 pub mod rtc_client {
     //! WebRTC clients on the async `webrtc` crate.
     use super::*;
-    use rtc::interceptor::{NackResponderBuilder, Registry, Slot};
+    use rtc::interceptor::{Interceptor, NackResponderBuilder, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket};
     use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_sender_only;
     use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
     use rtc::peer_connection::transport::RTCDtlsRole;
+    use rtc::rtcp;
     use rtc::rtp;
     use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+    use rtc::sansio::Protocol;
     use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
     use webrtc::media_stream::track_local::TrackLocal;
     use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -456,17 +459,70 @@ pub mod rtc_client {
     }
 
     pub async fn new_client() -> Client {
-        client_with(SettingEngine::default()).await
+        client_with(SettingEngine::default(), false).await.0
+    }
+
+    /// The RTCP a client connection received, every packet as its interceptors saw it.
+    pub type SeenRtcp = Arc<std::sync::Mutex<Vec<Box<dyn rtcp::Packet>>>>;
+
+    /// A client whose media carries transport-wide sequence numbers, as browsers' does, and
+    /// that records the RTCP it receives: the server's feedback to a publisher.
+    pub async fn new_client_seeing_feedback() -> (Client, SeenRtcp) {
+        let (client, seen) = client_with(SettingEngine::default(), true).await;
+        (client, seen.expect("recorded"))
+    }
+
+    /// Lets every packet through and keeps a copy of the inbound RTCP.
+    struct RtcpRecorder {
+        seen: SeenRtcp,
+        reads: VecDeque<TaggedPacket>,
+        writes: VecDeque<TaggedPacket>,
+    }
+
+    impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpRecorder {
+        type Rout = TaggedPacket;
+        type Wout = TaggedPacket;
+        type Eout = ();
+        type Error = rtc::shared::error::Error;
+        type Time = std::time::Instant;
+
+        fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+            if let InterceptorPacket::Rtcp(packets) = &msg.message.packet {
+                self.seen.lock().expect("not poisoned").extend(packets.iter().cloned());
+            }
+            self.reads.push_back(msg);
+            Ok(())
+        }
+
+        fn poll_read(&mut self) -> Option<TaggedPacket> {
+            self.reads.pop_front()
+        }
+
+        fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+            self.writes.push_back(msg);
+            Ok(())
+        }
+
+        fn poll_write(&mut self) -> Option<TaggedPacket> {
+            self.writes.pop_front()
+        }
+    }
+
+    impl Interceptor for RtcpRecorder {
+        fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+        fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+        fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+        fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
     }
 
     /// A client that answers the server's offers as DTLS server (`setup:passive`), as the
     /// protocol allows and browsers do not: the server's side of the handshake is then the
     /// client's, and so are its SRTP keys.
     pub async fn new_client_answering_as_dtls_server() -> Client {
-        client_with(SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Server).build()).await
+        client_with(SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Server).build(), false).await.0
     }
 
-    async fn client_with(settings: SettingEngine) -> Client {
+    async fn client_with(settings: SettingEngine, seeing_feedback: bool) -> (Client, Option<SeenRtcp>) {
         let (received_tx, received) = mpsc::unbounded_channel();
         let (state_tx, states) = mpsc::unbounded_channel();
         let (tracks_tx, remote_tracks) = mpsc::unbounded_channel();
@@ -474,7 +530,14 @@ pub mod rtc_client {
         media.register_default_codecs().expect("codecs");
         // Publishers answer the server's NACKs, as browsers do: a packet the loaded machine
         // drops is resent instead of costing the frames up to the next keyframe.
-        let registry = Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build());
+        let mut registry = Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build());
+        let seen = seeing_feedback.then(SeenRtcp::default);
+        if let Some(seen) = &seen {
+            registry = configure_twcc_sender_only(registry, &mut media).expect("transport-wide sequence numbers");
+            // Wire-most, so it sees the RTCP before any interceptor consumes it.
+            let recorder = RtcpRecorder { seen: seen.clone(), reads: VecDeque::new(), writes: VecDeque::new() };
+            registry = registry.with(Slot::Custom(1), recorder);
+        }
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_setting_engine(settings)
@@ -484,7 +547,7 @@ pub mod rtc_client {
             .build()
             .await
             .expect("client peer connection");
-        Client { pc: Box::new(pc), received, remote_tracks, states }
+        (Client { pc: Box::new(pc), received, remote_tracks, states }, seen)
     }
 
     impl Client {
@@ -579,7 +642,11 @@ pub mod rtc_client {
 
     /// Publishes tracks over signaling and waits until the publisher connection is up.
     pub async fn publish(signal: &mut Signal, tracks: &[Arc<TrackLocalStaticRTP>]) -> (Client, Vec<Outbound>) {
-        let mut client = new_client().await;
+        publish_on(new_client().await, signal, tracks).await
+    }
+
+    /// [`publish`] on a given client.
+    pub async fn publish_on(mut client: Client, signal: &mut Signal, tracks: &[Arc<TrackLocalStaticRTP>]) -> (Client, Vec<Outbound>) {
         let mut senders = Vec::new();
         for track in tracks {
             senders.push(client.pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.expect("add track"));
@@ -625,7 +692,12 @@ pub mod rtc_client {
 
     /// Sends `count` packets on a published track, paced, with the payloads of [`payload`].
     pub async fn send_packets(out: Outbound, count: u32, clock_step: u32) {
-        for index in 0..count {
+        send_packets_but(out, count, clock_step, &[]).await
+    }
+
+    /// [`send_packets`], leaving out the packets of the indexes in `missing`.
+    pub async fn send_packets_but(out: Outbound, count: u32, clock_step: u32, missing: &[u32]) {
+        for index in (0..count).filter(|index| !missing.contains(index)) {
             let packet = rtp::Packet {
                 header: rtp::header::Header {
                     version: 2,

@@ -4,47 +4,31 @@
 //! pipeline (endpoint, interceptors, SRTP, DTLS, ICE, demuxer), each queueing it until
 //! polled. The forwarder has already rewritten what a subscriber negotiated, so all that is
 //! left is the SRTP (RFC 3711, RFC 7714 for AES-GCM) and a datagram to the client's address:
-//! [`Egress`] does that with keys of its own (AES-128-GCM sealed in place in one reused
-//! buffer, [`gcm`]; other profiles through an `rtc` SRTP context), from the same DTLS-SRTP exporter
-//! output as the engine's ([`keys`]), and keeps the sender report figures the engine's
-//! report interceptor would have ([`reports`]). RTCP still goes through the engine, whose
-//! SRTCP context shares the master key (SRTP and SRTCP keys and indexes are separate).
+//! [`Egress`] does that with keys of its own ([`crate::srtp`]: AES-128-GCM sealed in place in
+//! one reused buffer; other profiles through an `rtc` SRTP context), and keeps the sender
+//! report figures the engine's report interceptor would have ([`reports`]). RTCP still goes
+//! through the engine, whose SRTCP context shares the master key (SRTP and SRTCP keys and
+//! indexes are separate).
 
-mod gcm;
-pub mod keys;
 mod reports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::Marshal;
-use rtc::srtp::config::Config;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
-use rtc::statistics::StatsSelector;
 
-use gcm::GcmSender;
-pub use keys::KeyCapture;
+use crate::srtp::gcm::GcmSender;
+use crate::srtp::{srtp, ConnectionKeys, KeyCapture, SrtpError};
 use reports::SentStream;
 
 /// How often sender reports go out on a connection, as the engine's interceptor sends them.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Why a forwarded packet was not sent.
-#[derive(Debug, thiserror::Error)]
-pub enum EgressError {
-    /// DTLS has not given the connection its keys yet, or the client's address is unknown.
-    #[error("the connection is not connected yet")]
-    NotConnected,
-    /// The SRTP context refused the packet (key exhausted, say).
-    #[error("SRTP: {0}")]
-    Srtp(String),
-}
 
 /// The send side of one subscriber connection.
 pub struct Egress {
@@ -71,16 +55,8 @@ impl Egress {
     /// Keys the SRTP context from the exporter output, once `pc` (the connection built with
     /// this egress's [`KeyCapture`]) has finished its DTLS handshake: with the profile and the
     /// DTLS role it settled, as its statistics give them.
-    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), EgressError> {
-        let stats = pc.get_stats(now, StatsSelector::None);
-        let transport = stats.transport().ok_or(EgressError::NotConnected)?;
-        let profile =
-            profile_named(&transport.srtp_cipher).ok_or_else(|| EgressError::Srtp(format!("no profile {:?}", transport.srtp_cipher)))?;
-        let dtls_client = transport.dtls_role == RTCDtlsRole::Client;
-        let mut config = Config { profile, ..Default::default() };
-        let exported = self.keys.exported();
-        let material = exported.get(..config.keying_material_len()).ok_or(EgressError::NotConnected)?;
-        config.set_session_keys_from_keying_material(material, dtls_client).map_err(srtp)?;
+    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), SrtpError> {
+        let ConnectionKeys { profile, config } = ConnectionKeys::of(now, pc, &self.keys)?;
         let (key, salt) = (&config.keys.local_master_key, &config.keys.local_master_salt);
         let crypto = self.keys.unwatched();
         self.protection = Some(match profile {
@@ -112,8 +88,8 @@ impl Egress {
     }
 
     /// Encrypts `packet` for the client and counts it; returns the datagram and where it goes.
-    pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], SocketAddr), EgressError> {
-        let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(EgressError::NotConnected) };
+    pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], SocketAddr), SrtpError> {
+        let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(SrtpError::NotConnected) };
         match protection {
             Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram)?,
             Protection::Context(context) => {
@@ -150,19 +126,4 @@ impl Egress {
 enum Protection {
     Gcm(GcmSender),
     Context(Box<Context>),
-}
-
-fn srtp(err: impl std::fmt::Display) -> EgressError {
-    EgressError::Srtp(err.to_string())
-}
-
-/// The engine's protection profile of a DTLS-SRTP profile name as its statistics give it.
-fn profile_named(name: &str) -> Option<ProtectionProfile> {
-    match name {
-        "SRTP_AEAD_AES_128_GCM" => Some(ProtectionProfile::AeadAes128Gcm),
-        "SRTP_AEAD_AES_256_GCM" => Some(ProtectionProfile::AeadAes256Gcm),
-        "SRTP_AES128_CM_HMAC_SHA1_80" => Some(ProtectionProfile::Aes128CmHmacSha1_80),
-        "SRTP_AES128_CM_HMAC_SHA1_32" => Some(ProtectionProfile::Aes128CmHmacSha1_32),
-        _ => None,
-    }
 }

@@ -4,7 +4,7 @@
 //! exporter (RFC 5764 §4.2), the TLS PRF over a seed that starts with the label
 //! `EXTRACTOR-dtls_srtp`, and runs every PRF block through its crypto provider's HMAC. A
 //! connection built with a [`KeyCapture`] provider hands those blocks, in order, to the
-//! application: the exporter's output, from which [`crate::egress`] keys an SRTP context of
+//! application: the exporter's output, from which [`crate::srtp`] keys SRTP contexts of
 //! its own. Every other operation is passed to the wrapped provider untouched.
 
 use std::sync::{Arc, Mutex, PoisonError};

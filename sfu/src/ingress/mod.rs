@@ -1,0 +1,268 @@
+//! The media a publisher connection receives, opened and acknowledged by the worker.
+//!
+//! Every packet would otherwise go through the engine's read pipeline (ICE and DTLS
+//! demultiplexing, SRTP, its receiver report, NACK generator and TWCC interceptors, the moves
+//! between its stages) before the forwarder sees it. [`Ingress`] opens the SRTP of the
+//! streams the worker knows (AES-128-GCM in place in the datagram's own buffer, [`crate::srtp`];
+//! other profiles through an `rtc` SRTP context) and keeps what the publisher needs back:
+//! receiver reports ([`reception`]), NACKs for missing video packets ([`nack`]) and
+//! transport-wide congestion control feedback ([`twcc`]), which browsers estimate their
+//! uplink from. That RTCP goes out through the engine, whose SRTCP context shares the master
+//! key. Datagrams of streams not known yet (the first packets of a track, before the engine
+//! announces it), RTX and RTCP still go through the engine, and the packets it delivers are
+//! counted here as well.
+
+mod nack;
+mod reception;
+mod twcc;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
+use rtc::rtp::packet::Packet;
+use rtc::shared::marshal::Unmarshal;
+use rtc::srtp::context::Context;
+use rtc::srtp::option::srtp_replay_protection;
+use rtc::srtp::protection_profile::ProtectionProfile;
+
+use crate::ids::TrackId;
+use crate::srtp::gcm::GcmReceiver;
+use crate::srtp::{srtp, ConnectionKeys, KeyCapture, SrtpError};
+use nack::MissingPackets;
+use reception::Reception;
+use twcc::TwccFeedback;
+pub use twcc::FEEDBACK_INTERVAL;
+
+/// How often receiver reports go out, as the engine's interceptor sends them.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often missing packets are looked at while some are.
+const NACK_INTERVAL: Duration = Duration::from_millis(20);
+/// Packets the replay window of an `rtc` SRTP context remembers.
+const REPLAY_WINDOW: usize = 64;
+
+/// A stream the publisher sends, known by its SSRC.
+struct Stream {
+    ssrc: u32,
+    track: TrackId,
+    reception: Reception,
+    /// Video streams that negotiated NACK.
+    missing: Option<MissingPackets>,
+}
+
+/// What became of a datagram offered to [`Ingress::take`].
+pub enum Taken {
+    /// Not media of a known stream (or the ingress is not started): the engine's to read.
+    Engine(BytesMut),
+    /// Opened: forward it as the track's.
+    Media(TrackId, Packet),
+    /// Refused (failed authentication, a replay, malformed): dropped.
+    Refused(SrtpError),
+}
+
+/// The receive side of one publisher connection.
+pub struct Ingress {
+    keys: Arc<KeyCapture>,
+    unprotect: Option<Unprotect>,
+    /// The SSRC the server's feedback is sent from.
+    sender_ssrc: u32,
+    streams: Vec<Stream>,
+    twcc: Option<TwccFeedback>,
+    next_report: Option<Instant>,
+    next_nack: Option<Instant>,
+    next_twcc: Option<Instant>,
+    /// Sequence numbers being NACKed, kept to save an allocation per feedback.
+    nacked: Vec<u16>,
+}
+
+impl Ingress {
+    /// A connection's ingress, to be started once its DTLS handshake has run through `keys`.
+    pub fn new(keys: Arc<KeyCapture>) -> Self {
+        Self {
+            keys,
+            unprotect: None,
+            sender_ssrc: rand::random(),
+            streams: Vec::new(),
+            twcc: None,
+            next_report: None,
+            next_nack: None,
+            next_twcc: None,
+            nacked: Vec::new(),
+        }
+    }
+
+    /// Whether [`Ingress::start`] has keyed it.
+    pub fn is_started(&self) -> bool {
+        self.unprotect.is_some()
+    }
+
+    /// Keys the SRTP context that opens the client's media, once `pc` (the connection built
+    /// with this ingress's [`KeyCapture`]) has finished its DTLS handshake.
+    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), SrtpError> {
+        let ConnectionKeys { profile, config } = ConnectionKeys::of(now, pc, &self.keys)?;
+        let (key, salt) = (&config.keys.remote_master_key, &config.keys.remote_master_salt);
+        let crypto = self.keys.unwatched();
+        self.unprotect = Some(match profile {
+            ProtectionProfile::AeadAes128Gcm => Unprotect::Gcm(GcmReceiver::new(crypto, key, salt)?),
+            _ => {
+                let replay = Some(srtp_replay_protection(REPLAY_WINDOW));
+                Unprotect::Context(Box::new(Context::new(key, salt, profile, replay, None, crypto).map_err(srtp)?))
+            }
+        });
+        self.next_report = Some(now + REPORT_INTERVAL);
+        Ok(())
+    }
+
+    /// Opens the media of `ssrc` from now on as `track`'s, its timestamps at `clock_rate`;
+    /// `nack` asks the publisher for the packets that go missing.
+    pub fn add_stream(&mut self, now: Instant, ssrc: u32, track: TrackId, clock_rate: u32, nack: bool) {
+        if self.streams.iter().any(|s| s.ssrc == ssrc) {
+            return;
+        }
+        let missing = nack.then(MissingPackets::default);
+        self.streams.push(Stream { ssrc, track, reception: Reception::new(ssrc, clock_rate, now), missing });
+    }
+
+    /// Stops opening and reporting the streams of `track`.
+    pub fn remove_track(&mut self, track: &TrackId) {
+        for stream in self.streams.iter().filter(|s| &s.track == track) {
+            if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
+                receiver.remove(stream.ssrc);
+            }
+        }
+        self.streams.retain(|s| &s.track != track);
+    }
+
+    /// Sends transport-wide congestion control feedback for the sequence numbers in header
+    /// extension `extension_id` (the connection negotiated it).
+    pub fn enable_twcc(&mut self, now: Instant, extension_id: u8) {
+        if self.twcc.as_ref().is_none_or(|t| t.extension_id() != extension_id) {
+            self.twcc = Some(TwccFeedback::new(extension_id, now));
+        }
+    }
+
+    /// Opens `datagram` if it is RTP of a known stream; anything else is the engine's.
+    pub fn take(&mut self, now: Instant, mut datagram: BytesMut) -> Taken {
+        let Some(unprotect) = self.unprotect.as_mut() else { return Taken::Engine(datagram) };
+        let Some(ssrc) = rtp_ssrc(&datagram) else { return Taken::Engine(datagram) };
+        let Some(track) = self.streams.iter().find(|s| s.ssrc == ssrc).map(|s| s.track.clone()) else {
+            return Taken::Engine(datagram);
+        };
+        let clear = match unprotect {
+            Unprotect::Gcm(receiver) => match receiver.open(&mut datagram) {
+                Ok(opened) => {
+                    datagram.truncate(opened.end);
+                    datagram.freeze()
+                }
+                Err(err) => return Taken::Refused(err),
+            },
+            Unprotect::Context(context) => match context.decrypt_rtp(&datagram) {
+                Ok(clear) => clear.freeze(),
+                Err(err) => return Taken::Refused(srtp(err)),
+            },
+        };
+        // Parsed from the shared buffer: header extensions and payload are slices of it.
+        let packet = match Packet::unmarshal(&mut clear.clone()) {
+            Ok(packet) => packet,
+            Err(err) => return Taken::Refused(srtp(err)),
+        };
+        self.received(now, &packet);
+        Taken::Media(track, packet)
+    }
+
+    /// Counts a packet of the publisher's, opened here or delivered by the engine.
+    pub fn received(&mut self, now: Instant, packet: &Packet) {
+        let header = &packet.header;
+        if let Some(twcc) = &mut self.twcc {
+            if let Some(sequence) =
+                header.get_extension(twcc.extension_id()).and_then(|e| e.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])))
+            {
+                twcc.received(now, sequence);
+                self.next_twcc.get_or_insert(now + FEEDBACK_INTERVAL);
+            }
+        }
+        let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == header.ssrc) else { return };
+        stream.reception.received(now, header.sequence_number, header.timestamp);
+        if let Some(missing) = &mut stream.missing {
+            missing.received(now, header.sequence_number);
+            if !missing.is_empty() {
+                self.next_nack.get_or_insert(now + NACK_INTERVAL);
+            }
+        }
+    }
+
+    /// Notes a sender report of the publisher's, for the next receiver reports to echo.
+    pub fn sender_report(&mut self, now: Instant, ssrc: u32, ntp_time: u64) {
+        if let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+            stream.reception.sender_report(now, (ntp_time >> 16) as u32);
+        }
+    }
+
+    /// When feedback is next due, once started.
+    pub fn deadline(&self) -> Option<Instant> {
+        [self.next_report, self.next_nack, self.next_twcc].into_iter().flatten().min()
+    }
+
+    /// Adds the feedback due at `now` to `out` (receiver reports, NACKs, transport-wide
+    /// feedback); returns how many packets it NACKs.
+    pub fn due_feedback(&mut self, now: Instant, out: &mut Vec<Box<dyn rtcp::Packet>>) -> usize {
+        let mut nacked = 0;
+        if self.next_report.is_some_and(|due| due <= now) {
+            self.next_report = Some(now + REPORT_INTERVAL);
+            let reports: Vec<_> = self.streams.iter_mut().filter_map(|s| s.reception.report(now)).collect();
+            // One report carries at most 31 blocks (RFC 3550 §6.4.2).
+            for reports in reports.chunks(31) {
+                out.push(Box::new(ReceiverReport {
+                    ssrc: self.sender_ssrc,
+                    reports: reports.to_vec(),
+                    profile_extensions: Default::default(),
+                }));
+            }
+        }
+        if self.next_nack.is_some_and(|due| due <= now) {
+            self.next_nack = None;
+            for stream in &mut self.streams {
+                let Some(missing) = &mut stream.missing else { continue };
+                self.nacked.clear();
+                missing.due(now, &mut self.nacked);
+                if !self.nacked.is_empty() {
+                    nacked += self.nacked.len();
+                    let nacks = nack_pairs_from_sequence_numbers(&self.nacked);
+                    out.push(Box::new(TransportLayerNack { sender_ssrc: self.sender_ssrc, media_ssrc: stream.ssrc, nacks }));
+                }
+                if !missing.is_empty() {
+                    self.next_nack = Some(now + NACK_INTERVAL);
+                }
+            }
+        }
+        if self.next_twcc.is_some_and(|due| due <= now) {
+            self.next_twcc = None;
+            let media_ssrc = self.streams.first().map_or(0, |s| s.ssrc);
+            if let Some(feedback) = self.twcc.as_mut().and_then(|t| t.feedback(self.sender_ssrc, media_ssrc)) {
+                out.push(Box::new(feedback));
+            }
+            if self.twcc.as_ref().is_some_and(|t| !t.is_empty()) {
+                self.next_twcc = Some(now + FEEDBACK_INTERVAL);
+            }
+        }
+        nacked
+    }
+}
+
+/// How the publisher's media is opened: AES-128-GCM of our own, or `rtc`'s context for the others.
+enum Unprotect {
+    Gcm(GcmReceiver),
+    Context(Box<Context>),
+}
+
+/// The SSRC of an RTP datagram; `None` for anything else (RTCP shares the first byte's
+/// version bits and is told apart by its packet type, 192 to 223, RFC 5761 §4).
+fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
+    let header = datagram.get(..12)?;
+    let is_rtp = header[0] >> 6 == 2 && !(192..=223).contains(&header[1]);
+    is_rtp.then(|| u32::from_be_bytes([header[8], header[9], header[10], header[11]]))
+}

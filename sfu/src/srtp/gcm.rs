@@ -1,0 +1,362 @@
+//! SRTP with AEAD_AES_128_GCM (RFC 7714) in buffers the caller owns.
+//!
+//! `rtc`'s SRTP context returns every packet it protects or opens in a new buffer, after the
+//! caller has marshalled it into another: two copies and an allocation per packet. Here a
+//! packet to send is marshalled once into the caller's buffer and sealed in place, the tag
+//! appended ([`GcmSender`]); a received datagram is opened in place in its own buffer
+//! ([`GcmReceiver`]). The session key and salt come from the master key and salt by the
+//! AES-CM key derivation of RFC 3711 §4.3 (key derivation rate 0), as every DTLS-SRTP stack
+//! does.
+
+use rtc::crypto::{AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, RTCCrypto};
+use rtc::rtp::packet::Packet;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+
+use super::SrtpError;
+use crate::munger::seq_is_older;
+
+/// Master and session key length of AEAD_AES_128_GCM.
+pub const KEY_LEN: usize = 16;
+/// Master and session salt length of AEAD_AES_128_GCM.
+pub const SALT_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Key derivation labels (RFC 3711 §4.3.1): the SRTP encryption key and salt.
+const LABEL_ENCRYPTION: u8 = 0x00;
+const LABEL_SALT: u8 = 0x02;
+
+/// The session key and salt of one direction of a connection.
+struct Session {
+    aead: Box<dyn AeadCipher>,
+    salt: [u8; SALT_LEN],
+}
+
+impl Session {
+    /// Derives the session key and salt from the master key and salt.
+    fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+        if master_key.len() != KEY_LEN || master_salt.len() != SALT_LEN {
+            return Err(SrtpError::Srtp(format!(
+                "AES-128-GCM master key and salt of {} and {} bytes",
+                master_key.len(),
+                master_salt.len()
+            )));
+        }
+        let key = derive(crypto, master_key, master_salt, LABEL_ENCRYPTION)?;
+        let mut salt = [0; SALT_LEN];
+        salt.copy_from_slice(&derive(crypto, master_key, master_salt, LABEL_SALT)?[..SALT_LEN]);
+        let aead = crypto.new_aead(AeadAlgorithm::Aes128Gcm, &key).map_err(crypto_error)?;
+        Ok(Self { aead, salt })
+    }
+
+    /// The IV of a packet (RFC 7714 §8.1): SSRC, rollover count and sequence number, XORed
+    /// with the session salt.
+    fn nonce(&self, ssrc: u32, index: Index) -> [u8; SALT_LEN] {
+        let mut nonce = [0; SALT_LEN];
+        nonce[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        nonce[6..10].copy_from_slice(&index.rollover.to_be_bytes());
+        nonce[10..12].copy_from_slice(&index.sequence.to_be_bytes());
+        for (byte, salt) in nonce.iter_mut().zip(self.salt) {
+            *byte ^= salt;
+        }
+        nonce
+    }
+}
+
+/// A packet index (RFC 3711 §3.3.1): the rollover count and the sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Index {
+    rollover: u32,
+    sequence: u16,
+}
+
+impl Index {
+    /// The index of `sequence` nearest this one, the highest seen on its SSRC (RFC 3711
+    /// §3.3.1): a sequence number just past a wrap counts the next roll, one from before it
+    /// the previous.
+    fn nearest(self, sequence: u16) -> Self {
+        let rollover = if seq_is_older(self.sequence, sequence) && sequence < self.sequence {
+            self.rollover.wrapping_add(1)
+        } else if seq_is_older(sequence, self.sequence) && sequence > self.sequence {
+            self.rollover.wrapping_sub(1)
+        } else {
+            self.rollover
+        };
+        Self { rollover, sequence }
+    }
+
+    /// How many packets this index is past `other` (negative: before it). Rollover counts
+    /// compare by wrapping distance, so a retransmission from before the first packet (count
+    /// "-1") is behind it.
+    fn since(self, other: Self) -> i64 {
+        let rolls = i64::from(self.rollover.wrapping_sub(other.rollover) as i32);
+        rolls * 65_536 + i64::from(self.sequence) - i64::from(other.sequence)
+    }
+}
+
+/// The SRTP send side of one connection.
+pub struct GcmSender {
+    session: Session,
+    /// The highest packet index sent on each SSRC.
+    sent: Vec<(u32, Index)>,
+}
+
+impl GcmSender {
+    /// Derives the session key and salt from the master key and salt.
+    pub fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+        Ok(Self { session: Session::new(crypto, master_key, master_salt)?, sent: Vec::new() })
+    }
+
+    /// Writes `packet`, protected, into `out` (replacing what it held).
+    pub fn protect(&mut self, packet: &Packet, out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let header_len = packet.header.marshal_size();
+        let clear_len = packet.marshal_size();
+        out.clear();
+        out.resize(clear_len + TAG_LEN, 0);
+        let written = packet.marshal_to(&mut out[..clear_len]).map_err(|e| SrtpError::Srtp(e.to_string()))?;
+        out.truncate(written + TAG_LEN);
+        let ssrc = packet.header.ssrc;
+        let index = self.index(ssrc, packet.header.sequence_number);
+        let nonce = self.session.nonce(ssrc, index);
+        let (aad, rest) = out.split_at_mut(header_len);
+        let (body, tag) = rest.split_at_mut(written - header_len);
+        self.session.aead.seal_in_place(&nonce, aad, body, tag).map_err(crypto_error)
+    }
+
+    /// The index of `sequence` on `ssrc` (the one nearest the highest sent, so a
+    /// retransmission from before a wrap keeps its count), noted if it is the new highest.
+    fn index(&mut self, ssrc: u32, sequence: u16) -> Index {
+        let Some((_, highest)) = self.sent.iter_mut().find(|(s, _)| *s == ssrc) else {
+            let index = Index { rollover: 0, sequence };
+            self.sent.push((ssrc, index));
+            return index;
+        };
+        let index = highest.nearest(sequence);
+        if index.since(*highest) > 0 {
+            *highest = index;
+        }
+        index
+    }
+
+    /// Forgets the state of an SSRC no longer sent.
+    pub fn remove(&mut self, ssrc: u32) {
+        self.sent.retain(|(s, _)| *s != ssrc);
+    }
+}
+
+/// Packets behind the highest received on an SSRC that the replay window remembers.
+const REPLAY_WINDOW: i64 = 64;
+
+/// What has been received on one SSRC: the highest index, and which of the
+/// [`REPLAY_WINDOW`] indexes behind it were seen (bit n: the highest less n).
+#[derive(Clone, Copy)]
+struct Received {
+    ssrc: u32,
+    highest: Index,
+    seen: u64,
+}
+
+impl Received {
+    /// Whether the packet of `index` was received already, or is too old to tell.
+    fn is_replay(&self, index: Index) -> bool {
+        let behind = -index.since(self.highest);
+        behind >= 0 && (behind >= REPLAY_WINDOW || self.seen & (1 << behind) != 0)
+    }
+
+    fn note(&mut self, index: Index) {
+        let ahead = index.since(self.highest);
+        if ahead > 0 {
+            self.seen = if ahead >= REPLAY_WINDOW { 1 } else { (self.seen << ahead) | 1 };
+            self.highest = index;
+        } else if -ahead < REPLAY_WINDOW {
+            self.seen |= 1 << -ahead;
+        }
+    }
+}
+
+/// The SRTP receive side of one connection, with replay protection (RFC 3711 §3.3.2).
+pub struct GcmReceiver {
+    session: Session,
+    received: Vec<Received>,
+}
+
+/// Where the parts of a datagram opened in place lie.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The length of the RTP header, which stays as it was sent.
+    pub header_len: usize,
+    /// The end of the decrypted payload (with any RTP padding); the tag follows it.
+    pub end: usize,
+}
+
+impl GcmReceiver {
+    /// Derives the session key and salt from the master key and salt.
+    pub fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+        Ok(Self { session: Session::new(crypto, master_key, master_salt)?, received: Vec::new() })
+    }
+
+    /// Authenticates and decrypts the SRTP datagram in `buf` in place. A packet that fails
+    /// authentication, is too short for its header and tag, or was received already is
+    /// refused and leaves no trace.
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<Opened, SrtpError> {
+        let header_len = rtp_header_len(buf).ok_or_else(|| SrtpError::Srtp("not an RTP header".into()))?;
+        let end = buf
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|&end| end >= header_len)
+            .ok_or_else(|| SrtpError::Srtp("shorter than its header and tag".into()))?;
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let sequence = u16::from_be_bytes([buf[2], buf[3]]);
+        let position = self.received.iter().position(|r| r.ssrc == ssrc);
+        let index = match position {
+            Some(at) => {
+                let received = self.received[at];
+                let index = received.highest.nearest(sequence);
+                if received.is_replay(index) {
+                    return Err(SrtpError::Srtp(format!("replayed packet {sequence} on SSRC {ssrc}")));
+                }
+                index
+            }
+            None => Index { rollover: 0, sequence },
+        };
+        let nonce = self.session.nonce(ssrc, index);
+        let (aad, rest) = buf.split_at_mut(header_len);
+        let (body, tag) = rest.split_at_mut(end - header_len);
+        self.session.aead.open_in_place(&nonce, aad, body, tag).map_err(crypto_error)?;
+        match position {
+            Some(at) => self.received[at].note(index),
+            None => self.received.push(Received { ssrc, highest: index, seen: 1 }),
+        }
+        Ok(Opened { header_len, end })
+    }
+
+    /// Forgets the state of an SSRC no longer received.
+    pub fn remove(&mut self, ssrc: u32) {
+        self.received.retain(|r| r.ssrc != ssrc);
+    }
+}
+
+/// The length of the RTP header at the start of `buf` (RFC 3550 §5.1: the fixed part, the
+/// CSRCs and the header extension), if `buf` holds one.
+pub fn rtp_header_len(buf: &[u8]) -> Option<usize> {
+    let first = *buf.first()?;
+    if first >> 6 != 2 {
+        return None;
+    }
+    let mut len = 12 + 4 * usize::from(first & 0x0F);
+    if first & 0x10 != 0 {
+        let words = buf.get(len + 2..len + 4)?;
+        len += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    (len <= buf.len()).then_some(len)
+}
+
+/// One session key of `label` (RFC 3711 §4.3.3 with AES-128 in counter mode, one block).
+fn derive(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8], label: u8) -> Result<[u8; KEY_LEN], SrtpError> {
+    let mut block = [0; KEY_LEN];
+    block[..SALT_LEN].copy_from_slice(master_salt);
+    block[7] ^= label;
+    crypto.block_encrypt(BlockCipherAlgorithm::Aes128, master_key, &mut block).map_err(crypto_error)?;
+    Ok(block)
+}
+
+fn crypto_error(err: rtc::crypto::CryptoError) -> SrtpError {
+    SrtpError::Srtp(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use rtc::rtp::header::{Extension, Header};
+    use rtc::srtp::context::Context;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+
+    use super::*;
+
+    fn packet(ssrc: u32, sequence_number: u16, payload: &'static [u8]) -> Packet {
+        Packet {
+            header: Header {
+                version: 2,
+                payload_type: 96,
+                ssrc,
+                sequence_number,
+                timestamp: u32::from(sequence_number) * 3000,
+                csrc: vec![0xC5],
+                extension: true,
+                extension_profile: 0xBEDE,
+                extensions: vec![Extension { id: 1, payload: Bytes::from_static(&[0x30]) }],
+                ..Default::default()
+            },
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    /// Every datagram is the one `rtc`'s own SRTP context writes for the same keys, and a
+    /// receiver's context opens it: across a sequence-number wrap, a retransmission from
+    /// before it, two SSRCs, header extensions and CSRCs.
+    #[test]
+    fn protects_as_the_engine_does_and_a_receiver_opens_it() {
+        let provider = rtc::crypto::default_provider().expect("provider");
+        let (key, salt) = ([7u8; KEY_LEN], [9u8; SALT_LEN]);
+        let context = || Context::new(&key, &salt, ProtectionProfile::AeadAes128Gcm, None, None, provider.crypto()).expect("context");
+        let (mut engine, mut receiver) = (context(), context());
+        let mut ours = GcmSender::new(provider.crypto(), &key, &salt).expect("sender");
+        let mut out = Vec::new();
+        for (ssrc, sequence) in [(1, 65_534), (1, 65_535), (2, 100), (1, 0), (1, 1), (1, 65_535), (1, 2)] {
+            let packet = packet(ssrc, sequence, b"a payload of some length");
+            ours.protect(&packet, &mut out).expect("protect");
+            let expected = engine.encrypt_rtp(&packet.marshal().expect("marshal")).expect("engine");
+            assert_eq!(out, expected.as_ref(), "ssrc {ssrc} seq {sequence}");
+            let opened = receiver.decrypt_rtp(&out).expect("opened");
+            assert!(opened.ends_with(b"a payload of some length"), "ssrc {ssrc} seq {sequence}");
+        }
+    }
+
+    /// What `rtc`'s context seals, ours opens in place to the same clear packet, across a
+    /// wrap and reordering; a replay, a tampered packet and a truncated one are refused
+    /// without disturbing what follows.
+    #[test]
+    fn opens_what_the_engine_seals_and_refuses_replays_and_forgeries() {
+        let provider = rtc::crypto::default_provider().expect("provider");
+        let (key, salt) = ([3u8; KEY_LEN], [5u8; SALT_LEN]);
+        let mut sender = Context::new(&key, &salt, ProtectionProfile::AeadAes128Gcm, None, None, provider.crypto()).expect("context");
+        let mut ours = GcmReceiver::new(provider.crypto(), &key, &salt).expect("receiver");
+        let sealed: Vec<(u16, Vec<u8>)> = [65_533u16, 65_534, 65_535, 0, 1, 2]
+            .into_iter()
+            .map(|sequence| {
+                let clear = packet(9, sequence, b"the publisher's media").marshal().expect("marshal");
+                (sequence, sender.encrypt_rtp(&clear).expect("sealed").to_vec())
+            })
+            .collect();
+        let open = |ours: &mut GcmReceiver, datagram: &[u8]| {
+            let mut buf = datagram.to_vec();
+            ours.open(&mut buf).map(|at| buf[..at.end].to_vec())
+        };
+        // In order but for 65_535 and 0 swapped, which is still within the window.
+        for at in [0, 1, 3, 2, 4] {
+            let (sequence, datagram) = &sealed[at];
+            let clear = open(&mut ours, datagram).unwrap_or_else(|err| panic!("seq {sequence}: {err}"));
+            assert_eq!(clear, packet(9, *sequence, b"the publisher's media").marshal().expect("marshal").to_vec());
+        }
+        assert!(open(&mut ours, &sealed[4].1).is_err(), "a replay is refused");
+        let mut forged = sealed[5].1.clone();
+        forged[20] ^= 1;
+        assert!(open(&mut ours, &forged).is_err(), "a tampered payload fails authentication");
+        assert!(open(&mut ours, &sealed[5].1[..20]).is_err(), "a datagram shorter than its tag");
+        assert!(open(&mut ours, &sealed[5].1).is_ok(), "the genuine packet after the forgery");
+    }
+
+    #[test]
+    fn header_lengths_count_csrcs_and_the_extension() {
+        let with_both = packet(1, 1, b"x").marshal().expect("marshal");
+        assert_eq!(rtp_header_len(&with_both), Some(packet(1, 1, b"x").header.marshal_size()));
+        assert_eq!(rtp_header_len(&with_both[..15]), None, "cut inside the extension");
+        assert_eq!(rtp_header_len(&[0x80; 11]), None);
+        assert_eq!(rtp_header_len(&[0x40; 12]), None, "version 1");
+    }
+
+    #[test]
+    fn keys_of_the_wrong_length_are_refused() {
+        let provider = rtc::crypto::default_provider().expect("provider");
+        assert!(GcmSender::new(provider.crypto(), &[0; 32], &[0; SALT_LEN]).is_err());
+        assert!(GcmSender::new(provider.crypto(), &[0; KEY_LEN], &[0; 14]).is_err());
+    }
+}
