@@ -42,8 +42,9 @@ pub use twcc::FEEDBACK_INTERVAL;
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often missing packets are looked at while some are.
 const NACK_INTERVAL: Duration = Duration::from_millis(20);
-/// Packets the replay window of an `rtc` SRTP context remembers.
-const REPLAY_WINDOW: usize = 64;
+/// Packets the replay window of an `rtc` SRTP context remembers, as many as the GCM
+/// receiver's.
+const REPLAY_WINDOW: usize = crate::srtp::gcm::REPLAY_WINDOW as usize;
 
 /// A stream the publisher sends, known by its SSRC.
 struct Stream {

@@ -142,32 +142,63 @@ impl GcmSender {
     }
 }
 
-/// Packets behind the highest received on an SSRC that the replay window remembers.
-const REPLAY_WINDOW: i64 = 64;
+/// Packets up to the highest received on an SSRC that the replay window remembers: enough
+/// for a retransmission on the media SSRC (a publisher without RTX answering a NACK) after a
+/// keyframe's burst. A power of two that divides 2^16, so a packet's bit is its sequence
+/// number's low bits.
+pub const REPLAY_WINDOW: i64 = 1024;
+const WINDOW_WORDS: usize = REPLAY_WINDOW as usize / 64;
 
 /// What has been received on one SSRC: the highest index, and which of the
-/// [`REPLAY_WINDOW`] indexes behind it were seen (bit n: the highest less n).
-#[derive(Clone, Copy)]
+/// [`REPLAY_WINDOW`] indexes up to it were seen (a ring of bits by sequence number).
+#[derive(Clone)]
 struct Received {
     ssrc: u32,
     highest: Index,
-    seen: u64,
+    seen: [u64; WINDOW_WORDS],
 }
 
 impl Received {
+    fn new(ssrc: u32, first: Index) -> Self {
+        let mut received = Self { ssrc, highest: first, seen: [0; WINDOW_WORDS] };
+        received.set(first.sequence, true);
+        received
+    }
+
     /// Whether the packet of `index` was received already, or is too old to tell.
     fn is_replay(&self, index: Index) -> bool {
         let behind = -index.since(self.highest);
-        behind >= 0 && (behind >= REPLAY_WINDOW || self.seen & (1 << behind) != 0)
+        behind >= 0 && (behind >= REPLAY_WINDOW || self.get(index.sequence))
     }
 
     fn note(&mut self, index: Index) {
         let ahead = index.since(self.highest);
         if ahead > 0 {
-            self.seen = if ahead >= REPLAY_WINDOW { 1 } else { (self.seen << ahead) | 1 };
+            // The bits of the indexes passed over held those a window earlier: clear them.
+            if ahead >= REPLAY_WINDOW {
+                self.seen = [0; WINDOW_WORDS];
+            }
+            for step in 1..ahead.min(REPLAY_WINDOW) {
+                self.set(self.highest.sequence.wrapping_add(step as u16), false);
+            }
             self.highest = index;
-        } else if -ahead < REPLAY_WINDOW {
-            self.seen |= 1 << -ahead;
+        }
+        if -ahead < REPLAY_WINDOW {
+            self.set(index.sequence, true);
+        }
+    }
+
+    fn get(&self, sequence: u16) -> bool {
+        let bit = usize::from(sequence) % REPLAY_WINDOW as usize;
+        self.seen[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    fn set(&mut self, sequence: u16, seen: bool) {
+        let bit = usize::from(sequence) % REPLAY_WINDOW as usize;
+        if seen {
+            self.seen[bit / 64] |= 1 << (bit % 64);
+        } else {
+            self.seen[bit / 64] &= !(1 << (bit % 64));
         }
     }
 }
@@ -208,7 +239,7 @@ impl GcmReceiver {
         let position = self.received.iter().position(|r| r.ssrc == ssrc);
         let index = match position {
             Some(at) => {
-                let received = self.received[at];
+                let received = &self.received[at];
                 let index = received.highest.nearest(sequence);
                 if received.is_replay(index) {
                     return Err(SrtpError::Srtp(format!("replayed packet {sequence} on SSRC {ssrc}")));
@@ -223,7 +254,7 @@ impl GcmReceiver {
         self.session.aead.open_in_place(&nonce, aad, body, tag).map_err(crypto_error)?;
         match position {
             Some(at) => self.received[at].note(index),
-            None => self.received.push(Received { ssrc, highest: index, seen: 1 }),
+            None => self.received.push(Received::new(ssrc, index)),
         }
         Ok(Opened { header_len, end })
     }
@@ -342,6 +373,28 @@ mod tests {
         assert!(open(&mut ours, &forged).is_err(), "a tampered payload fails authentication");
         assert!(open(&mut ours, &sealed[5].1[..20]).is_err(), "a datagram shorter than its tag");
         assert!(open(&mut ours, &sealed[5].1).is_ok(), "the genuine packet after the forgery");
+    }
+
+    /// A late packet within the window is taken once; one beyond it is refused; a bit reused
+    /// a window later starts clear.
+    #[test]
+    fn the_replay_window_spans_a_keyframe_burst() {
+        let index = |value: u32| Index { rollover: value >> 16, sequence: value as u16 };
+        let mut received = Received::new(1, index(65_000));
+        for value in (65_001..67_000).filter(|v| *v != 66_500 && *v != 65_900) {
+            assert!(!received.is_replay(index(value)), "{value}");
+            received.note(index(value));
+        }
+        assert!(!received.is_replay(index(66_500)), "499 behind, never received");
+        received.note(index(66_500));
+        assert!(received.is_replay(index(66_500)), "now a replay");
+        assert!(received.is_replay(index(66_998)), "received");
+        assert!(received.is_replay(index(65_900)), "1 099 behind: too old to tell, refused");
+        // 67_000 + 1_024 uses the bit of 67_000, which was never set; nor was 67_000's.
+        assert!(!received.is_replay(index(68_024)));
+        received.note(index(68_024));
+        assert!(!received.is_replay(index(67_100)), "inside the window, its bit cleared on the way");
+        assert!(!received.is_replay(index(68_023)), "the bit 66_999 left behind is cleared by the jump");
     }
 
     #[test]
