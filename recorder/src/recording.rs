@@ -79,8 +79,8 @@ struct TrackInput {
     clock: SenderClock,
     /// The clock by arrival, on the same NTP timeline, used until the first sender report.
     arrival: SenderClock,
-    /// Media time of the track's last written frame (kept increasing).
-    last_written: Option<i64>,
+    /// Media time and RTP timestamp of the track's last written frame (times kept increasing).
+    last_written: Option<(i64, u32)>,
 }
 
 /// One participant's recording.
@@ -197,15 +197,19 @@ impl Recording {
         }
         let start = self.start.unwrap_or(wall);
         let input = &mut self.tracks[track];
-        // Keep each track's times increasing (a late first report may shift its clock).
+        // Keep each track's times increasing by at least the RTP distance between its frames:
+        // the first sender report may move the clock back from the arrival times the first
+        // frames were placed by, and frames packed closer than their length overlap when
+        // decoded (two 20 ms Opus frames 1 µs apart).
         let mut at = wall - start;
-        if let Some(last) = input.last_written {
-            at = at.max(last + 1);
+        if let Some((last, last_timestamp)) = input.last_written {
+            let ticks = i64::from(frame.timestamp.wrapping_sub(last_timestamp) as i32).max(0);
+            at = at.max(last + (ticks * 1_000_000 / i64::from(codec.clock_rate().max(1))).max(1));
         }
         if at < 0 {
             return Ok(()); // audio from before the start
         }
-        input.last_written = Some(at);
+        input.last_written = Some((at, frame.timestamp));
         match self.segmenter.on_frame(at, is_video, is_video && frame.keyframe) {
             Cut::Continue => {}
             Cut::ContinueAndRequestKeyframe => {
@@ -256,6 +260,43 @@ mod tests {
     use crate::test_support::{ffprobe, ntp, vp8};
     use rtc::rtp::codec::{opus::OpusPayloader, vp8::Vp8Payloader};
     use rtc::rtp::packetizer::Payloader;
+
+    /// Frames placed by arrival until the first sender report, which maps the clock 30 ms
+    /// earlier: the frames after it keep their 20 ms spacing instead of being packed 1 µs
+    /// apart (overlapping when decoded) until the clock catches up.
+    #[test]
+    fn a_report_moving_the_clock_back_does_not_pack_frames_together() {
+        let t0 = Instant::now();
+        let mut recording = Recording::new(&[Codec::Opus], RecordingSettings::default(), t0).expect("recording");
+        let mut mp4 = Vec::new();
+        let rtp0 = 5_000u32;
+        for f in 0..150u32 {
+            let now = t0 + Duration::from_millis(u64::from(f) * 20);
+            if f == 50 {
+                recording.on_sender_report(0, ntp(crate::clock::ntp_now_micros() - 30_000), rtp0 + 50 * 960);
+            }
+            let payload = OpusPayloader.payload(1200, &Bytes::from_static(&[0xfc, 0xff, 0xfe])).expect("payload").remove(0);
+            recording.on_rtp(now, 0, RtpPacket { sequence: f as u16, timestamp: rtp0 + f * 960, marker: false, payload }).expect("rtp");
+        }
+        recording.finish().expect("finish");
+        while let Some(output) = recording.next_output() {
+            if let Output::InitSegment(data) | Output::MediaSegment { data, .. } = output {
+                mp4.extend_from_slice(&data);
+            }
+        }
+        let path = std::env::temp_dir().join(format!("switchboard-clock-back-{}.mp4", std::process::id()));
+        std::fs::write(&path, &mp4).expect("mp4");
+        let probe = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
+            .arg(&path)
+            .output()
+            .expect("ffprobe runs");
+        let times: Vec<f64> = String::from_utf8_lossy(&probe.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert!(times.len() > 100, "{} frames", times.len());
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] > 0.0195, "frames {:.6} and {:.6} s overlap", pair[0], pair[1]);
+        }
+    }
 
     #[test]
     fn rtp_in_mp4_and_hls_out_with_segments_on_keyframes() {
