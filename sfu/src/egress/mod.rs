@@ -24,7 +24,7 @@ use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use crate::srtp::gcm::GcmSender;
-use crate::srtp::{srtp, ConnectionKeys, KeyCapture, SrtpError};
+use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use reports::SentStream;
 
 /// How often sender reports go out on a connection, as the engine's interceptor sends them.
@@ -56,7 +56,8 @@ impl Egress {
     /// this egress's [`KeyCapture`]) has finished its DTLS handshake: with the profile and the
     /// DTLS role it settled, as its statistics give them.
     pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), SrtpError> {
-        let ConnectionKeys { profile, config } = ConnectionKeys::of(now, pc, &self.keys)?;
+        let config = connection_keys(now, pc, &self.keys)?;
+        let profile = config.profile;
         let (key, salt) = (&config.keys.local_master_key, &config.keys.local_master_salt);
         let crypto = self.keys.unwatched();
         self.protection = Some(match profile {

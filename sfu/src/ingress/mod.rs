@@ -32,11 +32,11 @@ use rtc::srtp::protection_profile::ProtectionProfile;
 
 use crate::ids::TrackId;
 use crate::srtp::gcm::GcmReceiver;
-use crate::srtp::{srtp, ConnectionKeys, KeyCapture, SrtpError};
+use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use nack::MissingPackets;
 use reception::Reception;
 use twcc::TwccFeedback;
-pub use twcc::FEEDBACK_INTERVAL;
+use twcc::FEEDBACK_INTERVAL;
 
 /// How often receiver reports go out, as the engine's interceptor sends them.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -104,7 +104,8 @@ impl Ingress {
     /// Keys the SRTP context that opens the client's media, once `pc` (the connection built
     /// with this ingress's [`KeyCapture`]) has finished its DTLS handshake.
     pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), SrtpError> {
-        let ConnectionKeys { profile, config } = ConnectionKeys::of(now, pc, &self.keys)?;
+        let config = connection_keys(now, pc, &self.keys)?;
+        let profile = config.profile;
         let (key, salt) = (&config.keys.remote_master_key, &config.keys.remote_master_salt);
         let crypto = self.keys.unwatched();
         self.unprotect = Some(match profile {

@@ -31,31 +31,22 @@ pub enum SrtpError {
     Srtp(String),
 }
 
-/// The master keys and profile of a connected connection: `local` protects what the server
-/// sends, `remote` opens what the client sends.
-pub struct ConnectionKeys {
-    /// The profile DTLS settled.
-    pub profile: ProtectionProfile,
-    /// The engine's SRTP configuration with both directions' master keys and salts.
-    pub config: Config,
-}
-
-impl ConnectionKeys {
-    /// Splits the exporter output `capture` saw into master keys and salts (RFC 5764 §4.2),
-    /// with the profile and DTLS role `pc` (the connection built with `capture`) settled, as
-    /// its statistics give them.
-    pub fn of(now: Instant, pc: &mut RTCPeerConnection, capture: &KeyCapture) -> Result<Self, SrtpError> {
-        let stats = pc.get_stats(now, StatsSelector::None);
-        let transport = stats.transport().ok_or(SrtpError::NotConnected)?;
-        let profile =
-            profile_named(&transport.srtp_cipher).ok_or_else(|| SrtpError::Srtp(format!("no profile {:?}", transport.srtp_cipher)))?;
-        let dtls_client = transport.dtls_role == RTCDtlsRole::Client;
-        let mut config = Config { profile, ..Default::default() };
-        let exported = capture.exported();
-        let material = exported.get(..config.keying_material_len()).ok_or(SrtpError::NotConnected)?;
-        config.set_session_keys_from_keying_material(material, dtls_client).map_err(srtp)?;
-        Ok(Self { profile, config })
-    }
+/// The SRTP configuration of a connected connection: the profile DTLS settled and both
+/// directions' master keys and salts (`local` protects what the server sends, `remote` opens
+/// what the client sends), split from the exporter output `capture` saw (RFC 5764 §4.2) with
+/// the profile and DTLS role `pc` (the connection built with `capture`) settled, as its
+/// statistics give them.
+pub fn connection_keys(now: Instant, pc: &mut RTCPeerConnection, capture: &KeyCapture) -> Result<Config, SrtpError> {
+    let stats = pc.get_stats(now, StatsSelector::None);
+    let transport = stats.transport().ok_or(SrtpError::NotConnected)?;
+    let profile =
+        profile_named(&transport.srtp_cipher).ok_or_else(|| SrtpError::Srtp(format!("no profile {:?}", transport.srtp_cipher)))?;
+    let dtls_client = transport.dtls_role == RTCDtlsRole::Client;
+    let mut config = Config { profile, ..Default::default() };
+    let exported = capture.exported();
+    let material = exported.get(..config.keying_material_len()).ok_or(SrtpError::NotConnected)?;
+    config.set_session_keys_from_keying_material(material, dtls_client).map_err(srtp)?;
+    Ok(config)
 }
 
 /// An `rtc` failure as an [`SrtpError`].
