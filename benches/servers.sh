@@ -10,8 +10,13 @@ port="${PORT:-7990}"
 janus_port="${JANUS_PORT:-8188}"
 host_ip="${HOST_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)}"
 [[ -n "$host_ip" ]] || { echo "no IPv4 address on this machine besides loopback; set HOST_IP" >&2; exit 1; }
-cargo build --release --quiet
-bin=target/release/switchboard
+# SWITCHBOARD_BIN runs a given build (an earlier commit's, say) instead of building this tree.
+if [[ -n "${SWITCHBOARD_BIN:-}" ]]; then
+  bin=$SWITCHBOARD_BIN
+else
+  cargo build --release --quiet
+  bin=target/release/switchboard
+fi
 work=$(mktemp -d)
 pids=()
 stop_servers() {

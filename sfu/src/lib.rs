@@ -13,6 +13,7 @@ pub mod forwarder;
 pub mod ids;
 pub mod ingress;
 pub mod keyframe;
+mod mailbox;
 pub mod metrics;
 pub mod munger;
 pub mod packet_cache;
@@ -39,6 +40,7 @@ pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 pub use tap::{RoomTap, TapEvent, TappedRtp};
 
+use mailbox::Mailbox;
 use worker::{Command, Worker, WorkerSetup};
 
 /// Failures of the media plane, each mapped to a protocol error code by signaling.
@@ -154,7 +156,7 @@ struct Placement {
 
 /// The running media plane.
 pub struct Sfu {
-    workers: Vec<mpsc::UnboundedSender<Command>>,
+    workers: Vec<Mailbox>,
     addrs: Vec<SocketAddr>,
     placement: Arc<Mutex<Placement>>,
     next_tap: std::sync::atomic::AtomicU64,
@@ -169,7 +171,7 @@ impl Sfu {
         for index in 0..config.workers.max(1) {
             let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(index as u16) };
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::Bind { port, source })?;
             let announced = announced.clone();
             let forwarder = config.forwarder.clone();
             let metrics = metrics.clone();
@@ -178,21 +180,15 @@ impl Sfu {
             std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt,
+                    let socket = match socket::MediaSocket::bind(bind_ip, port, announced.clone()) {
+                        Ok(socket) => socket,
                         Err(source) => return drop(ready_tx.send(Err(SfuError::Bind { port, source }))),
                     };
-                    runtime.block_on(async move {
-                        let socket = match socket::MediaSocket::bind(bind_ip, port, announced.clone()) {
-                            Ok(socket) => socket,
-                            Err(source) => return drop(ready_tx.send(Err(SfuError::Bind { port, source }))),
-                        };
-                        let port = socket.local_addr().port();
-                        let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
-                        let _ = ready_tx.send(Ok(port));
-                        let peers = peer::PeerSettings { candidates, srtp_profiles };
-                        Worker::new(WorkerSetup { index, socket, peers, forwarder, metrics }).run(rx).await;
-                    });
+                    let port = socket.local_addr().port();
+                    let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
+                    let _ = ready_tx.send(Ok(port));
+                    let peers = peer::PeerSettings { candidates, srtp_profiles };
+                    Worker::new(WorkerSetup { index, socket, peers, forwarder, metrics }).run(inbox);
                 })
                 .map_err(|source| SfuError::Bind { port, source })?;
             let port = ready_rx.recv().map_err(|_| SfuError::WorkerGone)??;
@@ -264,7 +260,7 @@ impl Sfu {
 
 /// One participant's handle on the media plane; dropping it leaves the room's media.
 pub struct MediaSession {
-    worker: mpsc::UnboundedSender<Command>,
+    worker: Mailbox,
     participant: ParticipantId,
     _hold: RoomHold,
 }

@@ -1,16 +1,27 @@
 //! A worker's UDP socket, bound to all addresses, that tells which local address each
 //! datagram arrived on (IP_PKTINFO) so ICE sees the candidate the client actually used.
+//!
+//! The worker thread owns it without a runtime: [`MediaSocket::wait`] blocks in one `ppoll`
+//! on the socket and the worker's [`Inbox`] until either is ready or the deadline passes,
+//! and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
+//! one `recvmmsg`. A wake-up thus costs two system calls however many datagrams it brings.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use nix::errno::Errno;
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::socket::{recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::time::TimeSpec;
+
+use crate::mailbox::Inbox;
 
 /// Largest datagram read; larger ones are truncated by the kernel and rejected by SRTP/DTLS.
 const MAX_DATAGRAM: usize = 1500;
+/// Datagrams read by one `recvmmsg`.
+pub const RECV_BATCH: usize = 64;
 
 /// One received datagram.
 pub struct Datagram<'a> {
@@ -22,6 +33,23 @@ pub struct Datagram<'a> {
     pub local: SocketAddr,
 }
 
+/// Where a received datagram's bytes are, and whom it came from.
+#[derive(Clone, Copy)]
+struct Received {
+    len: usize,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// What woke the worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Readiness {
+    /// Datagrams are waiting on the socket.
+    pub datagrams: bool,
+    /// The inbox's bell rang.
+    pub commands: bool,
+}
+
 /// The worker's socket.
 pub struct MediaSocket {
     socket: UdpSocket,
@@ -29,23 +57,25 @@ pub struct MediaSocket {
     /// Candidate addresses; a datagram arriving on another address (behind a NAT that
     /// announces a public IP) is attributed to the first.
     candidates: Vec<Ipv4Addr>,
-    buf: Box<[u8; MAX_DATAGRAM]>,
-    cmsg: Vec<u8>,
+    buffers: Box<[[u8; MAX_DATAGRAM]; RECV_BATCH]>,
+    headers: MultiHeaders<SockaddrIn>,
+    received: Vec<Received>,
 }
 
 impl MediaSocket {
-    /// Binds `bind:port` (IPv4) inside the current tokio runtime.
+    /// Binds `bind:port` (IPv4), non-blocking.
     pub fn bind(bind: Ipv4Addr, port: u16, candidates: Vec<Ipv4Addr>) -> io::Result<Self> {
-        let std_socket = StdUdpSocket::bind(SocketAddrV4::new(bind, port))?;
-        std_socket.set_nonblocking(true)?;
-        setsockopt(&std_socket, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
-        let port = std_socket.local_addr()?.port();
+        let socket = UdpSocket::bind(SocketAddrV4::new(bind, port))?;
+        socket.set_nonblocking(true)?;
+        setsockopt(&socket, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+        let port = socket.local_addr()?.port();
         Ok(Self {
-            socket: UdpSocket::from_std(std_socket)?,
+            socket,
             port,
             candidates,
-            buf: Box::new([0; MAX_DATAGRAM]),
-            cmsg: nix::cmsg_space!(nix::libc::in_pktinfo),
+            buffers: Box::new([[0; MAX_DATAGRAM]; RECV_BATCH]),
+            headers: MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(nix::libc::in_pktinfo))),
+            received: Vec::with_capacity(RECV_BATCH),
         })
     }
 
@@ -54,46 +84,64 @@ impl MediaSocket {
         self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)))
     }
 
-    /// Waits until a datagram can be read.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.socket.readable().await
+    /// Blocks until datagrams wait, the inbox's bell rings, or `timeout` passes (then
+    /// neither is set). A signal interrupting the wait counts as a timeout.
+    pub fn wait(&self, inbox: &Inbox, timeout: Duration) -> io::Result<Readiness> {
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN), PollFd::new(inbox.as_fd(), PollFlags::POLLIN)];
+        match ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(Readiness::default()),
+            Err(err) => return Err(err.into()),
+        }
+        // An error condition on the socket (an ICMP error, say) is read out by recvmmsg.
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        Ok(Readiness { datagrams: ready(&fds[0]), commands: ready(&fds[1]) })
     }
 
-    /// Reads one datagram if one is waiting.
-    pub fn try_recv(&mut self) -> io::Result<Option<Datagram<'_>>> {
-        let fd = self.socket.as_raw_fd();
-        let buf = &mut self.buf[..];
-        let cmsg = &mut self.cmsg;
-        let received = self.socket.try_io(Interest::READABLE, || {
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(cmsg), MsgFlags::empty()).map_err(io::Error::from)?;
+    /// Reads every datagram waiting, up to [`RECV_BATCH`]; returns how many, each then
+    /// available through [`MediaSocket::datagram`] until the next call.
+    pub fn recv_batch(&mut self) -> io::Result<usize> {
+        self.received.clear();
+        let mut slices = self.buffers.each_mut().map(|buffer| [IoSliceMut::new(buffer)]);
+        let results = match recvmmsg(self.socket.as_raw_fd(), &mut self.headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+            Ok(results) => results,
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
+            Err(err) => return Err(err.into()),
+        };
+        for message in results {
+            // The index must stay aligned with the buffers: a datagram without a source
+            // address (never for UDP over IPv4) is kept as an empty one.
+            let peer = message.address.map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())));
             let mut local_ip = None;
-            if let Ok(cmsgs) = msg.cmsgs() {
+            if let Ok(cmsgs) = message.cmsgs() {
                 for c in cmsgs {
                     if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
                         local_ip = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
                     }
                 }
             }
-            let peer = msg.address.map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())));
-            Ok((msg.bytes, peer, local_ip))
-        });
-        let (len, peer, local_ip) = match received {
-            Ok(r) => r,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        let Some(peer) = peer else { return Ok(None) };
-        let local_ip = local_ip
-            .filter(|ip| self.candidates.contains(ip))
-            .or_else(|| self.candidates.first().copied())
-            .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        Ok(Some(Datagram { payload: &self.buf[..len], peer, local: SocketAddr::from((local_ip, self.port)) }))
+            let local_ip = local_ip
+                .filter(|ip| self.candidates.contains(ip))
+                .or_else(|| self.candidates.first().copied())
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+            let len = if peer.is_some() { message.bytes.min(MAX_DATAGRAM) } else { 0 };
+            let local = SocketAddr::from((local_ip, self.port));
+            self.received.push(Received { len, peer: peer.unwrap_or(unspecified), local });
+        }
+        Ok(self.received.len())
+    }
+
+    /// The `index`th datagram of the last [`MediaSocket::recv_batch`]; `None` past its end or
+    /// for a datagram without a source.
+    pub fn datagram(&self, index: usize) -> Option<Datagram<'_>> {
+        let received = self.received.get(index).filter(|r| r.len > 0)?;
+        Some(Datagram { payload: &self.buffers[index][..received.len], peer: received.peer, local: received.local })
     }
 
     /// Sends one datagram; a full socket buffer drops it (as the network would).
     pub fn send(&self, payload: &[u8], to: SocketAddr) {
-        if let Err(err) = self.socket.try_send_to(payload, to) {
+        if let Err(err) = self.socket.send_to(payload, to) {
             tracing::debug!(%to, %err, "media send dropped");
         }
     }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::mailbox::Mailbox;
 use crate::metrics::SfuMetrics;
 use crate::worker::Command;
 use crate::{RoomHold, RoomId, TrackId, TrackInfo};
@@ -145,7 +146,7 @@ impl Taps {
 pub struct RoomTap {
     pub(crate) id: u64,
     pub(crate) room: RoomId,
-    pub(crate) worker: mpsc::UnboundedSender<Command>,
+    pub(crate) worker: Mailbox,
     pub(crate) events: mpsc::UnboundedReceiver<TapEvent>,
     pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) _hold: RoomHold,

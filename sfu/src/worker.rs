@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 use crate::egress::Egress;
 use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind, Negotiated, Outgoing, RtxStream};
 use crate::ingress::{Ingress, Taken};
+use crate::mailbox::{Delivery, Inbox};
 use crate::metrics::SfuMetrics;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::round_trip;
@@ -192,8 +193,6 @@ pub(crate) struct Worker {
 
 /// How long a loop may sleep when no connection asks for a deadline.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
-/// Datagrams read per wakeup before outputs are flushed.
-const RECV_BATCH: usize = 64;
 
 impl Worker {
     pub(crate) fn new(setup: WorkerSetup) -> Self {
@@ -214,26 +213,45 @@ impl Worker {
         }
     }
 
-    /// Runs until every command sender is gone.
-    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// Runs on the calling thread until every [`crate::mailbox::Mailbox`] is gone.
+    pub(crate) fn run(mut self, inbox: Inbox) {
         info!(worker = self.index, addr = %self.socket.local_addr(), "media worker started");
         loop {
             let deadline = self.next_deadline();
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(command) => self.handle_command(command),
-                    None => break,
-                },
-                ready = self.socket.readable() => match ready {
-                    Ok(()) => self.receive_batch(),
-                    Err(err) => warn!(worker = self.index, %err, "media socket not readable"),
-                },
-                () = tokio::time::sleep_until(deadline.into()) => self.handle_timeouts(Instant::now()),
+            let ready = match self.socket.wait(&inbox, deadline.saturating_duration_since(Instant::now())) {
+                Ok(ready) => ready,
+                Err(err) => {
+                    warn!(worker = self.index, %err, "media worker cannot wait for its socket");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if ready.commands && !self.handle_commands(&inbox) {
+                break;
+            }
+            if ready.datagrams {
+                self.receive_batch();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.handle_timeouts(now);
             }
             self.flush();
             self.remove_poisoned(Instant::now());
         }
         info!(worker = self.index, "media worker stopped");
+    }
+
+    /// Handles every queued command; `false` once every mailbox is gone.
+    fn handle_commands(&mut self, inbox: &Inbox) -> bool {
+        inbox.silence();
+        loop {
+            match inbox.next() {
+                Delivery::Command(command) => self.handle_command(command),
+                Delivery::Empty => return true,
+                Delivery::Closed => return false,
+            }
+        }
     }
 
     fn next_deadline(&self) -> Instant {
@@ -281,16 +299,14 @@ impl Worker {
     }
 
     fn receive_batch(&mut self) {
+        let received = match self.socket.recv_batch() {
+            Ok(received) => received,
+            Err(err) => return warn!(worker = self.index, %err, "media socket receive failed"),
+        };
         let now = Instant::now();
-        for _ in 0..RECV_BATCH {
-            let (message, peer_addr, local_addr) = match self.socket.try_recv() {
-                Ok(Some(d)) => (BytesMut::from(d.payload), d.peer, d.local),
-                Ok(None) => break,
-                Err(err) => {
-                    warn!(worker = self.index, %err, "media socket receive failed");
-                    break;
-                }
-            };
+        for index in 0..received {
+            let Some(datagram) = self.socket.datagram(index) else { continue };
+            let (message, peer_addr, local_addr) = (BytesMut::from(datagram.payload), datagram.peer, datagram.local);
             let Some(key) = self.route(&message, peer_addr) else {
                 SfuMetrics::add(&self.metrics.unroutable_datagrams, 1);
                 continue;

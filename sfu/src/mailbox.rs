@@ -1,0 +1,100 @@
+//! Commands to a media worker: a queue, and an eventfd that wakes the worker's poll.
+//!
+//! The worker thread blocks in one `ppoll` on its UDP socket and this eventfd, so a command
+//! costs the sender one eventfd write and the worker nothing while none arrive. Every
+//! [`Mailbox`] rings the bell as it is dropped, after letting go of its queue end, so the
+//! worker sees the queue closed once the last one is gone.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::Arc;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::worker::Command;
+
+/// The sending end, held by signaling sessions and taps; cheap to clone.
+pub(crate) struct Mailbox {
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<Command>>,
+    bell: Arc<EventFd>,
+}
+
+/// The worker's end.
+pub(crate) struct Inbox {
+    queue: mpsc::Receiver<Command>,
+    bell: Arc<EventFd>,
+}
+
+/// The worker has stopped; the command was not delivered.
+#[derive(Debug)]
+pub(crate) struct WorkerStopped;
+
+/// A new mailbox and the inbox it delivers to.
+pub(crate) fn mailbox() -> io::Result<(Mailbox, Inbox)> {
+    let bell = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(io::Error::from)?);
+    let (tx, rx) = mpsc::channel();
+    Ok((Mailbox { queue: Some(tx), bell: bell.clone() }, Inbox { queue: rx, bell }))
+}
+
+impl Mailbox {
+    /// Queues a command and wakes the worker.
+    pub(crate) fn send(&self, command: Command) -> Result<(), WorkerStopped> {
+        self.queue.as_ref().ok_or(WorkerStopped)?.send(command).map_err(|_| WorkerStopped)?;
+        self.ring();
+        Ok(())
+    }
+
+    fn ring(&self) {
+        if let Err(err) = self.bell.write(1) {
+            tracing::warn!(%err, "media worker could not be woken");
+        }
+    }
+}
+
+impl Clone for Mailbox {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone(), bell: self.bell.clone() }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        self.ring();
+    }
+}
+
+/// What the inbox held when the worker looked.
+pub(crate) enum Delivery {
+    /// A command to handle.
+    Command(Command),
+    /// Nothing more for now.
+    Empty,
+    /// Every mailbox is gone: the worker should stop.
+    Closed,
+}
+
+impl Inbox {
+    /// Clears the bell; call once the poll said it rang, then [`Inbox::next`] until empty.
+    pub(crate) fn silence(&self) {
+        // A non-blocking read that finds the counter at zero (another read won) is fine.
+        let _ = self.bell.read();
+    }
+
+    /// The next queued command, if any.
+    pub(crate) fn next(&self) -> Delivery {
+        match self.queue.try_recv() {
+            Ok(command) => Delivery::Command(command),
+            Err(TryRecvError::Empty) => Delivery::Empty,
+            Err(TryRecvError::Disconnected) => Delivery::Closed,
+        }
+    }
+}
+
+impl AsFd for Inbox {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+}
