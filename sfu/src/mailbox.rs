@@ -98,3 +98,41 @@ impl AsFd for Inbox {
         self.bell.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::MediaSocket;
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    fn leave(name: &str) -> Command {
+        Command::Leave { participant: crate::ParticipantId::new(name) }
+    }
+
+    #[test]
+    fn a_command_wakes_the_wait_and_the_last_mailbox_closes_the_inbox() {
+        let socket = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
+        let (mailbox, inbox) = mailbox().expect("mailbox");
+        let idle = socket.wait(&inbox, Duration::from_millis(20)).expect("wait");
+        assert!(!idle.commands && !idle.datagrams, "nothing rang");
+
+        let second = mailbox.clone();
+        second.send(leave("a")).expect("sent");
+        let rang = socket.wait(&inbox, Duration::from_secs(5)).expect("wait");
+        assert!(rang.commands);
+        inbox.silence();
+        assert!(matches!(inbox.next(), Delivery::Command(Command::Leave { participant }) if participant.as_str() == "a"));
+        assert!(matches!(inbox.next(), Delivery::Empty));
+        let quiet = socket.wait(&inbox, Duration::from_millis(20)).expect("wait");
+        assert!(!quiet.commands, "the bell was silenced");
+
+        drop(second);
+        inbox.silence();
+        assert!(matches!(inbox.next(), Delivery::Empty), "one mailbox is left");
+        drop(mailbox);
+        let closing = socket.wait(&inbox, Duration::from_secs(5)).expect("wait");
+        assert!(closing.commands, "the last mailbox rang as it went");
+        assert!(matches!(inbox.next(), Delivery::Closed));
+    }
+}

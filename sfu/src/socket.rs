@@ -146,3 +146,35 @@ impl MediaSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn local(socket: &MediaSocket) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, socket.local_addr().port()))
+    }
+
+    #[test]
+    fn every_waiting_datagram_is_read_in_one_batch_with_its_source_and_local_address() {
+        let mut server = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
+        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+        for i in 0..3u8 {
+            client.send_to(&vec![i; 100 + usize::from(i)], local(&server)).expect("send");
+        }
+        let (_mailbox, inbox) = crate::mailbox::mailbox().expect("mailbox");
+        assert!(server.wait(&inbox, Duration::from_secs(5)).expect("wait").datagrams);
+        // Loopback delivers each datagram within its send, so all three wait by now.
+        assert_eq!(server.recv_batch().expect("recv"), 3);
+        let read: Vec<_> = (0..3).filter_map(|i| server.datagram(i)).map(|d| (d.payload.to_vec(), d.peer, d.local)).collect();
+        assert_eq!(read.len(), 3);
+        for (i, (payload, peer, at)) in read.into_iter().enumerate() {
+            assert_eq!(payload, vec![i as u8; 100 + i]);
+            assert_eq!(peer, client.local_addr().expect("addr"));
+            assert_eq!(at, local(&server));
+        }
+        assert_eq!(server.recv_batch().expect("recv"), 0, "nothing more waits");
+        assert!(server.datagram(0).is_none());
+    }
+}
