@@ -78,6 +78,14 @@ pub enum SfuError {
         /// Why.
         source: std::io::Error,
     },
+    /// A media worker's thread or its command queue's eventfd could not be created.
+    #[error("cannot start media worker {index}: {source}")]
+    WorkerStart {
+        /// The worker's index.
+        index: usize,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What a participant may do with media.
@@ -171,7 +179,7 @@ impl Sfu {
         for index in 0..config.workers.max(1) {
             let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(index as u16) };
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::Bind { port, source })?;
+            let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::WorkerStart { index, source })?;
             let announced = announced.clone();
             let forwarder = config.forwarder.clone();
             let metrics = metrics.clone();
@@ -190,7 +198,7 @@ impl Sfu {
                     let peers = peer::PeerSettings { candidates, srtp_profiles };
                     Worker::new(WorkerSetup { index, socket, peers, forwarder, metrics }).run(inbox);
                 })
-                .map_err(|source| SfuError::Bind { port, source })?;
+                .map_err(|source| SfuError::WorkerStart { index, source })?;
             let port = ready_rx.recv().map_err(|_| SfuError::WorkerGone)??;
             addrs.push(SocketAddr::from((config.bind_ip, port)));
             workers.push(tx);

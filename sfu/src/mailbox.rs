@@ -15,6 +15,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::worker::Command;
 
 /// The sending end, held by signaling sessions and taps; cheap to clone.
+#[derive(Clone)]
 pub(crate) struct Mailbox {
     /// `None` only while dropping.
     queue: Option<mpsc::Sender<Command>>,
@@ -50,12 +51,6 @@ impl Mailbox {
         if let Err(err) = self.bell.write(1) {
             tracing::warn!(%err, "media worker could not be woken");
         }
-    }
-}
-
-impl Clone for Mailbox {
-    fn clone(&self) -> Self {
-        Self { queue: self.queue.clone(), bell: self.bell.clone() }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::mailbox::Inbox;
 /// Largest datagram read; larger ones are truncated by the kernel and rejected by SRTP/DTLS.
 const MAX_DATAGRAM: usize = 1500;
 /// Datagrams read by one `recvmmsg`.
-pub const RECV_BATCH: usize = 64;
+const RECV_BATCH: usize = 64;
 
 /// One received datagram.
 pub struct Datagram<'a> {
@@ -33,11 +33,12 @@ pub struct Datagram<'a> {
     pub local: SocketAddr,
 }
 
-/// Where a received datagram's bytes are, and whom it came from.
+/// How long a received datagram is, and whom it came from (`None`: no source address, which
+/// UDP over IPv4 always has).
 #[derive(Clone, Copy)]
 struct Received {
     len: usize,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     local: SocketAddr,
 }
 
@@ -109,8 +110,7 @@ impl MediaSocket {
             Err(err) => return Err(err.into()),
         };
         for message in results {
-            // The index must stay aligned with the buffers: a datagram without a source
-            // address (never for UDP over IPv4) is kept as an empty one.
+            // One entry per message, so an index names its buffer.
             let peer = message.address.map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())));
             let mut local_ip = None;
             if let Ok(cmsgs) = message.cmsgs() {
@@ -124,10 +124,8 @@ impl MediaSocket {
                 .filter(|ip| self.candidates.contains(ip))
                 .or_else(|| self.candidates.first().copied())
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
-            let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-            let len = if peer.is_some() { message.bytes.min(MAX_DATAGRAM) } else { 0 };
             let local = SocketAddr::from((local_ip, self.port));
-            self.received.push(Received { len, peer: peer.unwrap_or(unspecified), local });
+            self.received.push(Received { len: message.bytes.min(MAX_DATAGRAM), peer, local });
         }
         Ok(self.received.len())
     }
@@ -135,8 +133,8 @@ impl MediaSocket {
     /// The `index`th datagram of the last [`MediaSocket::recv_batch`]; `None` past its end or
     /// for a datagram without a source.
     pub fn datagram(&self, index: usize) -> Option<Datagram<'_>> {
-        let received = self.received.get(index).filter(|r| r.len > 0)?;
-        Some(Datagram { payload: &self.buffers[index][..received.len], peer: received.peer, local: received.local })
+        let received = self.received.get(index)?;
+        Some(Datagram { payload: &self.buffers[index][..received.len], peer: received.peer?, local: received.local })
     }
 
     /// Sends one datagram; a full socket buffer drops it (as the network would).

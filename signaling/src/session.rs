@@ -304,9 +304,12 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
         SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
         SfuError::NotAllowed => ErrorCode::Forbidden,
         SfuError::NotNegotiated => ErrorCode::NegotiationState,
-        SfuError::UnknownParticipant | SfuError::AlreadyJoined | SfuError::WorkerGone | SfuError::Engine(_) | SfuError::Bind { .. } => {
-            ErrorCode::Internal
-        }
+        SfuError::UnknownParticipant
+        | SfuError::AlreadyJoined
+        | SfuError::WorkerGone
+        | SfuError::Engine(_)
+        | SfuError::Bind { .. }
+        | SfuError::WorkerStart { .. } => ErrorCode::Internal,
     }
 }
 
