@@ -16,6 +16,7 @@ pub mod keyframe;
 mod mailbox;
 pub mod metrics;
 pub mod munger;
+mod outbox;
 pub mod packet_cache;
 pub mod peer;
 mod round_trip;

@@ -5,18 +5,21 @@
 //! on the socket and the worker's [`Inbox`] until either is ready or the deadline passes,
 //! and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
 //! one `recvmmsg`. A wake-up thus costs two system calls however many datagrams it brings.
+//! [`MediaSocket::send_trains`] sends an [`Outbox`]'s trains, each with one UDP GSO
+//! `sendmsg`; a kernel or route that refuses GSO gets its datagrams one by one from then on.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{ppoll, PollFd, PollFlags};
-use nix::sys::socket::{recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::socket::{recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn};
 use nix::sys::time::TimeSpec;
 
 use crate::mailbox::Inbox;
+use crate::outbox::{Outbox, Train, MAX_SEGMENTS};
 
 /// Largest datagram read; larger ones are truncated by the kernel and rejected by SRTP/DTLS.
 const MAX_DATAGRAM: usize = 1500;
@@ -61,6 +64,8 @@ pub struct MediaSocket {
     buffers: Box<[[u8; MAX_DATAGRAM]; RECV_BATCH]>,
     headers: MultiHeaders<SockaddrIn>,
     received: Vec<Received>,
+    /// Trains go out as one GSO send each; cleared when the kernel refuses one.
+    gso: bool,
 }
 
 impl MediaSocket {
@@ -77,6 +82,7 @@ impl MediaSocket {
             buffers: Box::new([[0; MAX_DATAGRAM]; RECV_BATCH]),
             headers: MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(nix::libc::in_pktinfo))),
             received: Vec::with_capacity(RECV_BATCH),
+            gso: true,
         })
     }
 
@@ -143,6 +149,37 @@ impl MediaSocket {
             tracing::debug!(%to, %err, "media send dropped");
         }
     }
+
+    /// Sends every train of `outbox`: one datagram as itself, more as one GSO send.
+    pub fn send_trains(&mut self, outbox: &Outbox) {
+        for train in outbox.trains() {
+            if train.len() == 1 || !self.gso || !self.send_segmented(&train) {
+                train.datagrams().for_each(|datagram| self.send(datagram, train.to()));
+            }
+        }
+    }
+
+    /// One GSO send of `train`; `false` (and no GSO from then on) if the kernel refuses it
+    /// for a reason other than a full buffer, which drops it as the network would.
+    fn send_segmented(&mut self, train: &Train<'_>) -> bool {
+        let SocketAddr::V4(to) = train.to() else { return false };
+        let Ok(segment) = u16::try_from(train.segment()) else { return false };
+        let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
+        let count = slices.iter_mut().zip(train.datagrams()).map(|(slice, datagram)| *slice = IoSlice::new(datagram)).count();
+        let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+        match sendmsg(self.socket.as_raw_fd(), &slices[..count], &cmsg, MsgFlags::MSG_DONTWAIT, Some(&SockaddrIn::from(to))) {
+            Ok(_) => true,
+            Err(err @ (Errno::EAGAIN | Errno::ENOBUFS)) => {
+                tracing::debug!(%to, %err, datagrams = count, "media send dropped");
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%to, %err, "UDP GSO refused; sending datagrams one by one from now on");
+                self.gso = false;
+                false
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,5 +211,37 @@ mod tests {
         }
         assert_eq!(server.recv_batch().expect("recv"), 0, "nothing more waits");
         assert!(server.datagram(0).is_none());
+    }
+
+    #[test]
+    fn each_train_arrives_as_the_datagrams_it_was_made_of() {
+        let mut server = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
+        let clients = [UdpSocket::bind("127.0.0.1:0").expect("client"), UdpSocket::bind("127.0.0.1:0").expect("client")];
+        let mut outbox = Outbox::default();
+        let mut sent = [Vec::new(), Vec::new()];
+        // A keyframe's burst to each client (a shorter last packet), then an audio packet.
+        for i in 0..9u8 {
+            for (client, sent) in clients.iter().zip(&mut sent) {
+                let datagram = vec![i; if i == 8 { 700 } else { 1200 }];
+                outbox.push(&datagram, client.local_addr().expect("addr"));
+                sent.push(datagram);
+            }
+        }
+        for (client, sent) in clients.iter().zip(&mut sent) {
+            outbox.push(&[0xfc; 90], client.local_addr().expect("addr"));
+            sent.push(vec![0xfc; 90]);
+        }
+        assert_eq!(outbox.trains().count(), 4, "one train per client and burst, one per audio packet");
+        server.send_trains(&outbox);
+        assert!(server.gso, "the kernel took every train as one GSO send");
+        for (client, sent) in clients.iter().zip(sent) {
+            client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut buffer = [0; 2000];
+            for expected in sent {
+                let (len, from) = client.recv_from(&mut buffer).expect("a datagram of the train");
+                assert_eq!(&buffer[..len], &expected[..]);
+                assert_eq!(from, local(&server));
+            }
+        }
     }
 }

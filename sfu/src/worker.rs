@@ -40,6 +40,7 @@ use crate::forwarder::{Forwarder, ForwarderSettings, KeyframeRequest, MediaKind,
 use crate::ingress::{Ingress, Taken};
 use crate::mailbox::{Delivery, Inbox};
 use crate::metrics::SfuMetrics;
+use crate::outbox::Outbox;
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::round_trip;
 use crate::socket::MediaSocket;
@@ -186,6 +187,8 @@ pub(crate) struct Worker {
     /// Peers with input since they were last drained.
     dirty: HashSet<PeerKey>,
     outgoing: Vec<Outgoing>,
+    /// Protected datagrams held until the batch is handled, then sent in trains.
+    outbox: Outbox,
     /// Participants whose connection panicked inside the engine since the last flush.
     poisoned: Vec<ParticipantId>,
     taps: Taps,
@@ -208,6 +211,7 @@ impl Worker {
             forwarder: Forwarder::new(setup.forwarder),
             dirty: HashSet::new(),
             outgoing: Vec::new(),
+            outbox: Outbox::default(),
             poisoned: Vec::new(),
             taps: Taps::default(),
         }
@@ -237,6 +241,7 @@ impl Worker {
                 self.handle_timeouts(now);
             }
             self.flush();
+            self.send_outbox();
             self.remove_poisoned(Instant::now());
         }
         info!(worker = self.index, "media worker stopped");
@@ -533,9 +538,13 @@ impl Worker {
         self.outgoing = outgoing;
     }
 
-    /// Protects rewritten packets for their subscribers and sends them.
+    /// Protects rewritten packets for their subscribers and queues them in the outbox, sent
+    /// when the batch is handled or the outbox is full.
     fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>) {
         for out in outgoing.drain(..) {
+            if self.outbox.is_full() {
+                self.send_outbox();
+            }
             let Some(subscriber) = self.participants.get_mut(&out.subscriber) else { continue };
             if !subscriber.subscriptions.contains_key(&out.track) {
                 continue;
@@ -543,7 +552,7 @@ impl Worker {
             let Some(egress) = subscriber.subscriber.as_mut().and_then(|peer| peer.egress.as_mut()) else { continue };
             match egress.protect(now, &out.packet) {
                 Ok((datagram, to)) => {
-                    self.socket.send(datagram, to);
+                    self.outbox.push(datagram, to);
                     if out.rtx {
                         SfuMetrics::add(&self.metrics.rtx_packets, 1);
                     }
@@ -552,6 +561,14 @@ impl Worker {
                 }
                 Err(err) => debug!(subscriber = %out.subscriber, track = %out.track, %err, "forward failed"),
             }
+        }
+    }
+
+    /// Sends the datagrams the outbox holds.
+    fn send_outbox(&mut self) {
+        if !self.outbox.is_empty() {
+            self.socket.send_trains(&self.outbox);
+            self.outbox.clear();
         }
     }
 
