@@ -4,13 +4,15 @@
 # its own ICE, DTLS and SRTP) runs out of CPU long before a server does, so each server is put
 # in a cgroup of its own with a CFS quota of $CORES cores (0.25 by default): a smaller machine
 # for the server, the same for both. The meeting scenario (rooms of 4) then grows until the
-# clients lose packets; the delay target is read at the largest load at most half of that.
+# clients lose packets or some cannot connect; the delay target is read at the largest load at
+# most half of that.
 #
 #   benches/capacity.sh                          # CORES=0.25, rooms 1 2 3 4 5 6 7 8 10 12
 #   CORES=0.5 ROOMS="2 4 6 8 10 12 14" benches/capacity.sh
 #
 # Needs root (it writes the cgroup). Table: $OUT/capacity.tsv (server, rooms, egress packets/s,
-# server CPU in cores, loss %, delay p50 and p99 in µs); summary: $OUT/capacity.md.
+# server CPU in cores, loss %, delay p50 and p99 in µs, clients that never connected); summary:
+# $OUT/capacity.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-target/capacity}"
@@ -59,8 +61,8 @@ for target in switchboard janus; do
     load "$target" --scenario meeting --rooms "$rooms" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
     row=$(meeting_row "$report" "$target" "$rooms")
     echo "$row" | tee -a "$table"
-    # Past the first load with loss, more rooms only lose more.
-    awk -F'\t' -v limit="$loss_pct" '{ exit !($5 >= limit) }' <<<"$row" && break
+    # Past the first load with loss (or clients that never connected), more rooms only lose more.
+    awk -F'\t' -v limit="$loss_pct" '{ exit !($5 >= limit || $8 > 0) }' <<<"$row" && break
   done
 done
 
@@ -72,7 +74,7 @@ print(f"| server ({cores} cores) | loss starts at | half that load | egress pack
 print("| --- | --- | --- | --- | --- |")
 for server in ("switchboard", "janus"):
     own = [r for r in rows if r["server"] == server]
-    lossy = [r for r in own if float(r["loss_pct"]) >= threshold]
+    lossy = [r for r in own if float(r["loss_pct"]) >= threshold or int(r["not_connected"]) > 0]
     if not lossy:
         print(f"| {server} | no loss up to {own[-1]['rooms']} rooms | – | – | – |")
         continue
@@ -82,6 +84,7 @@ for server in ("switchboard", "janus"):
         print(f"| {server} | {start} rooms | – | – | – |")
         continue
     h = half[-1]
-    print(f"| {server} | {start} rooms ({lossy[0]['egress_pps']} packets/s, {lossy[0]['loss_pct']} % lost) | {h['rooms']} rooms "
+    failed = f", {lossy[0]['not_connected']} clients never connected" if int(lossy[0]["not_connected"]) else ""
+    print(f"| {server} | {start} rooms ({lossy[0]['egress_pps']} packets/s, {lossy[0]['loss_pct']} % lost{failed}) | {h['rooms']} rooms "
           f"| {h['egress_pps']} | {int(h['delay_p50_us']) / 1000:.2f} / {int(h['delay_p99_us']) / 1000:.2f} ms |")
 PY

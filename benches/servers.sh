@@ -74,7 +74,7 @@ load() {
 
 # The meeting table's columns, for sweep.sh and capacity.sh: a header, then one row per report.
 meeting_header() {
-  printf 'server\trooms\tegress_pps\tcpu_cores\tloss_pct\tdelay_p50_us\tdelay_p99_us\n'
+  printf 'server\trooms\tegress_pps\tcpu_cores\tloss_pct\tdelay_p50_us\tdelay_p99_us\tnot_connected\n'
 }
 meeting_row() { # report.json server rooms
   python3 - "$@" <<'PY'
@@ -82,6 +82,6 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 pps = r["window_packets_received"] / r["window_seconds"]
 d = r["delay_us"]
-print(f'{sys.argv[2]}\t{sys.argv[3]}\t{pps:.0f}\t{r["server_cpu_share"]:.3f}\t{r["loss"] * 100:.3f}\t{d["p50"]}\t{d["p99"]}')
+print(f'{sys.argv[2]}\t{sys.argv[3]}\t{pps:.0f}\t{r["server_cpu_share"]:.3f}\t{r["loss"] * 100:.3f}\t{d["p50"]}\t{d["p99"]}\t{r["clients"] - r["connected"]}')
 PY
 }

@@ -25,6 +25,11 @@ use crate::outbox::{Outbox, Train, MAX_SEGMENTS};
 const MAX_DATAGRAM: usize = 1500;
 /// Datagrams read by one `recvmmsg`.
 const RECV_BATCH: usize = 64;
+/// The receive buffer asked for: what arrives while the worker cannot run (a CPU quota's
+/// throttled period, a burst of DTLS handshakes) waits here instead of being dropped. The
+/// kernel's default (208 KiB, some 90 full-sized datagrams) overflowed within one throttled
+/// period at a few thousand packets per second, losing media and handshake flights.
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// One received datagram.
 pub struct Datagram<'a> {
@@ -74,6 +79,7 @@ impl MediaSocket {
         let socket = UdpSocket::bind(SocketAddrV4::new(bind, port))?;
         socket.set_nonblocking(true)?;
         setsockopt(&socket, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+        enlarge_receive_buffer(&socket);
         let port = socket.local_addr()?.port();
         Ok(Self {
             socket,
@@ -182,6 +188,24 @@ impl MediaSocket {
     }
 }
 
+/// Asks for [`RECEIVE_BUFFER`]: within `net.core.rmem_max`, or past it where the process may
+/// (CAP_NET_ADMIN); a smaller buffer is kept with a warning naming the sysctl.
+fn enlarge_receive_buffer(socket: &UdpSocket) {
+    // The kernel reports twice the size asked for (the other half is its bookkeeping).
+    let granted = || nix::sys::socket::getsockopt(socket, sockopt::RcvBuf).unwrap_or(0) / 2;
+    if setsockopt(socket, sockopt::RcvBuf, &RECEIVE_BUFFER).is_ok() && granted() >= RECEIVE_BUFFER {
+        return;
+    }
+    if setsockopt(socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_ok() && granted() >= RECEIVE_BUFFER {
+        return;
+    }
+    tracing::warn!(
+        granted = granted(),
+        wanted = RECEIVE_BUFFER,
+        "media socket receive buffer is smaller than wanted; raise net.core.rmem_max to avoid drops in bursts"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +235,15 @@ mod tests {
         }
         assert_eq!(server.recv_batch().expect("recv"), 0, "nothing more waits");
         assert!(server.datagram(0).is_none());
+    }
+
+    #[test]
+    fn the_receive_buffer_holds_a_burst_of_full_sized_datagrams() {
+        let server = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
+        let granted = nix::sys::socket::getsockopt(&server.socket, sockopt::RcvBuf).expect("SO_RCVBUF") / 2;
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").expect("rmem_max").trim().parse().expect("number");
+        // As root (CI) the buffer is forced past rmem_max; otherwise rmem_max bounds it.
+        assert!(granted >= RECEIVE_BUFFER.min(rmem_max), "granted {granted}, rmem_max {rmem_max}");
     }
 
     #[test]

@@ -731,6 +731,8 @@ impl Worker {
             let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
             match negotiated(&mut sender, &subscription.codec) {
                 Some(negotiated) => ready.push((track.clone(), negotiated)),
+                // A track subscribed after the answered offer went out is in the next one.
+                None if again => debug!(participant = %id, %track, "track waits for the next offer"),
                 None => warn!(participant = %id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec"),
             }
         }
