@@ -28,7 +28,7 @@ fn table(subscribers: usize) -> (Forwarder, TrackId) {
     forwarder.add_track(track.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
     for i in 0..subscribers {
         let subscriber = ParticipantId::new(format!("sub{i}"));
-        forwarder.subscribe(now, &track, subscriber.clone(), 10_000 + i as u32);
+        forwarder.subscribe(&track, subscriber.clone(), 10_000 + i as u32);
         forwarder.set_negotiated(now, &track, &subscriber, Negotiated { payload_type: 96, rtx: None });
     }
     (forwarder, track)

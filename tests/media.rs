@@ -371,8 +371,12 @@ async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
     let received = receive_streams(&mut carol_rtc, [sender]).await;
     assert_identical_run(&received, "noisy-cam", SENT, "video/VP8");
     assert!(server.metric("switchboard_rtp_packets_in_total").await >= f64::from(SENT));
-    // The spray did reach Alice's connection: none of it was dropped as unroutable.
-    assert_eq!(server.metric("switchboard_unroutable_datagrams_total").await, 0.0);
+    // Without the password the attacker's check bound nothing, so the spray was dropped
+    // before any connection read it, and not a byte went back to the attacker.
+    assert_eq!(server.metric("switchboard_forged_ice_checks_total").await, 1.0);
+    assert_eq!(server.metric("switchboard_unroutable_datagrams_total").await, 3000.0);
+    let mut buffer = [0u8; 1500];
+    assert!(tokio::time::timeout(Duration::from_millis(300), attacker.recv_from(&mut buffer)).await.is_err(), "the attacker heard nothing");
 }
 
 /// The load generator against a server: every client connects, the media sent reaches the

@@ -13,6 +13,7 @@ use crate::ids::{ParticipantId, TrackId};
 use crate::keyframe::KeyframeRequester;
 use crate::munger::RtpMunger;
 use crate::packet_cache::PacketCache;
+use crate::retransmit::{BitrateMeter, RetransmitBudget, MAX_PACKETS_PER_NACK};
 
 /// Whether a track carries audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,8 @@ struct DownTrack {
     munger: RtpMunger,
     /// The subscriber's round-trip time from its receiver reports (zero until one came).
     round_trip: Duration,
+    /// What it may still have retransmitted.
+    budget: RetransmitBudget,
 }
 
 /// A published track with its subscribers.
@@ -95,6 +98,10 @@ struct UpTrack {
     source_ssrc: Option<u32>,
     cache: Option<PacketCache>,
     keyframes: KeyframeRequester,
+    /// What the publisher sends, which bounds what a subscriber may have retransmitted.
+    bitrate: BitrateMeter,
+    /// Muted by its publisher or an admin: its packets go nowhere.
+    muted: bool,
     downtracks: Vec<DownTrack>,
 }
 
@@ -148,6 +155,8 @@ impl Forwarder {
                 source_ssrc: None,
                 cache,
                 keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
+                bitrate: BitrateMeter::default(),
+                muted: false,
                 downtracks: Vec::new(),
             },
         );
@@ -168,10 +177,9 @@ impl Forwarder {
         self.tracks.values().map(|t| t.downtracks.len()).sum()
     }
 
-    /// Subscribes `subscriber` to `track`, sending with `ssrc`. Returns a keyframe request
-    /// for video so the new subscriber can start decoding at once.
-    pub fn subscribe(&mut self, now: Instant, track: &TrackId, subscriber: ParticipantId, ssrc: u32) -> Option<KeyframeRequest> {
-        let up = self.tracks.get_mut(track)?;
+    /// Subscribes `subscriber` to `track`, sending with `ssrc` once it has negotiated.
+    pub fn subscribe(&mut self, track: &TrackId, subscriber: ParticipantId, ssrc: u32) {
+        let Some(up) = self.tracks.get_mut(track) else { return };
         up.downtracks.retain(|d| d.subscriber != subscriber);
         up.downtracks.push(DownTrack {
             subscriber,
@@ -180,12 +188,13 @@ impl Forwarder {
             rtx_sequence: 0,
             munger: RtpMunger::new(up.clock_rate),
             round_trip: Duration::ZERO,
+            budget: RetransmitBudget::default(),
         });
-        self.keyframe_request(now, track)
     }
 
     /// Records what the subscriber negotiated for this track; forwarding to it starts now.
-    /// Returns a keyframe request for video.
+    /// Returns a keyframe request for video, so the new subscriber can start decoding at
+    /// once (throttled, and then deferred, with the other subscribers' requests).
     pub fn set_negotiated(
         &mut self,
         now: Instant,
@@ -243,12 +252,32 @@ impl Forwarder {
         removed
     }
 
-    /// Fans one packet of a published track out to its subscribers, appending to `out`.
-    /// Header extensions are stripped: their ids are negotiated per connection.
+    /// Mutes or unmutes a track: a muted track's packets are dropped here. Returns the
+    /// keyframe request that lets its subscribers resume at once on unmute.
+    pub fn set_muted(&mut self, now: Instant, track: &TrackId, muted: bool) -> Option<KeyframeRequest> {
+        let up = self.tracks.get_mut(track)?;
+        let unmuted = up.muted && !muted;
+        up.muted = muted;
+        if unmuted {
+            self.keyframe_request(now, track)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a track is muted (an unknown one is not).
+    pub fn is_muted(&self, track: &TrackId) -> bool {
+        self.tracks.get(track).is_some_and(|up| up.muted)
+    }
+
+    /// Fans one packet of a published track out to its subscribers, appending to `out`;
+    /// nothing for a muted track. Header extensions are stripped: their ids are negotiated
+    /// per connection.
     pub fn forward(&mut self, now: Instant, track: &TrackId, mut packet: rtp::Packet, out: &mut Vec<Outgoing>) {
-        let Some(up) = self.tracks.get_mut(track) else { return };
+        let Some(up) = self.tracks.get_mut(track).filter(|up| !up.muted) else { return };
         strip_extensions(&mut packet.header);
         up.source_ssrc = Some(packet.header.ssrc);
+        up.bitrate.add(now, packet_size(&packet));
         if let Some(cache) = up.cache.as_mut() {
             cache.insert(now, &packet);
         }
@@ -260,8 +289,9 @@ impl Forwarder {
     }
 
     /// Answers a subscriber's NACK for the given outgoing sequence numbers from the cache,
-    /// on the RTX stream when one was negotiated. Returns how many packets were found and
-    /// appended to `out`.
+    /// on the RTX stream when one was negotiated: each packet once, at most
+    /// [`MAX_PACKETS_PER_NACK`] of them, and only while the subscription's retransmission
+    /// budget lasts. Returns how many packets were found and appended to `out`.
     pub fn on_nack(
         &mut self,
         now: Instant,
@@ -273,10 +303,23 @@ impl Forwarder {
         let Some(up) = self.tracks.get_mut(track) else { return 0 };
         let Some(cache) = up.cache.as_ref() else { return 0 };
         let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { return 0 };
-        let mut found = 0;
+        let track_rate = up.bitrate.bytes_per_second();
+        let mut asked: Vec<u16> = Vec::new();
         for out_seq in lost {
+            if asked.len() == MAX_PACKETS_PER_NACK {
+                break;
+            }
+            if !asked.contains(&out_seq) {
+                asked.push(out_seq);
+            }
+        }
+        let mut found = 0;
+        for out_seq in asked {
             let Some((ssrc, seq)) = down.munger.source_sequence(out_seq) else { continue };
             let Some(cached) = cache.get(ssrc, seq) else { continue };
+            if !down.budget.spend(now, packet_size(cached), track_rate) {
+                break;
+            }
             let Some(rewritten) = rewrite(now, down, cached) else { continue };
             let rtx = down.negotiated.and_then(|n| n.rtx);
             let packet = match rtx {
@@ -294,7 +337,9 @@ impl Forwarder {
     }
 
     /// A subscriber asked for a keyframe (PLI/FIR): returns the request to relay to the
-    /// publisher, or `None` while throttled or before the publisher sent anything.
+    /// publisher, or `None` while throttled (the request is deferred to the end of the
+    /// interval, see [`Forwarder::due_keyframe_requests`]) or before the publisher sent
+    /// anything.
     pub fn keyframe_request(&mut self, now: Instant, track: &TrackId) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
         if up.kind != MediaKind::Video {
@@ -303,6 +348,27 @@ impl Forwarder {
         let media_ssrc = up.source_ssrc?;
         up.keyframes.should_request(now).then(|| KeyframeRequest { publisher: up.publisher.clone(), track: track.clone(), media_ssrc })
     }
+
+    /// When the next deferred keyframe request may go out.
+    pub fn keyframe_deadline(&self) -> Option<Instant> {
+        self.tracks.values().filter_map(|up| up.keyframes.deferred_until()).min()
+    }
+
+    /// Appends to `out` the deferred keyframe requests due at `now`.
+    pub fn due_keyframe_requests(&mut self, now: Instant, out: &mut Vec<KeyframeRequest>) {
+        let due: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, up)| up.keyframes.deferred_until().is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.extend(due.iter().filter_map(|track| self.keyframe_request(now, track)));
+    }
+}
+
+/// The bytes a packet takes on the wire, before SRTP: its fixed header and payload.
+fn packet_size(packet: &rtp::Packet) -> usize {
+    12 + packet.payload.len()
 }
 
 fn strip_extensions(header: &mut rtp::header::Header) {

@@ -2,7 +2,9 @@
 //!
 //! Every subscriber that joins, loses packets or switches source asks for a keyframe; a
 //! publisher must not be flooded with them, since each keyframe costs it a burst of bitrate.
-//! Requests inside the interval after one that was sent are merged into it.
+//! A request inside the interval after one that was sent is not dropped but deferred: one
+//! request goes out when the interval ends, for all that came meanwhile, since a keyframe
+//! already on its way may have left before the later subscribers could decode it.
 
 use std::time::{Duration, Instant};
 
@@ -11,23 +13,35 @@ use std::time::{Duration, Instant};
 pub struct KeyframeRequester {
     interval: Duration,
     last_sent: Option<Instant>,
+    /// A request came while throttled.
+    deferred: bool,
 }
 
 impl KeyframeRequester {
     /// A requester that forwards at most one request per `interval`.
     pub fn new(interval: Duration) -> Self {
-        Self { interval, last_sent: None }
+        Self { interval, last_sent: None, deferred: false }
     }
 
-    /// Whether a request arriving at `now` should be sent to the publisher.
+    /// Whether a request arriving at `now` should be sent to the publisher now; if not, it
+    /// is deferred to [`KeyframeRequester::deferred_until`].
     pub fn should_request(&mut self, now: Instant) -> bool {
         match self.last_sent {
-            Some(at) if now.saturating_duration_since(at) < self.interval => false,
+            Some(at) if now.saturating_duration_since(at) < self.interval => {
+                self.deferred = true;
+                false
+            }
             _ => {
                 self.last_sent = Some(now);
+                self.deferred = false;
                 true
             }
         }
+    }
+
+    /// When a deferred request may go out.
+    pub fn deferred_until(&self) -> Option<Instant> {
+        self.last_sent.filter(|_| self.deferred).map(|at| at + self.interval)
     }
 }
 
@@ -36,12 +50,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_request_per_interval() {
+    fn one_request_per_interval_and_the_throttled_ones_later() {
         let t0 = Instant::now();
         let mut k = KeyframeRequester::new(Duration::from_millis(500));
         assert!(k.should_request(t0));
+        assert_eq!(k.deferred_until(), None);
         assert!(!k.should_request(t0 + Duration::from_millis(10)));
         assert!(!k.should_request(t0 + Duration::from_millis(499)));
+        assert_eq!(k.deferred_until(), Some(t0 + Duration::from_millis(500)), "one request waits for the interval");
         assert!(k.should_request(t0 + Duration::from_millis(500)));
+        assert_eq!(k.deferred_until(), None, "sending it clears the deferred one");
     }
 }

@@ -8,6 +8,7 @@
 
 mod codec;
 pub mod egress;
+mod engine;
 mod feedback_tap;
 pub mod forwarder;
 pub mod ids;
@@ -19,6 +20,7 @@ pub mod munger;
 mod outbox;
 pub mod packet_cache;
 pub mod peer;
+pub mod retransmit;
 mod round_trip;
 mod socket;
 pub mod srtp;
@@ -28,6 +30,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,10 +42,11 @@ pub use ids::{ParticipantId, RoomId, TrackId};
 pub use metrics::SfuMetrics;
 pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
-pub use tap::{RoomTap, TapEvent, TappedRtp};
+pub use tap::{TapEvent, TappedRtp};
 
+use engine::{Command, EngineSettings};
 use mailbox::Mailbox;
-use worker::{Command, Worker, WorkerSetup};
+use worker::WorkerSetup;
 
 /// Failures of the media plane, each mapped to a protocol error code by signaling.
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +200,8 @@ impl Sfu {
                     let port = socket.local_addr().port();
                     let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
                     let _ = ready_tx.send(Ok(port));
-                    let peers = peer::PeerSettings { candidates, srtp_profiles };
-                    Worker::new(WorkerSetup { index, socket, peers, forwarder, metrics }).run(inbox);
+                    let engine = EngineSettings { peers: peer::PeerSettings { candidates, srtp_profiles }, forwarder };
+                    worker::run(WorkerSetup { index, socket, engine, metrics }, inbox);
                 })
                 .map_err(|source| SfuError::WorkerStart { index, source })?;
             let port = ready_rx.recv().map_err(|_| SfuError::WorkerGone)??;
@@ -237,7 +241,7 @@ impl Sfu {
         let hold = self.hold(&room);
         let worker = self.workers[hold.worker].clone();
         let (sink, events) = mpsc::unbounded_channel();
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let id = self.next_tap.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         let command = Command::AttachTap { room: room.clone(), id, sink, queued: queued.clone(), capacity, reply };
@@ -303,6 +307,13 @@ impl MediaSession {
         self.request(Command::RemoteCandidate { participant: self.participant.clone(), role, candidate, reply }, rx).await
     }
 
+    /// Mutes or unmutes one of the participant's published tracks: a muted track's media is
+    /// dropped at the forwarder (subscribers and recorders get none); unmuting asks the
+    /// participant for a keyframe so its subscribers resume at once.
+    pub fn set_muted(&self, track: TrackId, muted: bool) {
+        let _ = self.worker.send(Command::SetMuted { participant: self.participant.clone(), track, muted });
+    }
+
     async fn request<T>(&self, command: Command, rx: oneshot::Receiver<Result<T, SfuError>>) -> Result<T, SfuError> {
         self.worker.send(command).map_err(|_| SfuError::WorkerGone)?;
         match tokio::time::timeout(WORKER_REPLY_TIMEOUT, rx).await {
@@ -315,6 +326,38 @@ impl MediaSession {
 impl Drop for MediaSession {
     fn drop(&mut self) {
         let _ = self.worker.send(Command::Leave { participant: self.participant.clone() });
+    }
+}
+
+/// A tap's end: the room's media as [`TapEvent`]s. Dropping it detaches the tap.
+pub struct RoomTap {
+    id: u64,
+    room: RoomId,
+    worker: Mailbox,
+    events: mpsc::UnboundedReceiver<TapEvent>,
+    queued: Arc<AtomicUsize>,
+    _hold: RoomHold,
+}
+
+impl RoomTap {
+    /// The next event; `None` once the media plane is gone.
+    pub async fn recv(&mut self) -> Option<TapEvent> {
+        let event = self.events.recv().await?;
+        if matches!(event, TapEvent::Rtp { .. }) {
+            self.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(event)
+    }
+
+    /// Asks the track's publisher for a keyframe (throttled like subscribers' requests).
+    pub fn request_keyframe(&self, track: &TrackId) {
+        let _ = self.worker.send(Command::TapKeyframeRequest { track: track.clone() });
+    }
+}
+
+impl Drop for RoomTap {
+    fn drop(&mut self) {
+        let _ = self.worker.send(Command::DetachTap { room: self.room.clone(), tap: self.id });
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::worker::Command;
+use crate::engine::Command;
 
 /// The sending end, held by signaling sessions and taps; cheap to clone.
 #[derive(Clone)]

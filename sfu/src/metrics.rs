@@ -31,6 +31,10 @@ pub struct SfuMetrics {
     pub plis_sent: AtomicU64,
     /// Datagrams dropped because no connection claimed their source.
     pub unroutable_datagrams: AtomicU64,
+    /// Connectivity checks that named a connection but failed MESSAGE-INTEGRITY.
+    pub forged_checks: AtomicU64,
+    /// Media engines replaced after a panic escaped their isolation.
+    pub engine_restarts: AtomicU64,
     /// Publishers' SRTP packets refused: failed authentication, replays, malformed.
     pub srtp_refused: AtomicU64,
     /// Missing packets NACKed to publishers.
@@ -78,6 +82,8 @@ impl SfuMetrics {
             ("switchboard_keyframe_requests_total", "PLI/FIR received from subscribers.", &self.keyframe_requests),
             ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling.", &self.plis_sent),
             ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed.", &self.unroutable_datagrams),
+            ("switchboard_forged_ice_checks_total", "Connectivity checks refused for failing MESSAGE-INTEGRITY.", &self.forged_checks),
+            ("switchboard_media_engine_restarts_total", "Media engines replaced after a panic.", &self.engine_restarts),
             ("switchboard_srtp_refused_total", "Publishers' SRTP packets refused (authentication, replay, malformed).", &self.srtp_refused),
             ("switchboard_publisher_nacks_total", "Missing packets NACKed to publishers.", &self.publisher_nacks),
             ("switchboard_tap_packets_total", "Packets handed to taps (recorders).", &self.tap_packets),

@@ -43,6 +43,8 @@ pub struct NewPeer {
     pub pc: RTCPeerConnection,
     /// The local ICE ufrag: the first half of the STUN USERNAME the client sends.
     pub ufrag: String,
+    /// The local ICE password, the key of the client's checks' MESSAGE-INTEGRITY.
+    pub password: String,
     /// The connection's crypto provider, which sees its SRTP keys (see [`crate::srtp`]).
     pub keys: Arc<KeyCapture>,
 }
@@ -81,12 +83,12 @@ pub struct PeerSettings {
 /// Builds a server-side connection.
 pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result<NewPeer, SfuError> {
     let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
-    let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
     let keys = Arc::new(KeyCapture::new(rtc::crypto::default_provider().map_err(engine)?));
     let settings = SettingEngineBuilder::new()
         .with_crypto_provider(keys.clone())
         .with_lite(true)
-        .with_ice_credentials(ufrag.clone(), pwd)
+        .with_ice_credentials(ufrag.clone(), password.clone())
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_srtp_protection_profiles(shared.srtp_profiles.iter().map(|p| p.dtls()).collect())
         .build();
@@ -113,7 +115,7 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
         .build(now)
         .map_err(engine)?;
     add_host_candidates(&mut pc, &shared.candidates)?;
-    Ok(NewPeer { pc, ufrag, keys })
+    Ok(NewPeer { pc, ufrag, password, keys })
 }
 
 /// Gives a connection UDP host candidates at `addrs` and ends its gathering (no trickle):

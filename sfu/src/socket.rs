@@ -2,12 +2,13 @@
 //! datagram arrived on (IP_PKTINFO) so ICE sees the candidate the client actually used.
 //!
 //! The worker thread owns it without a runtime: [`MediaSocket::wait`] blocks in one `ppoll`
-//! on the socket and the worker's [`Inbox`] until either is ready or the deadline passes,
-//! and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
+//! on the socket and the worker's mailbox bell (an eventfd) until either is ready or the
+//! deadline passes, and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
 //! one `recvmmsg`. A wake-up thus costs two system calls however many datagrams it brings.
 //! [`MediaSocket::send_trains`] sends an [`Outbox`]'s trains, each with one UDP GSO
 //! `sendmsg`; a kernel or route that refuses GSO gets its datagrams one by one from then on.
 
+use std::cell::Cell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
@@ -18,7 +19,6 @@ use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::socket::{recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn};
 use nix::sys::time::TimeSpec;
 
-use crate::mailbox::Inbox;
 use crate::outbox::{Outbox, Train, MAX_SEGMENTS};
 
 /// Largest datagram read; larger ones are truncated by the kernel and rejected by SRTP/DTLS.
@@ -70,7 +70,7 @@ pub struct MediaSocket {
     headers: MultiHeaders<SockaddrIn>,
     received: Vec<Received>,
     /// Trains go out as one GSO send each; cleared when the kernel refuses one.
-    gso: bool,
+    gso: Cell<bool>,
 }
 
 impl MediaSocket {
@@ -88,7 +88,7 @@ impl MediaSocket {
             buffers: Box::new([[0; MAX_DATAGRAM]; RECV_BATCH]),
             headers: MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(nix::libc::in_pktinfo))),
             received: Vec::with_capacity(RECV_BATCH),
-            gso: true,
+            gso: Cell::new(true),
         })
     }
 
@@ -99,8 +99,8 @@ impl MediaSocket {
 
     /// Blocks until datagrams wait, the inbox's bell rings, or `timeout` passes (then
     /// neither is set). A signal interrupting the wait counts as a timeout.
-    pub fn wait(&self, inbox: &Inbox, timeout: Duration) -> io::Result<Readiness> {
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN), PollFd::new(inbox.as_fd(), PollFlags::POLLIN)];
+    pub fn wait(&self, bell: &impl AsFd, timeout: Duration) -> io::Result<Readiness> {
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN), PollFd::new(bell.as_fd(), PollFlags::POLLIN)];
         match ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None) {
             Ok(_) => {}
             Err(Errno::EINTR) => return Ok(Readiness::default()),
@@ -157,9 +157,9 @@ impl MediaSocket {
     }
 
     /// Sends every train of `outbox`: one datagram as itself, more as one GSO send.
-    pub fn send_trains(&mut self, outbox: &Outbox) {
+    pub fn send_trains(&self, outbox: &Outbox) {
         for train in outbox.trains() {
-            if train.len() == 1 || !self.gso || !self.send_segmented(&train) {
+            if train.len() == 1 || !self.gso.get() || !self.send_segmented(&train) {
                 train.datagrams().for_each(|datagram| self.send(datagram, train.to()));
             }
         }
@@ -167,7 +167,7 @@ impl MediaSocket {
 
     /// One GSO send of `train`; `false` (and no GSO from then on) if the kernel refuses it
     /// for a reason other than a full buffer, which drops it as the network would.
-    fn send_segmented(&mut self, train: &Train<'_>) -> bool {
+    fn send_segmented(&self, train: &Train<'_>) -> bool {
         let SocketAddr::V4(to) = train.to() else { return false };
         let Ok(segment) = u16::try_from(train.segment()) else { return false };
         let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
@@ -181,7 +181,7 @@ impl MediaSocket {
             }
             Err(err) => {
                 tracing::warn!(%to, %err, "UDP GSO refused; sending datagrams one by one from now on");
-                self.gso = false;
+                self.gso.set(false);
                 false
             }
         }
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn each_train_arrives_as_the_datagrams_it_was_made_of() {
-        let mut server = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
+        let server = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
         let clients = [UdpSocket::bind("127.0.0.1:0").expect("client"), UdpSocket::bind("127.0.0.1:0").expect("client")];
         let mut outbox = Outbox::default();
         let mut sent = [Vec::new(), Vec::new()];
@@ -266,7 +266,7 @@ mod tests {
         }
         assert_eq!(outbox.trains().count(), 4, "one train per client and burst, one per audio packet");
         server.send_trains(&outbox);
-        assert!(server.gso, "the kernel took every train as one GSO send");
+        assert!(server.gso.get(), "the kernel took every train as one GSO send");
         for (client, sent) in clients.iter().zip(sent) {
             client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
             let mut buffer = [0; 2000];

@@ -17,10 +17,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::mailbox::Mailbox;
 use crate::metrics::SfuMetrics;
-use crate::worker::Command;
-use crate::{RoomHold, RoomId, TrackId, TrackInfo};
+use crate::{RoomId, TrackId, TrackInfo};
 
 /// An RTP packet as a publisher sent it: the header fields a depacketizer needs and the
 /// payload (shared with the forwarder, not copied).
@@ -139,37 +137,5 @@ impl Taps {
             // A closed queue is a tap being detached; the worker hears of it next.
             let _ = tap.sink.send(event());
         }
-    }
-}
-
-/// A tap's end: the room's media as [`TapEvent`]s. Dropping it detaches the tap.
-pub struct RoomTap {
-    pub(crate) id: u64,
-    pub(crate) room: RoomId,
-    pub(crate) worker: Mailbox,
-    pub(crate) events: mpsc::UnboundedReceiver<TapEvent>,
-    pub(crate) queued: Arc<AtomicUsize>,
-    pub(crate) _hold: RoomHold,
-}
-
-impl RoomTap {
-    /// The next event; `None` once the media plane is gone.
-    pub async fn recv(&mut self) -> Option<TapEvent> {
-        let event = self.events.recv().await?;
-        if matches!(event, TapEvent::Rtp { .. }) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
-        Some(event)
-    }
-
-    /// Asks the track's publisher for a keyframe (throttled like subscribers' requests).
-    pub fn request_keyframe(&self, track: &TrackId) {
-        let _ = self.worker.send(Command::TapKeyframeRequest { track: track.clone() });
-    }
-}
-
-impl Drop for RoomTap {
-    fn drop(&mut self) {
-        let _ = self.worker.send(Command::DetachTap { room: self.room.clone(), tap: self.id });
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
-use sfu::{MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackInfo};
+use sfu::{MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackId, TrackInfo};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -619,6 +619,7 @@ impl Session {
         let Some(joined) = self.joined.as_ref() else { return };
         let Some(stream) = joined.own_tracks.get(track_id) else { return };
         self.ctx.rooms.set_muted(&joined.room, &joined.me.participant_id, track_id, muted);
+        joined.media.set_muted(TrackId::new(track_id), muted);
         let by = if by_client { "participant" } else { "server" };
         self.note(MessageType::MediaControl, by_client, serde_json::json!({ "track_id": track_id, "muted": muted, "by": by }));
         let status = if muted { StreamStatus::Paused } else { StreamStatus::Active };

@@ -49,7 +49,7 @@ fn room(n: usize, now: Instant) -> Forwarder {
     let mut f = Forwarder::new(ForwarderSettings::default());
     f.add_track(track(), alice(), MediaKind::Video, 90_000);
     for i in 0..n {
-        f.subscribe(now, &track(), sub(i), 1000 + i as u32);
+        f.subscribe(&track(), sub(i), 1000 + i as u32);
         f.set_negotiated(now, &track(), &sub(i), negotiated(None));
     }
     f
@@ -103,7 +103,7 @@ fn fans_out_to_every_subscriber_with_own_ssrc_and_identical_payload() {
 fn subscriber_waits_for_negotiation_before_receiving() {
     let now = Instant::now();
     let mut f = room(0, now);
-    f.subscribe(now, &track(), sub(0), 5);
+    f.subscribe(&track(), sub(0), 5);
     let mut out = Vec::new();
     f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
     assert!(out.is_empty());
@@ -236,7 +236,7 @@ fn nack_is_answered_on_the_rtx_stream_when_negotiated() {
     let now = Instant::now();
     let mut f = Forwarder::new(ForwarderSettings::default());
     f.add_track(track(), alice(), MediaKind::Video, 90_000);
-    f.subscribe(now, &track(), sub(0), 1000);
+    f.subscribe(&track(), sub(0), 1000);
     let rtx = RtxStream { ssrc: 2000, payload_type: 97 };
     f.set_negotiated(now, &track(), &sub(0), negotiated(Some(rtx)));
     let mut out = Vec::new();
@@ -277,4 +277,69 @@ fn the_retransmission_window_follows_the_slowest_subscribers_round_trip() {
     out.clear();
     assert_eq!(f.on_nack(at(1010), &track(), &sub(1), [70, 80], &mut out), 1, "310 ms old: gone; 210 ms old: kept");
     assert_eq!(out[0].packet.header.sequence_number, 80);
+}
+
+#[test]
+fn a_nack_is_deduplicated_capped_and_held_to_the_retransmission_budget() {
+    use crate::retransmit::{BUDGET_SHARE, MAX_PACKETS_PER_NACK};
+    let t0 = Instant::now();
+    let mut f = room(1, t0);
+    let mut out = Vec::new();
+    // Two seconds of a track at 500 packets/s of 212 bytes (106 KB/s).
+    for seq in 0..1000u16 {
+        f.forward(t0 + Duration::from_millis(u64::from(seq) * 2), &track(), video_packet(9, seq, 0), &mut out);
+    }
+    let now = t0 + Duration::from_millis(2000);
+    out.clear();
+    assert_eq!(f.on_nack(now, &track(), &sub(0), std::iter::repeat_n(990, 1000), &mut out), 1, "each packet once");
+    out.clear();
+    let found = f.on_nack(now, &track(), &sub(0), 900..1000, &mut out);
+    assert_eq!(found, MAX_PACKETS_PER_NACK, "at most a NACK's worth");
+    let mut bytes = found * 212;
+    for _ in 0..100 {
+        bytes += f.on_nack(now, &track(), &sub(0), 936..1000, &mut out) * 212;
+    }
+    let budget = 106_000.0 * BUDGET_SHARE;
+    assert!(bytes as f64 <= budget + 212.0, "{bytes} bytes retransmitted at once, budget {budget}");
+    assert!(bytes as f64 >= budget * 0.9, "the budget is spent before refusing: {bytes}");
+    let later = now + Duration::from_millis(100);
+    let refill = f.on_nack(later, &track(), &sub(0), 990..1000, &mut out);
+    assert!((1..=10).contains(&refill), "the budget refills with time: {refill}");
+}
+
+#[test]
+fn a_throttled_keyframe_request_goes_out_when_the_interval_ends() {
+    let t0 = Instant::now();
+    let mut f = room(2, t0);
+    let mut out = Vec::new();
+    f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
+    assert!(f.keyframe_request(t0, &track()).is_some());
+    let t1 = t0 + Duration::from_millis(100);
+    assert!(f.keyframe_request(t1, &track()).is_none(), "throttled");
+    let due = t0 + ForwarderSettings::default().keyframe_interval;
+    assert_eq!(f.keyframe_deadline(), Some(due));
+    let mut requests = Vec::new();
+    f.due_keyframe_requests(due - Duration::from_millis(1), &mut requests);
+    assert!(requests.is_empty());
+    f.due_keyframe_requests(due, &mut requests);
+    assert_eq!(requests, vec![KeyframeRequest { publisher: alice(), track: track(), media_ssrc: 77 }]);
+    assert_eq!(f.keyframe_deadline(), None, "sent once");
+}
+
+#[test]
+fn a_muted_track_forwards_nothing_and_unmuting_asks_for_a_keyframe() {
+    let t0 = Instant::now();
+    let mut f = room(2, t0);
+    let mut out = Vec::new();
+    f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
+    assert_eq!(out.len(), 2);
+    out.clear();
+    assert_eq!(f.set_muted(t0, &track(), true), None);
+    assert!(f.is_muted(&track()));
+    f.forward(t0, &track(), video_packet(77, 2, 3000), &mut out);
+    assert!(out.is_empty(), "muted packets go nowhere");
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(f.set_muted(t1, &track(), false).map(|r| r.media_ssrc), Some(77), "unmute asks for a keyframe");
+    f.forward(t1, &track(), video_packet(77, 3, 6000), &mut out);
+    assert_eq!(out.len(), 2);
 }

@@ -1,0 +1,160 @@
+//! Which connection a datagram belongs to, and which sources may speak for one.
+//!
+//! Every connection on a worker shares its UDP port. A STUN binding request names its
+//! connection by the local ICE ufrag in its USERNAME; anything else is known only by its
+//! source address. An address is bound to a connection only once a binding request from it
+//! passes MESSAGE-INTEGRITY under the connection's password (which never leaves signaling's
+//! TLS or the answer), so whoever merely sniffed the ufrag can neither attach a source of
+//! theirs nor make the server answer one. Non-STUN datagrams are taken only from bound
+//! addresses; a connection keeps at most [`MAX_ADDRESSES`] of them (the latest win).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use ring::hmac;
+
+use super::participant::PeerKey;
+use crate::stun;
+
+/// Source addresses one connection keeps bound: a client checks from each of its
+/// candidates (host, reflexive, relayed, both address families), and a roaming one from
+/// new ones.
+pub(crate) const MAX_ADDRESSES: usize = 8;
+
+/// What a received datagram is, as far as routing goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// An authenticated connectivity check of the connection; `nominated` when it carries
+    /// USE-CANDIDATE, making its source the pair media goes to.
+    Check { key: PeerKey, nominated: bool },
+    /// From an address bound to the connection.
+    Bound(PeerKey),
+    /// A check naming a connection that fails integrity: dropped unanswered.
+    Forged,
+    /// From nobody the worker knows.
+    Unknown,
+}
+
+/// A connection's credentials and the addresses bound to it.
+struct Connection {
+    key: PeerKey,
+    integrity: hmac::Key,
+    /// Oldest first.
+    addresses: VecDeque<SocketAddr>,
+}
+
+/// The worker's demultiplexing table.
+#[derive(Default)]
+pub(crate) struct IceRoutes {
+    by_ufrag: HashMap<String, Connection>,
+    by_addr: HashMap<SocketAddr, String>,
+}
+
+impl IceRoutes {
+    /// Makes a connection reachable by checks that name `ufrag` and carry integrity under
+    /// `password`.
+    pub fn add(&mut self, ufrag: String, password: &str, key: PeerKey) {
+        let connection = Connection { key, integrity: stun::integrity_key(password), addresses: VecDeque::new() };
+        self.by_ufrag.insert(ufrag, connection);
+    }
+
+    /// Forgets a connection and every address bound to it.
+    pub fn remove(&mut self, ufrag: &str) {
+        if let Some(connection) = self.by_ufrag.remove(ufrag) {
+            for addr in connection.addresses {
+                self.by_addr.remove(&addr);
+            }
+        }
+    }
+
+    /// Routes a datagram from `from`, binding `from` to its connection when it is an
+    /// authenticated check.
+    pub fn route(&mut self, datagram: &[u8], from: SocketAddr) -> Route {
+        if let Some(ufrag) = stun::local_ufrag(datagram) {
+            let Some(connection) = self.by_ufrag.get_mut(ufrag) else { return Route::Unknown };
+            if !stun::integrity_holds(datagram, &connection.integrity) {
+                return Route::Forged;
+            }
+            let key = connection.key.clone();
+            let nominated = stun::nominates(datagram);
+            self.bind(ufrag.to_owned(), from);
+            return Route::Check { key, nominated };
+        }
+        match self.by_addr.get(&from).and_then(|ufrag| self.by_ufrag.get(ufrag)) {
+            Some(connection) => Route::Bound(connection.key.clone()),
+            None => Route::Unknown,
+        }
+    }
+
+    /// Binds `from` to the connection of `ufrag` (moving it from another connection),
+    /// unbinding the connection's oldest address past [`MAX_ADDRESSES`].
+    fn bind(&mut self, ufrag: String, from: SocketAddr) {
+        if let Some(previous) = self.by_addr.get(&from) {
+            if *previous == ufrag {
+                return;
+            }
+            if let Some(other) = self.by_ufrag.get_mut(previous) {
+                other.addresses.retain(|a| *a != from);
+            }
+        }
+        let Some(connection) = self.by_ufrag.get_mut(&ufrag) else { return };
+        connection.addresses.push_back(from);
+        if connection.addresses.len() > MAX_ADDRESSES {
+            if let Some(oldest) = connection.addresses.pop_front() {
+                self.by_addr.remove(&oldest);
+            }
+        }
+        self.by_addr.insert(from, ufrag);
+    }
+
+    /// Addresses bound across every connection.
+    #[cfg(test)]
+    pub fn bound_addresses(&self) -> usize {
+        self.by_addr.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerRole;
+    use crate::stun::tests::binding_request;
+    use crate::ParticipantId;
+
+    fn key() -> PeerKey {
+        (ParticipantId::new("alice"), PeerRole::Subscriber)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn only_an_authenticated_check_binds_its_source() {
+        let mut routes = IceRoutes::default();
+        routes.add("srv".into(), "the-password", key());
+        let forged = binding_request(b"srv:cli", "guessed", true);
+        assert_eq!(routes.route(&forged, addr(1)), Route::Forged);
+        assert_eq!(routes.route(b"\x80\x60media", addr(1)), Route::Unknown, "a forged check binds nothing");
+        let check = binding_request(b"srv:cli", "the-password", true);
+        assert_eq!(routes.route(&check, addr(2)), Route::Check { key: key(), nominated: true });
+        assert_eq!(routes.route(b"\x80\x60media", addr(2)), Route::Bound(key()));
+        assert_eq!(routes.route(&binding_request(b"other:cli", "the-password", false), addr(3)), Route::Unknown);
+        routes.remove("srv");
+        assert_eq!(routes.route(b"\x80\x60media", addr(2)), Route::Unknown);
+        assert_eq!(routes.bound_addresses(), 0);
+    }
+
+    #[test]
+    fn a_connection_keeps_its_latest_addresses_only() {
+        let mut routes = IceRoutes::default();
+        routes.add("srv".into(), "pw", key());
+        let check = binding_request(b"srv:cli", "pw", false);
+        for port in 0..100 {
+            routes.route(&check, addr(port));
+        }
+        assert_eq!(routes.bound_addresses(), MAX_ADDRESSES);
+        assert_eq!(routes.route(b"\x80\x60media", addr(99)), Route::Bound(key()));
+        assert_eq!(routes.route(b"\x80\x60media", addr(0)), Route::Unknown);
+    }
+}

@@ -1,0 +1,662 @@
+//! The room engine: every room of one media worker, sans-IO.
+//!
+//! It owns the rooms, their participants, each participant's two connections (the `rtc`
+//! engine's peer connections with the worker's own ingress and egress beside them), the
+//! tracks, the subscriptions and the forwarding table. Its inputs are a received datagram
+//! with its source and local address ([`Engine::handle_datagram`]), a [`Command`] from
+//! signaling ([`Engine::handle_command`]) or a deadline passing ([`Engine::handle_timeout`]),
+//! each with `now`; [`Engine::flush`] then drains every connection with pending work. Its
+//! outputs are datagrams handed to a [`Transmit`], events on each participant's
+//! [`SfuEvent`] queue and on the taps, and [`Engine::next_deadline`]. It never reads a clock
+//! and never touches a socket: the worker ([`crate::worker`]) does both, and the tests drive
+//! it in simulated time.
+//!
+//! Layout: [`ice`] routes datagrams to connections and decides which sources may speak for
+//! one; [`negotiation`] makes and takes session descriptions; [`rtcp`] handles feedback;
+//! [`participant`] holds what the engine keeps per participant; this module ties them to
+//! the packet path.
+
+mod ice;
+mod negotiation;
+mod participant;
+mod rtcp;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::sansio::Protocol;
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::egress::Egress;
+use crate::forwarder::{Forwarder, ForwarderSettings, MediaKind, Outgoing};
+use crate::ingress::{Ingress, Taken};
+use crate::metrics::SfuMetrics;
+use crate::peer::{build_peer, PeerRole, PeerSettings};
+use crate::tap::{TapEvent, Taps};
+use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+use ice::{IceRoutes, Route};
+use participant::{peer_of, Negotiation, Participant, Peer, PeerKey, Published, MAX_EARLY_CHECKS};
+
+/// A request from signaling to the engine that owns the room.
+pub(crate) enum Command {
+    Join {
+        room: RoomId,
+        participant: ParticipantId,
+        grants: MediaGrants,
+        events: mpsc::UnboundedSender<SfuEvent>,
+        reply: oneshot::Sender<Result<Vec<TrackInfo>, SfuError>>,
+    },
+    PublisherOffer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    SubscriberAnswer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    RemoteCandidate {
+        participant: ParticipantId,
+        role: PeerRole,
+        candidate: RTCIceCandidateInit,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Leave {
+        participant: ParticipantId,
+    },
+    AttachTap {
+        room: RoomId,
+        id: u64,
+        sink: mpsc::UnboundedSender<TapEvent>,
+        queued: Arc<AtomicUsize>,
+        capacity: usize,
+        reply: oneshot::Sender<()>,
+    },
+    DetachTap {
+        room: RoomId,
+        tap: u64,
+    },
+    TapKeyframeRequest {
+        track: TrackId,
+    },
+    SetMuted {
+        participant: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    },
+}
+
+/// Where the engine's datagrams go: the worker's outbox and socket, or a test's list.
+pub(crate) trait Transmit {
+    /// Sends (or queues) one datagram to `to`.
+    fn transmit(&mut self, datagram: &[u8], to: SocketAddr);
+}
+
+/// What an engine needs to run.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineSettings {
+    /// Shared settings of its connections.
+    pub peers: PeerSettings,
+    pub forwarder: ForwarderSettings,
+}
+
+/// How long the engine may sleep when nothing asks for a deadline.
+const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+
+/// Every room of one worker.
+pub(crate) struct Engine {
+    settings: EngineSettings,
+    metrics: Arc<SfuMetrics>,
+    /// The wall clock at one instant, from which reports' NTP times are derived.
+    clock: (Instant, SystemTime),
+    participants: HashMap<ParticipantId, Participant>,
+    /// Media membership: the one record of who is in which of the worker's rooms.
+    rooms: HashMap<RoomId, Vec<ParticipantId>>,
+    ice: IceRoutes,
+    forwarder: Forwarder,
+    /// Peers with input since they were last drained.
+    dirty: HashSet<PeerKey>,
+    outgoing: Vec<Outgoing>,
+    /// Participants whose connection panicked inside the engine since the last flush.
+    poisoned: Vec<ParticipantId>,
+    taps: Taps,
+}
+
+impl Engine {
+    /// An engine with no rooms; `wall_clock` is the wall-clock time at `now`.
+    pub(crate) fn new(settings: EngineSettings, metrics: Arc<SfuMetrics>, now: Instant, wall_clock: SystemTime) -> Self {
+        let forwarder = Forwarder::new(settings.forwarder.clone());
+        Self {
+            settings,
+            metrics,
+            clock: (now, wall_clock),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            ice: IceRoutes::default(),
+            forwarder,
+            dirty: HashSet::new(),
+            outgoing: Vec::new(),
+            poisoned: Vec::new(),
+            taps: Taps::default(),
+        }
+    }
+
+    /// The wall-clock time at `now`.
+    fn wall_clock(&self, now: Instant) -> SystemTime {
+        let (at, wall_clock) = self.clock;
+        match now.checked_duration_since(at) {
+            Some(later) => wall_clock + later,
+            None => wall_clock - at.duration_since(now),
+        }
+    }
+
+    /// When the engine next needs [`Engine::handle_timeout`], at most a second from `now`.
+    pub(crate) fn next_deadline(&self, now: Instant) -> Instant {
+        self.participants
+            .values()
+            .flat_map(|p| [p.publisher.as_ref(), p.subscriber.as_ref()])
+            .flatten()
+            .flat_map(|peer| {
+                [peer.deadline, peer.egress.as_ref().and_then(Egress::deadline), peer.ingress.as_ref().and_then(Ingress::deadline)]
+            })
+            .flatten()
+            .chain(self.forwarder.keyframe_deadline())
+            .fold(now + IDLE_WAKEUP, Instant::min)
+    }
+
+    /// Runs what is due at `now`: reports and feedback, deferred keyframe requests, and the
+    /// connections' own timers.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.send_due_feedback(now);
+        let mut requests = Vec::new();
+        self.forwarder.due_keyframe_requests(now, &mut requests);
+        for request in requests {
+            self.send_keyframe_request(now, request);
+        }
+        for (id, participant) in &mut self.participants {
+            for role in [PeerRole::Publisher, PeerRole::Subscriber] {
+                let Some(peer) = participant.peer_mut(role) else { continue };
+                if peer.deadline.is_none_or(|d| d > now) {
+                    continue;
+                }
+                match isolate(|| peer.pc.handle_timeout(now)) {
+                    Some(Ok(())) => {}
+                    Some(Err(err)) => debug!(participant = %id, ?role, %err, "timeout handling failed"),
+                    None => self.poisoned.push(id.clone()),
+                }
+                self.dirty.insert((id.clone(), role));
+            }
+        }
+    }
+
+    /// Takes one datagram received from `source` on the local address `local`. A
+    /// publisher's media of a known stream is forwarded at once; anything else goes to its
+    /// connection, drained by the next [`Engine::flush`].
+    pub(crate) fn handle_datagram(&mut self, now: Instant, payload: &[u8], source: SocketAddr, local: SocketAddr, out: &mut dyn Transmit) {
+        let key = match self.ice.route(payload, source) {
+            Route::Check { key, nominated } => {
+                if nominated {
+                    // Media goes to the pair the client nominated, and only there.
+                    if let Some(egress) = peer_of(&mut self.participants, &key).and_then(|p| p.egress.as_mut()) {
+                        egress.set_remote(source);
+                    }
+                }
+                key
+            }
+            Route::Bound(key) => key,
+            Route::Forged => return SfuMetrics::add(&self.metrics.forged_checks, 1),
+            Route::Unknown => return SfuMetrics::add(&self.metrics.unroutable_datagrams, 1),
+        };
+        let Some(participant) = self.participants.get_mut(&key.0) else { return };
+        let Some(peer) = participant.peer_mut(key.1) else { return };
+        let message = BytesMut::from(payload);
+        let taken = match peer.ingress.as_mut() {
+            Some(ingress) => ingress.take(now, message),
+            None => Taken::Engine(message),
+        };
+        let message = match taken {
+            Taken::Engine(message) => message,
+            Taken::Media(track, packet) => {
+                let room = participant.room.clone();
+                return self.forward_published(now, &room, &track, packet, out);
+            }
+            Taken::Refused(err) => {
+                SfuMetrics::add(&self.metrics.srtp_refused, 1);
+                return debug!(participant = %key.0, %err, "media refused");
+            }
+        };
+        let transport = TransportContext { local_addr: local, peer_addr: source, ecn: None, transport_protocol: TransportProtocol::UDP };
+        let input = TaggedBytesMut { now, transport, message };
+        if peer.pc.remote_description().is_none() {
+            if crate::stun::is_stun(&input.message) && peer.early_checks.len() < MAX_EARLY_CHECKS {
+                peer.early_checks.push(input);
+            }
+            return;
+        }
+        match isolate(|| peer.pc.handle_read(input)) {
+            Some(Ok(())) => {}
+            Some(Err(err)) => debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected"),
+            None => self.poisoned.push(key.0.clone()),
+        }
+        self.dirty.insert(key);
+    }
+
+    /// Drains every connection with pending work until none has any, then takes out of
+    /// their rooms the participants whose connection panicked.
+    pub(crate) fn flush(&mut self, now: Instant, out: &mut dyn Transmit) {
+        while let Some(key) = self.dirty.iter().next().cloned() {
+            self.dirty.remove(&key);
+            self.drain(now, &key, out);
+        }
+        self.remove_poisoned(now, out);
+    }
+
+    fn drain(&mut self, now: Instant, key: &PeerKey, out: &mut dyn Transmit) {
+        let Some(peer) = peer_of(&mut self.participants, key) else { return };
+        let polled = isolate(|| {
+            let mut messages = Vec::new();
+            while let Some(message) = peer.pc.poll_read() {
+                messages.push(message);
+            }
+            let mut events = Vec::new();
+            while let Some(event) = peer.pc.poll_event() {
+                events.push(event);
+            }
+            (messages, events)
+        });
+        let Some((messages, events)) = polled else { return self.poisoned.push(key.0.clone()) };
+        for event in events {
+            self.handle_event(now, key, event);
+        }
+        for message in messages {
+            self.handle_message(key, message, out);
+        }
+        let Some(peer) = peer_of(&mut self.participants, key) else { return };
+        let flushed = isolate(|| {
+            while let Some(written) = peer.pc.poll_write() {
+                out.transmit(&written.message, written.transport.peer_addr);
+            }
+            peer.pc.poll_timeout()
+        });
+        match flushed {
+            Some(deadline) => peer.deadline = deadline,
+            None => self.poisoned.push(key.0.clone()),
+        }
+    }
+
+    /// Takes out of the room every participant whose connection panicked inside the
+    /// engine: its state can no longer be trusted, the rest of the worker's rooms can.
+    fn remove_poisoned(&mut self, now: Instant, out: &mut dyn Transmit) {
+        for id in std::mem::take(&mut self.poisoned) {
+            if let Some(participant) = self.participants.get(&id) {
+                tracing::error!(participant = %id, "peer connection panicked in the engine; participant removed");
+                let _ = participant.events.send(SfuEvent::ConnectionFailed);
+            }
+            self.leave(now, &id, out);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, key: &PeerKey, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if key.1 == PeerRole::Publisher => {
+                self.publish_track(now, &key.0, init.track_id, init.receiver_id, init.ssrc);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
+                let Some(participant) = self.participants.get_mut(&key.0) else { return };
+                if let Some(published) = participant.published.remove(&media_track_id) {
+                    if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
+                        ingress.remove_track(&published.track);
+                    }
+                    let room = participant.room.clone();
+                    let subscribers = self.forwarder.remove_track(&published.track);
+                    self.unpublished(now, &room, vec![(published.track, subscribers)]);
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                debug!(participant = %key.0, role = ?key.1, %state, "connection state");
+                if state == RTCPeerConnectionState::Connected {
+                    self.start_media(now, key);
+                }
+                if state == RTCPeerConnectionState::Failed {
+                    if let Some(p) = self.participants.get(&key.0) {
+                        let _ = p.events.send(SfuEvent::ConnectionFailed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_message(&mut self, key: &PeerKey, message: TaggedRTCMessage, out: &mut dyn Transmit) {
+        let now = message.now;
+        match (key.1, message.message) {
+            (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
+                let Some(participant) = self.participants.get_mut(&key.0) else { return };
+                let Some(track) = participant.published.get(&media_track_id).map(|p| p.track.clone()) else { return };
+                if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
+                    ingress.received(now, &packet);
+                }
+                let room = participant.room.clone();
+                self.forward_published(now, &room, &track, packet, out);
+            }
+            (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
+                self.subscriber_rtcp(now, &key.0, &TrackId::new(track_id), &packets, out);
+            }
+            (PeerRole::Publisher, RTCMessage::RtcpPacket(media_track_id, packets)) => {
+                self.publisher_rtcp(now, &key.0, &media_track_id, &packets);
+            }
+            _ => {}
+        }
+    }
+
+    /// Forwards a publisher's packet of `track` to the track's subscribers and taps.
+    fn forward_published(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        track: &TrackId,
+        packet: rtc::rtp::packet::Packet,
+        out: &mut dyn Transmit,
+    ) {
+        if !self.taps.is_empty() && !self.forwarder.is_muted(track) {
+            self.taps.send_rtp(&self.metrics, room, track, now, &packet);
+        }
+        SfuMetrics::add(&self.metrics.packets_in, 1);
+        SfuMetrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        self.forwarder.forward(now, track, packet, &mut outgoing);
+        self.send_outgoing(now, &mut outgoing, out);
+        self.outgoing = outgoing;
+    }
+
+    /// Protects rewritten packets for their subscribers and transmits them.
+    fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>, out: &mut dyn Transmit) {
+        for packet in outgoing.drain(..) {
+            let Some(subscriber) = self.participants.get_mut(&packet.subscriber) else { continue };
+            if !subscriber.subscriptions.contains_key(&packet.track) {
+                continue;
+            }
+            let Some(egress) = subscriber.subscriber.as_mut().and_then(|peer| peer.egress.as_mut()) else { continue };
+            match egress.protect(now, &packet.packet) {
+                Ok((datagram, to)) => {
+                    out.transmit(datagram, to);
+                    if packet.rtx {
+                        SfuMetrics::add(&self.metrics.rtx_packets, 1);
+                    }
+                    SfuMetrics::add(&self.metrics.packets_out, 1);
+                    SfuMetrics::add(&self.metrics.bytes_out, packet.packet.payload.len() as u64);
+                }
+                Err(err) => debug!(subscriber = %packet.subscriber, track = %packet.track, %err, "forward failed"),
+            }
+        }
+    }
+
+    /// Keys a subscriber connection's egress, or a publisher connection's ingress, once DTLS
+    /// is done.
+    fn start_media(&mut self, now: Instant, key: &PeerKey) {
+        let Some(peer) = peer_of(&mut self.participants, key) else { return };
+        if let Some(egress) = peer.egress.as_mut().filter(|e| !e.is_started()) {
+            if let Err(err) = egress.start(now, &mut peer.pc) {
+                warn!(participant = %key.0, %err, "subscriber media cannot be protected");
+            }
+        }
+        if let Some(ingress) = peer.ingress.as_mut().filter(|i| !i.is_started()) {
+            // Until it is keyed the engine opens the publisher's media, so it still flows.
+            if let Err(err) = ingress.start(now, &mut peer.pc) {
+                warn!(participant = %key.0, %err, "publisher media left to the engine");
+            }
+        }
+    }
+
+    /// Handles one command from signaling. Engine code that panics on what a client sent
+    /// takes that participant out of the room (as a panic on one of its datagrams does), and
+    /// the request gets [`SfuError::Engine`].
+    pub(crate) fn handle_command(&mut self, now: Instant, command: Command, out: &mut dyn Transmit) {
+        match command {
+            Command::Join { room, participant, grants, events, reply } => {
+                let result = self.isolated(&participant.clone(), |engine| engine.join(now, room, participant, grants, events));
+                let _ = reply.send(result);
+            }
+            Command::PublisherOffer { participant, sdp, reply } => {
+                let _ = reply.send(self.isolated(&participant, |engine| engine.publisher_offer(now, &participant, sdp)));
+            }
+            Command::SubscriberAnswer { participant, sdp, reply } => {
+                let _ = reply.send(self.isolated(&participant, |engine| engine.subscriber_answer(now, &participant, sdp)));
+            }
+            Command::RemoteCandidate { participant, role, candidate, reply } => {
+                let result = self.isolated(&participant, |engine| {
+                    let peer = engine.participants.get_mut(&participant).ok_or(SfuError::UnknownParticipant)?.peer_mut(role);
+                    let peer = peer.ok_or(SfuError::NotNegotiated)?;
+                    peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(e.to_string()))
+                });
+                let _ = reply.send(result);
+            }
+            Command::Leave { participant } => self.leave(now, &participant, out),
+            Command::AttachTap { room, id, sink, queued, capacity, reply } => {
+                let published = self.rooms.get(&room).into_iter().flatten().filter_map(|m| self.participants.get(m));
+                for published in published.flat_map(|p| p.published.values()) {
+                    let _ = sink.send(TapEvent::TrackPublished(published.info.clone()));
+                }
+                let _ = sink.send(TapEvent::Attached);
+                self.taps.attach(room, id, sink, queued, capacity);
+                let _ = reply.send(());
+            }
+            Command::DetachTap { room, tap } => self.taps.detach(&room, tap),
+            Command::TapKeyframeRequest { track } => {
+                if let Some(request) = self.forwarder.keyframe_request(now, &track) {
+                    self.send_keyframe_request(now, request);
+                }
+            }
+            Command::SetMuted { participant, track, muted } => {
+                // Only the track's publisher (or signaling on an admin's behalf, through it).
+                let publishes = self.participants.get(&participant).is_some_and(|p| p.published.values().any(|t| t.track == track));
+                if let Some(request) = publishes.then(|| self.forwarder.set_muted(now, &track, muted)).flatten() {
+                    self.send_keyframe_request(now, request);
+                }
+            }
+        }
+    }
+
+    /// Runs `f` for `participant`'s request; a panic poisons the participant (removed at the
+    /// next flush) and fails the request.
+    fn isolated<T>(&mut self, participant: &ParticipantId, f: impl FnOnce(&mut Self) -> Result<T, SfuError>) -> Result<T, SfuError> {
+        match isolate(|| f(self)) {
+            Some(result) => result,
+            None => {
+                self.poisoned.push(participant.clone());
+                Err(SfuError::Engine("the request failed inside the media engine".to_owned()))
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        id: ParticipantId,
+        grants: MediaGrants,
+        events: mpsc::UnboundedSender<SfuEvent>,
+    ) -> Result<Vec<TrackInfo>, SfuError> {
+        if self.participants.contains_key(&id) {
+            return Err(SfuError::AlreadyJoined);
+        }
+        let subscriber = if grants.subscribe { Some(self.open_peer(now, &id, PeerRole::Subscriber)?) } else { None };
+        let members = self.rooms.entry(room.clone()).or_default();
+        if members.is_empty() {
+            SfuMetrics::shift(&self.metrics.rooms, 1);
+        }
+        let existing: Vec<TrackInfo> = members
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .flat_map(|p| p.published.values().map(|published| published.info.clone()))
+            .collect();
+        members.push(id.clone());
+        SfuMetrics::shift(&self.metrics.participants, 1);
+        self.participants.insert(
+            id.clone(),
+            Participant {
+                room,
+                grants,
+                events,
+                publisher: None,
+                subscriber,
+                published: HashMap::new(),
+                subscriptions: HashMap::new(),
+                negotiation: Negotiation::Stable,
+            },
+        );
+        if grants.subscribe {
+            for track in &existing {
+                self.subscribe(&id, track);
+            }
+            self.renegotiate(now, &id);
+        }
+        Ok(existing)
+    }
+
+    fn publish_track(&mut self, now: Instant, id: &ParticipantId, media_track_id: String, receiver_id: RTCRtpReceiverId, ssrc: u32) {
+        let Some(participant) = self.participants.get_mut(id) else { return };
+        let Some(peer) = participant.publisher.as_deref_mut() else { return };
+        let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
+        let kind = match receiver.track().kind() {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let Some(codec) = receiver.track().codec(ssrc).cloned() else {
+            warn!(participant = %id, "published track without a codec");
+            return;
+        };
+        let twcc = receiver.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).map(|e| e.id);
+        let track =
+            participant.published.get(&media_track_id).map_or_else(|| TrackId::new(format!("{id}/{media_track_id}")), |p| p.track.clone());
+        if let Some(ingress) = peer.ingress.as_mut() {
+            let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
+            ingress.add_stream(now, ssrc, track.clone(), codec.clock_rate, nack);
+            if let Some(extension_id) = twcc.and_then(|id| u8::try_from(id).ok()) {
+                ingress.enable_twcc(now, extension_id);
+            }
+        }
+        if participant.published.contains_key(&media_track_id) {
+            return; // another simulcast layer of a known track
+        }
+        let info = TrackInfo { id: track.clone(), publisher: id.clone(), kind, codec: codec.clone() };
+        participant.published.insert(media_track_id, Published { track: track.clone(), receiver: receiver_id, info: info.clone() });
+        self.forwarder.add_track(track.clone(), id.clone(), kind, codec.clock_rate);
+        SfuMetrics::shift(&self.metrics.tracks, 1);
+        info!(participant = %id, %track, codec = %codec.mime_type, "track published");
+        let room = participant.room.clone();
+        self.taps.send(&room, || TapEvent::TrackPublished(info.clone()));
+        let members = self.rooms.get(&room).cloned().unwrap_or_default();
+        for member in &members {
+            if let Some(p) = self.participants.get(member) {
+                let _ = p.events.send(SfuEvent::TrackPublished(info.clone()));
+            }
+            if member != id && self.participants.get(member).is_some_and(|p| p.grants.subscribe) {
+                self.subscribe(member, &info);
+                self.renegotiate(now, member);
+            }
+        }
+    }
+
+    /// Takes removed tracks off their subscribers' connections (one renegotiation per
+    /// subscriber, however many tracks went) and tells the room.
+    fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<ParticipantId>)>) {
+        let mut affected: Vec<ParticipantId> = Vec::new();
+        for (track, subscribers) in &removed {
+            SfuMetrics::shift(&self.metrics.tracks, -1);
+            for subscriber in subscribers {
+                self.unsubscribe(subscriber, track);
+                if !affected.contains(subscriber) {
+                    affected.push(subscriber.clone());
+                }
+            }
+        }
+        for subscriber in &affected {
+            self.renegotiate(now, subscriber);
+        }
+        let members = self.rooms.get(room).cloned().unwrap_or_default();
+        for (track, _) in removed {
+            self.taps.send(room, || TapEvent::TrackUnpublished(track.clone()));
+            for member in &members {
+                if let Some(p) = self.participants.get(member) {
+                    let _ = p.events.send(SfuEvent::TrackUnpublished(track.clone()));
+                }
+            }
+        }
+    }
+
+    fn leave(&mut self, now: Instant, id: &ParticipantId, out: &mut dyn Transmit) {
+        let Some(room) = self.participants.get(id).map(|p| p.room.clone()) else { return };
+        let removed = self.forwarder.remove_participant(id);
+        self.unpublished(now, &room, removed);
+        let Some(mut participant) = self.participants.remove(id) else { return };
+        SfuMetrics::shift(&self.metrics.participants, -1);
+        if let Some(members) = self.rooms.get_mut(&participant.room) {
+            members.retain(|m| m != id);
+            if members.is_empty() {
+                self.rooms.remove(&participant.room);
+                SfuMetrics::shift(&self.metrics.rooms, -1);
+            }
+        }
+        for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
+            self.close_peer(peer, out);
+        }
+        self.dirty.retain(|key| &key.0 != id);
+        info!(participant = %id, "participant left the media plane");
+    }
+
+    /// Builds one of a participant's connections and makes it reachable by its ICE ufrag.
+    fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Box<Peer>, SfuError> {
+        let peer = build_peer(now, role, &self.settings.peers)?;
+        self.ice.add(peer.ufrag.clone(), &peer.password, (id.clone(), role));
+        let (egress, ingress) = match role {
+            PeerRole::Subscriber => (Some(Egress::new(peer.keys)), None),
+            PeerRole::Publisher => (None, Some(Ingress::new(peer.keys))),
+        };
+        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new(), egress, ingress }))
+    }
+
+    /// Closes a connection (flushing its DTLS close) and forgets its ufrag and addresses.
+    fn close_peer(&mut self, mut peer: Box<Peer>, out: &mut dyn Transmit) {
+        self.ice.remove(&peer.ufrag);
+        if peer.pc.close().is_ok() {
+            while let Some(written) = peer.pc.poll_write() {
+                out.transmit(&written.message, written.transport.peer_addr);
+            }
+        }
+    }
+
+    /// Gives up on every room after a panic that escaped isolation: each participant hears
+    /// its media connection failed, and the gauges lose what the engine counted.
+    pub(crate) fn abandon(self) {
+        for participant in self.participants.values() {
+            let _ = participant.events.send(SfuEvent::ConnectionFailed);
+        }
+        SfuMetrics::shift(&self.metrics.participants, -(self.participants.len() as i64));
+        SfuMetrics::shift(&self.metrics.rooms, -(self.rooms.len() as i64));
+        SfuMetrics::shift(&self.metrics.tracks, -(self.forwarder.tracks().count() as i64));
+    }
+}
+
+/// Runs engine code, turning a panic (a bug in the engine reached by hostile input, say)
+/// into `None` instead of the end of the worker thread. Free on the path that does not
+/// panic.
+fn isolate<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}

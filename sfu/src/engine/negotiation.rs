@@ -1,0 +1,222 @@
+//! Session descriptions: the client's offers on its publisher connection, the server's
+//! offers on the subscriber connection and the client's answers to them.
+//!
+//! The subscriber connection only ever sends, and the server offers on it whenever the
+//! room's tracks change; an offer made while another is out waits for its answer
+//! ([`Negotiation`]). The engine fixes the codecs it accepts for a kind from the first
+//! answered m-line of that kind, so until the subscriber has answered a kind one m-line of
+//! it offers every codec; the others offer only their track's codec where that names one
+//! format (the one-format rule: the engine reads every m-line of every answer again, at a
+//! cost that grows with the square of its codecs).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpSender, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiver, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
+use rtc::sansio::Protocol;
+use tracing::{debug, warn};
+
+use super::participant::{Negotiation, Subscription};
+use super::Engine;
+use crate::forwarder::{Negotiated, RtxStream};
+use crate::peer::PeerRole;
+use crate::{codec, MediaKind, ParticipantId, SfuError, SfuEvent, TrackId, TrackInfo};
+
+impl Engine {
+    /// Applies the client's offer on its publisher connection (made on the first); returns
+    /// the server's answer.
+    pub(super) fn publisher_offer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<String, SfuError> {
+        let participant = self.participants.get(id).ok_or(SfuError::UnknownParticipant)?;
+        if !participant.grants.publish {
+            return Err(SfuError::NotAllowed);
+        }
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let new_peer = if participant.publisher.is_none() { Some(self.open_peer(now, id, PeerRole::Publisher)?) } else { None };
+        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        if let Some(peer) = new_peer {
+            participant.publisher = Some(peer);
+        }
+        let Some(peer) = participant.publisher.as_mut() else { return Err(SfuError::NotNegotiated) };
+        peer.pc.set_remote_description(now, offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = peer.pc.create_answer(None).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.pc.set_local_description(now, answer.clone()).map_err(|e| SfuError::Engine(e.to_string()))?;
+        self.dirty.insert((id.clone(), PeerRole::Publisher));
+        Ok(answer.sdp)
+    }
+
+    /// Applies the client's answer to the outstanding subscriber offer; forwarding to each
+    /// answered track starts, and the next offer goes out if tracks changed meanwhile.
+    pub(super) fn subscriber_answer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<(), SfuError> {
+        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        if participant.negotiation == Negotiation::Stable {
+            return Err(SfuError::NotNegotiated);
+        }
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let peer = participant.subscriber.as_mut().ok_or(SfuError::NotNegotiated)?;
+        peer.pc.set_remote_description(now, answer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        for check in std::mem::take(&mut peer.early_checks) {
+            if let Err(err) = peer.pc.handle_read(check) {
+                debug!(participant = %id, %err, "early connectivity check rejected");
+            }
+        }
+        let again = participant.negotiation == Negotiation::AwaitingAnswer { again: true };
+        participant.negotiation = Negotiation::Stable;
+        // Forwarding to a sender starts once its payload type is negotiated.
+        let mut ready = Vec::new();
+        for (track, subscription) in &participant.subscriptions {
+            let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
+            match negotiated(&mut sender, &subscription.codec) {
+                Some(negotiated) => ready.push((track.clone(), negotiated)),
+                // A track subscribed after the answered offer went out is in the next one.
+                None if again => debug!(participant = %id, %track, "track waits for the next offer"),
+                None => warn!(participant = %id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec"),
+            }
+        }
+        self.dirty.insert((id.clone(), PeerRole::Subscriber));
+        for (track, negotiated) in ready {
+            if let Some(request) = self.forwarder.set_negotiated(now, &track, id, negotiated) {
+                self.send_keyframe_request(now, request);
+            }
+        }
+        if again {
+            self.renegotiate(now, id);
+        }
+        Ok(())
+    }
+
+    /// Adds a sender for `track` to the subscriber's connection (negotiated separately).
+    pub(super) fn subscribe(&mut self, subscriber: &ParticipantId, track: &TrackInfo) {
+        let Some(participant) = self.participants.get_mut(subscriber) else { return };
+        let Some(peer) = participant.subscriber.as_mut() else { return };
+        let ssrc = rand::random::<u32>();
+        let kind = match track.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let media_track = MediaStreamTrack::new(
+            track.publisher.to_string(),
+            track.id.to_string(),
+            track.id.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                active: true,
+                codec: track.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        match peer.pc.add_track(media_track) {
+            Ok(sender) => {
+                // The engine fixes the codecs it accepts for a kind from the first answered
+                // m-line of that kind, and later tracks may use other codecs: so until the
+                // subscriber has answered a kind, one m-line of it offers every codec. The
+                // others offer only their track's codec (and its RTX) where that names one
+                // format: the engine reads every m-line of every answer again, at a cost that
+                // grows with the square of its codecs.
+                let all_codecs =
+                    !codec::has_one_format(&track.codec.mime_type) || needs_every_codec(&peer.pc, &participant.subscriptions, track.kind);
+                if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
+                    // The subscriber connection only ever sends.
+                    transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
+                    offer_codecs(&mut transceiver, (!all_codecs).then_some(&track.codec));
+                }
+                if let Some(egress) = peer.egress.as_mut() {
+                    egress.add_stream(ssrc, track.codec.clock_rate);
+                }
+                let subscription = Subscription { sender, ssrc, codec: track.codec.clone(), kind: track.kind, all_codecs };
+                participant.subscriptions.insert(track.id.clone(), subscription);
+                self.forwarder.subscribe(&track.id, subscriber.clone(), ssrc);
+            }
+            Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
+        }
+    }
+
+    /// Sends a new offer on the subscriber connection, or queues one behind the outstanding.
+    pub(super) fn renegotiate(&mut self, now: Instant, id: &ParticipantId) {
+        let Some(participant) = self.participants.get_mut(id) else { return };
+        if let Negotiation::AwaitingAnswer { again } = &mut participant.negotiation {
+            *again = true;
+            return;
+        }
+        if participant.subscriptions.is_empty() && participant.subscriber.as_ref().is_none_or(|p| p.pc.remote_description().is_none()) {
+            return; // nothing to offer yet
+        }
+        let Some(peer) = participant.subscriber.as_mut() else { return };
+        let offer = match peer.pc.create_offer(None) {
+            Ok(offer) => offer,
+            Err(err) => return warn!(participant = %id, %err, "cannot create subscriber offer"),
+        };
+        if let Err(err) = peer.pc.set_local_description(now, offer.clone()) {
+            return warn!(participant = %id, %err, "cannot apply subscriber offer");
+        }
+        participant.negotiation = Negotiation::AwaitingAnswer { again: false };
+        let _ = participant.events.send(SfuEvent::SubscriberOffer(offer.sdp));
+        self.dirty.insert((id.clone(), PeerRole::Subscriber));
+    }
+
+    /// Takes `track` off the subscriber's connection (renegotiated by the caller); another
+    /// m-line of its kind takes over offering every codec while the kind is not answered.
+    pub(super) fn unsubscribe(&mut self, subscriber: &ParticipantId, track: &TrackId) {
+        let Some(p) = self.participants.get_mut(subscriber) else { return };
+        let (Some(subscription), Some(peer)) = (p.subscriptions.remove(track), p.subscriber.as_mut()) else { return };
+        if let Some(egress) = peer.egress.as_mut() {
+            egress.remove_stream(subscription.ssrc);
+        }
+        if let Err(err) = peer.pc.remove_track(subscription.sender) {
+            debug!(%subscriber, %track, %err, "remove_track failed");
+        }
+        let kind = subscription.kind;
+        if subscription.all_codecs && needs_every_codec(&peer.pc, &p.subscriptions, kind) {
+            if let Some(heir) = p.subscriptions.values_mut().find(|s| s.kind == kind) {
+                heir.all_codecs = true;
+                if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(heir.sender)) {
+                    offer_codecs(&mut transceiver, None);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a subscriber connection still needs an m-line of `kind` that offers every codec:
+/// none of its `subscriptions` of that kind offers them, and the engine's codecs for the kind
+/// are not fixed yet (they are once the remote description has an m-line of the kind).
+fn needs_every_codec(pc: &RTCPeerConnection, subscriptions: &HashMap<TrackId, Subscription>, kind: MediaKind) -> bool {
+    if subscriptions.values().any(|s| s.kind == kind && s.all_codecs) {
+        return false;
+    }
+    let prefix = match kind {
+        MediaKind::Audio => "m=audio ",
+        MediaKind::Video => "m=video ",
+    };
+    !pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
+}
+
+/// Makes a subscriber transceiver offer `only` this codec (and its RTX), or every codec of
+/// its kind.
+fn offer_codecs(transceiver: &mut RTCRtpTransceiver<'_>, only: Option<&RTCRtpCodec>) {
+    let preferences = only.map(|codec| vec![RTCRtpCodecParameters { rtp_codec: codec.clone(), ..Default::default() }]).unwrap_or_default();
+    if let Err(err) = transceiver.set_codec_preferences(preferences) {
+        debug!(%err, "codec preferences not set");
+    }
+}
+
+/// The payload type the subscriber's answer gave `codec` on this sender, and the RTX stream
+/// if the answer kept an `rtx` format for it.
+fn negotiated(sender: &mut RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<Negotiated> {
+    let parameters = sender.get_parameters();
+    let codecs = &parameters.rtp_parameters.codecs;
+    let payload_type = codecs.iter().find(|c| crate::codec::same_format(&c.rtp_codec, codec))?.payload_type;
+    let rtx_payload_type = codecs.iter().find(|c| crate::codec::is_rtx_for(&c.rtp_codec, payload_type)).map(|c| c.payload_type);
+    let rtx_ssrc = parameters.encodings.first().and_then(|e| e.rtp_coding_parameters.rtx.as_ref()).map(|rtx| rtx.ssrc);
+    let rtx = match (rtx_ssrc, rtx_payload_type) {
+        (Some(ssrc), Some(payload_type)) => Some(RtxStream { ssrc, payload_type }),
+        _ => None,
+    };
+    Some(Negotiated { payload_type, rtx })
+}

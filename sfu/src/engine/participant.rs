@@ -1,0 +1,97 @@
+//! What the engine holds per participant: its two connections, the tracks it publishes and
+//! the tracks it receives.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::shared::TaggedBytesMut;
+use tokio::sync::mpsc;
+
+use crate::egress::Egress;
+use crate::ingress::Ingress;
+use crate::peer::PeerRole;
+use crate::{MediaGrants, MediaKind, ParticipantId, RoomId, SfuEvent, TrackId, TrackInfo};
+
+/// Names one connection: whose, and which of the two.
+pub(crate) type PeerKey = (ParticipantId, PeerRole);
+
+/// One of a participant's connections, with the deadline it last asked for.
+pub(crate) struct Peer {
+    pub pc: RTCPeerConnection,
+    pub ufrag: String,
+    pub deadline: Option<Instant>,
+    /// Connectivity checks that came before the remote description (the client starts
+    /// checking as soon as it has answered, and its answer travels the slower signaling
+    /// path): handed to the engine once the answer is set, instead of leaving the client
+    /// to retry a check that went unanswered.
+    pub early_checks: Vec<TaggedBytesMut>,
+    /// A subscriber connection's media send side.
+    pub egress: Option<Egress>,
+    /// A publisher connection's media receive side.
+    pub ingress: Option<Ingress>,
+}
+
+/// Early connectivity checks kept per connection.
+pub(crate) const MAX_EARLY_CHECKS: usize = 8;
+
+/// A track this participant publishes.
+pub(crate) struct Published {
+    pub track: TrackId,
+    pub receiver: RTCRtpReceiverId,
+    pub info: TrackInfo,
+}
+
+/// Where the server's offers on the subscriber connection stand.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Negotiation {
+    Stable,
+    /// An offer is out; `again` means tracks changed since and another offer must follow.
+    AwaitingAnswer {
+        again: bool,
+    },
+}
+
+/// A participant of one of the engine's rooms.
+pub(crate) struct Participant {
+    pub room: RoomId,
+    pub grants: MediaGrants,
+    pub events: mpsc::UnboundedSender<SfuEvent>,
+    /// Boxed: a connection is several kilobytes, and the participants map keeps spare slots.
+    pub publisher: Option<Box<Peer>>,
+    pub subscriber: Option<Box<Peer>>,
+    /// By the publisher connection's media track id.
+    pub published: HashMap<String, Published>,
+    /// The tracks its subscriber connection carries: the one record of a subscription
+    /// outside the forwarder's fan-out table, which holds the packet path's half.
+    pub subscriptions: HashMap<TrackId, Subscription>,
+    pub negotiation: Negotiation,
+}
+
+/// A published track sent on this participant's subscriber connection.
+pub(crate) struct Subscription {
+    pub sender: RTCRtpSenderId,
+    /// The SSRC the subscriber receives the track on.
+    pub ssrc: u32,
+    /// The publisher's codec, to find its payload type in the subscriber's answer.
+    pub codec: RTCRtpCodec,
+    pub kind: MediaKind,
+    /// Whether its m-line offers every codec of its kind (see `Engine::subscribe`).
+    pub all_codecs: bool,
+}
+
+impl Participant {
+    pub fn peer_mut(&mut self, role: PeerRole) -> Option<&mut Peer> {
+        match role {
+            PeerRole::Publisher => self.publisher.as_deref_mut(),
+            PeerRole::Subscriber => self.subscriber.as_deref_mut(),
+        }
+    }
+}
+
+/// The connection `key` names, if its participant and role still exist.
+pub(crate) fn peer_of<'a>(participants: &'a mut HashMap<ParticipantId, Participant>, key: &PeerKey) -> Option<&'a mut Peer> {
+    participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1))
+}

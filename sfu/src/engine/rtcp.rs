@@ -1,0 +1,130 @@
+//! RTCP: what subscribers tell the server (NACKs answered from the publisher's packet
+//! cache, keyframe requests relayed to the publisher, receiver reports that give their round
+//! trip), what publishers tell it (sender reports, for taps), and the reports and feedback
+//! the server sends on its own schedule (sender reports to subscribers; receiver reports,
+//! NACKs and transport-wide feedback to publishers).
+
+use std::time::Instant;
+
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::sansio::Protocol;
+use tracing::debug;
+
+use super::{isolate, Engine, Transmit};
+use crate::forwarder::KeyframeRequest;
+use crate::metrics::SfuMetrics;
+use crate::peer::PeerRole;
+use crate::round_trip;
+use crate::tap::TapEvent;
+use crate::{ParticipantId, TrackId};
+
+impl Engine {
+    /// Acts on a subscriber's RTCP about one of the tracks it receives.
+    pub(super) fn subscriber_rtcp(
+        &mut self,
+        now: Instant,
+        subscriber: &ParticipantId,
+        track: &TrackId,
+        packets: &[Box<dyn rtcp::Packet>],
+        out: &mut dyn Transmit,
+    ) {
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                let lost: Vec<u16> = nack.nacks.iter().flat_map(|pair| pair.packet_list()).collect();
+                SfuMetrics::add(&self.metrics.nacks, lost.len() as u64);
+                let mut outgoing = std::mem::take(&mut self.outgoing);
+                let found = self.forwarder.on_nack(now, track, subscriber, lost, &mut outgoing);
+                SfuMetrics::add(&self.metrics.retransmits, found as u64);
+                self.send_outgoing(now, &mut outgoing, out);
+                self.outgoing = outgoing;
+            } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                SfuMetrics::add(&self.metrics.keyframe_requests, 1);
+                if let Some(request) = self.forwarder.keyframe_request(now, track) {
+                    self.send_keyframe_request(now, request);
+                }
+            } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {
+                let arrival = round_trip::ntp_middle(self.wall_clock(now));
+                let echoed = report.reports.iter().filter_map(|r| round_trip::round_trip(arrival, r.last_sender_report, r.delay));
+                if let Some(rtt) = echoed.max() {
+                    SfuMetrics::add(&self.metrics.round_trips, 1);
+                    SfuMetrics::add(&self.metrics.round_trip_micros, rtt.as_micros() as u64);
+                    self.forwarder.set_round_trip(subscriber, rtt);
+                }
+            }
+        }
+    }
+
+    /// Acts on a publisher's RTCP about one of its tracks: sender reports feed the receiver
+    /// reports the ingress sends back, and the taps' clocks.
+    pub(super) fn publisher_rtcp(
+        &mut self,
+        now: Instant,
+        publisher: &ParticipantId,
+        media_track_id: &str,
+        packets: &[Box<dyn rtcp::Packet>],
+    ) {
+        let Some(participant) = self.participants.get_mut(publisher) else { return };
+        let Some(track) = participant.published.get(media_track_id).map(|p| &p.track) else { return };
+        let mut ingress = participant.publisher.as_deref_mut().and_then(|p| p.ingress.as_mut());
+        for packet in packets {
+            let Some(report) = packet.as_any().downcast_ref::<SenderReport>() else { continue };
+            if let Some(ingress) = ingress.as_mut() {
+                ingress.sender_report(now, report.ssrc, report.ntp_time);
+            }
+            let event =
+                || TapEvent::SenderReport { track: track.clone(), ssrc: report.ssrc, ntp_time: report.ntp_time, rtp_time: report.rtp_time };
+            self.taps.send(&participant.room, event);
+        }
+    }
+
+    /// Sends a PLI to the publisher of the requested track.
+    pub(super) fn send_keyframe_request(&mut self, now: Instant, request: KeyframeRequest) {
+        let Some(publisher) = self.participants.get_mut(&request.publisher) else { return };
+        let Some(receiver) = publisher.published.values().find(|p| p.track == request.track).map(|p| p.receiver) else {
+            return;
+        };
+        let Some(peer) = publisher.publisher.as_mut() else { return };
+        let Some(mut receiver) = peer.pc.rtp_receiver(receiver) else { return };
+        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: request.media_ssrc };
+        match receiver.write_rtcp(now, vec![Box::new(pli)]) {
+            Ok(()) => {
+                SfuMetrics::add(&self.metrics.plis_sent, 1);
+                self.dirty.insert((request.publisher, PeerRole::Publisher));
+            }
+            Err(err) => debug!(track = %request.track, %err, "PLI not sent"),
+        }
+    }
+
+    /// Writes the reports and feedback due at `now` on every connection: sender reports to
+    /// subscribers; receiver reports, NACKs and transport-wide feedback to publishers.
+    pub(super) fn send_due_feedback(&mut self, now: Instant) {
+        let wall_clock = self.wall_clock(now);
+        for (id, participant) in &mut self.participants {
+            for role in [PeerRole::Publisher, PeerRole::Subscriber] {
+                let Some(peer) = participant.peer_mut(role) else { continue };
+                let mut feedback = peer.egress.as_mut().and_then(|e| e.due_reports(now, wall_clock)).unwrap_or_default();
+                if let Some(ingress) = peer.ingress.as_mut().filter(|i| i.deadline().is_some_and(|due| due <= now)) {
+                    let nacked = ingress.due_feedback(now, &mut feedback);
+                    SfuMetrics::add(&self.metrics.publisher_nacks, nacked as u64);
+                }
+                if feedback.is_empty() {
+                    continue;
+                }
+                let message = RTCMessage::RtcpPacket(String::new(), feedback);
+                match isolate(|| peer.pc.handle_write(TaggedRTCMessage { now, message })) {
+                    Some(Ok(())) => {}
+                    Some(Err(err)) => debug!(participant = %id, ?role, %err, "RTCP not sent"),
+                    None => self.poisoned.push(id.clone()),
+                }
+                self.dirty.insert((id.clone(), role));
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The engine driven through its inputs alone, in simulated time: clients on the `rtc`
+//! engine exchange datagrams with it in memory, so no test opens a socket or sleeps.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Command, Engine, EngineSettings, Transmit};
+use crate::forwarder::ForwarderSettings;
+use crate::metrics::SfuMetrics;
+use crate::peer::{add_host_candidates, PeerSettings, SrtpProfile};
+use crate::{MediaGrants, ParticipantId, RoomId, SfuEvent, TrackId};
+
+const STEP: Duration = Duration::from_millis(2);
+
+fn server_addr() -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 50_000))
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec { mime_type: "video/VP8".into(), clock_rate: 90_000, channels: 0, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] }
+}
+
+/// The datagrams the engine sent, in order.
+#[derive(Default)]
+struct Wire {
+    sent: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+impl Transmit for Wire {
+    fn transmit(&mut self, datagram: &[u8], to: SocketAddr) {
+        self.sent.push((datagram.to_vec(), to));
+    }
+}
+
+/// A client connection: an `rtc` peer connection at an address of its own.
+struct Client {
+    pc: RTCPeerConnection,
+    addr: SocketAddr,
+    /// RTP the client decrypted, with the track id it came on.
+    received: Vec<(String, rtp::Packet)>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr, now: Instant) -> Self {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().expect("codecs");
+        let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(now).expect("client");
+        add_host_candidates(&mut pc, &[addr]).expect("host candidate");
+        Self { pc, addr, received: Vec::new() }
+    }
+}
+
+/// One participant as a test sees it.
+struct Member {
+    id: ParticipantId,
+    events: mpsc::UnboundedReceiver<SfuEvent>,
+    /// Every event seen so far.
+    seen: Vec<SfuEvent>,
+    publisher: Option<usize>,
+    subscriber: usize,
+}
+
+/// An engine, its clients and a simulated clock.
+struct World {
+    engine: Engine,
+    metrics: Arc<SfuMetrics>,
+    now: Instant,
+    wire: Wire,
+    clients: Vec<Client>,
+    members: HashMap<&'static str, Member>,
+    /// Datagrams the engine sent to addresses no client has.
+    strays: Vec<(Vec<u8>, SocketAddr)>,
+    next_port: u16,
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        let metrics = Arc::new(SfuMetrics::default());
+        let settings = EngineSettings {
+            peers: PeerSettings { candidates: vec![server_addr()], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] },
+            forwarder: ForwarderSettings::default(),
+        };
+        let engine = Engine::new(settings, metrics.clone(), now, SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        Self {
+            engine,
+            metrics,
+            now,
+            wire: Wire::default(),
+            clients: Vec::new(),
+            members: HashMap::new(),
+            strays: Vec::new(),
+            next_port: 40_000,
+        }
+    }
+
+    fn new_client(&mut self) -> usize {
+        self.next_port += 1;
+        self.clients.push(Client::new(SocketAddr::from(([10, 0, 0, 2], self.next_port)), self.now));
+        self.clients.len() - 1
+    }
+
+    fn command<T>(&mut self, command: Command, mut rx: oneshot::Receiver<T>) -> T {
+        self.engine.handle_command(self.now, command, &mut self.wire);
+        self.engine.flush(self.now, &mut self.wire);
+        rx.try_recv().expect("the engine answers every request at once")
+    }
+
+    /// Joins `name` to room `demo` with a subscriber connection.
+    fn join(&mut self, name: &'static str, publish: bool) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let (reply, reply_rx) = oneshot::channel();
+        let id = ParticipantId::new(name);
+        let grants = MediaGrants { publish, subscribe: true };
+        let command = Command::Join { room: RoomId::new("demo"), participant: id.clone(), grants, events, reply };
+        self.command(command, reply_rx).expect("joined");
+        let subscriber = self.new_client();
+        self.members.insert(name, Member { id, events: rx, seen: Vec::new(), publisher: None, subscriber });
+    }
+
+    /// `name` publishes one VP8 track sent with `ssrc`; returns its sender.
+    fn publish_vp8(&mut self, name: &'static str, ssrc: u32) -> RTCRtpSenderId {
+        let client = self.new_client();
+        let track = MediaStreamTrack::new(
+            name.into(),
+            "cam".into(),
+            "cam".into(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                active: true,
+                codec: vp8(),
+                ..Default::default()
+            }],
+        );
+        let now = self.now;
+        let pc = &mut self.clients[client].pc;
+        let sender = pc.add_track(track).expect("track");
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(now, offer.clone()).expect("local offer");
+        let id = self.members[name].id.clone();
+        let (reply, rx) = oneshot::channel();
+        let answer = self.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, reply }, rx).expect("answer");
+        let pc = &mut self.clients[client].pc;
+        pc.set_remote_description(now, RTCSessionDescription::answer(answer).expect("sdp")).expect("remote answer");
+        self.members.get_mut(name).expect("member").publisher = Some(client);
+        sender
+    }
+
+    /// Sends the publisher's packet `sequence` of the track on `sender`.
+    fn send_rtp(&mut self, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequence: u16) {
+        let client = self.members[name].publisher.expect("publishing");
+        let pc = &mut self.clients[client].pc;
+        let mut rtp_sender = pc.rtp_sender(sender).expect("sender");
+        let payload_type = rtp_sender
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type == "video/VP8")
+            .expect("vp8")
+            .payload_type;
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type,
+                ssrc,
+                sequence_number: sequence,
+                timestamp: u32::from(sequence) * 3000,
+                marker: true,
+                ..Default::default()
+            },
+            payload: payload(sequence),
+        };
+        rtp_sender.write_rtp(self.now, packet).expect("write");
+    }
+
+    /// Moves time on by `duration` in steps, carrying datagrams both ways, answering the
+    /// server's subscriber offers and running every timer that falls due.
+    fn run(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now += STEP;
+            self.exchange();
+        }
+    }
+
+    fn exchange(&mut self) {
+        let now = self.now;
+        for client in &mut self.clients {
+            if client.pc.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = client.pc.handle_timeout(now);
+            }
+            while let Some(out) = client.pc.poll_write() {
+                self.engine.handle_datagram(now, &out.message, client.addr, server_addr(), &mut self.wire);
+            }
+        }
+        if self.engine.next_deadline(now) <= now {
+            self.engine.handle_timeout(now);
+        }
+        self.engine.flush(now, &mut self.wire);
+        for (datagram, to) in std::mem::take(&mut self.wire.sent) {
+            let Some(client) = self.clients.iter_mut().find(|c| c.addr == to) else {
+                self.strays.push((datagram, to));
+                continue;
+            };
+            let transport =
+                TransportContext { local_addr: to, peer_addr: server_addr(), ecn: None, transport_protocol: TransportProtocol::UDP };
+            let _ = client.pc.handle_read(TaggedBytesMut { now, transport, message: BytesMut::from(&datagram[..]) });
+        }
+        for client in &mut self.clients {
+            while let Some(message) = client.pc.poll_read() {
+                if let RTCMessage::RtpPacket(track, packet) = message.message {
+                    client.received.push((track, packet));
+                }
+            }
+            while client.pc.poll_event().is_some() {}
+        }
+        let names: Vec<&'static str> = self.members.keys().copied().collect();
+        for name in names {
+            while let Ok(event) = self.members.get_mut(name).expect("member").events.try_recv() {
+                if let SfuEvent::SubscriberOffer(sdp) = &event {
+                    self.answer(name, sdp.clone());
+                }
+                self.members.get_mut(name).expect("member").seen.push(event);
+            }
+        }
+    }
+
+    fn answer(&mut self, name: &str, offer: String) {
+        let (client, id) = (self.members[name].subscriber, self.members[name].id.clone());
+        let now = self.now;
+        let pc = &mut self.clients[client].pc;
+        pc.set_remote_description(now, RTCSessionDescription::offer(offer).expect("sdp")).expect("remote offer");
+        let answer = pc.create_answer(None).expect("answer");
+        pc.set_local_description(now, answer.clone()).expect("local answer");
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::SubscriberAnswer { participant: id, sdp: answer.sdp, reply }, rx).expect("answer taken");
+    }
+
+    fn received(&self, name: &str) -> &[(String, rtp::Packet)] {
+        &self.clients[self.members[name].subscriber].received
+    }
+
+    fn leave(&mut self, name: &str) {
+        let id = self.members[name].id.clone();
+        self.engine.handle_command(self.now, Command::Leave { participant: id }, &mut self.wire);
+        self.engine.flush(self.now, &mut self.wire);
+    }
+
+    /// The ICE ufrag the server's latest subscriber offer to `name` gave.
+    fn subscriber_ufrag(&self, name: &str) -> String {
+        let offer = self.members[name].seen.iter().rev().find_map(|e| match e {
+            SfuEvent::SubscriberOffer(sdp) => Some(sdp.clone()),
+            _ => None,
+        });
+        let offer = offer.expect("an offer was made");
+        let line = offer.lines().find(|l| l.starts_with("a=ice-ufrag:")).expect("ufrag");
+        line["a=ice-ufrag:".len()..].trim().to_owned()
+    }
+}
+
+fn payload(sequence: u16) -> Bytes {
+    let mut bytes = vec![0x10, 0, 0]; // a VP8 descriptor with the start bit, then data
+    bytes.extend((0..600u32).map(|i| (i as u16 ^ sequence) as u8));
+    Bytes::from(bytes)
+}
+
+/// Alice publishes, Bob (joined first) and Carol (joined after) subscribe; `count` packets
+/// from Alice after everyone is connected.
+fn meeting(count: u16) -> (World, RTCRtpSenderId) {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.join("alice", true);
+    let sender = world.publish_vp8("alice", 0xA1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("alice", sender, 0xA1, 1); // the engine announces the track on its first packet
+    world.run(Duration::from_millis(300));
+    world.join("carol", false);
+    world.run(Duration::from_millis(300));
+    for sequence in 2..2 + count {
+        world.send_rtp("alice", sender, 0xA1, sequence);
+        world.run(STEP * 5);
+    }
+    world.run(Duration::from_millis(50));
+    (world, sender)
+}
+
+#[test]
+fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes() {
+    let (mut world, _) = meeting(50);
+    for name in ["bob", "carol"] {
+        let received = world.received(name);
+        let payloads: Vec<&Bytes> = received.iter().map(|(_, p)| &p.payload).collect();
+        assert_eq!(payloads.len(), 50, "{name} got every packet sent after it connected");
+        for (i, p) in payloads.iter().enumerate() {
+            assert_eq!(**p, payload(2 + i as u16), "{name}'s packet {i} is the publisher's payload");
+        }
+        let sequences: Vec<u16> = received.iter().map(|(_, p)| p.header.sequence_number).collect();
+        assert!(sequences.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{name}'s sequence numbers run on without gaps");
+    }
+    let track = TrackId::new("alice/cam");
+    assert!(world.members["bob"].seen.iter().any(|e| matches!(e, SfuEvent::TrackPublished(t) if t.id == track)));
+    world.leave("alice");
+    world.run(Duration::from_millis(20));
+    for name in ["bob", "carol"] {
+        assert!(world.members[name].seen.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished(t) if *t == track)), "{name} heard");
+    }
+    assert!(world.strays.is_empty(), "nothing went to an address no client has");
+}
+
+#[test]
+fn an_attacker_who_knows_a_ufrag_but_not_the_password_gets_nothing() {
+    let (mut world, sender) = meeting(5);
+    let ufrag = world.subscriber_ufrag("bob");
+    let before = world.received("bob").len();
+    let attacker = SocketAddr::from(([203, 0, 113, 9], 6666));
+    let forged = crate::stun::tests::binding_request(format!("{ufrag}:evil").as_bytes(), "not-the-password", true);
+    for round in 0..20u16 {
+        world.engine.handle_datagram(world.now, &forged, attacker, server_addr(), &mut world.wire);
+        world.engine.handle_datagram(world.now, b"\x80\x60\x00\x01garbage-from-the-attacker", attacker, server_addr(), &mut world.wire);
+        world.send_rtp("alice", sender, 0xA1, 100 + round);
+        world.run(STEP * 5);
+    }
+    let to_attacker: usize = world.strays.iter().filter(|(_, to)| *to == attacker).map(|(d, _)| d.len()).sum();
+    assert_eq!(to_attacker, 0, "not a byte to the attacker: no media, no STUN answer");
+    assert_eq!(world.received("bob").len() - before, 20, "the victim lost nothing");
+    assert_eq!(world.metrics.forged_checks.load(std::sync::atomic::Ordering::Relaxed), 20);
+}
+
+#[test]
+fn spoofed_checks_from_many_sources_leave_no_state_behind() {
+    let (mut world, _) = meeting(1);
+    let ufrag = world.subscriber_ufrag("bob");
+    let bound = world.engine.ice.bound_addresses();
+    let forged = crate::stun::tests::binding_request(format!("{ufrag}:evil").as_bytes(), "guess", false);
+    for i in 0..20_000u32 {
+        let source = SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 1000 + (i % 50_000) as u16));
+        world.engine.handle_datagram(world.now, &forged, source, server_addr(), &mut world.wire);
+    }
+    world.engine.flush(world.now, &mut world.wire);
+    assert_eq!(world.engine.ice.bound_addresses(), bound, "no source was bound");
+    assert!(world.wire.sent.is_empty(), "nothing answered");
+    let bob = &world.engine.participants[&world.members["bob"].id];
+    assert!(bob.subscriber.as_ref().is_some_and(|p| p.early_checks.is_empty()), "no check was kept for later");
+}
