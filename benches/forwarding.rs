@@ -23,9 +23,9 @@ const PAYLOAD_BYTES: usize = 1100;
 
 fn table(subscribers: usize) -> (Forwarder, TrackId) {
     let now = Instant::now();
-    let track = TrackId::new("pub/cam");
+    let track = TrackId::next();
     let mut forwarder = Forwarder::new(ForwarderSettings::default());
-    forwarder.add_track(track.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
+    forwarder.add_track(track, ParticipantId::new("pub"), MediaKind::Video, 90_000);
     for i in 0..subscribers {
         let subscriber = ParticipantId::new(format!("sub{i}"));
         forwarder.subscribe(&track, subscriber.clone(), 10_000 + i as u32);

@@ -146,7 +146,7 @@ fn publisher(track_id: &TrackId) -> (Pair, RTCRtpSenderId, Ingress) {
     pair.connect();
     let mut ingress = Ingress::new(built.keys);
     ingress.start(Instant::now(), &mut pair.server).expect("ingress keys");
-    ingress.add_stream(Instant::now(), PUBLISHER_SSRC, track_id.clone(), 90_000, true);
+    ingress.add_stream(Instant::now(), PUBLISHER_SSRC, *track_id, 90_000, true);
     (pair, sender, ingress)
 }
 
@@ -188,11 +188,11 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("server_pipeline");
     group.sample_size(30);
     for n in FAN_OUT {
-        let track_id = TrackId::new("pub/cam");
+        let track_id = TrackId::next();
         let (mut publisher, publisher_sender, mut ingress) = publisher(&track_id);
         let publisher_pt = payload_type(&mut publisher.client, publisher_sender);
         let mut forwarder = Forwarder::new(ForwarderSettings::default());
-        forwarder.add_track(track_id.clone(), ParticipantId::new("pub"), MediaKind::Video, 90_000);
+        forwarder.add_track(track_id, ParticipantId::new("pub"), MediaKind::Video, 90_000);
         let mut subscribers = Vec::new();
         for i in 0..n {
             let (pair, egress, ssrc, pt) = subscriber(i);

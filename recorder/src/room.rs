@@ -377,13 +377,8 @@ impl RoomTask {
             spool_dir: self.settings.spool_dir.clone(),
         };
         let (uploads, jobs) = mpsc::unbounded_channel();
-        let active = Active {
-            info: info.clone(),
-            recording,
-            tracks: info.tracks.iter().map(|t| (t.id.clone(), None)).collect(),
-            uploads,
-            started: now,
-        };
+        let active =
+            Active { info: info.clone(), recording, tracks: info.tracks.iter().map(|t| (t.id, None)).collect(), uploads, started: now };
         for track in &info.tracks {
             active.note(format!("track {} {:?} {}", track.id, track.kind, track.codec.mime_type));
         }
@@ -399,7 +394,7 @@ impl RoomTask {
             tap.request_keyframe(&track.id);
         }
         for (track, _) in &active.tracks {
-            self.routes.insert(track.clone(), publisher.clone());
+            self.routes.insert(*track, publisher.clone());
         }
         self.active.insert(publisher.clone(), active);
     }

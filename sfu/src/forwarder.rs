@@ -238,7 +238,7 @@ impl Forwarder {
     /// Removes everything a participant published or subscribed to; returns the removed
     /// tracks with their subscribers.
     pub fn remove_participant(&mut self, participant: &ParticipantId) -> Vec<(TrackId, Vec<ParticipantId>)> {
-        let published: Vec<TrackId> = self.tracks.iter().filter(|(_, up)| &up.publisher == participant).map(|(id, _)| id.clone()).collect();
+        let published: Vec<TrackId> = self.tracks.iter().filter(|(_, up)| &up.publisher == participant).map(|(id, _)| *id).collect();
         let removed = published
             .into_iter()
             .map(|track| {
@@ -283,7 +283,7 @@ impl Forwarder {
         }
         for down in &mut up.downtracks {
             if let Some(rewritten) = rewrite(now, down, &packet) {
-                out.push(Outgoing { subscriber: down.subscriber.clone(), track: track.clone(), packet: rewritten, rtx: false });
+                out.push(Outgoing { subscriber: down.subscriber.clone(), track: *track, packet: rewritten, rtx: false });
             }
         }
     }
@@ -330,7 +330,7 @@ impl Forwarder {
                 }
                 None => rewritten,
             };
-            out.push(Outgoing { subscriber: subscriber.clone(), track: track.clone(), packet, rtx: rtx.is_some() });
+            out.push(Outgoing { subscriber: subscriber.clone(), track: *track, packet, rtx: rtx.is_some() });
             found += 1;
         }
         found
@@ -346,7 +346,7 @@ impl Forwarder {
             return None;
         }
         let media_ssrc = up.source_ssrc?;
-        up.keyframes.should_request(now).then(|| KeyframeRequest { publisher: up.publisher.clone(), track: track.clone(), media_ssrc })
+        up.keyframes.should_request(now).then(|| KeyframeRequest { publisher: up.publisher.clone(), track: *track, media_ssrc })
     }
 
     /// When the next deferred keyframe request may go out.
@@ -356,12 +356,8 @@ impl Forwarder {
 
     /// Appends to `out` the deferred keyframe requests due at `now`.
     pub fn due_keyframe_requests(&mut self, now: Instant, out: &mut Vec<KeyframeRequest>) {
-        let due: Vec<TrackId> = self
-            .tracks
-            .iter()
-            .filter(|(_, up)| up.keyframes.deferred_until().is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let due: Vec<TrackId> =
+            self.tracks.iter().filter(|(_, up)| up.keyframes.deferred_until().is_some_and(|at| at <= now)).map(|(id, _)| *id).collect();
         out.extend(due.iter().filter_map(|track| self.keyframe_request(now, track)));
     }
 }

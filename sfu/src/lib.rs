@@ -351,7 +351,7 @@ impl RoomTap {
 
     /// Asks the track's publisher for a keyframe (throttled like subscribers' requests).
     pub fn request_keyframe(&self, track: &TrackId) {
-        let _ = self.worker.send(Command::TapKeyframeRequest { track: track.clone() });
+        let _ = self.worker.send(Command::TapKeyframeRequest { track: *track });
     }
 }
 

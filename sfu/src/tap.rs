@@ -123,7 +123,7 @@ impl Taps {
                 marker: packet.header.marker,
                 payload: packet.payload.clone(),
             };
-            if tap.sink.send(TapEvent::Rtp { track: track.clone(), at, packet: tapped }).is_ok() {
+            if tap.sink.send(TapEvent::Rtp { track: *track, at, packet: tapped }).is_ok() {
                 tap.queued.fetch_add(1, Ordering::Relaxed);
                 SfuMetrics::add(&metrics.tap_packets, 1);
             }

@@ -521,7 +521,7 @@ impl Session {
             }
         };
         info!(room = %claims.room, participant = %me.participant_id, identity = %me.identity, "joined");
-        let tracks = tracks.iter().map(|t| describe(t, self.ctx.rooms.is_muted(&claims.room, t.id.as_str()))).collect();
+        let tracks = tracks.iter().map(|t| describe(t, self.ctx.rooms.is_muted(&claims.room, &t.id.to_string()))).collect();
         self.media_events = Some(events_rx);
         let session_id = Alphanumeric.sample_string(&mut rand::rng(), 32);
         self.resumes = Some(self.ctx.resumable.register(session_id.clone()));
@@ -619,7 +619,9 @@ impl Session {
         let Some(joined) = self.joined.as_ref() else { return };
         let Some(stream) = joined.own_tracks.get(track_id) else { return };
         self.ctx.rooms.set_muted(&joined.room, &joined.me.participant_id, track_id, muted);
-        joined.media.set_muted(TrackId::new(track_id), muted);
+        if let Some(track) = TrackId::parse(track_id) {
+            joined.media.set_muted(track, muted);
+        }
         let by = if by_client { "participant" } else { "server" };
         self.note(MessageType::MediaControl, by_client, serde_json::json!({ "track_id": track_id, "muted": muted, "by": by }));
         let status = if muted { StreamStatus::Paused } else { StreamStatus::Active };
@@ -699,11 +701,12 @@ impl Session {
                 ServerMessage::TrackPublished { track: describe(&track, false) }
             }
             SfuEvent::TrackUnpublished(track) => {
-                if let Some(stream) = joined.own_tracks.remove(track.as_str()) {
-                    self.ctx.rooms.forget_track(&joined.room, track.as_str());
+                let track = track.to_string();
+                if let Some(stream) = joined.own_tracks.remove(&track) {
+                    self.ctx.rooms.forget_track(&joined.room, &track);
                     self.ctx.books.unpublished(&joined.seat, &stream);
                 }
-                ServerMessage::TrackUnpublished { track_id: track.to_string() }
+                ServerMessage::TrackUnpublished { track_id: track }
             }
             SfuEvent::SubscriberOffer(sdp) => {
                 self.note(MessageType::Offer, false, serde_json::json!({ "target": "subscriber", "sdp": sdp }));

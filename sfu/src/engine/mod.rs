@@ -348,7 +348,7 @@ impl Engine {
         match (key.1, message.message) {
             (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
                 let Some(participant) = self.participants.get_mut(&key.0) else { return };
-                let Some(track) = participant.published.get(&media_track_id).map(|p| p.track.clone()) else { return };
+                let Some(track) = participant.published.get(&media_track_id).map(|p| p.track) else { return };
                 if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
                     ingress.received(now, &packet);
                 }
@@ -356,7 +356,10 @@ impl Engine {
                 self.forward_published(now, &room, &track, packet, out);
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
-                self.subscriber_rtcp(now, &key.0, &TrackId::new(track_id), &packets, out);
+                // The sender's track id is the track's own (see `Engine::subscribe`).
+                if let Some(track) = TrackId::parse(&track_id) {
+                    self.subscriber_rtcp(now, &key.0, &track, &packets, out);
+                }
             }
             (PeerRole::Publisher, RTCMessage::RtcpPacket(media_track_id, packets)) => {
                 self.publisher_rtcp(now, &key.0, &media_track_id, &packets);
@@ -543,11 +546,10 @@ impl Engine {
             return;
         };
         let twcc = receiver.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).map(|e| e.id);
-        let track =
-            participant.published.get(&media_track_id).map_or_else(|| TrackId::new(format!("{id}/{media_track_id}")), |p| p.track.clone());
+        let track = participant.published.get(&media_track_id).map_or_else(TrackId::next, |p| p.track);
         if let Some(ingress) = peer.ingress.as_mut() {
             let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
-            ingress.add_stream(now, ssrc, track.clone(), codec.clock_rate, nack);
+            ingress.add_stream(now, ssrc, track, codec.clock_rate, nack);
             if let Some(extension_id) = twcc.and_then(|id| u8::try_from(id).ok()) {
                 ingress.enable_twcc(now, extension_id);
             }
@@ -555,9 +557,9 @@ impl Engine {
         if participant.published.contains_key(&media_track_id) {
             return; // another simulcast layer of a known track
         }
-        let info = TrackInfo { id: track.clone(), publisher: id.clone(), kind, codec: codec.clone() };
-        participant.published.insert(media_track_id, Published { track: track.clone(), receiver: receiver_id, info: info.clone() });
-        self.forwarder.add_track(track.clone(), id.clone(), kind, codec.clock_rate);
+        let info = TrackInfo { id: track, publisher: id.clone(), kind, codec: codec.clone() };
+        participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
+        self.forwarder.add_track(track, id.clone(), kind, codec.clock_rate);
         SfuMetrics::shift(&self.metrics.tracks, 1);
         info!(participant = %id, %track, codec = %codec.mime_type, "track published");
         let room = participant.room.clone();
@@ -592,10 +594,10 @@ impl Engine {
         }
         let members = self.rooms.get(room).cloned().unwrap_or_default();
         for (track, _) in removed {
-            self.taps.send(room, || TapEvent::TrackUnpublished(track.clone()));
+            self.taps.send(room, || TapEvent::TrackUnpublished(track));
             for member in &members {
                 if let Some(p) = self.participants.get(member) {
-                    let _ = p.events.send(SfuEvent::TrackUnpublished(track.clone()));
+                    let _ = p.events.send(SfuEvent::TrackUnpublished(track));
                 }
             }
         }

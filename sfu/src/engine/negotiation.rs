@@ -72,7 +72,7 @@ impl Engine {
         for (track, subscription) in &participant.subscriptions {
             let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
             match negotiated(&mut sender, &subscription.codec) {
-                Some(negotiated) => ready.push((track.clone(), negotiated)),
+                Some(negotiated) => ready.push((*track, negotiated)),
                 // A track subscribed after the answered offer went out is in the next one.
                 None if again => debug!(participant = %id, %track, "track waits for the next offer"),
                 None => warn!(participant = %id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec"),
@@ -99,6 +99,9 @@ impl Engine {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,
         };
+        // The stream is the publisher and the track its own id, both RFC 8830 tokens: the
+        // client groups a participant's tracks by stream, and the track's RTCP comes back
+        // with its id.
         let media_track = MediaStreamTrack::new(
             track.publisher.to_string(),
             track.id.to_string(),
@@ -130,7 +133,7 @@ impl Engine {
                     egress.add_stream(ssrc, track.codec.clock_rate);
                 }
                 let subscription = Subscription { sender, ssrc, codec: track.codec.clone(), kind: track.kind, all_codecs };
-                participant.subscriptions.insert(track.id.clone(), subscription);
+                participant.subscriptions.insert(track.id, subscription);
                 self.forwarder.subscribe(&track.id, subscriber.clone(), ssrc);
             }
             Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
@@ -156,7 +159,8 @@ impl Engine {
             return warn!(participant = %id, %err, "cannot apply subscriber offer");
         }
         participant.negotiation = Negotiation::AwaitingAnswer { again: false };
-        let _ = participant.events.send(SfuEvent::SubscriberOffer(offer.sdp));
+        // The engine takes back only the offer it made; the client gets it with the line.
+        let _ = participant.events.send(SfuEvent::SubscriberOffer(declaring_wms(&offer.sdp)));
         self.dirty.insert((id.clone(), PeerRole::Subscriber));
     }
 
@@ -195,6 +199,31 @@ fn needs_every_codec(pc: &RTCPeerConnection, subscriptions: &HashMap<TrackId, Su
         MediaKind::Video => "m=video ",
     };
     !pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
+}
+
+/// The session line that says the `a=msid` lines name WebRTC media streams.
+const MSID_SEMANTIC: &str = "a=msid-semantic: WMS";
+
+/// `sdp` with [`MSID_SEMANTIC`] as its one `a=msid-semantic` line, before the first media
+/// section: the engine writes none in a first offer (and `WMS *` in later ones), and some
+/// clients (older browsers, GStreamer) group tracks into streams only with it. A session
+/// attribute the answer does not depend on.
+fn declaring_wms(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + MSID_SEMANTIC.len() + 2);
+    let mut declared = false;
+    for line in sdp.split_inclusive('\n') {
+        let text = line.trim_end();
+        if text.starts_with("a=msid-semantic") {
+            continue;
+        }
+        if !declared && text.starts_with("m=") {
+            out.push_str(MSID_SEMANTIC);
+            out.push_str("\r\n");
+            declared = true;
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// Makes a subscriber transceiver offer `only` this codec (and its RTX), or every codec of

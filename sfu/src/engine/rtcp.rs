@@ -79,7 +79,7 @@ impl Engine {
                 ingress.sender_report(now, report.ssrc, report.ntp_time);
             }
             let event =
-                || TapEvent::SenderReport { track: track.clone(), ssrc: report.ssrc, ntp_time: report.ntp_time, rtp_time: report.rtp_time };
+                || TapEvent::SenderReport { track: *track, ssrc: report.ssrc, ntp_time: report.ntp_time, rtp_time: report.rtp_time };
             self.taps.send(&participant.room, event);
         }
     }

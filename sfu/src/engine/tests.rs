@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Command, Engine, EngineSettings, Transmit};
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::SfuMetrics;
-use crate::peer::{add_host_candidates, PeerSettings, SrtpProfile};
-use crate::{MediaGrants, ParticipantId, RoomId, SfuEvent, TrackId};
+use crate::peer::{add_host_candidates, PeerRole, PeerSettings, SrtpProfile};
+use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId};
 
 const STEP: Duration = Duration::from_millis(2);
 
@@ -263,6 +263,15 @@ impl World {
         self.engine.flush(self.now, &mut self.wire);
     }
 
+    /// The track whose publication `name` heard first.
+    fn published_track(&self, name: &str) -> TrackId {
+        let published = self.members[name].seen.iter().find_map(|e| match e {
+            SfuEvent::TrackPublished(info) => Some(info.id),
+            _ => None,
+        });
+        published.expect("a track was published")
+    }
+
     /// The ICE ufrag the server's latest subscriber offer to `name` gave.
     fn subscriber_ufrag(&self, name: &str) -> String {
         let offer = self.members[name].seen.iter().rev().find_map(|e| match e {
@@ -314,8 +323,7 @@ fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes
         let sequences: Vec<u16> = received.iter().map(|(_, p)| p.header.sequence_number).collect();
         assert!(sequences.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{name}'s sequence numbers run on without gaps");
     }
-    let track = TrackId::new("alice/cam");
-    assert!(world.members["bob"].seen.iter().any(|e| matches!(e, SfuEvent::TrackPublished(t) if t.id == track)));
+    let track = world.published_track("bob");
     world.leave("alice");
     world.run(Duration::from_millis(20));
     for name in ["bob", "carol"] {
@@ -358,4 +366,75 @@ fn spoofed_checks_from_many_sources_leave_no_state_behind() {
     assert!(world.wire.sent.is_empty(), "nothing answered");
     let bob = &world.engine.participants[&world.members["bob"].id];
     assert!(bob.subscriber.as_ref().is_some_and(|p| p.early_checks.is_empty()), "no check was kept for later");
+}
+
+#[test]
+fn subscriber_offers_declare_wms_and_name_streams_and_tracks_with_tokens() {
+    let (world, _) = meeting(1);
+    let offers: Vec<&String> = world.members["carol"]
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::SubscriberOffer(sdp) => Some(sdp),
+            _ => None,
+        })
+        .collect();
+    assert!(!offers.is_empty());
+    // RFC 8830: msid-id = 1*64token-char.
+    let token = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|c| matches!(c, 0x21 | 0x23..=0x27 | 0x2A..=0x2B | 0x2D..=0x2E | 0x30..=0x39 | 0x41..=0x5A | 0x5E..=0x7E))
+    };
+    for offer in offers {
+        let semantics: Vec<&str> = offer.lines().filter(|l| l.starts_with("a=msid-semantic")).collect();
+        assert_eq!(semantics, ["a=msid-semantic: WMS"], "{offer}");
+        let msids: Vec<&str> = offer.lines().filter_map(|l| l.strip_prefix("a=msid:")).collect();
+        assert!(!msids.is_empty(), "{offer}");
+        for msid in msids {
+            let ids: Vec<&str> = msid.split(' ').collect();
+            assert_eq!(ids.len(), 2, "{msid}");
+            assert!(ids.iter().all(|id| token(id)), "not RFC 8830 tokens: {msid}");
+            assert_eq!(ids[1], world.published_track("bob").to_string(), "the track is named by its id");
+        }
+    }
+}
+
+#[test]
+fn a_candidate_that_panics_the_engine_fails_that_participant_only() {
+    // rtc 0.21.1 computes a candidate's priority as `256 - component` when the priority
+    // given is 0: component 257 underflows, a panic wherever overflow is checked.
+    let (mut world, sender) = meeting(1);
+    let (reply, rx) = oneshot::channel();
+    let candidate = rtc::peer_connection::transport::RTCIceCandidateInit {
+        candidate: "candidate:1 257 udp 0 192.0.2.1 9 typ host".to_owned(),
+        ..Default::default()
+    };
+    let carol = world.members["carol"].id.clone();
+    let result = world.command(Command::RemoteCandidate { participant: carol, role: PeerRole::Subscriber, candidate, reply }, rx);
+    if cfg!(debug_assertions) {
+        assert!(matches!(result, Err(SfuError::Engine(_))), "{result:?}");
+        world.run(STEP);
+        assert!(world.members["carol"].seen.iter().any(|e| matches!(e, SfuEvent::ConnectionFailed)), "carol heard her media failed");
+        assert!(!world.engine.participants.contains_key(&world.members["carol"].id), "and is out of the room");
+    }
+    let before = world.received("bob").len();
+    world.send_rtp("alice", sender, 0xA1, 500);
+    world.run(STEP * 5);
+    assert_eq!(world.received("bob").len(), before + 1, "the room goes on");
+}
+
+#[test]
+fn an_abandoned_engine_tells_every_participant_their_media_failed() {
+    let (world, _) = meeting(1);
+    let World { engine, mut members, .. } = world;
+    engine.abandon();
+    for name in ["alice", "bob", "carol"] {
+        let member = members.get_mut(name).expect("member");
+        let mut failed = false;
+        while let Ok(event) = member.events.try_recv() {
+            failed |= matches!(event, SfuEvent::ConnectionFailed);
+        }
+        assert!(failed, "{name} heard");
+    }
 }

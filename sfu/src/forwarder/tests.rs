@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 const VIDEO_PT: u8 = 96;
 
 fn track() -> TrackId {
-    TrackId::new("alice/cam")
+    static TRACK: std::sync::OnceLock<TrackId> = std::sync::OnceLock::new();
+    *TRACK.get_or_init(TrackId::next)
 }
 
 fn alice() -> ParticipantId {

@@ -151,7 +151,7 @@ impl Ingress {
     pub fn take(&mut self, now: Instant, mut datagram: BytesMut) -> Taken {
         let Some(unprotect) = self.unprotect.as_mut() else { return Taken::Engine(datagram) };
         let Some(ssrc) = rtp_ssrc(&datagram) else { return Taken::Engine(datagram) };
-        let Some(track) = self.streams.iter().find(|s| s.ssrc == ssrc).map(|s| s.track.clone()) else {
+        let Some(track) = self.streams.iter().find(|s| s.ssrc == ssrc).map(|s| s.track) else {
             return Taken::Engine(datagram);
         };
         let clear = match unprotect {
