@@ -172,6 +172,11 @@ impl Forwarder {
         self.tracks.iter().map(|(id, up)| (id, &up.publisher, up.kind))
     }
 
+    /// Number of published tracks in the table.
+    pub fn track_count(&self) -> usize {
+        self.tracks.len()
+    }
+
     /// Number of subscriptions (downtracks) in the table.
     pub fn subscription_count(&self) -> usize {
         self.tracks.values().map(|t| t.downtracks.len()).sum()

@@ -187,7 +187,7 @@ impl Sfu {
             let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::WorkerStart { index, source })?;
             let announced = announced.clone();
             let forwarder = config.forwarder.clone();
-            let metrics = metrics.clone();
+            let metrics = metrics.worker();
             let bind_ip = config.bind_ip;
             let srtp_profiles = config.srtp_profiles.clone();
             std::thread::Builder::new()

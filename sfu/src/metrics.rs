@@ -1,103 +1,169 @@
-//! Media-plane counters, shared by the workers and read by the `/metrics` endpoint.
+//! Media-plane metrics. Each engine counts in plain integers on its own thread; its worker
+//! publishes them into a slot of its own once per turn (a store per figure, not an atomic
+//! add per packet shared by every worker), and the `/metrics` endpoint sums the slots.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// Counters and gauges of the media plane. Relaxed atomics: each is independent.
+/// What an engine counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    PacketsIn,
+    BytesIn,
+    PacketsOut,
+    BytesOut,
+    Nacks,
+    Retransmits,
+    RtxPackets,
+    KeyframeRequests,
+    PlisSent,
+    Unroutable,
+    ForgedChecks,
+    SrtpRefused,
+    PublisherNacks,
+    TapPackets,
+    TapPacketsDropped,
+    EngineRestarts,
+    RoundTrips,
+    RoundTripMicros,
+}
+
+const COUNTERS: usize = Counter::RoundTripMicros as usize + 1;
+
+/// Name and help of each counter rendered as a Prometheus counter, in [`Counter`] order (the
+/// round trips are rendered as a summary).
+const COUNTER_TEXT: [(&str, &str); Counter::EngineRestarts as usize + 1] = [
+    ("switchboard_rtp_packets_in_total", "RTP packets received from publishers."),
+    ("switchboard_rtp_bytes_in_total", "RTP payload bytes received from publishers."),
+    ("switchboard_rtp_packets_out_total", "RTP packets sent to subscribers."),
+    ("switchboard_rtp_bytes_out_total", "RTP payload bytes sent to subscribers."),
+    ("switchboard_nacks_total", "Packets NACKed by subscribers."),
+    ("switchboard_retransmits_total", "Packets retransmitted from the NACK cache."),
+    ("switchboard_rtx_packets_total", "Retransmissions sent on an RTX stream."),
+    ("switchboard_keyframe_requests_total", "PLI/FIR received from subscribers."),
+    ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling."),
+    ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed."),
+    ("switchboard_forged_ice_checks_total", "Connectivity checks refused for failing MESSAGE-INTEGRITY."),
+    ("switchboard_srtp_refused_total", "Publishers' SRTP packets refused (authentication, replay, malformed)."),
+    ("switchboard_publisher_nacks_total", "Missing packets NACKed to publishers."),
+    ("switchboard_tap_packets_total", "Packets handed to taps (recorders)."),
+    ("switchboard_tap_packets_dropped_total", "Packets taps lost to a full queue."),
+    ("switchboard_media_engine_restarts_total", "Media engines replaced after a panic."),
+];
+
+/// An engine's counts, kept without atomics by the thread that owns it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Counters([u64; COUNTERS]);
+
+impl Counters {
+    /// Adds `n` to `counter`.
+    pub fn add(&mut self, counter: Counter, n: u64) {
+        self.0[counter as usize] = self.0[counter as usize].wrapping_add(n);
+    }
+
+    /// The count of `counter`.
+    #[cfg(test)]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+/// How many rooms, participants and tracks an engine holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Gauges {
+    pub rooms: usize,
+    pub participants: usize,
+    pub tracks: usize,
+}
+
+/// One worker's published figures.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerMetrics {
+    counters: [AtomicU64; COUNTERS],
+    gauges: [AtomicI64; 3],
+}
+
+impl WorkerMetrics {
+    /// Publishes the engine's figures.
+    pub fn publish(&self, counters: &Counters, gauges: Gauges) {
+        for (slot, value) in self.counters.iter().zip(counters.0) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        let gauges = [gauges.rooms, gauges.participants, gauges.tracks];
+        for (slot, value) in self.gauges.iter().zip(gauges) {
+            slot.store(value as i64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The media plane's metrics: every worker's slot, summed when read.
 #[derive(Debug, Default)]
 pub struct SfuMetrics {
-    /// Rooms with at least one participant.
-    pub rooms: AtomicI64,
-    /// Participants with media on this node.
-    pub participants: AtomicI64,
-    /// Published tracks.
-    pub tracks: AtomicI64,
-    /// RTP packets received from publishers.
-    pub packets_in: AtomicU64,
-    /// RTP payload bytes received from publishers.
-    pub bytes_in: AtomicU64,
-    /// RTP packets forwarded to subscribers (retransmissions included).
-    pub packets_out: AtomicU64,
-    /// RTP payload bytes forwarded to subscribers.
-    pub bytes_out: AtomicU64,
-    /// NACKed packets received from subscribers.
-    pub nacks: AtomicU64,
-    /// Of those, packets retransmitted from the cache.
-    pub retransmits: AtomicU64,
-    /// Of those, retransmissions sent on an RTX stream (RFC 4588).
-    pub rtx_packets: AtomicU64,
-    /// Keyframe requests (PLI/FIR) received from subscribers.
-    pub keyframe_requests: AtomicU64,
-    /// PLIs sent to publishers after throttling.
-    pub plis_sent: AtomicU64,
-    /// Datagrams dropped because no connection claimed their source.
-    pub unroutable_datagrams: AtomicU64,
-    /// Connectivity checks that named a connection but failed MESSAGE-INTEGRITY.
-    pub forged_checks: AtomicU64,
-    /// Media engines replaced after a panic escaped their isolation.
-    pub engine_restarts: AtomicU64,
-    /// Publishers' SRTP packets refused: failed authentication, replays, malformed.
-    pub srtp_refused: AtomicU64,
-    /// Missing packets NACKed to publishers.
-    pub publisher_nacks: AtomicU64,
-    /// Packets handed to taps (recorders).
-    pub tap_packets: AtomicU64,
-    /// Packets a tap lost because its queue was full.
-    pub tap_packets_dropped: AtomicU64,
-    /// Round trips measured from subscribers' receiver reports.
-    pub round_trips: AtomicU64,
-    /// Their sum, microseconds.
-    pub round_trip_micros: AtomicU64,
+    workers: Mutex<Vec<Arc<WorkerMetrics>>>,
 }
 
 impl SfuMetrics {
-    /// Adds `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Moves a gauge by `delta`.
-    pub fn shift(gauge: &AtomicI64, delta: i64) {
-        gauge.fetch_add(delta, Ordering::Relaxed);
+    /// A new worker's slot, counted from now on.
+    pub(crate) fn worker(&self) -> Arc<WorkerMetrics> {
+        let slot = Arc::new(WorkerMetrics::default());
+        self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(slot.clone());
+        slot
     }
 
     /// Renders the metrics in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+        let workers = self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let counter = |index: usize| workers.iter().map(|w| w.counters[index].load(Ordering::Relaxed)).sum::<u64>();
+        let gauge = |index: usize| workers.iter().map(|w| w.gauges[index].load(Ordering::Relaxed)).sum::<i64>();
         let gauges = [
-            ("switchboard_rooms", "Rooms with media on this node.", &self.rooms),
-            ("switchboard_participants", "Participants with media on this node.", &self.participants),
-            ("switchboard_tracks", "Published tracks.", &self.tracks),
+            ("switchboard_rooms", "Rooms with media on this node."),
+            ("switchboard_participants", "Participants with media on this node."),
+            ("switchboard_tracks", "Published tracks."),
         ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
+        for (index, (name, help)) in gauges.into_iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", gauge(index));
         }
-        let counters = [
-            ("switchboard_rtp_packets_in_total", "RTP packets received from publishers.", &self.packets_in),
-            ("switchboard_rtp_bytes_in_total", "RTP payload bytes received from publishers.", &self.bytes_in),
-            ("switchboard_rtp_packets_out_total", "RTP packets sent to subscribers.", &self.packets_out),
-            ("switchboard_rtp_bytes_out_total", "RTP payload bytes sent to subscribers.", &self.bytes_out),
-            ("switchboard_nacks_total", "Packets NACKed by subscribers.", &self.nacks),
-            ("switchboard_retransmits_total", "Packets retransmitted from the NACK cache.", &self.retransmits),
-            ("switchboard_rtx_packets_total", "Retransmissions sent on an RTX stream.", &self.rtx_packets),
-            ("switchboard_keyframe_requests_total", "PLI/FIR received from subscribers.", &self.keyframe_requests),
-            ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling.", &self.plis_sent),
-            ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed.", &self.unroutable_datagrams),
-            ("switchboard_forged_ice_checks_total", "Connectivity checks refused for failing MESSAGE-INTEGRITY.", &self.forged_checks),
-            ("switchboard_media_engine_restarts_total", "Media engines replaced after a panic.", &self.engine_restarts),
-            ("switchboard_srtp_refused_total", "Publishers' SRTP packets refused (authentication, replay, malformed).", &self.srtp_refused),
-            ("switchboard_publisher_nacks_total", "Missing packets NACKed to publishers.", &self.publisher_nacks),
-            ("switchboard_tap_packets_total", "Packets handed to taps (recorders).", &self.tap_packets),
-            ("switchboard_tap_packets_dropped_total", "Packets taps lost to a full queue.", &self.tap_packets_dropped),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        for (index, (name, help)) in COUNTER_TEXT.into_iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter(index));
         }
         let name = "switchboard_subscriber_round_trip_seconds";
         let _ = writeln!(
             out,
             "# HELP {name} Round trips from subscribers' receiver reports (they size the NACK caches).\n# TYPE {name} summary\n{name}_sum {}\n{name}_count {}",
-            self.round_trip_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            self.round_trips.load(Ordering::Relaxed)
+            counter(Counter::RoundTripMicros as usize) as f64 / 1e6,
+            counter(Counter::RoundTrips as usize)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workers_figures_are_summed_when_read() {
+        let metrics = SfuMetrics::default();
+        let (a, b) = (metrics.worker(), metrics.worker());
+        let mut counters = Counters::default();
+        counters.add(Counter::PacketsOut, 5);
+        counters.add(Counter::RoundTrips, 2);
+        counters.add(Counter::RoundTripMicros, 3_000);
+        a.publish(&counters, Gauges { rooms: 1, participants: 3, tracks: 2 });
+        counters.add(Counter::PacketsOut, 1);
+        b.publish(&counters, Gauges { rooms: 2, participants: 1, tracks: 0 });
+        let mut out = String::new();
+        metrics.render(&mut out);
+        for line in [
+            "switchboard_rooms 3",
+            "switchboard_participants 4",
+            "switchboard_tracks 2",
+            "switchboard_rtp_packets_out_total 11",
+            "switchboard_rtp_packets_in_total 0",
+            "switchboard_subscriber_round_trip_seconds_sum 0.006",
+            "switchboard_subscriber_round_trip_seconds_count 4",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::metrics::SfuMetrics;
+use crate::metrics::{Counter, Counters};
 use crate::{RoomId, TrackId, TrackInfo};
 
 /// An RTP packet as a publisher sent it: the header fields a depacketizer needs and the
@@ -109,11 +109,11 @@ impl Taps {
 
     /// Hands a packet to every tap of the room, without waiting; a tap whose queue holds
     /// `capacity` packets loses it.
-    pub(crate) fn send_rtp(&self, metrics: &SfuMetrics, room: &RoomId, track: &TrackId, at: Instant, packet: &rtc::rtp::Packet) {
+    pub(crate) fn send_rtp(&self, counters: &mut Counters, room: &RoomId, track: &TrackId, at: Instant, packet: &rtc::rtp::Packet) {
         let Some(taps) = self.by_room.get(room) else { return };
         for tap in taps {
             if tap.queued.load(Ordering::Relaxed) >= tap.capacity {
-                SfuMetrics::add(&metrics.tap_packets_dropped, 1);
+                counters.add(Counter::TapPacketsDropped, 1);
                 continue;
             }
             let tapped = TappedRtp {
@@ -125,7 +125,7 @@ impl Taps {
             };
             if tap.sink.send(TapEvent::Rtp { track: *track, at, packet: tapped }).is_ok() {
                 tap.queued.fetch_add(1, Ordering::Relaxed);
-                SfuMetrics::add(&metrics.tap_packets, 1);
+                counters.add(Counter::TapPackets, 1);
             }
         }
     }

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::engine::{Engine, EngineSettings, Transmit};
 use crate::mailbox::{Delivery, Inbox};
-use crate::metrics::SfuMetrics;
+use crate::metrics::{Counter, Counters, WorkerMetrics};
 use crate::outbox::Outbox;
 use crate::socket::MediaSocket;
 
@@ -28,7 +28,8 @@ pub(crate) struct WorkerSetup {
     pub index: usize,
     pub socket: MediaSocket,
     pub engine: EngineSettings,
-    pub metrics: Arc<SfuMetrics>,
+    /// Where the engine's figures are published, once per turn.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// The engine's datagrams on their way out: queued in the outbox, which is sent when a
@@ -60,19 +61,20 @@ impl Transmit for Sending<'_> {
 pub(crate) fn run(setup: WorkerSetup, inbox: Inbox) {
     let WorkerSetup { index, mut socket, engine: settings, metrics } = setup;
     info!(worker = index, addr = %socket.local_addr(), "media worker started");
-    let new_engine = || Engine::new(settings.clone(), metrics.clone(), Instant::now(), SystemTime::now());
-    let mut engine = new_engine();
+    let new_engine = |counters| Engine::new(settings.clone(), counters, Instant::now(), SystemTime::now());
+    let mut engine = new_engine(Counters::default());
     let mut outbox = Outbox::default();
     loop {
         let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| turn(&mut engine, &mut socket, &mut outbox, &inbox)));
         match turn {
-            Ok(true) => {}
+            Ok(true) => engine.publish_metrics(&metrics),
             Ok(false) => break,
             Err(_) => {
                 error!(worker = index, "media engine panicked; its participants' media failed, a new engine takes over");
-                SfuMetrics::add(&metrics.engine_restarts, 1);
                 outbox.clear();
-                let failed = std::mem::replace(&mut engine, new_engine());
+                let mut counters = engine.counters().clone();
+                counters.add(Counter::EngineRestarts, 1);
+                let failed = std::mem::replace(&mut engine, new_engine(counters));
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| failed.abandon())).is_err() {
                     error!(worker = index, "the failed engine could not tell its participants");
                 }

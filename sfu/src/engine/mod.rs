@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::egress::Egress;
 use crate::forwarder::{Forwarder, ForwarderSettings, MediaKind, Outgoing};
 use crate::ingress::{Ingress, Taken};
-use crate::metrics::SfuMetrics;
+use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::tap::{TapEvent, Taps};
 use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
@@ -122,7 +122,7 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// Every room of one worker.
 pub(crate) struct Engine {
     settings: EngineSettings,
-    metrics: Arc<SfuMetrics>,
+    counters: Counters,
     /// The wall clock at one instant, from which reports' NTP times are derived.
     clock: (Instant, SystemTime),
     participants: HashMap<ParticipantId, Participant>,
@@ -139,12 +139,13 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// An engine with no rooms; `wall_clock` is the wall-clock time at `now`.
-    pub(crate) fn new(settings: EngineSettings, metrics: Arc<SfuMetrics>, now: Instant, wall_clock: SystemTime) -> Self {
+    /// An engine with no rooms, counting on from `counters`; `wall_clock` is the wall-clock
+    /// time at `now`.
+    pub(crate) fn new(settings: EngineSettings, counters: Counters, now: Instant, wall_clock: SystemTime) -> Self {
         let forwarder = Forwarder::new(settings.forwarder.clone());
         Self {
             settings,
-            metrics,
+            counters,
             clock: (now, wall_clock),
             participants: HashMap::new(),
             rooms: HashMap::new(),
@@ -220,8 +221,8 @@ impl Engine {
                 key
             }
             Route::Bound(key) => key,
-            Route::Forged => return SfuMetrics::add(&self.metrics.forged_checks, 1),
-            Route::Unknown => return SfuMetrics::add(&self.metrics.unroutable_datagrams, 1),
+            Route::Forged => return self.counters.add(Counter::ForgedChecks, 1),
+            Route::Unknown => return self.counters.add(Counter::Unroutable, 1),
         };
         let Some(participant) = self.participants.get_mut(&key.0) else { return };
         let Some(peer) = participant.peer_mut(key.1) else { return };
@@ -237,7 +238,7 @@ impl Engine {
                 return self.forward_published(now, &room, &track, packet, out);
             }
             Taken::Refused(err) => {
-                SfuMetrics::add(&self.metrics.srtp_refused, 1);
+                self.counters.add(Counter::SrtpRefused, 1);
                 return debug!(participant = %key.0, %err, "media refused");
             }
         };
@@ -378,10 +379,10 @@ impl Engine {
         out: &mut dyn Transmit,
     ) {
         if !self.taps.is_empty() && !self.forwarder.is_muted(track) {
-            self.taps.send_rtp(&self.metrics, room, track, now, &packet);
+            self.taps.send_rtp(&mut self.counters, room, track, now, &packet);
         }
-        SfuMetrics::add(&self.metrics.packets_in, 1);
-        SfuMetrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
+        self.counters.add(Counter::PacketsIn, 1);
+        self.counters.add(Counter::BytesIn, packet.payload.len() as u64);
         let mut outgoing = std::mem::take(&mut self.outgoing);
         self.forwarder.forward(now, track, packet, &mut outgoing);
         self.send_outgoing(now, &mut outgoing, out);
@@ -400,10 +401,10 @@ impl Engine {
                 Ok((datagram, to)) => {
                     out.transmit(datagram, to);
                     if packet.rtx {
-                        SfuMetrics::add(&self.metrics.rtx_packets, 1);
+                        self.counters.add(Counter::RtxPackets, 1);
                     }
-                    SfuMetrics::add(&self.metrics.packets_out, 1);
-                    SfuMetrics::add(&self.metrics.bytes_out, packet.packet.payload.len() as u64);
+                    self.counters.add(Counter::PacketsOut, 1);
+                    self.counters.add(Counter::BytesOut, packet.packet.payload.len() as u64);
                 }
                 Err(err) => debug!(subscriber = %packet.subscriber, track = %packet.track, %err, "forward failed"),
             }
@@ -501,16 +502,12 @@ impl Engine {
         }
         let subscriber = if grants.subscribe { Some(self.open_peer(now, &id, PeerRole::Subscriber)?) } else { None };
         let members = self.rooms.entry(room.clone()).or_default();
-        if members.is_empty() {
-            SfuMetrics::shift(&self.metrics.rooms, 1);
-        }
         let existing: Vec<TrackInfo> = members
             .iter()
             .filter_map(|m| self.participants.get(m))
             .flat_map(|p| p.published.values().map(|published| published.info.clone()))
             .collect();
         members.push(id.clone());
-        SfuMetrics::shift(&self.metrics.participants, 1);
         self.participants.insert(
             id.clone(),
             Participant {
@@ -560,7 +557,6 @@ impl Engine {
         let info = TrackInfo { id: track, publisher: id.clone(), kind, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
         self.forwarder.add_track(track, id.clone(), kind, codec.clock_rate);
-        SfuMetrics::shift(&self.metrics.tracks, 1);
         info!(participant = %id, %track, codec = %codec.mime_type, "track published");
         let room = participant.room.clone();
         self.taps.send(&room, || TapEvent::TrackPublished(info.clone()));
@@ -581,7 +577,6 @@ impl Engine {
     fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<ParticipantId>)>) {
         let mut affected: Vec<ParticipantId> = Vec::new();
         for (track, subscribers) in &removed {
-            SfuMetrics::shift(&self.metrics.tracks, -1);
             for subscriber in subscribers {
                 self.unsubscribe(subscriber, track);
                 if !affected.contains(subscriber) {
@@ -608,12 +603,10 @@ impl Engine {
         let removed = self.forwarder.remove_participant(id);
         self.unpublished(now, &room, removed);
         let Some(mut participant) = self.participants.remove(id) else { return };
-        SfuMetrics::shift(&self.metrics.participants, -1);
         if let Some(members) = self.rooms.get_mut(&participant.room) {
             members.retain(|m| m != id);
             if members.is_empty() {
                 self.rooms.remove(&participant.room);
-                SfuMetrics::shift(&self.metrics.rooms, -1);
             }
         }
         for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
@@ -644,15 +637,23 @@ impl Engine {
         }
     }
 
+    /// What the engine counted so far.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Publishes the engine's counts and how many rooms, participants and tracks it holds.
+    pub(crate) fn publish_metrics(&self, slot: &WorkerMetrics) {
+        let gauges = Gauges { rooms: self.rooms.len(), participants: self.participants.len(), tracks: self.forwarder.track_count() };
+        slot.publish(&self.counters, gauges);
+    }
+
     /// Gives up on every room after a panic that escaped isolation: each participant hears
-    /// its media connection failed, and the gauges lose what the engine counted.
+    /// its media connection failed.
     pub(crate) fn abandon(self) {
         for participant in self.participants.values() {
             let _ = participant.events.send(SfuEvent::ConnectionFailed);
         }
-        SfuMetrics::shift(&self.metrics.participants, -(self.participants.len() as i64));
-        SfuMetrics::shift(&self.metrics.rooms, -(self.rooms.len() as i64));
-        SfuMetrics::shift(&self.metrics.tracks, -(self.forwarder.tracks().count() as i64));
     }
 }
 

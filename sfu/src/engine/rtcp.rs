@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::{isolate, Engine, Transmit};
 use crate::forwarder::KeyframeRequest;
-use crate::metrics::SfuMetrics;
+use crate::metrics::Counter;
 use crate::peer::PeerRole;
 use crate::round_trip;
 use crate::tap::TapEvent;
@@ -38,14 +38,14 @@ impl Engine {
             let any = packet.as_any();
             if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 let lost: Vec<u16> = nack.nacks.iter().flat_map(|pair| pair.packet_list()).collect();
-                SfuMetrics::add(&self.metrics.nacks, lost.len() as u64);
+                self.counters.add(Counter::Nacks, lost.len() as u64);
                 let mut outgoing = std::mem::take(&mut self.outgoing);
                 let found = self.forwarder.on_nack(now, track, subscriber, lost, &mut outgoing);
-                SfuMetrics::add(&self.metrics.retransmits, found as u64);
+                self.counters.add(Counter::Retransmits, found as u64);
                 self.send_outgoing(now, &mut outgoing, out);
                 self.outgoing = outgoing;
             } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                SfuMetrics::add(&self.metrics.keyframe_requests, 1);
+                self.counters.add(Counter::KeyframeRequests, 1);
                 if let Some(request) = self.forwarder.keyframe_request(now, track) {
                     self.send_keyframe_request(now, request);
                 }
@@ -53,8 +53,8 @@ impl Engine {
                 let arrival = round_trip::ntp_middle(self.wall_clock(now));
                 let echoed = report.reports.iter().filter_map(|r| round_trip::round_trip(arrival, r.last_sender_report, r.delay));
                 if let Some(rtt) = echoed.max() {
-                    SfuMetrics::add(&self.metrics.round_trips, 1);
-                    SfuMetrics::add(&self.metrics.round_trip_micros, rtt.as_micros() as u64);
+                    self.counters.add(Counter::RoundTrips, 1);
+                    self.counters.add(Counter::RoundTripMicros, rtt.as_micros() as u64);
                     self.forwarder.set_round_trip(subscriber, rtt);
                 }
             }
@@ -95,7 +95,7 @@ impl Engine {
         let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: request.media_ssrc };
         match receiver.write_rtcp(now, vec![Box::new(pli)]) {
             Ok(()) => {
-                SfuMetrics::add(&self.metrics.plis_sent, 1);
+                self.counters.add(Counter::PlisSent, 1);
                 self.dirty.insert((request.publisher, PeerRole::Publisher));
             }
             Err(err) => debug!(track = %request.track, %err, "PLI not sent"),
@@ -112,7 +112,7 @@ impl Engine {
                 let mut feedback = peer.egress.as_mut().and_then(|e| e.due_reports(now, wall_clock)).unwrap_or_default();
                 if let Some(ingress) = peer.ingress.as_mut().filter(|i| i.deadline().is_some_and(|due| due <= now)) {
                     let nacked = ingress.due_feedback(now, &mut feedback);
-                    SfuMetrics::add(&self.metrics.publisher_nacks, nacked as u64);
+                    self.counters.add(Counter::PublisherNacks, nacked as u64);
                 }
                 if feedback.is_empty() {
                     continue;

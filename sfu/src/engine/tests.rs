@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -21,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Engine, EngineSettings, Transmit};
 use crate::forwarder::ForwarderSettings;
-use crate::metrics::SfuMetrics;
+use crate::metrics::{Counter, Counters};
 use crate::peer::{add_host_candidates, PeerRole, PeerSettings, SrtpProfile};
 use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId};
 
@@ -78,7 +77,6 @@ struct Member {
 /// An engine, its clients and a simulated clock.
 struct World {
     engine: Engine,
-    metrics: Arc<SfuMetrics>,
     now: Instant,
     wire: Wire,
     clients: Vec<Client>,
@@ -91,22 +89,12 @@ struct World {
 impl World {
     fn new() -> Self {
         let now = Instant::now();
-        let metrics = Arc::new(SfuMetrics::default());
         let settings = EngineSettings {
             peers: PeerSettings { candidates: vec![server_addr()], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] },
             forwarder: ForwarderSettings::default(),
         };
-        let engine = Engine::new(settings, metrics.clone(), now, SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        Self {
-            engine,
-            metrics,
-            now,
-            wire: Wire::default(),
-            clients: Vec::new(),
-            members: HashMap::new(),
-            strays: Vec::new(),
-            next_port: 40_000,
-        }
+        let engine = Engine::new(settings, Counters::default(), now, SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        Self { engine, now, wire: Wire::default(), clients: Vec::new(), members: HashMap::new(), strays: Vec::new(), next_port: 40_000 }
     }
 
     fn new_client(&mut self) -> usize {
@@ -348,7 +336,7 @@ fn an_attacker_who_knows_a_ufrag_but_not_the_password_gets_nothing() {
     let to_attacker: usize = world.strays.iter().filter(|(_, to)| *to == attacker).map(|(d, _)| d.len()).sum();
     assert_eq!(to_attacker, 0, "not a byte to the attacker: no media, no STUN answer");
     assert_eq!(world.received("bob").len() - before, 20, "the victim lost nothing");
-    assert_eq!(world.metrics.forged_checks.load(std::sync::atomic::Ordering::Relaxed), 20);
+    assert_eq!(world.engine.counters().get(Counter::ForgedChecks), 20);
 }
 
 #[test]
