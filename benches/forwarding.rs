@@ -7,7 +7,7 @@
 //! `cargo bench --bench forwarding`
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -16,22 +16,24 @@ use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
-use sfu::{ParticipantId, TrackId};
+use sfu::{ParticipantKey, TrackId};
 
 const FAN_OUT: [usize; 3] = [1, 10, 100];
 const PAYLOAD_BYTES: usize = 1100;
 
-fn table(subscribers: usize) -> (Forwarder, TrackId) {
+/// A forwarding table with one track and `subscribers` negotiated subscribers, the first
+/// of whom is returned.
+fn table(subscribers: usize) -> (Forwarder, TrackId, ParticipantKey) {
     let now = Instant::now();
     let track = TrackId::next();
     let mut forwarder = Forwarder::new(ForwarderSettings::default());
-    forwarder.add_track(track, ParticipantId::new("pub"), MediaKind::Video, 90_000);
-    for i in 0..subscribers {
-        let subscriber = ParticipantId::new(format!("sub{i}"));
-        forwarder.subscribe(&track, subscriber.clone(), 10_000 + i as u32);
-        forwarder.set_negotiated(now, &track, &subscriber, Negotiated { payload_type: 96, rtx: None });
+    forwarder.add_track(track, ParticipantKey::next(), MediaKind::Video, 90_000);
+    let keys: Vec<ParticipantKey> = (0..subscribers.max(1)).map(|_| ParticipantKey::next()).collect();
+    for (i, subscriber) in keys.iter().enumerate().take(subscribers) {
+        forwarder.subscribe(&track, *subscriber, 10_000 + i as u32);
+        forwarder.set_negotiated(now, &track, subscriber, Negotiated { payload_type: 96, rtx: None });
     }
-    (forwarder, track)
+    (forwarder, track, keys[0])
 }
 
 fn packet(seq: u16, payload: &Bytes) -> rtp::Packet {
@@ -60,7 +62,7 @@ fn forwarding(c: &mut Criterion) {
     for subscribers in FAN_OUT {
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(BenchmarkId::new("rewrite", subscribers), &subscribers, |b, &n| {
-            let (mut forwarder, track) = table(n);
+            let (mut forwarder, track, _) = table(n);
             let mut out: Vec<Outgoing> = Vec::with_capacity(n);
             let mut seq = 0u16;
             b.iter(|| {
@@ -73,7 +75,7 @@ fn forwarding(c: &mut Criterion) {
             [("rewrite+srtp_gcm", ProtectionProfile::AeadAes128Gcm), ("rewrite+srtp_sha1_80", ProtectionProfile::Aes128CmHmacSha1_80)]
         {
             group.bench_with_input(BenchmarkId::new(label, subscribers), &subscribers, |b, &n| {
-                let (mut forwarder, track) = table(n);
+                let (mut forwarder, track, _) = table(n);
                 let mut contexts: Vec<Context> = (0..n).map(|_| srtp_context(profile)).collect();
                 let mut out: Vec<Outgoing> = Vec::with_capacity(n);
                 let mut seq = 0u16;
@@ -95,8 +97,7 @@ fn forwarding(c: &mut Criterion) {
 /// packet rewritten for the subscriber again.
 fn nack(c: &mut Criterion) {
     let payload = Bytes::from(vec![0xAB; PAYLOAD_BYTES]);
-    let (mut forwarder, track) = table(1);
-    let subscriber = ParticipantId::new("sub0");
+    let (mut forwarder, track, subscriber) = table(1);
     let mut out: Vec<Outgoing> = Vec::new();
     let mut sent = Vec::new();
     for seq in 0..500u16 {
@@ -106,9 +107,12 @@ fn nack(c: &mut Criterion) {
     let lost: Vec<u16> = sent.iter().rev().step_by(37).take(10).copied().collect();
     let mut group = c.benchmark_group("nack");
     group.throughput(Throughput::Elements(lost.len() as u64));
+    // A second apart each time: the subscriber's retransmission budget is full again.
+    let mut now = Instant::now();
     group.bench_function("answer_10_from_cache", |b| {
         b.iter(|| {
-            let found = forwarder.on_nack(Instant::now(), &track, &subscriber, lost.iter().copied(), &mut out);
+            now += Duration::from_secs(1);
+            let found = forwarder.on_nack(now, &track, &subscriber, lost.iter().copied(), &mut out);
             assert_eq!(found, lost.len());
             black_box(out.drain(..).count())
         });

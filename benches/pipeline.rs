@@ -30,7 +30,7 @@ use sfu::egress::Egress;
 use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
 use sfu::ingress::{Ingress, Taken};
 use sfu::peer::{add_host_candidates, build_peer, PeerRole, PeerSettings, SrtpProfile};
-use sfu::{ParticipantId, TrackId};
+use sfu::{ParticipantKey, TrackId};
 
 const FAN_OUT: [usize; 3] = [1, 10, 100];
 const PAYLOAD_BYTES: usize = 1100;
@@ -192,12 +192,12 @@ fn pipeline(c: &mut Criterion) {
         let (mut publisher, publisher_sender, mut ingress) = publisher(&track_id);
         let publisher_pt = payload_type(&mut publisher.client, publisher_sender);
         let mut forwarder = Forwarder::new(ForwarderSettings::default());
-        forwarder.add_track(track_id, ParticipantId::new("pub"), MediaKind::Video, 90_000);
+        forwarder.add_track(track_id, ParticipantKey::next(), MediaKind::Video, 90_000);
         let mut subscribers = Vec::new();
         for i in 0..n {
             let (pair, egress, ssrc, pt) = subscriber(i);
-            let id = ParticipantId::new(format!("sub{i}"));
-            forwarder.subscribe(&track_id, id.clone(), ssrc);
+            let id = ParticipantKey::next();
+            forwarder.subscribe(&track_id, id, ssrc);
             forwarder.set_negotiated(Instant::now(), &track_id, &id, Negotiated { payload_type: pt, rtx: None });
             subscribers.push((pair, egress));
         }

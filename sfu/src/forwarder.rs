@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rtc::rtp;
 
-use crate::ids::{ParticipantId, TrackId};
+use crate::ids::{ParticipantKey, TrackId};
 use crate::keyframe::KeyframeRequester;
 use crate::munger::RtpMunger;
 use crate::packet_cache::PacketCache;
@@ -75,7 +75,7 @@ pub struct RtxStream {
 /// One subscriber's view of a published track.
 #[derive(Debug)]
 struct DownTrack {
-    subscriber: ParticipantId,
+    subscriber: ParticipantKey,
     ssrc: u32,
     /// `None` until the subscriber answered.
     negotiated: Option<Negotiated>,
@@ -91,7 +91,7 @@ struct DownTrack {
 /// A published track with its subscribers.
 #[derive(Debug)]
 struct UpTrack {
-    publisher: ParticipantId,
+    publisher: ParticipantKey,
     kind: MediaKind,
     clock_rate: u32,
     /// The SSRC the publisher currently sends, for keyframe requests.
@@ -109,7 +109,7 @@ struct UpTrack {
 #[derive(Debug)]
 pub struct Outgoing {
     /// Who receives it.
-    pub subscriber: ParticipantId,
+    pub subscriber: ParticipantKey,
     /// Which published track it belongs to.
     pub track: TrackId,
     /// The rewritten packet (payload shared with the source packet, except for RTX).
@@ -122,7 +122,7 @@ pub struct Outgoing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyframeRequest {
     /// The publisher of the track.
-    pub publisher: ParticipantId,
+    pub publisher: ParticipantKey,
     /// The published track.
     pub track: TrackId,
     /// The SSRC the PLI names.
@@ -143,7 +143,7 @@ impl Forwarder {
     }
 
     /// Registers a published track. Video tracks get a NACK cache.
-    pub fn add_track(&mut self, track: TrackId, publisher: ParticipantId, kind: MediaKind, clock_rate: u32) {
+    pub fn add_track(&mut self, track: TrackId, publisher: ParticipantKey, kind: MediaKind, clock_rate: u32) {
         let cache =
             (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_min_age));
         self.tracks.insert(
@@ -163,12 +163,12 @@ impl Forwarder {
     }
 
     /// Removes a published track; returns its subscribers, whose senders must be removed.
-    pub fn remove_track(&mut self, track: &TrackId) -> Vec<ParticipantId> {
+    pub fn remove_track(&mut self, track: &TrackId) -> Vec<ParticipantKey> {
         self.tracks.remove(track).map(|up| up.downtracks.into_iter().map(|d| d.subscriber).collect()).unwrap_or_default()
     }
 
     /// The tracks currently published.
-    pub fn tracks(&self) -> impl Iterator<Item = (&TrackId, &ParticipantId, MediaKind)> {
+    pub fn tracks(&self) -> impl Iterator<Item = (&TrackId, &ParticipantKey, MediaKind)> {
         self.tracks.iter().map(|(id, up)| (id, &up.publisher, up.kind))
     }
 
@@ -183,7 +183,7 @@ impl Forwarder {
     }
 
     /// Subscribes `subscriber` to `track`, sending with `ssrc` once it has negotiated.
-    pub fn subscribe(&mut self, track: &TrackId, subscriber: ParticipantId, ssrc: u32) {
+    pub fn subscribe(&mut self, track: &TrackId, subscriber: ParticipantKey, ssrc: u32) {
         let Some(up) = self.tracks.get_mut(track) else { return };
         up.downtracks.retain(|d| d.subscriber != subscriber);
         up.downtracks.push(DownTrack {
@@ -204,7 +204,7 @@ impl Forwarder {
         &mut self,
         now: Instant,
         track: &TrackId,
-        subscriber: &ParticipantId,
+        subscriber: &ParticipantKey,
         negotiated: Negotiated,
     ) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
@@ -221,7 +221,7 @@ impl Forwarder {
     /// video track it receives to [`NACK_ROUND_TRIPS`] round trips of the slowest of the
     /// track's subscribers, within the configured least and most. A subscriber that left
     /// counts until the next report of another one (they come about every second).
-    pub fn set_round_trip(&mut self, subscriber: &ParticipantId, round_trip: Duration) {
+    pub fn set_round_trip(&mut self, subscriber: &ParticipantKey, round_trip: Duration) {
         let (least, most) = (self.settings.nack_cache_min_age, self.settings.nack_cache_age.max(self.settings.nack_cache_min_age));
         for up in self.tracks.values_mut() {
             let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { continue };
@@ -234,7 +234,7 @@ impl Forwarder {
     }
 
     /// Removes one subscription.
-    pub fn unsubscribe(&mut self, track: &TrackId, subscriber: &ParticipantId) {
+    pub fn unsubscribe(&mut self, track: &TrackId, subscriber: &ParticipantKey) {
         if let Some(up) = self.tracks.get_mut(track) {
             up.downtracks.retain(|d| &d.subscriber != subscriber);
         }
@@ -242,7 +242,7 @@ impl Forwarder {
 
     /// Removes everything a participant published or subscribed to; returns the removed
     /// tracks with their subscribers.
-    pub fn remove_participant(&mut self, participant: &ParticipantId) -> Vec<(TrackId, Vec<ParticipantId>)> {
+    pub fn remove_participant(&mut self, participant: &ParticipantKey) -> Vec<(TrackId, Vec<ParticipantKey>)> {
         let published: Vec<TrackId> = self.tracks.iter().filter(|(_, up)| &up.publisher == participant).map(|(id, _)| *id).collect();
         let removed = published
             .into_iter()
@@ -288,7 +288,7 @@ impl Forwarder {
         }
         for down in &mut up.downtracks {
             if let Some(rewritten) = rewrite(now, down, &packet) {
-                out.push(Outgoing { subscriber: down.subscriber.clone(), track: *track, packet: rewritten, rtx: false });
+                out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, rtx: false });
             }
         }
     }
@@ -301,7 +301,7 @@ impl Forwarder {
         &mut self,
         now: Instant,
         track: &TrackId,
-        subscriber: &ParticipantId,
+        subscriber: &ParticipantKey,
         lost: impl IntoIterator<Item = u16>,
         out: &mut Vec<Outgoing>,
     ) -> usize {
@@ -335,7 +335,7 @@ impl Forwarder {
                 }
                 None => rewritten,
             };
-            out.push(Outgoing { subscriber: subscriber.clone(), track: *track, packet, rtx: rtx.is_some() });
+            out.push(Outgoing { subscriber: *subscriber, track: *track, packet, rtx: rtx.is_some() });
             found += 1;
         }
         found
@@ -351,7 +351,7 @@ impl Forwarder {
             return None;
         }
         let media_ssrc = up.source_ssrc?;
-        up.keyframes.should_request(now).then(|| KeyframeRequest { publisher: up.publisher.clone(), track: *track, media_ssrc })
+        up.keyframes.should_request(now).then_some(KeyframeRequest { publisher: up.publisher, track: *track, media_ssrc })
     }
 
     /// When the next deferred keyframe request may go out.

@@ -38,6 +38,25 @@ string_id!(
     /// A participant of a room: one signaling session with its two peer connections.
     ParticipantId
 );
+/// A participant as the packet path knows it: a number given when it joins the media plane
+/// and never given again on the node, so a stale one finds nothing rather than someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantKey(u64);
+
+impl ParticipantKey {
+    /// A key not handed out before on this node.
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for ParticipantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// A published track, unique on the node: a number counted from a random start, so ids of
 /// one run do not repeat those of the last. Written `TR_` and 16 hex digits, an RFC 8830
 /// token, which is how it appears in the protocol and in the `a=msid` of subscriber offers.

@@ -38,7 +38,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 
 pub use forwarder::{ForwarderSettings, MediaKind, Negotiated, RtxStream};
-pub use ids::{ParticipantId, RoomId, TrackId};
+pub use ids::{ParticipantId, ParticipantKey, RoomId, TrackId};
 pub use metrics::SfuMetrics;
 pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;

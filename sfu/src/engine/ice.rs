@@ -75,13 +75,13 @@ impl IceRoutes {
             if !stun::integrity_holds(datagram, &connection.integrity) {
                 return Route::Forged;
             }
-            let key = connection.key.clone();
+            let key = connection.key;
             let nominated = stun::nominates(datagram);
             self.bind(ufrag.to_owned(), from);
             return Route::Check { key, nominated };
         }
         match self.by_addr.get(&from).and_then(|ufrag| self.by_ufrag.get(ufrag)) {
-            Some(connection) => Route::Bound(connection.key.clone()),
+            Some(connection) => Route::Bound(connection.key),
             None => Route::Unknown,
         }
     }
@@ -119,10 +119,11 @@ mod tests {
     use super::*;
     use crate::peer::PeerRole;
     use crate::stun::tests::binding_request;
-    use crate::ParticipantId;
+    use crate::ParticipantKey;
 
     fn key() -> PeerKey {
-        (ParticipantId::new("alice"), PeerRole::Subscriber)
+        static ALICE: std::sync::OnceLock<ParticipantKey> = std::sync::OnceLock::new();
+        (*ALICE.get_or_init(ParticipantKey::next), PeerRole::Subscriber)
     }
 
     fn addr(port: u16) -> SocketAddr {

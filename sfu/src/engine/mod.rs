@@ -48,7 +48,7 @@ use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::tap::{TapEvent, Taps};
-use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 use ice::{IceRoutes, Route};
 use participant::{peer_of, Negotiation, Participant, Peer, PeerKey, Published, MAX_EARLY_CHECKS};
 
@@ -125,16 +125,18 @@ pub(crate) struct Engine {
     counters: Counters,
     /// The wall clock at one instant, from which reports' NTP times are derived.
     clock: (Instant, SystemTime),
-    participants: HashMap<ParticipantId, Participant>,
+    participants: HashMap<ParticipantKey, Participant>,
+    /// Signaling's ids of the participants, for its commands.
+    keys: HashMap<ParticipantId, ParticipantKey>,
     /// Media membership: the one record of who is in which of the worker's rooms.
-    rooms: HashMap<RoomId, Vec<ParticipantId>>,
+    rooms: HashMap<RoomId, Vec<ParticipantKey>>,
     ice: IceRoutes,
     forwarder: Forwarder,
     /// Peers with input since they were last drained.
     dirty: HashSet<PeerKey>,
     outgoing: Vec<Outgoing>,
     /// Participants whose connection panicked inside the engine since the last flush.
-    poisoned: Vec<ParticipantId>,
+    poisoned: Vec<ParticipantKey>,
     taps: Taps,
 }
 
@@ -148,6 +150,7 @@ impl Engine {
             counters,
             clock: (now, wall_clock),
             participants: HashMap::new(),
+            keys: HashMap::new(),
             rooms: HashMap::new(),
             ice: IceRoutes::default(),
             forwarder,
@@ -199,9 +202,9 @@ impl Engine {
                 match isolate(|| peer.pc.handle_timeout(now)) {
                     Some(Ok(())) => {}
                     Some(Err(err)) => debug!(participant = %id, ?role, %err, "timeout handling failed"),
-                    None => self.poisoned.push(id.clone()),
+                    None => self.poisoned.push(*id),
                 }
-                self.dirty.insert((id.clone(), role));
+                self.dirty.insert((*id, role));
             }
         }
     }
@@ -253,7 +256,7 @@ impl Engine {
         match isolate(|| peer.pc.handle_read(input)) {
             Some(Ok(())) => {}
             Some(Err(err)) => debug!(participant = %key.0, role = ?key.1, %err, "datagram rejected"),
-            None => self.poisoned.push(key.0.clone()),
+            None => self.poisoned.push(key.0),
         }
         self.dirty.insert(key);
     }
@@ -281,7 +284,7 @@ impl Engine {
             }
             (messages, events)
         });
-        let Some((messages, events)) = polled else { return self.poisoned.push(key.0.clone()) };
+        let Some((messages, events)) = polled else { return self.poisoned.push(key.0) };
         for event in events {
             self.handle_event(now, key, event);
         }
@@ -297,26 +300,26 @@ impl Engine {
         });
         match flushed {
             Some(deadline) => peer.deadline = deadline,
-            None => self.poisoned.push(key.0.clone()),
+            None => self.poisoned.push(key.0),
         }
     }
 
     /// Takes out of the room every participant whose connection panicked inside the
     /// engine: its state can no longer be trusted, the rest of the worker's rooms can.
     fn remove_poisoned(&mut self, now: Instant, out: &mut dyn Transmit) {
-        for id in std::mem::take(&mut self.poisoned) {
-            if let Some(participant) = self.participants.get(&id) {
-                tracing::error!(participant = %id, "peer connection panicked in the engine; participant removed");
+        for key in std::mem::take(&mut self.poisoned) {
+            if let Some(participant) = self.participants.get(&key) {
+                tracing::error!(participant = %participant.id, "peer connection panicked in the engine; participant removed");
                 let _ = participant.events.send(SfuEvent::ConnectionFailed);
             }
-            self.leave(now, &id, out);
+            self.leave(now, key, out);
         }
     }
 
     fn handle_event(&mut self, now: Instant, key: &PeerKey, event: RTCPeerConnectionEvent) {
         match event {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if key.1 == PeerRole::Publisher => {
-                self.publish_track(now, &key.0, init.track_id, init.receiver_id, init.ssrc);
+                self.publish_track(now, key.0, init.track_id, init.receiver_id, init.ssrc);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
                 let Some(participant) = self.participants.get_mut(&key.0) else { return };
@@ -359,11 +362,11 @@ impl Engine {
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
                 // The sender's track id is the track's own (see `Engine::subscribe`).
                 if let Some(track) = TrackId::parse(&track_id) {
-                    self.subscriber_rtcp(now, &key.0, &track, &packets, out);
+                    self.subscriber_rtcp(now, key.0, &track, &packets, out);
                 }
             }
             (PeerRole::Publisher, RTCMessage::RtcpPacket(media_track_id, packets)) => {
-                self.publisher_rtcp(now, &key.0, &media_track_id, &packets);
+                self.publisher_rtcp(now, key.0, &media_track_id, &packets);
             }
             _ => {}
         }
@@ -434,24 +437,36 @@ impl Engine {
     pub(crate) fn handle_command(&mut self, now: Instant, command: Command, out: &mut dyn Transmit) {
         match command {
             Command::Join { room, participant, grants, events, reply } => {
-                let result = self.isolated(&participant.clone(), |engine| engine.join(now, room, participant, grants, events));
-                let _ = reply.send(result);
+                if self.keys.contains_key(&participant) {
+                    let _ = reply.send(Err(SfuError::AlreadyJoined));
+                    return;
+                }
+                let key = ParticipantKey::next();
+                self.keys.insert(participant.clone(), key);
+                let _ = reply.send(self.isolated(key, |engine| engine.join(now, room, key, participant, grants, events)));
             }
             Command::PublisherOffer { participant, sdp, reply } => {
-                let _ = reply.send(self.isolated(&participant, |engine| engine.publisher_offer(now, &participant, sdp)));
+                let result = self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.publisher_offer(now, key, sdp)));
+                let _ = reply.send(result);
             }
             Command::SubscriberAnswer { participant, sdp, reply } => {
-                let _ = reply.send(self.isolated(&participant, |engine| engine.subscriber_answer(now, &participant, sdp)));
+                let result = self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.subscriber_answer(now, key, sdp)));
+                let _ = reply.send(result);
             }
             Command::RemoteCandidate { participant, role, candidate, reply } => {
-                let result = self.isolated(&participant, |engine| {
-                    let peer = engine.participants.get_mut(&participant).ok_or(SfuError::UnknownParticipant)?.peer_mut(role);
-                    let peer = peer.ok_or(SfuError::NotNegotiated)?;
-                    peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(e.to_string()))
+                let result = self.known(&participant).and_then(|key| {
+                    self.isolated(key, |engine| {
+                        let peer = engine.participants.get_mut(&key).and_then(|p| p.peer_mut(role)).ok_or(SfuError::NotNegotiated)?;
+                        peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(e.to_string()))
+                    })
                 });
                 let _ = reply.send(result);
             }
-            Command::Leave { participant } => self.leave(now, &participant, out),
+            Command::Leave { participant } => {
+                if let Ok(key) = self.known(&participant) {
+                    self.leave(now, key, out);
+                }
+            }
             Command::AttachTap { room, id, sink, queued, capacity, reply } => {
                 let published = self.rooms.get(&room).into_iter().flatten().filter_map(|m| self.participants.get(m));
                 for published in published.flat_map(|p| p.published.values()) {
@@ -469,7 +484,9 @@ impl Engine {
             }
             Command::SetMuted { participant, track, muted } => {
                 // Only the track's publisher (or signaling on an admin's behalf, through it).
-                let publishes = self.participants.get(&participant).is_some_and(|p| p.published.values().any(|t| t.track == track));
+                let publishes = self
+                    .known(&participant)
+                    .is_ok_and(|key| self.participants.get(&key).is_some_and(|p| p.published.values().any(|t| t.track == track)));
                 if let Some(request) = publishes.then(|| self.forwarder.set_muted(now, &track, muted)).flatten() {
                     self.send_keyframe_request(now, request);
                 }
@@ -477,13 +494,18 @@ impl Engine {
         }
     }
 
-    /// Runs `f` for `participant`'s request; a panic poisons the participant (removed at the
+    /// The key of the participant signaling knows as `id`.
+    fn known(&self, id: &ParticipantId) -> Result<ParticipantKey, SfuError> {
+        self.keys.get(id).copied().ok_or(SfuError::UnknownParticipant)
+    }
+
+    /// Runs `f` for a participant's request; a panic poisons the participant (removed at the
     /// next flush) and fails the request.
-    fn isolated<T>(&mut self, participant: &ParticipantId, f: impl FnOnce(&mut Self) -> Result<T, SfuError>) -> Result<T, SfuError> {
+    fn isolated<T>(&mut self, participant: ParticipantKey, f: impl FnOnce(&mut Self) -> Result<T, SfuError>) -> Result<T, SfuError> {
         match isolate(|| f(self)) {
             Some(result) => result,
             None => {
-                self.poisoned.push(participant.clone());
+                self.poisoned.push(participant);
                 Err(SfuError::Engine("the request failed inside the media engine".to_owned()))
             }
         }
@@ -493,24 +515,32 @@ impl Engine {
         &mut self,
         now: Instant,
         room: RoomId,
+        key: ParticipantKey,
         id: ParticipantId,
         grants: MediaGrants,
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> Result<Vec<TrackInfo>, SfuError> {
-        if self.participants.contains_key(&id) {
-            return Err(SfuError::AlreadyJoined);
-        }
-        let subscriber = if grants.subscribe { Some(self.open_peer(now, &id, PeerRole::Subscriber)?) } else { None };
+        let subscriber = match grants.subscribe {
+            true => match self.open_peer(now, key, PeerRole::Subscriber) {
+                Ok(peer) => Some(peer),
+                Err(err) => {
+                    self.keys.remove(&id);
+                    return Err(err);
+                }
+            },
+            false => None,
+        };
         let members = self.rooms.entry(room.clone()).or_default();
         let existing: Vec<TrackInfo> = members
             .iter()
             .filter_map(|m| self.participants.get(m))
             .flat_map(|p| p.published.values().map(|published| published.info.clone()))
             .collect();
-        members.push(id.clone());
+        members.push(key);
         self.participants.insert(
-            id.clone(),
+            key,
             Participant {
+                id,
                 room,
                 grants,
                 events,
@@ -523,15 +553,16 @@ impl Engine {
         );
         if grants.subscribe {
             for track in &existing {
-                self.subscribe(&id, track);
+                self.subscribe(key, track);
             }
-            self.renegotiate(now, &id);
+            self.renegotiate(now, key);
         }
         Ok(existing)
     }
 
-    fn publish_track(&mut self, now: Instant, id: &ParticipantId, media_track_id: String, receiver_id: RTCRtpReceiverId, ssrc: u32) {
-        let Some(participant) = self.participants.get_mut(id) else { return };
+    fn publish_track(&mut self, now: Instant, key: ParticipantKey, media_track_id: String, receiver_id: RTCRtpReceiverId, ssrc: u32) {
+        let Some(participant) = self.participants.get_mut(&key) else { return };
+        let id = &participant.id;
         let Some(peer) = participant.publisher.as_deref_mut() else { return };
         let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
         let kind = match receiver.track().kind() {
@@ -556,7 +587,7 @@ impl Engine {
         }
         let info = TrackInfo { id: track, publisher: id.clone(), kind, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
-        self.forwarder.add_track(track, id.clone(), kind, codec.clock_rate);
+        self.forwarder.add_track(track, key, kind, codec.clock_rate);
         info!(participant = %id, %track, codec = %codec.mime_type, "track published");
         let room = participant.room.clone();
         self.taps.send(&room, || TapEvent::TrackPublished(info.clone()));
@@ -565,26 +596,26 @@ impl Engine {
             if let Some(p) = self.participants.get(member) {
                 let _ = p.events.send(SfuEvent::TrackPublished(info.clone()));
             }
-            if member != id && self.participants.get(member).is_some_and(|p| p.grants.subscribe) {
-                self.subscribe(member, &info);
-                self.renegotiate(now, member);
+            if *member != key && self.participants.get(member).is_some_and(|p| p.grants.subscribe) {
+                self.subscribe(*member, &info);
+                self.renegotiate(now, *member);
             }
         }
     }
 
     /// Takes removed tracks off their subscribers' connections (one renegotiation per
     /// subscriber, however many tracks went) and tells the room.
-    fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<ParticipantId>)>) {
-        let mut affected: Vec<ParticipantId> = Vec::new();
+    fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<ParticipantKey>)>) {
+        let mut affected: Vec<ParticipantKey> = Vec::new();
         for (track, subscribers) in &removed {
-            for subscriber in subscribers {
+            for &subscriber in subscribers {
                 self.unsubscribe(subscriber, track);
-                if !affected.contains(subscriber) {
-                    affected.push(subscriber.clone());
+                if !affected.contains(&subscriber) {
+                    affected.push(subscriber);
                 }
             }
         }
-        for subscriber in &affected {
+        for subscriber in affected {
             self.renegotiate(now, subscriber);
         }
         let members = self.rooms.get(room).cloned().unwrap_or_default();
@@ -598,13 +629,14 @@ impl Engine {
         }
     }
 
-    fn leave(&mut self, now: Instant, id: &ParticipantId, out: &mut dyn Transmit) {
-        let Some(room) = self.participants.get(id).map(|p| p.room.clone()) else { return };
-        let removed = self.forwarder.remove_participant(id);
+    fn leave(&mut self, now: Instant, key: ParticipantKey, out: &mut dyn Transmit) {
+        let Some(room) = self.participants.get(&key).map(|p| p.room.clone()) else { return };
+        let removed = self.forwarder.remove_participant(&key);
         self.unpublished(now, &room, removed);
-        let Some(mut participant) = self.participants.remove(id) else { return };
+        let Some(mut participant) = self.participants.remove(&key) else { return };
+        self.keys.remove(&participant.id);
         if let Some(members) = self.rooms.get_mut(&participant.room) {
-            members.retain(|m| m != id);
+            members.retain(|m| *m != key);
             if members.is_empty() {
                 self.rooms.remove(&participant.room);
             }
@@ -612,14 +644,14 @@ impl Engine {
         for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
             self.close_peer(peer, out);
         }
-        self.dirty.retain(|key| &key.0 != id);
-        info!(participant = %id, "participant left the media plane");
+        self.dirty.retain(|dirty| dirty.0 != key);
+        info!(participant = %participant.id, "participant left the media plane");
     }
 
     /// Builds one of a participant's connections and makes it reachable by its ICE ufrag.
-    fn open_peer(&mut self, now: Instant, id: &ParticipantId, role: PeerRole) -> Result<Box<Peer>, SfuError> {
+    fn open_peer(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) -> Result<Box<Peer>, SfuError> {
         let peer = build_peer(now, role, &self.settings.peers)?;
-        self.ice.add(peer.ufrag.clone(), &peer.password, (id.clone(), role));
+        self.ice.add(peer.ufrag.clone(), &peer.password, (key, role));
         let (egress, ingress) = match role {
             PeerRole::Subscriber => (Some(Egress::new(peer.keys)), None),
             PeerRole::Publisher => (None, Some(Ingress::new(peer.keys))),

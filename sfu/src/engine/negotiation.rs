@@ -26,19 +26,19 @@ use super::participant::{Negotiation, Subscription};
 use super::Engine;
 use crate::forwarder::{Negotiated, RtxStream};
 use crate::peer::PeerRole;
-use crate::{codec, MediaKind, ParticipantId, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{codec, MediaKind, ParticipantKey, SfuError, SfuEvent, TrackId, TrackInfo};
 
 impl Engine {
     /// Applies the client's offer on its publisher connection (made on the first); returns
     /// the server's answer.
-    pub(super) fn publisher_offer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<String, SfuError> {
-        let participant = self.participants.get(id).ok_or(SfuError::UnknownParticipant)?;
+    pub(super) fn publisher_offer(&mut self, now: Instant, key: ParticipantKey, sdp: String) -> Result<String, SfuError> {
+        let participant = self.participants.get(&key).ok_or(SfuError::UnknownParticipant)?;
         if !participant.grants.publish {
             return Err(SfuError::NotAllowed);
         }
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
-        let new_peer = if participant.publisher.is_none() { Some(self.open_peer(now, id, PeerRole::Publisher)?) } else { None };
-        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+        let new_peer = if participant.publisher.is_none() { Some(self.open_peer(now, key, PeerRole::Publisher)?) } else { None };
+        let participant = self.participants.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
         if let Some(peer) = new_peer {
             participant.publisher = Some(peer);
         }
@@ -46,14 +46,14 @@ impl Engine {
         peer.pc.set_remote_description(now, offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let answer = peer.pc.create_answer(None).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         peer.pc.set_local_description(now, answer.clone()).map_err(|e| SfuError::Engine(e.to_string()))?;
-        self.dirty.insert((id.clone(), PeerRole::Publisher));
+        self.dirty.insert((key, PeerRole::Publisher));
         Ok(answer.sdp)
     }
 
     /// Applies the client's answer to the outstanding subscriber offer; forwarding to each
     /// answered track starts, and the next offer goes out if tracks changed meanwhile.
-    pub(super) fn subscriber_answer(&mut self, now: Instant, id: &ParticipantId, sdp: String) -> Result<(), SfuError> {
-        let participant = self.participants.get_mut(id).ok_or(SfuError::UnknownParticipant)?;
+    pub(super) fn subscriber_answer(&mut self, now: Instant, key: ParticipantKey, sdp: String) -> Result<(), SfuError> {
+        let participant = self.participants.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
         if participant.negotiation == Negotiation::Stable {
             return Err(SfuError::NotNegotiated);
         }
@@ -62,7 +62,7 @@ impl Engine {
         peer.pc.set_remote_description(now, answer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         for check in std::mem::take(&mut peer.early_checks) {
             if let Err(err) = peer.pc.handle_read(check) {
-                debug!(participant = %id, %err, "early connectivity check rejected");
+                debug!(participant = %participant.id, %err, "early connectivity check rejected");
             }
         }
         let again = participant.negotiation == Negotiation::AwaitingAnswer { again: true };
@@ -74,25 +74,27 @@ impl Engine {
             match negotiated(&mut sender, &subscription.codec) {
                 Some(negotiated) => ready.push((*track, negotiated)),
                 // A track subscribed after the answered offer went out is in the next one.
-                None if again => debug!(participant = %id, %track, "track waits for the next offer"),
-                None => warn!(participant = %id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec"),
+                None if again => debug!(participant = %participant.id, %track, "track waits for the next offer"),
+                None => {
+                    warn!(participant = %participant.id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec")
+                }
             }
         }
-        self.dirty.insert((id.clone(), PeerRole::Subscriber));
+        self.dirty.insert((key, PeerRole::Subscriber));
         for (track, negotiated) in ready {
-            if let Some(request) = self.forwarder.set_negotiated(now, &track, id, negotiated) {
+            if let Some(request) = self.forwarder.set_negotiated(now, &track, &key, negotiated) {
                 self.send_keyframe_request(now, request);
             }
         }
         if again {
-            self.renegotiate(now, id);
+            self.renegotiate(now, key);
         }
         Ok(())
     }
 
     /// Adds a sender for `track` to the subscriber's connection (negotiated separately).
-    pub(super) fn subscribe(&mut self, subscriber: &ParticipantId, track: &TrackInfo) {
-        let Some(participant) = self.participants.get_mut(subscriber) else { return };
+    pub(super) fn subscribe(&mut self, subscriber: ParticipantKey, track: &TrackInfo) {
+        let Some(participant) = self.participants.get_mut(&subscriber) else { return };
         let Some(peer) = participant.subscriber.as_mut() else { return };
         let ssrc = rand::random::<u32>();
         let kind = match track.kind {
@@ -134,15 +136,15 @@ impl Engine {
                 }
                 let subscription = Subscription { sender, ssrc, codec: track.codec.clone(), kind: track.kind, all_codecs };
                 participant.subscriptions.insert(track.id, subscription);
-                self.forwarder.subscribe(&track.id, subscriber.clone(), ssrc);
+                self.forwarder.subscribe(&track.id, subscriber, ssrc);
             }
             Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
         }
     }
 
     /// Sends a new offer on the subscriber connection, or queues one behind the outstanding.
-    pub(super) fn renegotiate(&mut self, now: Instant, id: &ParticipantId) {
-        let Some(participant) = self.participants.get_mut(id) else { return };
+    pub(super) fn renegotiate(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(participant) = self.participants.get_mut(&key) else { return };
         if let Negotiation::AwaitingAnswer { again } = &mut participant.negotiation {
             *again = true;
             return;
@@ -153,21 +155,21 @@ impl Engine {
         let Some(peer) = participant.subscriber.as_mut() else { return };
         let offer = match peer.pc.create_offer(None) {
             Ok(offer) => offer,
-            Err(err) => return warn!(participant = %id, %err, "cannot create subscriber offer"),
+            Err(err) => return warn!(participant = %participant.id, %err, "cannot create subscriber offer"),
         };
         if let Err(err) = peer.pc.set_local_description(now, offer.clone()) {
-            return warn!(participant = %id, %err, "cannot apply subscriber offer");
+            return warn!(participant = %participant.id, %err, "cannot apply subscriber offer");
         }
         participant.negotiation = Negotiation::AwaitingAnswer { again: false };
         // The engine takes back only the offer it made; the client gets it with the line.
         let _ = participant.events.send(SfuEvent::SubscriberOffer(declaring_wms(&offer.sdp)));
-        self.dirty.insert((id.clone(), PeerRole::Subscriber));
+        self.dirty.insert((key, PeerRole::Subscriber));
     }
 
     /// Takes `track` off the subscriber's connection (renegotiated by the caller); another
     /// m-line of its kind takes over offering every codec while the kind is not answered.
-    pub(super) fn unsubscribe(&mut self, subscriber: &ParticipantId, track: &TrackId) {
-        let Some(p) = self.participants.get_mut(subscriber) else { return };
+    pub(super) fn unsubscribe(&mut self, subscriber: ParticipantKey, track: &TrackId) {
+        let Some(p) = self.participants.get_mut(&subscriber) else { return };
         let (Some(subscription), Some(peer)) = (p.subscriptions.remove(track), p.subscriber.as_mut()) else { return };
         if let Some(egress) = peer.egress.as_mut() {
             egress.remove_stream(subscription.ssrc);

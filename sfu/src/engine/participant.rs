@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use crate::egress::Egress;
 use crate::ingress::Ingress;
 use crate::peer::PeerRole;
-use crate::{MediaGrants, MediaKind, ParticipantId, RoomId, SfuEvent, TrackId, TrackInfo};
+use crate::{MediaGrants, MediaKind, ParticipantId, ParticipantKey, RoomId, SfuEvent, TrackId, TrackInfo};
 
 /// Names one connection: whose, and which of the two.
-pub(crate) type PeerKey = (ParticipantId, PeerRole);
+pub(crate) type PeerKey = (ParticipantKey, PeerRole);
 
 /// One of a participant's connections, with the deadline it last asked for.
 pub(crate) struct Peer {
@@ -56,6 +56,8 @@ pub(crate) enum Negotiation {
 
 /// A participant of one of the engine's rooms.
 pub(crate) struct Participant {
+    /// Its id in signaling (the engine knows it by its [`ParticipantKey`]).
+    pub id: ParticipantId,
     pub room: RoomId,
     pub grants: MediaGrants,
     pub events: mpsc::UnboundedSender<SfuEvent>,
@@ -92,6 +94,6 @@ impl Participant {
 }
 
 /// The connection `key` names, if its participant and role still exist.
-pub(crate) fn peer_of<'a>(participants: &'a mut HashMap<ParticipantId, Participant>, key: &PeerKey) -> Option<&'a mut Peer> {
+pub(crate) fn peer_of<'a>(participants: &'a mut HashMap<ParticipantKey, Participant>, key: &PeerKey) -> Option<&'a mut Peer> {
     participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1))
 }

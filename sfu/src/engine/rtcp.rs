@@ -22,14 +22,14 @@ use crate::metrics::Counter;
 use crate::peer::PeerRole;
 use crate::round_trip;
 use crate::tap::TapEvent;
-use crate::{ParticipantId, TrackId};
+use crate::{ParticipantKey, TrackId};
 
 impl Engine {
     /// Acts on a subscriber's RTCP about one of the tracks it receives.
     pub(super) fn subscriber_rtcp(
         &mut self,
         now: Instant,
-        subscriber: &ParticipantId,
+        subscriber: ParticipantKey,
         track: &TrackId,
         packets: &[Box<dyn rtcp::Packet>],
         out: &mut dyn Transmit,
@@ -40,7 +40,7 @@ impl Engine {
                 let lost: Vec<u16> = nack.nacks.iter().flat_map(|pair| pair.packet_list()).collect();
                 self.counters.add(Counter::Nacks, lost.len() as u64);
                 let mut outgoing = std::mem::take(&mut self.outgoing);
-                let found = self.forwarder.on_nack(now, track, subscriber, lost, &mut outgoing);
+                let found = self.forwarder.on_nack(now, track, &subscriber, lost, &mut outgoing);
                 self.counters.add(Counter::Retransmits, found as u64);
                 self.send_outgoing(now, &mut outgoing, out);
                 self.outgoing = outgoing;
@@ -55,7 +55,7 @@ impl Engine {
                 if let Some(rtt) = echoed.max() {
                     self.counters.add(Counter::RoundTrips, 1);
                     self.counters.add(Counter::RoundTripMicros, rtt.as_micros() as u64);
-                    self.forwarder.set_round_trip(subscriber, rtt);
+                    self.forwarder.set_round_trip(&subscriber, rtt);
                 }
             }
         }
@@ -66,11 +66,11 @@ impl Engine {
     pub(super) fn publisher_rtcp(
         &mut self,
         now: Instant,
-        publisher: &ParticipantId,
+        publisher: ParticipantKey,
         media_track_id: &str,
         packets: &[Box<dyn rtcp::Packet>],
     ) {
-        let Some(participant) = self.participants.get_mut(publisher) else { return };
+        let Some(participant) = self.participants.get_mut(&publisher) else { return };
         let Some(track) = participant.published.get(media_track_id).map(|p| &p.track) else { return };
         let mut ingress = participant.publisher.as_deref_mut().and_then(|p| p.ingress.as_mut());
         for packet in packets {
@@ -106,7 +106,7 @@ impl Engine {
     /// subscribers; receiver reports, NACKs and transport-wide feedback to publishers.
     pub(super) fn send_due_feedback(&mut self, now: Instant) {
         let wall_clock = self.wall_clock(now);
-        for (id, participant) in &mut self.participants {
+        for (key, participant) in &mut self.participants {
             for role in [PeerRole::Publisher, PeerRole::Subscriber] {
                 let Some(peer) = participant.peer_mut(role) else { continue };
                 let mut feedback = peer.egress.as_mut().and_then(|e| e.due_reports(now, wall_clock)).unwrap_or_default();
@@ -120,10 +120,10 @@ impl Engine {
                 let message = RTCMessage::RtcpPacket(String::new(), feedback);
                 match isolate(|| peer.pc.handle_write(TaggedRTCMessage { now, message })) {
                     Some(Ok(())) => {}
-                    Some(Err(err)) => debug!(participant = %id, ?role, %err, "RTCP not sent"),
-                    None => self.poisoned.push(id.clone()),
+                    Some(Err(err)) => debug!(participant = %participant.id, ?role, %err, "RTCP not sent"),
+                    None => self.poisoned.push(*key),
                 }
-                self.dirty.insert((id.clone(), role));
+                self.dirty.insert((*key, role));
             }
         }
     }

@@ -352,7 +352,7 @@ fn spoofed_checks_from_many_sources_leave_no_state_behind() {
     world.engine.flush(world.now, &mut world.wire);
     assert_eq!(world.engine.ice.bound_addresses(), bound, "no source was bound");
     assert!(world.wire.sent.is_empty(), "nothing answered");
-    let bob = &world.engine.participants[&world.members["bob"].id];
+    let bob = &world.engine.participants[&world.engine.keys[&world.members["bob"].id]];
     assert!(bob.subscriber.as_ref().is_some_and(|p| p.early_checks.is_empty()), "no check was kept for later");
 }
 
@@ -404,7 +404,8 @@ fn a_candidate_that_panics_the_engine_fails_that_participant_only() {
         assert!(matches!(result, Err(SfuError::Engine(_))), "{result:?}");
         world.run(STEP);
         assert!(world.members["carol"].seen.iter().any(|e| matches!(e, SfuEvent::ConnectionFailed)), "carol heard her media failed");
-        assert!(!world.engine.participants.contains_key(&world.members["carol"].id), "and is out of the room");
+        assert!(!world.engine.keys.contains_key(&world.members["carol"].id), "and is out of the room");
+        assert_eq!(world.engine.participants.len(), 2);
     }
     let before = world.received("bob").len();
     world.send_rtp("alice", sender, 0xA1, 500);

@@ -13,12 +13,15 @@ fn track() -> TrackId {
     *TRACK.get_or_init(TrackId::next)
 }
 
-fn alice() -> ParticipantId {
-    ParticipantId::new("alice")
+fn alice() -> ParticipantKey {
+    static ALICE: std::sync::OnceLock<ParticipantKey> = std::sync::OnceLock::new();
+    *ALICE.get_or_init(ParticipantKey::next)
 }
 
-fn sub(n: usize) -> ParticipantId {
-    ParticipantId::new(format!("sub{n}"))
+/// Subscriber `n` (the same key each time it is asked for).
+fn sub(n: usize) -> ParticipantKey {
+    static SUBSCRIBERS: std::sync::OnceLock<Vec<ParticipantKey>> = std::sync::OnceLock::new();
+    SUBSCRIBERS.get_or_init(|| (0..100).map(|_| ParticipantKey::next()).collect())[n]
 }
 
 fn video_packet(ssrc: u32, seq: u16, ts: u32) -> rtp::Packet {
@@ -215,7 +218,7 @@ fn subscriber_leaving_mid_stream_stops_only_its_packets() {
     assert!(f.remove_participant(&sub(1)).is_empty(), "sub1 published nothing");
     out.clear();
     f.forward(now, &track(), video_packet(1, 2, 0), &mut out);
-    let receivers: Vec<_> = out.iter().map(|o| o.subscriber.clone()).collect();
+    let receivers: Vec<_> = out.iter().map(|o| o.subscriber).collect();
     assert_eq!(receivers, vec![sub(0), sub(2)]);
     assert_eq!(out[1].packet.header.sequence_number, 2);
 }
