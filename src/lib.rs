@@ -57,6 +57,7 @@ impl Settings {
                 nack_cache_min_age: Duration::from_millis(media.nack_cache_min_ms),
                 keyframe_interval: Duration::from_millis(media.keyframe_interval_ms),
             },
+            max_tracks_per_participant: media.max_tracks_per_participant,
         };
         Ok(Self { config: config.clone(), sfu })
     }

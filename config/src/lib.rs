@@ -279,6 +279,8 @@ pub struct MediaConfig {
     pub nack_cache_min_ms: u64,
     /// Minimum milliseconds between keyframe requests to one publisher track.
     pub keyframe_interval_ms: u64,
+    /// Most tracks one participant may publish.
+    pub max_tracks_per_participant: usize,
 }
 
 /// Access-token keys.

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
@@ -23,7 +24,7 @@ use crate::peer::PeerRole;
 /// Marks inbound RTCP for delivery to the application: NACK, PLI, FIR and receiver reports
 /// on a subscriber connection, sender reports on a publisher connection.
 pub struct FeedbackTap {
-    role: PeerRole,
+    wanted: fn(&dyn rtcp::Packet) -> bool,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
@@ -31,23 +32,26 @@ pub struct FeedbackTap {
 impl FeedbackTap {
     /// The tap of a connection in `role`.
     pub fn new(role: PeerRole) -> Self {
-        Self { role, reads: VecDeque::new(), writes: VecDeque::new() }
+        match role {
+            PeerRole::Subscriber => Self::delivering(|p| {
+                let any = p.as_any();
+                any.is::<TransportLayerNack>()
+                    || any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<ReceiverReport>()
+            }),
+            PeerRole::Publisher => Self::delivering(|p| p.as_any().is::<SenderReport>()),
+        }
+    }
+
+    /// A tap that delivers the RTCP packets `wanted` picks (a test's client takes them all).
+    pub fn delivering(wanted: fn(&dyn rtcp::Packet) -> bool) -> Self {
+        Self { wanted, reads: VecDeque::new(), writes: VecDeque::new() }
     }
 
     fn wanted(&self, packet: &Packet) -> bool {
         let Packet::Rtcp(packets) = packet else { return false };
-        packets.iter().any(|p| {
-            let any = p.as_any();
-            match self.role {
-                PeerRole::Subscriber => {
-                    any.is::<TransportLayerNack>()
-                        || any.is::<PictureLossIndication>()
-                        || any.is::<FullIntraRequest>()
-                        || any.is::<ReceiverReport>()
-                }
-                PeerRole::Publisher => any.is::<SenderReport>(),
-            }
-        })
+        packets.iter().any(|p| (self.wanted)(p.as_ref()))
     }
 }
 

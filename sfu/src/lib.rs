@@ -60,6 +60,14 @@ pub enum SfuError {
     /// The participant's grants do not allow this.
     #[error("not allowed by the access grants")]
     NotAllowed,
+    /// A publisher offer sends more tracks than a participant may publish.
+    #[error("the offer sends {offered} tracks, more than the {max} a participant may publish")]
+    TooManyTracks {
+        /// Sending media sections in the offer.
+        offered: usize,
+        /// The limit (`media.max_tracks_per_participant`).
+        max: usize,
+    },
     /// The participant is not in the media plane (never joined, or already left).
     #[error("unknown participant")]
     UnknownParticipant,
@@ -144,6 +152,8 @@ pub struct SfuConfig {
     pub srtp_profiles: Vec<SrtpProfile>,
     /// Forwarding tunables.
     pub forwarder: ForwarderSettings,
+    /// Most tracks one participant may publish.
+    pub max_tracks_per_participant: usize,
 }
 
 impl Default for SfuConfig {
@@ -155,6 +165,7 @@ impl Default for SfuConfig {
             announced_ips: Vec::new(),
             srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
             forwarder: ForwarderSettings::default(),
+            max_tracks_per_participant: 16,
         }
     }
 }
@@ -187,6 +198,7 @@ impl Sfu {
             let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::WorkerStart { index, source })?;
             let announced = announced.clone();
             let forwarder = config.forwarder.clone();
+            let max_tracks = config.max_tracks_per_participant;
             let metrics = metrics.worker();
             let bind_ip = config.bind_ip;
             let srtp_profiles = config.srtp_profiles.clone();
@@ -200,7 +212,7 @@ impl Sfu {
                     let port = socket.local_addr().port();
                     let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
                     let _ = ready_tx.send(Ok(port));
-                    let engine = EngineSettings { peers: peer::PeerSettings { candidates, srtp_profiles }, forwarder };
+                    let engine = EngineSettings { peers: peer::PeerSettings { candidates, srtp_profiles }, forwarder, max_tracks };
                     worker::run(WorkerSetup { index, socket, engine, metrics }, inbox);
                 })
                 .map_err(|source| SfuError::WorkerStart { index, source })?;

@@ -26,7 +26,7 @@ use crate::srtp::KeyCapture;
 use crate::SfuError;
 
 /// Chain position of the feedback tap: past every built-in slot, before the terminus.
-const FEEDBACK_TAP_SLOT: usize = 20_000;
+pub(crate) const FEEDBACK_TAP_SLOT: usize = 20_000;
 
 /// Which of a participant's two connections a peer connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

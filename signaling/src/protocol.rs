@@ -46,6 +46,8 @@ pub enum ErrorCode {
     NegotiationState,
     /// The track is not one of this participant's.
     UnknownTrack,
+    /// A `publish_offer` sends more tracks than `media.max_tracks_per_participant`.
+    TooManyTracks,
     /// A publisher or subscriber connection failed.
     MediaConnectionFailed,
     /// The room is already being recorded.

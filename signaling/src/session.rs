@@ -303,6 +303,7 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
         SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
         SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
         SfuError::NotAllowed => ErrorCode::Forbidden,
+        SfuError::TooManyTracks { .. } => ErrorCode::TooManyTracks,
         SfuError::NotNegotiated => ErrorCode::NegotiationState,
         SfuError::UnknownParticipant
         | SfuError::AlreadyJoined

@@ -114,6 +114,8 @@ pub(crate) struct EngineSettings {
     /// Shared settings of its connections.
     pub peers: PeerSettings,
     pub forwarder: ForwarderSettings,
+    /// Most tracks one participant may publish.
+    pub max_tracks: usize,
 }
 
 /// How long the engine may sleep when nothing asks for a deadline.

@@ -36,6 +36,10 @@ impl Engine {
         if !participant.grants.publish {
             return Err(SfuError::NotAllowed);
         }
+        let offered = sending_media_sections(&sdp);
+        if offered > self.settings.max_tracks {
+            return Err(SfuError::TooManyTracks { offered, max: self.settings.max_tracks });
+        }
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let new_peer = if participant.publisher.is_none() { Some(self.open_peer(now, key, PeerRole::Publisher)?) } else { None };
         let participant = self.participants.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
@@ -203,6 +207,25 @@ fn needs_every_codec(pc: &RTCPeerConnection, subscriptions: &HashMap<TrackId, Su
     !pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
 }
 
+/// Audio and video sections of a client's offer that send: not rejected (port 0) and not
+/// `recvonly` or `inactive`; each is a track the client may publish.
+fn sending_media_sections(sdp: &str) -> usize {
+    let mut sections = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(media) = line.strip_prefix("m=") {
+            let mut fields = media.split(' ');
+            let kind = fields.next().unwrap_or_default();
+            let open = fields.next().is_some_and(|port| port != "0");
+            sections.push((matches!(kind, "audio" | "video") && open, true));
+        } else if let Some(section) = sections.last_mut() {
+            if matches!(line, "a=recvonly" | "a=inactive") {
+                section.1 = false;
+            }
+        }
+    }
+    sections.into_iter().filter(|&(media, sends)| media && sends).count()
+}
+
 /// The session line that says the `a=msid` lines name WebRTC media streams.
 const MSID_SEMANTIC: &str = "a=msid-semantic: WMS";
 
@@ -250,4 +273,29 @@ fn negotiated(sender: &mut RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<Nego
         _ => None,
     };
     Some(Negotiated { payload_type, rtx })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tracks_an_offer_sends_are_its_open_audio_and_video_sections_that_send() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=inactive\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert_eq!(sending_media_sections(sdp), 3);
+    }
+
+    #[test]
+    fn the_wms_line_is_declared_once_before_the_first_media_section() {
+        let sdp = "v=0\r\ns=-\r\na=msid-semantic:WMS *\r\nm=audio 9 X 0\r\na=mid:0\r\nm=video 9 X 0\r\n";
+        let declared = declaring_wms(sdp);
+        assert_eq!(declared, "v=0\r\ns=-\r\na=msid-semantic: WMS\r\nm=audio 9 X 0\r\na=mid:0\r\nm=video 9 X 0\r\n");
+    }
 }

@@ -6,22 +6,33 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Engine, EngineSettings, Transmit};
+use crate::feedback_tap::FeedbackTap;
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::{Counter, Counters};
-use crate::peer::{add_host_candidates, PeerRole, PeerSettings, SrtpProfile};
+use crate::peer::{add_host_candidates, PeerRole, PeerSettings, SrtpProfile, FEEDBACK_TAP_SLOT};
 use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId};
 
 const STEP: Duration = Duration::from_millis(2);
@@ -52,15 +63,36 @@ struct Client {
     addr: SocketAddr,
     /// RTP the client decrypted, with the track id it came on.
     received: Vec<(String, rtp::Packet)>,
+    /// RTCP the client received.
+    rtcp: Vec<Box<dyn rtcp::Packet>>,
 }
 
 impl Client {
     fn new(addr: SocketAddr, now: Instant) -> Self {
+        // VP8 and Opus, without RTX: the `rtc` client does not hand RTX packets to the
+        // application, so retransmissions come on the media stream.
         let mut media = MediaEngine::default();
-        media.register_default_codecs().expect("codecs");
-        let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(now).expect("client");
+        let nack = RTCPFeedback { typ: "nack".into(), parameter: String::new() };
+        let video = RTCRtpCodecParameters { rtp_codec: RTCRtpCodec { rtcp_feedback: vec![nack], ..vp8() }, payload_type: 96 };
+        media.register_codec(video, RtpCodecKind::Video).expect("vp8");
+        let opus = RTCRtpCodec {
+            mime_type: "audio/opus".into(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        };
+        media.register_codec(RTCRtpCodecParameters { rtp_codec: opus, payload_type: 111 }, RtpCodecKind::Audio).expect("opus");
+        let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::delivering(|_| true));
+        let mut pc =
+            RTCPeerConnectionBuilder::new().with_media_engine(media).with_interceptor_registry(registry).build(now).expect("client");
         add_host_candidates(&mut pc, &[addr]).expect("host candidate");
-        Self { pc, addr, received: Vec::new() }
+        Self { pc, addr, received: Vec::new(), rtcp: Vec::new() }
+    }
+
+    /// Received RTCP packets of type `T`.
+    fn rtcp_of<T: 'static>(&self) -> impl Iterator<Item = &T> {
+        self.rtcp.iter().filter_map(|p| p.as_any().downcast_ref::<T>())
     }
 }
 
@@ -84,6 +116,8 @@ struct World {
     /// Datagrams the engine sent to addresses no client has.
     strays: Vec<(Vec<u8>, SocketAddr)>,
     next_port: u16,
+    /// RTP from the server to this address is lost with this probability, reproducibly.
+    lossy: Option<(SocketAddr, StdRng, f64)>,
 }
 
 impl World {
@@ -92,9 +126,19 @@ impl World {
         let settings = EngineSettings {
             peers: PeerSettings { candidates: vec![server_addr()], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] },
             forwarder: ForwarderSettings::default(),
+            max_tracks: 16,
         };
         let engine = Engine::new(settings, Counters::default(), now, SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        Self { engine, now, wire: Wire::default(), clients: Vec::new(), members: HashMap::new(), strays: Vec::new(), next_port: 40_000 }
+        Self {
+            engine,
+            now,
+            wire: Wire::default(),
+            clients: Vec::new(),
+            members: HashMap::new(),
+            strays: Vec::new(),
+            next_port: 40_000,
+            lossy: None,
+        }
     }
 
     fn new_client(&mut self) -> usize {
@@ -207,14 +251,22 @@ impl World {
                 self.strays.push((datagram, to));
                 continue;
             };
+            if let Some((_, rng, loss)) = self.lossy.as_mut().filter(|(lossy, _, _)| *lossy == to) {
+                let rtp = datagram.len() > 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1]);
+                if rtp && rng.random_bool(*loss) {
+                    continue;
+                }
+            }
             let transport =
                 TransportContext { local_addr: to, peer_addr: server_addr(), ecn: None, transport_protocol: TransportProtocol::UDP };
             let _ = client.pc.handle_read(TaggedBytesMut { now, transport, message: BytesMut::from(&datagram[..]) });
         }
         for client in &mut self.clients {
             while let Some(message) = client.pc.poll_read() {
-                if let RTCMessage::RtpPacket(track, packet) = message.message {
-                    client.received.push((track, packet));
+                match message.message {
+                    RTCMessage::RtpPacket(track, packet) => client.received.push((track, packet)),
+                    RTCMessage::RtcpPacket(_, packets) => client.rtcp.extend(packets),
+                    _ => {}
                 }
             }
             while client.pc.poll_event().is_some() {}
@@ -243,6 +295,25 @@ impl World {
 
     fn received(&self, name: &str) -> &[(String, rtp::Packet)] {
         &self.clients[self.members[name].subscriber].received
+    }
+
+    /// PLIs `name`'s publisher connection received.
+    fn plis(&self, name: &str) -> usize {
+        self.clients[self.members[name].publisher.expect("publishing")].rtcp_of::<PictureLossIndication>().count()
+    }
+
+    /// `name` NACKs `lost` (outgoing sequence numbers) of the stream `media_ssrc` it receives.
+    fn nack(&mut self, name: &str, media_ssrc: u32, lost: &[u16]) {
+        let nack = TransportLayerNack { sender_ssrc: 1, media_ssrc, nacks: nack_pairs_from_sequence_numbers(lost) };
+        let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(nack)]);
+        let client = &mut self.clients[self.members[name].subscriber];
+        client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("nack written");
+    }
+
+    fn set_muted(&mut self, name: &str, track: TrackId, muted: bool) {
+        let participant = self.members[name].id.clone();
+        self.engine.handle_command(self.now, Command::SetMuted { participant, track, muted }, &mut self.wire);
+        self.engine.flush(self.now, &mut self.wire);
     }
 
     fn leave(&mut self, name: &str) {
@@ -426,4 +497,143 @@ fn an_abandoned_engine_tells_every_participant_their_media_failed() {
         }
         assert!(failed, "{name} heard");
     }
+}
+
+#[test]
+fn an_offer_of_more_tracks_than_allowed_is_refused_and_changes_nothing() {
+    let mut world = World::new();
+    world.join("alice", true);
+    let client = world.new_client();
+    let now = world.now;
+    let pc = &mut world.clients[client].pc;
+    for i in 0..17u32 {
+        let encodings = vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(100 + i), ..Default::default() },
+            active: true,
+            codec: vp8(),
+            ..Default::default()
+        }];
+        let track = MediaStreamTrack::new("alice".into(), format!("cam{i}"), format!("cam{i}"), RtpCodecKind::Video, encodings);
+        pc.add_track(track).expect("track");
+    }
+    let offer = pc.create_offer(None).expect("offer");
+    pc.set_local_description(now, offer.clone()).expect("local offer");
+    let id = world.members["alice"].id.clone();
+    let (reply, rx) = oneshot::channel();
+    let result = world.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, reply }, rx);
+    assert!(matches!(result, Err(SfuError::TooManyTracks { offered: 17, max: 16 })), "{result:?}");
+    let alice = &world.engine.participants[&world.engine.keys[&world.members["alice"].id]];
+    assert!(alice.publisher.is_none(), "no publisher connection was made");
+}
+
+#[test]
+fn a_new_subscriber_that_never_asks_gets_a_keyframe_request_sent_for_it() {
+    let mut world = World::new();
+    world.join("alice", true);
+    let sender = world.publish_vp8("alice", 0xA1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("alice", sender, 0xA1, 1);
+    world.run(Duration::from_millis(600));
+    let before = world.plis("alice");
+    // Bob's client never sends a PLI; his answer alone makes the server ask.
+    world.join("bob", false);
+    world.run(Duration::from_millis(100));
+    assert_eq!(world.plis("alice"), before + 1, "bob's subscription asked for a keyframe");
+    // Carol answers within the throttle interval: her request waits for its end, then goes.
+    world.join("carol", false);
+    world.run(Duration::from_millis(100));
+    assert_eq!(world.plis("alice"), before + 1, "throttled");
+    world.run(Duration::from_millis(500));
+    assert_eq!(world.plis("alice"), before + 2, "sent when the interval ended");
+}
+
+#[test]
+fn mute_stops_a_tracks_media_and_unmute_resumes_it_with_a_keyframe_request() {
+    let (mut world, sender) = meeting(1);
+    let track = world.published_track("bob");
+    let before = world.received("bob").len();
+    world.set_muted("alice", track, true);
+    world.run(Duration::from_secs(1));
+    for sequence in 100..110 {
+        world.send_rtp("alice", sender, 0xA1, sequence);
+        world.run(STEP * 5);
+    }
+    assert_eq!(world.received("bob").len(), before, "nothing while muted");
+    world.set_muted("bob", track, false);
+    world.send_rtp("alice", sender, 0xA1, 110);
+    world.run(STEP * 5);
+    assert_eq!(world.received("bob").len(), before, "only its publisher unmutes a track");
+    let plis = world.plis("alice");
+    world.set_muted("alice", track, false);
+    world.run(STEP * 5);
+    assert_eq!(world.plis("alice"), plis + 1, "unmute asks for a keyframe");
+    world.send_rtp("alice", sender, 0xA1, 111);
+    world.run(STEP * 5);
+    assert_eq!(world.received("bob").len(), before + 1, "media flows again");
+}
+
+#[test]
+fn a_lossy_link_is_repaired_by_nacks_and_a_flood_of_them_is_bounded() {
+    let (mut world, sender) = meeting(1);
+    let media_ssrc = world.received("bob")[0].1.header.ssrc;
+    // A NACK naming one packet a thousand times gets it sent once (the client's replay
+    // window then drops the copy it already has).
+    let last = world.received("bob").last().expect("a packet").1.header.sequence_number;
+    let before = world.engine.counters().get(Counter::Retransmits);
+    world.nack("bob", media_ssrc, &[last; 1000]);
+    world.run(Duration::from_millis(20));
+    assert_eq!(world.engine.counters().get(Counter::Retransmits), before + 1);
+    let bob = world.clients[world.members["bob"].subscriber].addr;
+    world.lossy = Some((bob, StdRng::seed_from_u64(7), 0.2));
+    let first_out = world.received("bob").last().expect("a packet").1.header.sequence_number.wrapping_add(1);
+    let skip = world.received("bob").len();
+    let got = |world: &World| -> std::collections::BTreeMap<u16, Bytes> {
+        world.received("bob")[skip..].iter().map(|(_, p)| (p.header.sequence_number, p.payload.clone())).collect()
+    };
+    // Bob asks for what is missing every 5 packets (50 ms), as a receiver does each round
+    // trip; the server keeps a packet at least 250 ms for that.
+    let mut nacked = 0;
+    for (i, sequence) in (3..203u16).enumerate() {
+        world.send_rtp("alice", sender, 0xA1, sequence);
+        world.run(STEP * 5);
+        if i % 5 == 4 {
+            let have = got(&world);
+            let sent = i as u16 + 1;
+            let missing: Vec<u16> = (0..sent).map(|n| first_out.wrapping_add(n)).filter(|s| !have.contains_key(s)).collect();
+            nacked += missing.len();
+            if !missing.is_empty() {
+                world.nack("bob", media_ssrc, &missing);
+            }
+        }
+    }
+    world.lossy = None;
+    let have = got(&world);
+    let missing: Vec<u16> = (0..200u16).map(|n| first_out.wrapping_add(n)).filter(|s| !have.contains_key(s)).collect();
+    world.nack("bob", media_ssrc, &missing);
+    world.run(Duration::from_millis(50));
+    assert!(nacked >= 40, "the seeded link lost packets: {nacked} asked for");
+    let have = got(&world);
+    assert_eq!(have.len(), 200, "every lost packet was retransmitted");
+    for (n, sequence) in (3..203u16).enumerate() {
+        assert_eq!(have[&first_out.wrapping_add(n as u16)], payload(sequence), "retransmitted byte-identical");
+    }
+}
+
+#[test]
+fn subscribers_get_sender_reports_and_publishers_receiver_reports() {
+    let (mut world, sender) = meeting(1);
+    for sequence in 3..400u16 {
+        world.send_rtp("alice", sender, 0xA1, sequence);
+        world.run(STEP * 5);
+    }
+    let media_ssrc = world.received("bob")[0].1.header.ssrc;
+    let bob = &world.clients[world.members["bob"].subscriber];
+    let reports: Vec<&SenderReport> = bob.rtcp_of::<SenderReport>().filter(|r| r.ssrc == media_ssrc).collect();
+    assert!(reports.len() >= 2, "a sender report a second on bob's stream: {}", reports.len());
+    let last = reports.last().expect("a report");
+    assert!(last.packet_count as usize + 60 >= world.received("bob").len(), "it counts what was sent: {}", last.packet_count);
+    let alice = &world.clients[world.members["alice"].publisher.expect("publishing")];
+    let blocks: Vec<_> = alice.rtcp_of::<ReceiverReport>().flat_map(|r| r.reports.iter()).filter(|b| b.ssrc == 0xA1).collect();
+    assert!(blocks.len() >= 2, "receiver reports on alice's stream: {}", blocks.len());
+    assert_eq!(blocks.last().expect("a block").total_lost, 0);
 }
