@@ -19,31 +19,27 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-use crate::peer::PeerRole;
-
-/// Marks inbound RTCP for delivery to the application: NACK, PLI, FIR and receiver reports
-/// on a subscriber connection, sender reports on a publisher connection.
+/// Marks inbound RTCP for delivery to the application: what [`subscriber_feedback`] or
+/// [`publisher_feedback`] picks, by the connection's role.
 pub struct FeedbackTap {
     wanted: fn(&dyn rtcp::Packet) -> bool,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
 
-impl FeedbackTap {
-    /// The tap of a connection in `role`.
-    pub fn new(role: PeerRole) -> Self {
-        match role {
-            PeerRole::Subscriber => Self::delivering(|p| {
-                let any = p.as_any();
-                any.is::<TransportLayerNack>()
-                    || any.is::<PictureLossIndication>()
-                    || any.is::<FullIntraRequest>()
-                    || any.is::<ReceiverReport>()
-            }),
-            PeerRole::Publisher => Self::delivering(|p| p.as_any().is::<SenderReport>()),
-        }
-    }
+/// What of a subscriber connection's RTCP the worker acts on: NACK, PLI, FIR, receiver
+/// reports.
+pub fn subscriber_feedback(packet: &dyn rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    any.is::<TransportLayerNack>() || any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<ReceiverReport>()
+}
 
+/// What of a publisher connection's RTCP the worker acts on: sender reports.
+pub fn publisher_feedback(packet: &dyn rtcp::Packet) -> bool {
+    packet.as_any().is::<SenderReport>()
+}
+
+impl FeedbackTap {
     /// A tap that delivers the RTCP packets `wanted` picks (a test's client takes them all).
     pub fn delivering(wanted: fn(&dyn rtcp::Packet) -> bool) -> Self {
         Self { wanted, reads: VecDeque::new(), writes: VecDeque::new() }

@@ -21,7 +21,7 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_TRANSPORT_CC};
 use rtc::sdp::extmap::TRANSPORT_CC_URI;
 
-use crate::feedback_tap::FeedbackTap;
+use crate::feedback_tap::{publisher_feedback, subscriber_feedback, FeedbackTap};
 use crate::srtp::KeyCapture;
 use crate::SfuError;
 
@@ -106,7 +106,11 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result
             media.register_header_extension(extension, kind, None).map_err(engine)?;
         }
     }
-    let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(role));
+    let wanted = match role {
+        PeerRole::Subscriber => subscriber_feedback,
+        PeerRole::Publisher => publisher_feedback,
+    };
+    let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::delivering(wanted));
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(settings)
