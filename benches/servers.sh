@@ -2,21 +2,33 @@
 # Janus 1.1.2 with benches/janus, each stopped when the calling script exits. Sets $bin,
 # $host_ip, $ours (pid) and $theirs (pid).
 #
+# Servers and clients run inside a network namespace the script makes itself (`unshare -n`):
+# loopback, plus a veth pair with addresses of its own (10.77.0.1 and 10.77.0.2), so nothing
+# is sent to the machine's own interface address and no other traffic shares the path.
 # Signaling is on 127.0.0.1. Janus never offers loopback ICE candidates, so the media of both
-# servers and of the clients uses the machine's own IPv4 address: the kernel delivers it
-# locally, nothing leaves the machine, and both servers see the same path.
+# servers and of the clients uses the veth pair's 10.77.0.1. Needs root (or CAP_SYS_ADMIN and
+# CAP_NET_ADMIN) for the namespace.
 
 port="${PORT:-7990}"
 janus_port="${JANUS_PORT:-8188}"
-host_ip="${HOST_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)}"
-[[ -n "$host_ip" ]] || { echo "no IPv4 address on this machine besides loopback; set HOST_IP" >&2; exit 1; }
 # SWITCHBOARD_BIN runs a given build (an earlier commit's, say) instead of building this tree.
 if [[ -n "${SWITCHBOARD_BIN:-}" ]]; then
   bin=$SWITCHBOARD_BIN
 else
-  cargo build --release --quiet
+  [[ -n "${SWITCHBOARD_BENCH_NETNS:-}" ]] || cargo build --release --quiet
   bin=target/release/switchboard
 fi
+if [[ -z "${SWITCHBOARD_BENCH_NETNS:-}" ]]; then
+  # Run the calling script again inside a namespace of its own.
+  exec unshare -n env SWITCHBOARD_BENCH_NETNS=1 bash "$0" "$@"
+fi
+ip link set lo up
+ip link add sb-bench0 type veth peer name sb-bench1
+ip addr add 10.77.0.1/24 dev sb-bench0
+ip addr add 10.77.0.2/24 dev sb-bench1
+ip link set sb-bench0 up
+ip link set sb-bench1 up
+host_ip=10.77.0.1
 work=$(mktemp -d)
 pids=()
 stop_servers() {

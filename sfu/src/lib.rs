@@ -1,9 +1,21 @@
 //! Switchboard's media plane.
 //!
-//! The [`forwarder`] is the sans-IO core: the forwarding table with its per-subscriber
-//! [`munger`], the per-track [`packet_cache`] for NACKs and the [`keyframe`] throttle.
-//! [`Sfu`] runs one worker thread per core, each with one UDP port, and places every room on
-//! exactly one worker; signaling drives a participant's media through its [`MediaSession`].
+//! [`Sfu`] runs one worker thread per core, each with one UDP port and a room engine
+//! (`engine`, sans-IO) that owns every room placed on that worker; signaling drives a
+//! participant's media through its [`MediaSession`] and a recorder through its [`RoomTap`].
+//! The engine's packet path is the [`ingress`], the [`forwarder`] (with its per-subscriber
+//! [`munger`], the per-track [`packet_cache`], [`keyframe`] throttle and [`retransmit`]
+//! budget) and the [`egress`]. `docs/architecture.md` walks the packet path file by file.
+//!
+//! One owner per fact:
+//! - **Which worker holds a room**: this module's placement, and nothing else.
+//! - **Media membership** (who is in a room's media, their connections, tracks and
+//!   subscriptions): the room's engine alone. A subscription is created and removed in one
+//!   place (`Engine::subscribe`, `Engine::unsubscribe`), its negotiation half kept by the
+//!   participant and its packet half by the forwarder's downtrack.
+//! - **Presence** (who joined, names, mute flags): signaling's `Rooms`; Redis mirrors the
+//!   room's members and owning node for other nodes. The media plane tells signaling of
+//!   tracks through [`SfuEvent`]s and never reads presence.
 #![forbid(unsafe_code)]
 
 mod codec;

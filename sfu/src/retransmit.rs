@@ -23,7 +23,7 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(1);
 /// How long the bitrate meter measures before it updates.
 const METER_WINDOW: Duration = Duration::from_millis(500);
 
-/// A track's bitrate, measured over windows of [`METER_WINDOW`].
+/// A track's bitrate, measured over half-second windows.
 #[derive(Debug, Default)]
 pub struct BitrateMeter {
     window_start: Option<Instant>,
