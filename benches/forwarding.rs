@@ -30,7 +30,7 @@ fn table(subscribers: usize) -> (Forwarder, TrackId, ParticipantKey) {
     forwarder.add_track(track, ParticipantKey::next(), MediaKind::Video, 90_000);
     let keys: Vec<ParticipantKey> = (0..subscribers.max(1)).map(|_| ParticipantKey::next()).collect();
     for (i, subscriber) in keys.iter().enumerate().take(subscribers) {
-        forwarder.subscribe(&track, *subscriber, 10_000 + i as u32);
+        forwarder.subscribe(&track, *subscriber, 10_000 + i as u32, ());
         forwarder.set_negotiated(now, &track, subscriber, Negotiated { payload_type: 96, rtx: None });
     }
     (forwarder, track, keys[0])

@@ -197,7 +197,7 @@ fn pipeline(c: &mut Criterion) {
         for i in 0..n {
             let (pair, egress, ssrc, pt) = subscriber(i);
             let id = ParticipantKey::next();
-            forwarder.subscribe(&track_id, id, ssrc);
+            forwarder.subscribe(&track_id, id, ssrc, ());
             forwarder.set_negotiated(Instant::now(), &track_id, &id, Negotiated { payload_type: pt, rtx: None });
             subscribers.push((pair, egress));
         }

@@ -74,7 +74,7 @@ pub struct RtxStream {
 
 /// One subscriber's view of a published track.
 #[derive(Debug)]
-struct DownTrack {
+struct DownTrack<S> {
     subscriber: ParticipantKey,
     ssrc: u32,
     /// `None` until the subscriber answered.
@@ -86,11 +86,13 @@ struct DownTrack {
     round_trip: Duration,
     /// What it may still have retransmitted.
     budget: RetransmitBudget,
+    /// What the caller keeps with the subscription.
+    link: S,
 }
 
 /// A published track with its subscribers.
 #[derive(Debug)]
-struct UpTrack {
+struct UpTrack<S> {
     publisher: ParticipantKey,
     kind: MediaKind,
     clock_rate: u32,
@@ -102,7 +104,7 @@ struct UpTrack {
     bitrate: BitrateMeter,
     /// Muted by its publisher or an admin: its packets go nowhere.
     muted: bool,
-    downtracks: Vec<DownTrack>,
+    downtracks: Vec<DownTrack<S>>,
 }
 
 /// A packet ready to be protected and sent to one subscriber.
@@ -129,14 +131,28 @@ pub struct KeyframeRequest {
     pub media_ssrc: u32,
 }
 
-/// Routes each published track's packets to its subscribers.
-#[derive(Debug, Default)]
-pub struct Forwarder {
-    settings: ForwarderSettings,
-    tracks: HashMap<TrackId, UpTrack>,
+/// A subscription taken out of the table: who had it, the SSRC it was sent with, and what
+/// the caller kept with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Removed<S> {
+    /// The subscriber.
+    pub subscriber: ParticipantKey,
+    /// The SSRC the subscriber received the track on.
+    pub ssrc: u32,
+    /// What the caller kept with the subscription.
+    pub link: S,
 }
 
-impl Forwarder {
+/// Routes each published track's packets to its subscribers. The table is the one record of
+/// a subscription: beside what the packet path needs, each keeps a `link` of the caller's
+/// (the engine keeps the subscriber connection's sender there).
+#[derive(Debug)]
+pub struct Forwarder<S = ()> {
+    settings: ForwarderSettings,
+    tracks: HashMap<TrackId, UpTrack<S>>,
+}
+
+impl<S> Forwarder<S> {
     /// An empty forwarding table.
     pub fn new(settings: ForwarderSettings) -> Self {
         Self { settings, tracks: HashMap::new() }
@@ -162,9 +178,10 @@ impl Forwarder {
         );
     }
 
-    /// Removes a published track; returns its subscribers, whose senders must be removed.
-    pub fn remove_track(&mut self, track: &TrackId) -> Vec<ParticipantKey> {
-        self.tracks.remove(track).map(|up| up.downtracks.into_iter().map(|d| d.subscriber).collect()).unwrap_or_default()
+    /// Removes a published track; returns its subscriptions, whose senders must be removed.
+    pub fn remove_track(&mut self, track: &TrackId) -> Vec<Removed<S>> {
+        let Some(up) = self.tracks.remove(track) else { return Vec::new() };
+        up.downtracks.into_iter().map(|d| Removed { subscriber: d.subscriber, ssrc: d.ssrc, link: d.link }).collect()
     }
 
     /// The tracks currently published.
@@ -182,8 +199,24 @@ impl Forwarder {
         self.tracks.values().map(|t| t.downtracks.len()).sum()
     }
 
-    /// Subscribes `subscriber` to `track`, sending with `ssrc` once it has negotiated.
-    pub fn subscribe(&mut self, track: &TrackId, subscriber: ParticipantKey, ssrc: u32) {
+    /// The tracks `subscriber` is subscribed to, each with the SSRC it is sent with and the
+    /// caller's link (a scan of the table: for negotiation, not the packet path).
+    pub fn subscriptions_of(&self, subscriber: ParticipantKey) -> impl Iterator<Item = (TrackId, u32, &S)> {
+        self.tracks.iter().flat_map(move |(track, up)| {
+            up.downtracks.iter().filter(move |d| d.subscriber == subscriber).map(move |d| (*track, d.ssrc, &d.link))
+        })
+    }
+
+    /// The caller's links of `subscriber`'s subscriptions, to change.
+    pub fn links_of_mut(&mut self, subscriber: ParticipantKey) -> impl Iterator<Item = &mut S> {
+        self.tracks
+            .values_mut()
+            .flat_map(move |up| up.downtracks.iter_mut().filter(move |d| d.subscriber == subscriber).map(|d| &mut d.link))
+    }
+
+    /// Subscribes `subscriber` to `track`, sending with `ssrc` once it has negotiated; the
+    /// caller keeps `link` with it. A subscription the subscriber had to the track is replaced.
+    pub fn subscribe(&mut self, track: &TrackId, subscriber: ParticipantKey, ssrc: u32, link: S) {
         let Some(up) = self.tracks.get_mut(track) else { return };
         up.downtracks.retain(|d| d.subscriber != subscriber);
         up.downtracks.push(DownTrack {
@@ -194,6 +227,7 @@ impl Forwarder {
             munger: RtpMunger::new(up.clock_rate),
             round_trip: Duration::ZERO,
             budget: RetransmitBudget::default(),
+            link,
         });
     }
 
@@ -233,16 +267,9 @@ impl Forwarder {
         }
     }
 
-    /// Removes one subscription.
-    pub fn unsubscribe(&mut self, track: &TrackId, subscriber: &ParticipantKey) {
-        if let Some(up) = self.tracks.get_mut(track) {
-            up.downtracks.retain(|d| &d.subscriber != subscriber);
-        }
-    }
-
     /// Removes everything a participant published or subscribed to; returns the removed
-    /// tracks with their subscribers.
-    pub fn remove_participant(&mut self, participant: &ParticipantKey) -> Vec<(TrackId, Vec<ParticipantKey>)> {
+    /// tracks with their subscriptions.
+    pub fn remove_participant(&mut self, participant: &ParticipantKey) -> Vec<(TrackId, Vec<Removed<S>>)> {
         let published: Vec<TrackId> = self.tracks.iter().filter(|(_, up)| &up.publisher == participant).map(|(id, _)| *id).collect();
         let removed = published
             .into_iter()
@@ -380,7 +407,7 @@ fn strip_extensions(header: &mut rtp::header::Header) {
     }
 }
 
-fn rewrite(now: Instant, down: &mut DownTrack, source: &rtp::Packet) -> Option<rtp::Packet> {
+fn rewrite<S>(now: Instant, down: &mut DownTrack<S>, source: &rtp::Packet) -> Option<rtp::Packet> {
     let payload_type = down.negotiated?.payload_type;
     let munged = down.munger.munge(now, source.header.ssrc, source.header.sequence_number, source.header.timestamp)?;
     let mut packet = source.clone();

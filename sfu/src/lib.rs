@@ -10,9 +10,8 @@
 //! One owner per fact:
 //! - **Which worker holds a room**: this module's placement, and nothing else.
 //! - **Media membership** (who is in a room's media, their connections, tracks and
-//!   subscriptions): the room's engine alone. A subscription is created and removed in one
-//!   place (`Engine::subscribe`, `Engine::unsubscribe`), its negotiation half kept by the
-//!   participant and its packet half by the forwarder's downtrack.
+//!   subscriptions): the room's engine alone. A subscription is held once, in the
+//!   forwarder's table, with the engine's sender for it beside what the packet path needs.
 //! - **Presence** (who joined, names, mute flags): signaling's `Rooms`; Redis mirrors the
 //!   room's members and owning node for other nodes. The media plane tells signaling of
 //!   tracks through [`SfuEvent`]s and never reads presence.

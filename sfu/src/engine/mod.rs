@@ -43,14 +43,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::egress::Egress;
-use crate::forwarder::{Forwarder, ForwarderSettings, MediaKind, Outgoing};
+use crate::forwarder::{Forwarder, ForwarderSettings, MediaKind, Outgoing, Removed};
 use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{build_peer, PeerRole, PeerSettings};
 use crate::tap::{TapEvent, Taps};
 use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 use ice::{IceRoutes, Route};
-use participant::{peer_of, Negotiation, Participant, Peer, PeerKey, Published, MAX_EARLY_CHECKS};
+use participant::{peer_of, Negotiation, Participant, Peer, PeerKey, Published, Subscription, MAX_EARLY_CHECKS};
 
 /// A request from signaling to the engine that owns the room.
 pub(crate) enum Command {
@@ -133,7 +133,8 @@ pub(crate) struct Engine {
     /// Media membership: the one record of who is in which of the worker's rooms.
     rooms: HashMap<RoomId, Vec<ParticipantKey>>,
     ice: IceRoutes,
-    forwarder: Forwarder,
+    /// The fan-out table, and the one record of every subscription.
+    forwarder: Forwarder<Subscription>,
     /// Peers with input since they were last drained.
     dirty: HashSet<PeerKey>,
     outgoing: Vec<Outgoing>,
@@ -398,9 +399,6 @@ impl Engine {
     fn send_outgoing(&mut self, now: Instant, outgoing: &mut Vec<Outgoing>, out: &mut dyn Transmit) {
         for packet in outgoing.drain(..) {
             let Some(subscriber) = self.participants.get_mut(&packet.subscriber) else { continue };
-            if !subscriber.subscriptions.contains_key(&packet.track) {
-                continue;
-            }
             let Some(egress) = subscriber.subscriber.as_mut().and_then(|peer| peer.egress.as_mut()) else { continue };
             match egress.protect(now, &packet.packet) {
                 Ok((datagram, to)) => {
@@ -549,7 +547,6 @@ impl Engine {
                 publisher: None,
                 subscriber,
                 published: HashMap::new(),
-                subscriptions: HashMap::new(),
                 negotiation: Negotiation::Stable,
             },
         );
@@ -607,21 +604,23 @@ impl Engine {
 
     /// Takes removed tracks off their subscribers' connections (one renegotiation per
     /// subscriber, however many tracks went) and tells the room.
-    fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<ParticipantKey>)>) {
+    fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<Removed<Subscription>>)>) {
         let mut affected: Vec<ParticipantKey> = Vec::new();
-        for (track, subscribers) in &removed {
-            for &subscriber in subscribers {
-                self.unsubscribe(subscriber, track);
-                if !affected.contains(&subscriber) {
-                    affected.push(subscriber);
+        let mut tracks = Vec::with_capacity(removed.len());
+        for (track, subscriptions) in removed {
+            for subscription in subscriptions {
+                if !affected.contains(&subscription.subscriber) {
+                    affected.push(subscription.subscriber);
                 }
+                self.remove_sender(&track, subscription);
             }
+            tracks.push(track);
         }
         for subscriber in affected {
             self.renegotiate(now, subscriber);
         }
         let members = self.rooms.get(room).cloned().unwrap_or_default();
-        for (track, _) in removed {
+        for track in tracks {
             self.taps.send(room, || TapEvent::TrackUnpublished(track));
             for member in &members {
                 if let Some(p) = self.participants.get(member) {

@@ -9,7 +9,6 @@
 //! format (the one-format rule: the engine reads every m-line of every answer again, at a
 //! cost that grows with the square of its codecs).
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use rtc::media_stream::MediaStreamTrack;
@@ -24,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::participant::{Negotiation, Subscription};
 use super::Engine;
-use crate::forwarder::{Negotiated, RtxStream};
+use crate::forwarder::{Negotiated, Removed, RtxStream};
 use crate::peer::PeerRole;
 use crate::{codec, MediaKind, ParticipantKey, SfuError, SfuEvent, TrackId, TrackInfo};
 
@@ -73,10 +72,10 @@ impl Engine {
         participant.negotiation = Negotiation::Stable;
         // Forwarding to a sender starts once its payload type is negotiated.
         let mut ready = Vec::new();
-        for (track, subscription) in &participant.subscriptions {
+        for (track, _, subscription) in self.forwarder.subscriptions_of(key) {
             let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
             match negotiated(&mut sender, &subscription.codec) {
-                Some(negotiated) => ready.push((*track, negotiated)),
+                Some(negotiated) => ready.push((track, negotiated)),
                 // A track subscribed after the answered offer went out is in the next one.
                 None if again => debug!(participant = %participant.id, %track, "track waits for the next offer"),
                 None => {
@@ -128,8 +127,8 @@ impl Engine {
                 // others offer only their track's codec (and its RTX) where that names one
                 // format: the engine reads every m-line of every answer again, at a cost that
                 // grows with the square of its codecs.
-                let all_codecs =
-                    !codec::has_one_format(&track.codec.mime_type) || needs_every_codec(&peer.pc, &participant.subscriptions, track.kind);
+                let all_codecs = !codec::has_one_format(&track.codec.mime_type)
+                    || needs_every_codec(&peer.pc, self.forwarder.subscriptions_of(subscriber).map(|(_, _, s)| s), track.kind);
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
                     // The subscriber connection only ever sends.
                     transceiver.set_direction(RTCRtpTransceiverDirection::Sendonly);
@@ -138,9 +137,8 @@ impl Engine {
                 if let Some(egress) = peer.egress.as_mut() {
                     egress.add_stream(ssrc, track.codec.clock_rate);
                 }
-                let subscription = Subscription { sender, ssrc, codec: track.codec.clone(), kind: track.kind, all_codecs };
-                participant.subscriptions.insert(track.id, subscription);
-                self.forwarder.subscribe(&track.id, subscriber, ssrc);
+                let subscription = Subscription { sender, codec: track.codec.clone(), kind: track.kind, all_codecs };
+                self.forwarder.subscribe(&track.id, subscriber, ssrc, subscription);
             }
             Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
         }
@@ -153,7 +151,8 @@ impl Engine {
             *again = true;
             return;
         }
-        if participant.subscriptions.is_empty() && participant.subscriber.as_ref().is_none_or(|p| p.pc.remote_description().is_none()) {
+        let subscribed = self.forwarder.subscriptions_of(key).next().is_some();
+        if !subscribed && participant.subscriber.as_ref().is_none_or(|p| p.pc.remote_description().is_none()) {
             return; // nothing to offer yet
         }
         let Some(peer) = participant.subscriber.as_mut() else { return };
@@ -170,20 +169,22 @@ impl Engine {
         self.dirty.insert((key, PeerRole::Subscriber));
     }
 
-    /// Takes `track` off the subscriber's connection (renegotiated by the caller); another
-    /// m-line of its kind takes over offering every codec while the kind is not answered.
-    pub(super) fn unsubscribe(&mut self, subscriber: ParticipantKey, track: &TrackId) {
-        let Some(p) = self.participants.get_mut(&subscriber) else { return };
-        let (Some(subscription), Some(peer)) = (p.subscriptions.remove(track), p.subscriber.as_mut()) else { return };
+    /// Takes a removed subscription's sender off the subscriber's connection (renegotiated
+    /// by the caller); another m-line of its kind takes over offering every codec while the
+    /// kind is not answered.
+    pub(super) fn remove_sender(&mut self, track: &TrackId, removed: Removed<Subscription>) {
+        let subscriber = removed.subscriber;
+        let Some(peer) = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()) else { return };
         if let Some(egress) = peer.egress.as_mut() {
-            egress.remove_stream(subscription.ssrc);
+            egress.remove_stream(removed.ssrc);
         }
+        let subscription = removed.link;
         if let Err(err) = peer.pc.remove_track(subscription.sender) {
             debug!(%subscriber, %track, %err, "remove_track failed");
         }
         let kind = subscription.kind;
-        if subscription.all_codecs && needs_every_codec(&peer.pc, &p.subscriptions, kind) {
-            if let Some(heir) = p.subscriptions.values_mut().find(|s| s.kind == kind) {
+        if subscription.all_codecs && needs_every_codec(&peer.pc, self.forwarder.subscriptions_of(subscriber).map(|(_, _, s)| s), kind) {
+            if let Some(heir) = self.forwarder.links_of_mut(subscriber).find(|s| s.kind == kind) {
                 heir.all_codecs = true;
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(heir.sender)) {
                     offer_codecs(&mut transceiver, None);
@@ -196,8 +197,8 @@ impl Engine {
 /// Whether a subscriber connection still needs an m-line of `kind` that offers every codec:
 /// none of its `subscriptions` of that kind offers them, and the engine's codecs for the kind
 /// are not fixed yet (they are once the remote description has an m-line of the kind).
-fn needs_every_codec(pc: &RTCPeerConnection, subscriptions: &HashMap<TrackId, Subscription>, kind: MediaKind) -> bool {
-    if subscriptions.values().any(|s| s.kind == kind && s.all_codecs) {
+fn needs_every_codec<'a>(pc: &RTCPeerConnection, mut subscriptions: impl Iterator<Item = &'a Subscription>, kind: MediaKind) -> bool {
+    if subscriptions.any(|s| s.kind == kind && s.all_codecs) {
         return false;
     }
     let prefix = match kind {

@@ -66,17 +66,13 @@ pub(crate) struct Participant {
     pub subscriber: Option<Box<Peer>>,
     /// By the publisher connection's media track id.
     pub published: HashMap<String, Published>,
-    /// The tracks its subscriber connection carries: the one record of a subscription
-    /// outside the forwarder's fan-out table, which holds the packet path's half.
-    pub subscriptions: HashMap<TrackId, Subscription>,
     pub negotiation: Negotiation,
 }
 
-/// A published track sent on this participant's subscriber connection.
+/// What the engine keeps with a subscription in the forwarder's table (the one record of
+/// it): the track's sender on the subscriber's connection.
 pub(crate) struct Subscription {
     pub sender: RTCRtpSenderId,
-    /// The SSRC the subscriber receives the track on.
-    pub ssrc: u32,
     /// The publisher's codec, to find its payload type in the subscriber's answer.
     pub codec: RTCRtpCodec,
     pub kind: MediaKind,

@@ -53,7 +53,7 @@ fn room(n: usize, now: Instant) -> Forwarder {
     let mut f = Forwarder::new(ForwarderSettings::default());
     f.add_track(track(), alice(), MediaKind::Video, 90_000);
     for i in 0..n {
-        f.subscribe(&track(), sub(i), 1000 + i as u32);
+        f.subscribe(&track(), sub(i), 1000 + i as u32, ());
         f.set_negotiated(now, &track(), &sub(i), negotiated(None));
     }
     f
@@ -107,7 +107,7 @@ fn fans_out_to_every_subscriber_with_own_ssrc_and_identical_payload() {
 fn subscriber_waits_for_negotiation_before_receiving() {
     let now = Instant::now();
     let mut f = room(0, now);
-    f.subscribe(&track(), sub(0), 5);
+    f.subscribe(&track(), sub(0), 5, ());
     let mut out = Vec::new();
     f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
     assert!(out.is_empty());
@@ -228,7 +228,8 @@ fn publisher_leaving_removes_its_tracks_and_names_their_subscribers() {
     let now = Instant::now();
     let mut f = room(2, now);
     let removed = f.remove_participant(&alice());
-    assert_eq!(removed, vec![(track(), vec![sub(0), sub(1)])]);
+    let subscription = |n: usize| Removed { subscriber: sub(n), ssrc: 1000 + n as u32, link: () };
+    assert_eq!(removed, vec![(track(), vec![subscription(0), subscription(1)])]);
     let mut out = Vec::new();
     f.forward(now, &track(), video_packet(1, 1, 0), &mut out);
     assert!(out.is_empty());
@@ -240,7 +241,7 @@ fn nack_is_answered_on_the_rtx_stream_when_negotiated() {
     let now = Instant::now();
     let mut f = Forwarder::new(ForwarderSettings::default());
     f.add_track(track(), alice(), MediaKind::Video, 90_000);
-    f.subscribe(&track(), sub(0), 1000);
+    f.subscribe(&track(), sub(0), 1000, ());
     let rtx = RtxStream { ssrc: 2000, payload_type: 97 };
     f.set_negotiated(now, &track(), &sub(0), negotiated(Some(rtx)));
     let mut out = Vec::new();
