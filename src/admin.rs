@@ -17,12 +17,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use signaling::auth::{AuthError, Grants};
-use signaling::bookkeeping::unix_ms;
+
 use signaling::journal::Record;
+use signaling::stamps::unix_ms;
 use signaling::tasks::{Command, TaskError};
 
-use crate::http::AppState;
+use crate::api::{bearer_of, optional_json, refusal, AppState, Refusal};
 
 /// The admin routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -31,60 +31,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/rooms/{room}/participants/{identity}/mute", post(mute_participant))
 }
 
-/// A refused request: its status, a stable code and an explanation.
-pub(crate) struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
-    }
-}
-
-/// A refusal with this status, code and explanation.
-pub(crate) fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal { status, code, message: message.into() }
-}
-
-/// A request's optional JSON body: the defaults when it is empty, 400 `invalid_body` when it
-/// does not parse.
-pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refusal> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|err| refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()))
-}
-
 /// The identity of an admin of `room`, from the request's bearer token.
 fn admin_of(state: &AppState, headers: &HeaderMap, room: &str) -> Result<String, Refusal> {
     bearer_of(state, headers, room, "admin", |grants| grants.admin)
-}
-
-/// The identity in the request's bearer token, if the token is for `room` and `allowed`
-/// accepts its grants (`what` names them in the refusal).
-pub(crate) fn bearer_of(
-    state: &AppState,
-    headers: &HeaderMap,
-    room: &str,
-    what: &str,
-    allowed: impl Fn(&Grants) -> bool,
-) -> Result<String, Refusal> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| refusal(StatusCode::UNAUTHORIZED, "unauthorized", "an `Authorization: Bearer <token>` header is needed"))?;
-    let claims = state.signaling.auth.verify(token).map_err(|err| match err {
-        AuthError::Expired => refusal(StatusCode::UNAUTHORIZED, "token_expired", "access token expired"),
-        err => refusal(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()),
-    })?;
-    if !allowed(&claims.grants) || claims.room != room {
-        return Err(refusal(StatusCode::FORBIDDEN, "forbidden", format!("the token does not grant {what} of room `{room}`")));
-    }
-    Ok(claims.sub)
 }
 
 /// Runs `command` for `admin` and records it.

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::backends::db::Database;
-use crate::backends::events::kafka::EventMetrics;
-use crate::backends::objects::local::{LocalObjects, UrlSigner};
+use crate::api::{AppState, SignedQuery};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -15,39 +13,9 @@ use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use recorder::objects::{ObjectError, ObjectStore};
 use serde::Deserialize;
-use sfu::SfuMetrics;
-use signaling::auth::{Grants, TokenAuthority};
-use signaling::metrics::SignalingMetrics;
-use signaling::session::{run_session, CloseReason, Inbound, SignalingContext, Transport};
+use signaling::auth::Grants;
+use signaling::session::{run_session, CloseReason, Inbound, Transport};
 use tokio::sync::{mpsc, oneshot};
-
-/// Issues tokens over HTTP for the demo page; only in embedded mode.
-pub struct DevTokens {
-    pub authority: TokenAuthority,
-    pub ttl_secs: u64,
-}
-
-/// Shared state of the HTTP handlers.
-pub struct AppState {
-    pub signaling: Arc<SignalingContext>,
-    /// The database (the recordings API reads it).
-    pub database: Database,
-    /// The object store.
-    pub objects: Arc<dyn ObjectStore>,
-    /// Signs this node's download links.
-    pub signer: UrlSigner,
-    /// Lifetime of download links.
-    pub presign_expiry: std::time::Duration,
-    pub sfu_metrics: Arc<SfuMetrics>,
-    pub signaling_metrics: Arc<SignalingMetrics>,
-    pub event_metrics: Option<Arc<EventMetrics>>,
-    /// The local object store, whose presigned URLs `/objects/...` serves.
-    pub local_objects: Option<Arc<LocalObjects>>,
-    pub dev_tokens: Option<DevTokens>,
-    /// Frames above this close the connection; between the protocol limit and this they get
-    /// a `message_too_large` error.
-    pub max_frame_bytes: usize,
-}
 
 /// Outbound frames queued per connection before broadcasts to it are dropped.
 const OUTBOX_CAPACITY: usize = 256;
@@ -83,15 +51,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP switchboard_state_store_unreachable 1 while the state store (Redis) does not answer.\n# TYPE switchboard_state_store_unreachable gauge\nswitchboard_state_store_unreachable {degraded}\n"
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-/// The query of a signed download link.
-#[derive(Deserialize)]
-pub(crate) struct SignedQuery {
-    /// Unix seconds after which the link is refused.
-    pub expires: u64,
-    /// Hex HMAC-SHA256 of the key and `expires`.
-    pub signature: String,
 }
 
 /// Serves an object of the local store to a presigned URL.

@@ -3,13 +3,14 @@
 //! Used by the binary and by the whole-server tests, which start a server on free ports.
 
 mod admin;
+mod api;
 pub mod backends;
 mod http;
 pub mod loadtest;
 mod recordings_api;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,7 +21,7 @@ use signaling::auth::TokenAuthority;
 use signaling::bookkeeping::Bookkeeping;
 use signaling::journal::Journal;
 use signaling::metrics::SignalingMetrics;
-use signaling::recordings::{Formats, RecordingConfig, Recordings};
+use signaling::recordings::{Formats, RecordingConfig, RecordingContext, Recordings};
 use signaling::rooms::Rooms;
 use signaling::session::{SessionLimits, SignalingContext};
 use signaling::state::{NodeInfo, StateKeeper, StateTimings};
@@ -105,7 +106,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
     let recording = recording_config(&config);
     let objects = backends.objects.clone();
-    let context = Arc::new_cyclic(|context| SignalingContext {
+    let context = Arc::new_cyclic(|context: &Weak<SignalingContext>| SignalingContext {
         sfu,
         rooms: Rooms::new(limits.max_participants_per_room, limits.max_rooms),
         auth: TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone()),
@@ -120,7 +121,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         metrics: signaling_metrics.clone(),
         resumable: Default::default(),
         books,
-        recordings: Recordings::new(recording, objects, context.clone()),
+        recordings: Recordings::new(recording, objects, context.clone() as Weak<dyn RecordingContext>),
     });
     context.recordings.recover_crashed();
     if let Some(kafka) = &backends.kafka {
@@ -134,7 +135,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         .context("creating the Kafka tasks consumer")?;
         tokio::spawn(consumer.run());
     }
-    let state = http::AppState {
+    let state = api::AppState {
         signaling: context.clone(),
         database: backends.database.clone(),
         objects: backends.objects.clone(),
@@ -144,7 +145,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         signaling_metrics,
         event_metrics: backends.event_metrics.clone(),
         local_objects: backends.local_objects.clone(),
-        dev_tokens: (config.mode == Mode::Embedded).then(|| http::DevTokens {
+        dev_tokens: (config.mode == Mode::Embedded).then(|| api::DevTokens {
             authority: TokenAuthority::new(config.auth.keys.clone(), config.auth.signing_key.clone()),
             ttl_secs: config.auth.token_ttl_secs,
         }),

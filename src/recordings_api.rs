@@ -27,9 +27,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use signaling::recordings::RecordingError;
 
-use crate::admin::{bearer_of, optional_json, refusal, Refusal};
+use crate::api::{bearer_of, optional_json, refusal, AppState, Refusal, SignedQuery};
 use crate::backends::db::RecordingRow;
-use crate::http::{AppState, SignedQuery};
 
 /// The recordings routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -134,7 +133,7 @@ async fn describe(state: &AppState, row: RecordingRow) -> Value {
         }
         if has_hls {
             let key = keys::recording_part(&row.meeting_id, &row.recording_id, "index.m3u8");
-            let expires = signaling::bookkeeping::unix_ms() / 1000 + state.presign_expiry.as_secs();
+            let expires = signaling::stamps::unix_ms() / 1000 + state.presign_expiry.as_secs();
             let signature = state.signer.sign(&key, expires);
             hls_url = Some(format!("{}/{key}?expires={expires}&signature={signature}", state.signaling.books.state.node().url));
         }
@@ -163,7 +162,7 @@ async fn playlist(
     Query(query): Query<SignedQuery>,
 ) -> Response {
     let key = keys::recording_part(&meeting, &recording, "index.m3u8");
-    let now = signaling::bookkeeping::unix_ms() / 1000;
+    let now = signaling::stamps::unix_ms() / 1000;
     if !state.signer.verify(&key, query.expires, &query.signature, now) {
         return (StatusCode::FORBIDDEN, "invalid or expired signature").into_response();
     }

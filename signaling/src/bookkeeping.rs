@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 
 use crate::events::{Event, EventKind, EventSink, EVENT_SCHEMA_VERSION};
 use crate::journal::{
     DeliveryStatus, Journal, MessageType, ParticipantStatus, Record, RoomStatus, SessionStatus, StreamStatus, StreamType,
 };
+use crate::stamps::{new_id, unix_ms};
 use crate::state::{SessionState, StateKeeper};
 
 /// A joined participant, as bookkeeping names it.
@@ -49,16 +49,6 @@ pub struct Bookkeeping {
     pub journal: Journal,
     /// Domain events.
     pub events: Arc<dyn EventSink>,
-}
-
-/// Now, Unix milliseconds.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// A new random id with a prefix (`MS_`, `EV_`, ...).
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 16))
 }
 
 impl Bookkeeping {

@@ -11,5 +11,6 @@ pub mod rate;
 pub mod recordings;
 pub mod rooms;
 pub mod session;
+pub mod stamps;
 pub mod state;
 pub mod tasks;

@@ -58,6 +58,19 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// A participant's recording, as requests and the room are told of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordingSummary {
+    /// Recording id.
+    pub recording_id: String,
+    /// The recorded participant.
+    pub participant_id: String,
+    /// Its identity.
+    pub identity: Option<String>,
+    /// `mp4`, `hls` or `mp4+hls`.
+    pub format: String,
+}
+
 /// Which of the participant's connections a candidate belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -301,7 +314,7 @@ pub enum ServerMessage {
         /// Tracks already published.
         tracks: Vec<TrackDescription>,
         /// Recordings running in the room.
-        recordings: Vec<crate::recordings::RecordingSummary>,
+        recordings: Vec<RecordingSummary>,
         /// ICE servers for the client's connections (none needed: the SFU is ICE-lite on
         /// reachable addresses).
         ice_servers: Vec<Value>,
@@ -398,7 +411,7 @@ pub enum ServerMessage {
         /// The request id.
         id: Option<Value>,
         /// The recordings.
-        recordings: Vec<crate::recordings::RecordingSummary>,
+        recordings: Vec<RecordingSummary>,
     },
     /// A participant's recording started, finished (stored) or failed: sent to the room.
     Recording {

@@ -15,16 +15,16 @@ use recorder::objects::{keys, ObjectStore};
 use recorder::recording::RecordingSettings;
 use recorder::room::{RecordingInfo, RecordingObserver, RoomRecorder, RoomRecorderSettings};
 use recorder::upload::UploadSummary;
-use serde::Serialize;
 use serde_json::json;
-use sfu::{ParticipantId, RoomId, SfuError};
+use sfu::{ParticipantId, RoomId, Sfu, SfuError};
 use tracing::{info, warn};
 
-use crate::bookkeeping::{new_id, unix_ms};
+use crate::bookkeeping::Bookkeeping;
 use crate::events::EventKind;
 use crate::journal::{Record, RecordingStatus};
-use crate::protocol::ServerMessage;
-use crate::session::SignalingContext;
+use crate::protocol::{RecordingSummary, ServerMessage};
+use crate::rooms::Rooms;
+use crate::stamps::{new_id, unix_ms};
 
 /// What a recording writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,17 +100,18 @@ pub enum RecordingError {
     Media(#[from] SfuError),
 }
 
-/// A participant's recording, as requests and the room are told of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RecordingSummary {
-    /// Recording id.
-    pub recording_id: String,
-    /// The recorded participant.
-    pub participant_id: String,
-    /// Its identity.
-    pub identity: Option<String>,
-    /// `mp4`, `hls` or `mp4+hls`.
-    pub format: String,
+/// What recordings need of the signaling node they belong to: its presence, media plane,
+/// bookkeeping, and these recordings themselves (a finished recording updates the running
+/// list). Signaling's context provides it.
+pub trait RecordingContext: Send + Sync {
+    /// Presence.
+    fn rooms(&self) -> &Rooms;
+    /// The media plane.
+    fn sfu(&self) -> &Sfu;
+    /// Shared state, persistence and events.
+    fn books(&self) -> &Bookkeeping;
+    /// This node's recordings.
+    fn recordings(&self) -> &Recordings;
 }
 
 /// A room being recorded.
@@ -124,7 +125,7 @@ struct RoomRecording {
 pub struct Recordings {
     config: RecordingConfig,
     store: Arc<dyn ObjectStore>,
-    context: Weak<SignalingContext>,
+    context: Weak<dyn RecordingContext>,
     rooms: Mutex<HashMap<String, RoomRecording>>,
     /// Held for the process's life: the spool folder is this process's alone.
     _spool_lock: Option<std::fs::File>,
@@ -136,7 +137,7 @@ impl Recordings {
     /// The spool folder is claimed with a lock file: a second process given the same folder
     /// records without it (uploads wait in memory, nothing survives a crash) rather than take
     /// over the first one's crash records.
-    pub fn new(mut config: RecordingConfig, store: Arc<dyn ObjectStore>, context: Weak<SignalingContext>) -> Self {
+    pub fn new(mut config: RecordingConfig, store: Arc<dyn ObjectStore>, context: Weak<dyn RecordingContext>) -> Self {
         let spool_lock = config.spool_dir.as_deref().and_then(|dir| match claim(dir) {
             Ok(lock) => Some(lock),
             Err(err) => {
@@ -168,13 +169,13 @@ impl Recordings {
             None => self.config.default_formats,
         };
         let context = self.context.upgrade().ok_or_else(|| RecordingError::NoSuchRoom(meeting_id.to_owned()))?;
-        if !context.rooms.is_open(meeting_id) {
+        if !context.rooms().is_open(meeting_id) {
             return Err(RecordingError::NoSuchRoom(meeting_id.to_owned()));
         }
         let only = match identity {
             Some(identity) => Some(
                 context
-                    .rooms
+                    .rooms()
                     .participant_of(meeting_id, identity)
                     .map(ParticipantId::new)
                     .ok_or_else(|| RecordingError::NoSuchParticipant(identity.to_owned()))?,
@@ -184,7 +185,7 @@ impl Recordings {
         if self.lock().get(meeting_id).is_some_and(|r| !r.recorder.is_finished()) {
             return Err(RecordingError::AlreadyRecording(meeting_id.to_owned()));
         }
-        let tap = context.sfu.tap(RoomId::new(meeting_id), self.config.queue_packets).await?;
+        let tap = context.sfu().tap(RoomId::new(meeting_id), self.config.queue_packets).await?;
         let settings = RoomRecorderSettings {
             meeting_id: meeting_id.to_owned(),
             mp4: formats.mp4,
@@ -205,7 +206,7 @@ impl Recordings {
             recorder.stop();
             return Err(RecordingError::AlreadyRecording(meeting_id.to_owned()));
         }
-        let running = started.iter().map(|info| summary(&context, info, formats)).collect::<Vec<_>>();
+        let running = started.iter().map(|info| summary(context.as_ref(), info, formats)).collect::<Vec<_>>();
         rooms.insert(meeting_id.to_owned(), RoomRecording { recorder, running: running.clone() });
         info!(meeting = meeting_id, format = formats.name(), "room recording started");
         Ok(running)
@@ -352,37 +353,37 @@ const RECOVERY_RETRY: Duration = Duration::from_secs(10);
 /// How long after a participant's first track its recording starts.
 const SETTLE: Duration = Duration::from_millis(1000);
 
-fn summary(context: &SignalingContext, info: &RecordingInfo, formats: Formats) -> RecordingSummary {
+fn summary(context: &dyn RecordingContext, info: &RecordingInfo, formats: Formats) -> RecordingSummary {
     RecordingSummary {
         recording_id: info.recording_id.clone(),
         participant_id: info.participant.to_string(),
-        identity: context.rooms.identity_of(&info.meeting_id, info.participant.as_str()),
+        identity: context.rooms().identity_of(&info.meeting_id, info.participant.as_str()),
         format: formats.name().to_owned(),
     }
 }
 
 /// Tells the database, the event sink and the room of a room recording's files.
 struct Reporter {
-    context: Weak<SignalingContext>,
+    context: Weak<dyn RecordingContext>,
     formats: Formats,
 }
 
 impl Reporter {
-    fn announce(context: &SignalingContext, recording: &RecordingSummary, meeting_id: &str, state: &str) {
+    fn announce(context: &dyn RecordingContext, recording: &RecordingSummary, meeting_id: &str, state: &str) {
         let message = ServerMessage::Recording {
             recording_id: recording.recording_id.clone(),
             participant_id: recording.participant_id.clone(),
             format: recording.format.clone(),
             state: state.to_owned(),
         };
-        context.rooms.broadcast(meeting_id, &message);
+        context.rooms().broadcast(meeting_id, &message);
     }
 
     fn ended(&self, info: &RecordingInfo, status: RecordingStatus, summary: Option<&UploadSummary>, error: Option<&str>) {
         let Some(context) = self.context.upgrade() else { return };
-        let recording = self::summary(&context, info, self.formats);
-        context.recordings.set_running(&info.meeting_id, |running| running.retain(|r| r.recording_id != info.recording_id));
-        let books = &context.books;
+        let recording = self::summary(context.as_ref(), info, self.formats);
+        context.recordings().set_running(&info.meeting_id, |running| running.retain(|r| r.recording_id != info.recording_id));
+        let books = context.books();
         let duration_ms = summary.map_or(0, |s| u64::try_from(s.duration_micros / 1000).unwrap_or(0));
         books.journal.record(Record::RecordingEnded {
             recording_id: info.recording_id.clone(),
@@ -398,7 +399,7 @@ impl Reporter {
             (Some(summary), None) => {
                 let mp4_key = info.mp4.then(|| keys::recording(&info.meeting_id, &info.recording_id, "mp4"));
                 let playlist_key = info.hls.then(|| keys::recording_part(&info.meeting_id, &info.recording_id, "index.m3u8"));
-                self.request_transcription(&context, info, mp4_key.clone(), playlist_key.clone());
+                self.request_transcription(context.as_ref(), info, mp4_key.clone(), playlist_key.clone());
                 let kind = EventKind::RecordingFinished {
                     recording_id: info.recording_id.clone(),
                     participant_id,
@@ -415,14 +416,14 @@ impl Reporter {
             }
         };
         books.event(&info.meeting_id, unix_ms(), kind);
-        Self::announce(&context, &recording, &info.meeting_id, state);
+        Self::announce(context.as_ref(), &recording, &info.meeting_id, state);
     }
 
     /// Asks other services to transcribe a finished recording: a `transcription` task on
     /// the tasks topic and its `ai_tasks` row.
     fn request_transcription(
         &self,
-        context: &SignalingContext,
+        context: &dyn RecordingContext,
         info: &RecordingInfo,
         mp4_key: Option<String>,
         playlist_key: Option<String>,
@@ -441,8 +442,8 @@ impl Reporter {
             "recording_id": info.recording_id,
             "input": input,
         });
-        context.books.events.submit_task(&info.meeting_id, &task);
-        context.books.journal.record(Record::AiTask {
+        context.books().events.submit_task(&info.meeting_id, &task);
+        context.books().journal.record(Record::AiTask {
             task_id,
             task_type: "transcription".into(),
             meeting_id: info.meeting_id.clone(),
@@ -455,8 +456,8 @@ impl Reporter {
 impl RecordingObserver for Reporter {
     fn started(&self, info: &RecordingInfo) {
         let Some(context) = self.context.upgrade() else { return };
-        let recording = summary(&context, info, self.formats);
-        context.recordings.set_running(&info.meeting_id, |running| {
+        let recording = summary(context.as_ref(), info, self.formats);
+        context.recordings().set_running(&info.meeting_id, |running| {
             if !running.iter().any(|r| r.recording_id == recording.recording_id) {
                 running.push(recording.clone());
             }
@@ -467,10 +468,10 @@ impl RecordingObserver for Reporter {
             ("index.m3u8".to_owned(), keys::recording_part(&info.meeting_id, &info.recording_id, "index.m3u8"))
         };
         let at_ms = unix_ms();
-        context.books.journal.record(Record::RecordingStarted {
+        context.books().journal.record(Record::RecordingStarted {
             recording_id: info.recording_id.clone(),
             meeting_id: info.meeting_id.clone(),
-            room_id: context.rooms.room_id(&info.meeting_id),
+            room_id: context.rooms().room_id(&info.meeting_id),
             filename,
             file_path,
             format: self.formats.name().to_owned(),
@@ -481,8 +482,8 @@ impl RecordingObserver for Reporter {
             participant_id: info.participant.to_string(),
             format: self.formats.name().to_owned(),
         };
-        context.books.event(&info.meeting_id, at_ms, kind);
-        Self::announce(&context, &recording, &info.meeting_id, "started");
+        context.books().event(&info.meeting_id, at_ms, kind);
+        Self::announce(context.as_ref(), &recording, &info.meeting_id, "started");
     }
 
     fn finished(&self, info: &RecordingInfo, summary: &UploadSummary) {

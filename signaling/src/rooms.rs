@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::bookkeeping::new_id;
 use crate::protocol::{ParticipantInfo, ServerMessage};
+use crate::stamps::new_id;
 
 /// A session's outbound queue of text frames.
 pub type Outbox = mpsc::Sender<String>;

@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Grants, TokenAuthority};
-use crate::bookkeeping::{new_id, unix_ms, Bookkeeping, Seat, StreamInfo};
+use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
 use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
 use crate::rate::TokenBucket;
-use crate::recordings::{RecordingError, Recordings};
+use crate::recordings::{RecordingContext, RecordingError, Recordings};
 use crate::rooms::{AdmitError, Control, Outbox, Rooms};
+use crate::stamps::{new_id, unix_ms};
 use crate::state::Ownership;
 
 /// Longest chat message, in characters.
@@ -78,6 +79,24 @@ pub struct SignalingContext {
     pub books: Bookkeeping,
     /// This node's recordings.
     pub recordings: Recordings,
+}
+
+impl RecordingContext for SignalingContext {
+    fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    fn sfu(&self) -> &Sfu {
+        &self.sfu
+    }
+
+    fn books(&self) -> &Bookkeeping {
+        &self.books
+    }
+
+    fn recordings(&self) -> &Recordings {
+        &self.recordings
+    }
 }
 
 /// A client connection as a session sees it: frames in, frames out, and where the close

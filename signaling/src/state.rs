@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::bookkeeping::unix_ms;
+use crate::stamps::unix_ms;
 
 /// A node as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -148,7 +148,7 @@ impl Database {
             .bind("task")
             .bind(&task.task_id)
             .bind(details.to_string())
-            .bind(ms(signaling::bookkeeping::unix_ms()))
+            .bind(ms(signaling::stamps::unix_ms()))
             .execute(&self.pool)
             .await
             .map(drop)

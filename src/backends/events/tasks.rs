@@ -12,8 +12,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use signaling::bookkeeping::unix_ms;
 use signaling::session::SignalingContext;
+use signaling::stamps::unix_ms;
 use signaling::tasks::{Task, TaskError};
 use tracing::{debug, error, info, warn};
 

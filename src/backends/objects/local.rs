@@ -88,7 +88,7 @@ impl LocalObjects {
 
     /// A new scratch file's name and path in the uploads folder.
     fn new_scratch(&self) -> (String, PathBuf) {
-        let id = signaling::bookkeeping::new_id("UP_");
+        let id = signaling::stamps::new_id("UP_");
         let path = self.root.join(UPLOADS_DIR).join(&id);
         (id, path)
     }

@@ -113,7 +113,7 @@ impl StateStore for MemoryState {
         if live(&mut maps.locks, resource).is_some() {
             return Ok(None);
         }
-        let token = signaling::bookkeeping::new_id("LK_");
+        let token = signaling::stamps::new_id("LK_");
         maps.locks.insert(resource.to_owned(), expiring(token.clone(), ttl));
         Ok(Some(token))
     }

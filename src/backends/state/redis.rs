@@ -203,7 +203,7 @@ impl StateStore for RedisState {
             "participants".into(),
             load.participants.to_string(),
             "updated_at".into(),
-            signaling::bookkeeping::unix_ms().to_string(),
+            signaling::stamps::unix_ms().to_string(),
         ];
         self.script(REPLACE_HASH, format!("node:{}", node.id), args).await.map(drop)
     }
@@ -219,7 +219,7 @@ impl StateStore for RedisState {
     }
 
     async fn lock(&self, resource: &str, ttl: Duration) -> Result<Option<String>, StateError> {
-        let token = signaling::bookkeeping::new_id("LK_");
+        let token = signaling::stamps::new_id("LK_");
         let expiry = Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1));
         let set: Option<String> = self
             .client

@@ -1,0 +1,109 @@
+//! What the HTTP handlers share: the application state, the refusals the JSON API answers
+//! with, bearer-token checks, optional JSON bodies and signed download links. The page and
+//! WebSocket (`http`), the admin API (`admin`) and the recordings API (`recordings_api`) all
+//! build on it and on nothing of each other's.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use recorder::objects::ObjectStore;
+use serde::Deserialize;
+use serde_json::json;
+use sfu::SfuMetrics;
+use signaling::auth::{AuthError, Grants, TokenAuthority};
+use signaling::metrics::SignalingMetrics;
+use signaling::session::SignalingContext;
+
+use crate::backends::db::Database;
+use crate::backends::events::kafka::EventMetrics;
+use crate::backends::objects::local::{LocalObjects, UrlSigner};
+
+/// Issues tokens over HTTP for the demo page; only in embedded mode.
+pub struct DevTokens {
+    pub authority: TokenAuthority,
+    pub ttl_secs: u64,
+}
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub signaling: Arc<SignalingContext>,
+    /// The database (the recordings API reads it).
+    pub database: Database,
+    /// The object store.
+    pub objects: Arc<dyn ObjectStore>,
+    /// Signs this node's download links.
+    pub signer: UrlSigner,
+    /// Lifetime of download links.
+    pub presign_expiry: std::time::Duration,
+    pub sfu_metrics: Arc<SfuMetrics>,
+    pub signaling_metrics: Arc<SignalingMetrics>,
+    pub event_metrics: Option<Arc<EventMetrics>>,
+    /// The local object store, whose presigned URLs `/objects/...` serves.
+    pub local_objects: Option<Arc<LocalObjects>>,
+    pub dev_tokens: Option<DevTokens>,
+    /// Frames above this close the connection; between the protocol limit and this they get
+    /// a `message_too_large` error.
+    pub max_frame_bytes: usize,
+}
+
+/// The query of a signed download link.
+#[derive(Deserialize)]
+pub(crate) struct SignedQuery {
+    /// Unix seconds after which the link is refused.
+    pub expires: u64,
+    /// Hex HMAC-SHA256 of the key and `expires`.
+    pub signature: String,
+}
+
+/// A refused request: its status, a stable code and an explanation.
+pub(crate) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+    }
+}
+
+/// A refusal with this status, code and explanation.
+pub(crate) fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { status, code, message: message.into() }
+}
+
+/// A request's optional JSON body: the defaults when it is empty, 400 `invalid_body` when it
+/// does not parse.
+pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refusal> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()))
+}
+
+/// The identity in the request's bearer token, if the token is for `room` and `allowed`
+/// accepts its grants (`what` names them in the refusal).
+pub(crate) fn bearer_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    what: &str,
+    allowed: impl Fn(&Grants) -> bool,
+) -> Result<String, Refusal> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| refusal(StatusCode::UNAUTHORIZED, "unauthorized", "an `Authorization: Bearer <token>` header is needed"))?;
+    let claims = state.signaling.auth.verify(token).map_err(|err| match err {
+        AuthError::Expired => refusal(StatusCode::UNAUTHORIZED, "token_expired", "access token expired"),
+        err => refusal(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()),
+    })?;
+    if !allowed(&claims.grants) || claims.room != room {
+        return Err(refusal(StatusCode::FORBIDDEN, "forbidden", format!("the token does not grant {what} of room `{room}`")));
+    }
+    Ok(claims.sub)
+}
