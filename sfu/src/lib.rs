@@ -33,6 +33,7 @@ pub mod packet_cache;
 pub mod peer;
 pub mod retransmit;
 mod round_trip;
+mod schedule;
 mod socket;
 pub mod srtp;
 mod stun;

@@ -14,7 +14,7 @@ mod reports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
@@ -23,12 +23,10 @@ use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
+use crate::schedule::{first_report, REPORT_INTERVAL};
 use crate::srtp::gcm::GcmSender;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use reports::SentStream;
-
-/// How often sender reports go out on a connection, as the engine's interceptor sends them.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The send side of one subscriber connection.
 pub struct Egress {
@@ -64,7 +62,7 @@ impl Egress {
             ProtectionProfile::AeadAes128Gcm => Protection::Gcm(GcmSender::new(crypto, key, salt)?),
             _ => Protection::Context(Box::new(Context::new(key, salt, profile, None, None, crypto).map_err(srtp)?)),
         });
-        self.next_report = Some(now + REPORT_INTERVAL);
+        self.next_report = Some(first_report(now));
         Ok(())
     }
 

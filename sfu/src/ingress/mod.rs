@@ -31,6 +31,7 @@ use rtc::srtp::option::srtp_replay_protection;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use crate::ids::TrackId;
+use crate::schedule::{first_report, REPORT_INTERVAL};
 use crate::srtp::gcm::GcmReceiver;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use nack::MissingPackets;
@@ -38,8 +39,6 @@ use reception::Reception;
 use twcc::TwccFeedback;
 use twcc::FEEDBACK_INTERVAL;
 
-/// How often receiver reports go out, as the engine's interceptor sends them.
-const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often missing packets are looked at while some are.
 const NACK_INTERVAL: Duration = Duration::from_millis(20);
 /// Packets the replay window of an `rtc` SRTP context remembers, as many as the GCM
@@ -115,7 +114,7 @@ impl Ingress {
                 Unprotect::Context(Box::new(Context::new(key, salt, profile, replay, None, crypto).map_err(srtp)?))
             }
         });
-        self.next_report = Some(now + REPORT_INTERVAL);
+        self.next_report = Some(first_report(now));
         Ok(())
     }
 
