@@ -139,13 +139,13 @@ fn negotiate(offerer: &mut RTCPeerConnection, answerer: &mut RTCPeerConnection) 
 fn publisher(track_id: &TrackId) -> (Pair, RTCRtpSenderId, Ingress) {
     let (mut client, client_addr) = client(addr(2, 40_000));
     let sender = client.add_track(track("pub", "cam", PUBLISHER_SSRC)).expect("track");
-    let built = build_peer(Instant::now(), PeerRole::Publisher, &server_settings()).expect("server");
+    let built = build_peer(Instant::now(), PeerRole::Publisher, &server_settings(), &mut rand::rng()).expect("server");
     let mut server = built.pc;
     negotiate(&mut client, &mut server);
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
-    let mut ingress = Ingress::new(built.keys);
-    ingress.start(Instant::now(), &mut pair.server).expect("ingress keys");
+    let mut ingress = Ingress::new(built.keys, 1);
+    ingress.start(Instant::now(), &mut pair.server, Instant::now() + Duration::from_secs(1)).expect("ingress keys");
     ingress.add_stream(Instant::now(), PUBLISHER_SSRC, *track_id, 90_000, true);
     (pair, sender, ingress)
 }
@@ -155,7 +155,7 @@ fn publisher(track_id: &TrackId) -> (Pair, RTCRtpSenderId, Ingress) {
 /// track's SSRC and the payload type the client gave VP8.
 fn subscriber(index: usize) -> (Pair, Egress, u32, u8) {
     let (mut client, client_addr) = client(addr(3, 40_001 + index as u16));
-    let built = build_peer(Instant::now(), PeerRole::Subscriber, &server_settings()).expect("server");
+    let built = build_peer(Instant::now(), PeerRole::Subscriber, &server_settings(), &mut rand::rng()).expect("server");
     let mut server = built.pc;
     let ssrc = 0x1000 + index as u32;
     let sender = server.add_track(track("pub", "pub/cam", ssrc)).expect("track");
@@ -166,7 +166,7 @@ fn subscriber(index: usize) -> (Pair, Egress, u32, u8) {
     let mut pair = Pair { client, server, client_addr, server_addr: addr(1, 50_000) };
     pair.connect();
     let mut egress = Egress::new(built.keys);
-    egress.start(Instant::now(), &mut pair.server).expect("egress keys");
+    egress.start(Instant::now(), &mut pair.server, Instant::now() + Duration::from_secs(1)).expect("egress keys");
     egress.set_remote(client_addr);
     let pt = payload_type(&mut pair.server, sender);
     let probe = rtp::Packet {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::distr::{Alphanumeric, SampleString};
+use rand::Rng;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -81,9 +82,10 @@ pub struct PeerSettings {
 }
 
 /// Builds a server-side connection.
-pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings) -> Result<NewPeer, SfuError> {
-    let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
-    let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+/// Its ICE credentials come from `rng`, which must be a cryptographic one in production.
+pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut impl Rng) -> Result<NewPeer, SfuError> {
+    let ufrag = Alphanumeric.sample_string(rng, 16);
+    let password = Alphanumeric.sample_string(rng, 32);
     let keys = Arc::new(KeyCapture::new(rtc::crypto::default_provider().map_err(engine)?));
     let settings = SettingEngineBuilder::new()
         .with_crypto_provider(keys.clone())

@@ -10,12 +10,14 @@
 
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 /// How often a connection's reports go out, as the `rtc` engine's interceptors send them.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When a connection started at `now` sends its first reports.
-pub fn first_report(now: Instant) -> Instant {
-    now + REPORT_INTERVAL.mul_f64(rand::random_range(0.05..1.0))
+pub fn first_report(now: Instant, rng: &mut impl Rng) -> Instant {
+    now + REPORT_INTERVAL.mul_f64(rng.random_range(0.05..1.0))
 }
 
 #[cfg(test)]
@@ -25,7 +27,8 @@ mod tests {
     #[test]
     fn first_reports_of_connections_started_together_are_spread_over_an_interval() {
         let now = Instant::now();
-        let mut firsts: Vec<Duration> = (0..200).map(|_| first_report(now) - now).collect();
+        let mut rng = rand::rng();
+        let mut firsts: Vec<Duration> = (0..200).map(|_| first_report(now, &mut rng) - now).collect();
         firsts.sort();
         assert!(firsts[0] >= REPORT_INTERVAL.mul_f64(0.05) && firsts[199] < REPORT_INTERVAL);
         // 200 draws land in more than 100 distinct 5 ms slots of the second.

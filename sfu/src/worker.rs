@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tracing::{error, info, warn};
 
 use crate::engine::{Engine, EngineSettings, Transmit};
@@ -61,7 +63,7 @@ impl Transmit for Sending<'_> {
 pub(crate) fn run(setup: WorkerSetup, inbox: Inbox) {
     let WorkerSetup { index, mut socket, engine: settings, metrics } = setup;
     info!(worker = index, addr = %socket.local_addr(), "media worker started");
-    let new_engine = |counters| Engine::new(settings.clone(), counters, Instant::now(), SystemTime::now());
+    let new_engine = |counters| Engine::new(settings.clone(), counters, Instant::now(), SystemTime::now(), StdRng::from_os_rng());
     let mut engine = new_engine(Counters::default());
     let mut outbox = Outbox::default();
     loop {

@@ -23,7 +23,7 @@ use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
-use crate::schedule::{first_report, REPORT_INTERVAL};
+use crate::schedule::REPORT_INTERVAL;
 use crate::srtp::gcm::GcmSender;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use reports::SentStream;
@@ -53,7 +53,8 @@ impl Egress {
     /// Keys the SRTP context from the exporter output, once `pc` (the connection built with
     /// this egress's [`KeyCapture`]) has finished its DTLS handshake: with the profile and the
     /// DTLS role it settled, as its statistics give them.
-    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), SrtpError> {
+    /// The first sender reports go at `first_report` (see [`crate::schedule`]).
+    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection, first_report: Instant) -> Result<(), SrtpError> {
         let config = connection_keys(now, pc, &self.keys)?;
         let profile = config.profile;
         let (key, salt) = (&config.keys.local_master_key, &config.keys.local_master_salt);
@@ -62,7 +63,7 @@ impl Egress {
             ProtectionProfile::AeadAes128Gcm => Protection::Gcm(GcmSender::new(crypto, key, salt)?),
             _ => Protection::Context(Box::new(Context::new(key, salt, profile, None, None, crypto).map_err(srtp)?)),
         });
-        self.next_report = Some(first_report(now));
+        self.next_report = Some(first_report);
         Ok(())
     }
 

@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::Rng;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -47,6 +49,7 @@ use crate::forwarder::{Forwarder, ForwarderSettings, MediaKind, Outgoing, Remove
 use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{build_peer, PeerRole, PeerSettings};
+use crate::schedule::first_report;
 use crate::tap::{TapEvent, Taps};
 use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 use ice::{IceRoutes, Route};
@@ -141,12 +144,15 @@ pub(crate) struct Engine {
     /// Participants whose connection panicked inside the engine since the last flush.
     poisoned: Vec<ParticipantKey>,
     taps: Taps,
+    /// Every random choice the engine makes (ICE credentials, SSRCs, report phases): from
+    /// the OS in the worker, seeded in tests.
+    rng: StdRng,
 }
 
 impl Engine {
     /// An engine with no rooms, counting on from `counters`; `wall_clock` is the wall-clock
-    /// time at `now`.
-    pub(crate) fn new(settings: EngineSettings, counters: Counters, now: Instant, wall_clock: SystemTime) -> Self {
+    /// time at `now`, `rng` a cryptographic generator.
+    pub(crate) fn new(settings: EngineSettings, counters: Counters, now: Instant, wall_clock: SystemTime, rng: StdRng) -> Self {
         let forwarder = Forwarder::new(settings.forwarder.clone());
         Self {
             settings,
@@ -161,6 +167,7 @@ impl Engine {
             outgoing: Vec::new(),
             poisoned: Vec::new(),
             taps: Taps::default(),
+            rng,
         }
     }
 
@@ -419,13 +426,13 @@ impl Engine {
     fn start_media(&mut self, now: Instant, key: &PeerKey) {
         let Some(peer) = peer_of(&mut self.participants, key) else { return };
         if let Some(egress) = peer.egress.as_mut().filter(|e| !e.is_started()) {
-            if let Err(err) = egress.start(now, &mut peer.pc) {
+            if let Err(err) = egress.start(now, &mut peer.pc, first_report(now, &mut self.rng)) {
                 warn!(participant = %key.0, %err, "subscriber media cannot be protected");
             }
         }
         if let Some(ingress) = peer.ingress.as_mut().filter(|i| !i.is_started()) {
             // Until it is keyed the engine opens the publisher's media, so it still flows.
-            if let Err(err) = ingress.start(now, &mut peer.pc) {
+            if let Err(err) = ingress.start(now, &mut peer.pc, first_report(now, &mut self.rng)) {
                 warn!(participant = %key.0, %err, "publisher media left to the engine");
             }
         }
@@ -651,11 +658,11 @@ impl Engine {
 
     /// Builds one of a participant's connections and makes it reachable by its ICE ufrag.
     fn open_peer(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) -> Result<Box<Peer>, SfuError> {
-        let peer = build_peer(now, role, &self.settings.peers)?;
+        let peer = build_peer(now, role, &self.settings.peers, &mut self.rng)?;
         self.ice.add(peer.ufrag.clone(), &peer.password, (key, role));
         let (egress, ingress) = match role {
             PeerRole::Subscriber => (Some(Egress::new(peer.keys)), None),
-            PeerRole::Publisher => (None, Some(Ingress::new(peer.keys))),
+            PeerRole::Publisher => (None, Some(Ingress::new(peer.keys, self.rng.random()))),
         };
         Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new(), egress, ingress }))
     }

@@ -11,6 +11,7 @@
 
 use std::time::Instant;
 
+use rand::Rng;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::RTCPeerConnection;
@@ -99,7 +100,7 @@ impl Engine {
     pub(super) fn subscribe(&mut self, subscriber: ParticipantKey, track: &TrackInfo) {
         let Some(participant) = self.participants.get_mut(&subscriber) else { return };
         let Some(peer) = participant.subscriber.as_mut() else { return };
-        let ssrc = rand::random::<u32>();
+        let ssrc = self.rng.random::<u32>();
         let kind = match track.kind {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,

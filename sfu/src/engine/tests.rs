@@ -139,7 +139,8 @@ impl World {
             forwarder: ForwarderSettings::default(),
             max_tracks: 16,
         };
-        let engine = Engine::new(settings, Counters::default(), now, SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let wall_clock = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let engine = Engine::new(settings, Counters::default(), now, wall_clock, StdRng::seed_from_u64(11));
         Self {
             engine,
             now,

@@ -31,7 +31,7 @@ use rtc::srtp::option::srtp_replay_protection;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use crate::ids::TrackId;
-use crate::schedule::{first_report, REPORT_INTERVAL};
+use crate::schedule::REPORT_INTERVAL;
 use crate::srtp::gcm::GcmReceiver;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use nack::MissingPackets;
@@ -80,12 +80,13 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    /// A connection's ingress, to be started once its DTLS handshake has run through `keys`.
-    pub fn new(keys: Arc<KeyCapture>) -> Self {
+    /// A connection's ingress, to be started once its DTLS handshake has run through `keys`;
+    /// its feedback is sent from `sender_ssrc`.
+    pub fn new(keys: Arc<KeyCapture>, sender_ssrc: u32) -> Self {
         Self {
             keys,
             unprotect: None,
-            sender_ssrc: rand::random(),
+            sender_ssrc,
             streams: Vec::new(),
             twcc: None,
             next_report: None,
@@ -101,8 +102,9 @@ impl Ingress {
     }
 
     /// Keys the SRTP context that opens the client's media, once `pc` (the connection built
-    /// with this ingress's [`KeyCapture`]) has finished its DTLS handshake.
-    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection) -> Result<(), SrtpError> {
+    /// with this ingress's [`KeyCapture`]) has finished its DTLS handshake; the first receiver
+    /// reports go at `first_report` (see [`crate::schedule`]).
+    pub fn start(&mut self, now: Instant, pc: &mut RTCPeerConnection, first_report: Instant) -> Result<(), SrtpError> {
         let config = connection_keys(now, pc, &self.keys)?;
         let profile = config.profile;
         let (key, salt) = (&config.keys.remote_master_key, &config.keys.remote_master_salt);
@@ -114,7 +116,7 @@ impl Ingress {
                 Unprotect::Context(Box::new(Context::new(key, salt, profile, replay, None, crypto).map_err(srtp)?))
             }
         });
-        self.next_report = Some(first_report(now));
+        self.next_report = Some(first_report);
         Ok(())
     }
 
