@@ -22,6 +22,7 @@ mod participant;
 mod rtcp;
 #[cfg(test)]
 mod tests;
+mod warnings;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -54,6 +55,7 @@ use crate::tap::{TapEvent, Taps};
 use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 use ice::{IceRoutes, Route};
 use participant::{peer_of, Negotiation, Participant, Peer, PeerKey, Published, Subscription, MAX_EARLY_CHECKS};
+use warnings::WarningBudget;
 
 /// A request from signaling to the engine that owns the room.
 pub(crate) enum Command {
@@ -147,6 +149,7 @@ pub(crate) struct Engine {
     /// Every random choice the engine makes (ICE credentials, SSRCs, report phases): from
     /// the OS in the worker, seeded in tests.
     rng: StdRng,
+    warnings: WarningBudget,
 }
 
 impl Engine {
@@ -168,6 +171,7 @@ impl Engine {
             poisoned: Vec::new(),
             taps: Taps::default(),
             rng,
+            warnings: WarningBudget::default(),
         }
     }
 
@@ -427,13 +431,17 @@ impl Engine {
         let Some(peer) = peer_of(&mut self.participants, key) else { return };
         if let Some(egress) = peer.egress.as_mut().filter(|e| !e.is_started()) {
             if let Err(err) = egress.start(now, &mut peer.pc, first_report(now, &mut self.rng)) {
-                warn!(participant = %key.0, %err, "subscriber media cannot be protected");
+                if self.warnings.allow(now) {
+                    warn!(participant = %key.0, %err, "subscriber media cannot be protected");
+                }
             }
         }
         if let Some(ingress) = peer.ingress.as_mut().filter(|i| !i.is_started()) {
             // Until it is keyed the engine opens the publisher's media, so it still flows.
             if let Err(err) = ingress.start(now, &mut peer.pc, first_report(now, &mut self.rng)) {
-                warn!(participant = %key.0, %err, "publisher media left to the engine");
+                if self.warnings.allow(now) {
+                    warn!(participant = %key.0, %err, "publisher media left to the engine");
+                }
             }
         }
     }
@@ -559,7 +567,7 @@ impl Engine {
         );
         if grants.subscribe {
             for track in &existing {
-                self.subscribe(key, track);
+                self.subscribe(now, key, track);
             }
             self.renegotiate(now, key);
         }
@@ -576,7 +584,9 @@ impl Engine {
             _ => MediaKind::Video,
         };
         let Some(codec) = receiver.track().codec(ssrc).cloned() else {
-            warn!(participant = %id, "published track without a codec");
+            if self.warnings.allow(now) {
+                warn!(participant = %id, "published track without a codec");
+            }
             return;
         };
         let twcc = receiver.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).map(|e| e.id);
@@ -603,7 +613,7 @@ impl Engine {
                 let _ = p.events.send(SfuEvent::TrackPublished(info.clone()));
             }
             if *member != key && self.participants.get(member).is_some_and(|p| p.grants.subscribe) {
-                self.subscribe(*member, &info);
+                self.subscribe(now, *member, &info);
                 self.renegotiate(now, *member);
             }
         }

@@ -79,9 +79,10 @@ impl Engine {
                 Some(negotiated) => ready.push((track, negotiated)),
                 // A track subscribed after the answered offer went out is in the next one.
                 None if again => debug!(participant = %participant.id, %track, "track waits for the next offer"),
-                None => {
+                None if self.warnings.allow(now) => {
                     warn!(participant = %participant.id, %track, codec = %subscription.codec.mime_type, "subscriber does not accept the codec")
                 }
+                None => {}
             }
         }
         self.dirty.insert((key, PeerRole::Subscriber));
@@ -97,7 +98,7 @@ impl Engine {
     }
 
     /// Adds a sender for `track` to the subscriber's connection (negotiated separately).
-    pub(super) fn subscribe(&mut self, subscriber: ParticipantKey, track: &TrackInfo) {
+    pub(super) fn subscribe(&mut self, now: Instant, subscriber: ParticipantKey, track: &TrackInfo) {
         let Some(participant) = self.participants.get_mut(&subscriber) else { return };
         let Some(peer) = participant.subscriber.as_mut() else { return };
         let ssrc = self.rng.random::<u32>();
@@ -141,7 +142,8 @@ impl Engine {
                 let subscription = Subscription { sender, codec: track.codec.clone(), kind: track.kind, all_codecs };
                 self.forwarder.subscribe(&track.id, subscriber, ssrc, subscription);
             }
-            Err(err) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
+            Err(err) if self.warnings.allow(now) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
+            Err(_) => {}
         }
     }
 
@@ -159,10 +161,14 @@ impl Engine {
         let Some(peer) = participant.subscriber.as_mut() else { return };
         let offer = match peer.pc.create_offer(None) {
             Ok(offer) => offer,
-            Err(err) => return warn!(participant = %participant.id, %err, "cannot create subscriber offer"),
+            Err(err) if self.warnings.allow(now) => return warn!(participant = %participant.id, %err, "cannot create subscriber offer"),
+            Err(_) => return,
         };
         if let Err(err) = peer.pc.set_local_description(now, offer.clone()) {
-            return warn!(participant = %participant.id, %err, "cannot apply subscriber offer");
+            if self.warnings.allow(now) {
+                warn!(participant = %participant.id, %err, "cannot apply subscriber offer");
+            }
+            return;
         }
         participant.negotiation = Negotiation::AwaitingAnswer { again: false };
         // The engine takes back only the offer it made; the client gets it with the line.
