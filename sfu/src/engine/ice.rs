@@ -43,11 +43,18 @@ struct Connection {
     addresses: VecDeque<SocketAddr>,
 }
 
+/// A bound address: the connection it speaks for, found with one lookup on the packet path,
+/// and that connection's ufrag, to unbind it.
+struct Bound {
+    key: PeerKey,
+    ufrag: String,
+}
+
 /// The worker's demultiplexing table.
 #[derive(Default)]
 pub(crate) struct IceRoutes {
     by_ufrag: HashMap<String, Connection>,
-    by_addr: HashMap<SocketAddr, String>,
+    by_addr: HashMap<SocketAddr, Bound>,
 }
 
 impl IceRoutes {
@@ -77,34 +84,35 @@ impl IceRoutes {
             }
             let key = connection.key;
             let nominated = stun::nominates(datagram);
-            self.bind(ufrag.to_owned(), from);
+            self.bind(ufrag, from);
             return Route::Check { key, nominated };
         }
-        match self.by_addr.get(&from).and_then(|ufrag| self.by_ufrag.get(ufrag)) {
-            Some(connection) => Route::Bound(connection.key),
+        match self.by_addr.get(&from) {
+            Some(bound) => Route::Bound(bound.key),
             None => Route::Unknown,
         }
     }
 
     /// Binds `from` to the connection of `ufrag` (moving it from another connection),
     /// unbinding the connection's oldest address past [`MAX_ADDRESSES`].
-    fn bind(&mut self, ufrag: String, from: SocketAddr) {
+    fn bind(&mut self, ufrag: &str, from: SocketAddr) {
         if let Some(previous) = self.by_addr.get(&from) {
-            if *previous == ufrag {
+            if previous.ufrag == ufrag {
                 return;
             }
-            if let Some(other) = self.by_ufrag.get_mut(previous) {
+            if let Some(other) = self.by_ufrag.get_mut(&previous.ufrag) {
                 other.addresses.retain(|a| *a != from);
             }
         }
-        let Some(connection) = self.by_ufrag.get_mut(&ufrag) else { return };
+        let Some(connection) = self.by_ufrag.get_mut(ufrag) else { return };
         connection.addresses.push_back(from);
         if connection.addresses.len() > MAX_ADDRESSES {
             if let Some(oldest) = connection.addresses.pop_front() {
                 self.by_addr.remove(&oldest);
             }
         }
-        self.by_addr.insert(from, ufrag);
+        let key = connection.key;
+        self.by_addr.insert(from, Bound { key, ufrag: ufrag.to_owned() });
     }
 
     /// Addresses bound across every connection.
