@@ -1,0 +1,192 @@
+//! Who is in the worker's rooms: participants joining and leaving with their connections,
+//! and the tracks they publish reaching, and leaving, everyone else's subscriber connection.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rand::Rng;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::sansio::Protocol;
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::participant::{Negotiation, Participant, Peer, Published, Subscription};
+use super::{Engine, Transmit};
+use crate::egress::Egress;
+use crate::forwarder::{MediaKind, Removed};
+use crate::ingress::Ingress;
+use crate::peer::{build_peer, PeerRole};
+use crate::tap::TapEvent;
+use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+
+impl Engine {
+    pub(super) fn join(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        key: ParticipantKey,
+        id: ParticipantId,
+        grants: MediaGrants,
+        events: mpsc::UnboundedSender<SfuEvent>,
+    ) -> Result<Vec<TrackInfo>, SfuError> {
+        let subscriber = match grants.subscribe {
+            true => match self.open_peer(now, key, PeerRole::Subscriber) {
+                Ok(peer) => Some(peer),
+                Err(err) => {
+                    self.keys.remove(&id);
+                    return Err(err);
+                }
+            },
+            false => None,
+        };
+        let members = self.rooms.entry(room.clone()).or_default();
+        let existing: Vec<TrackInfo> = members
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .flat_map(|p| p.published.values().map(|published| published.info.clone()))
+            .collect();
+        members.push(key);
+        self.participants.insert(
+            key,
+            Participant {
+                id,
+                room,
+                grants,
+                events,
+                publisher: None,
+                subscriber,
+                published: HashMap::new(),
+                negotiation: Negotiation::Stable,
+            },
+        );
+        if grants.subscribe {
+            for track in &existing {
+                self.subscribe(now, key, track);
+            }
+            self.renegotiate(now, key);
+        }
+        Ok(existing)
+    }
+
+    pub(super) fn publish_track(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        media_track_id: String,
+        receiver_id: RTCRtpReceiverId,
+        ssrc: u32,
+    ) {
+        let Some(participant) = self.participants.get_mut(&key) else { return };
+        let id = &participant.id;
+        let Some(peer) = participant.publisher.as_deref_mut() else { return };
+        let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
+        let kind = match receiver.track().kind() {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let Some(codec) = receiver.track().codec(ssrc).cloned() else {
+            if self.warnings.allow(now) {
+                warn!(participant = %id, "published track without a codec");
+            }
+            return;
+        };
+        let twcc = receiver.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).map(|e| e.id);
+        let track = participant.published.get(&media_track_id).map_or_else(TrackId::next, |p| p.track);
+        if let Some(ingress) = peer.ingress.as_mut() {
+            let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
+            ingress.add_stream(now, ssrc, track, codec.clock_rate, nack);
+            if let Some(extension_id) = twcc.and_then(|id| u8::try_from(id).ok()) {
+                ingress.enable_twcc(now, extension_id);
+            }
+        }
+        if participant.published.contains_key(&media_track_id) {
+            return; // another simulcast layer of a known track
+        }
+        let info = TrackInfo { id: track, publisher: id.clone(), kind, codec: codec.clone() };
+        participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
+        self.forwarder.add_track(track, key, kind, codec.clock_rate);
+        info!(participant = %id, %track, codec = %codec.mime_type, "track published");
+        let room = participant.room.clone();
+        self.taps.send(&room, || TapEvent::TrackPublished(info.clone()));
+        let members = self.rooms.get(&room).cloned().unwrap_or_default();
+        for member in &members {
+            if let Some(p) = self.participants.get(member) {
+                let _ = p.events.send(SfuEvent::TrackPublished(info.clone()));
+            }
+            if *member != key && self.participants.get(member).is_some_and(|p| p.grants.subscribe) {
+                self.subscribe(now, *member, &info);
+                self.renegotiate(now, *member);
+            }
+        }
+    }
+
+    /// Takes removed tracks off their subscribers' connections (one renegotiation per
+    /// subscriber, however many tracks went) and tells the room.
+    pub(super) fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<Removed<Subscription>>)>) {
+        let mut affected: Vec<ParticipantKey> = Vec::new();
+        let mut tracks = Vec::with_capacity(removed.len());
+        for (track, subscriptions) in removed {
+            for subscription in subscriptions {
+                if !affected.contains(&subscription.subscriber) {
+                    affected.push(subscription.subscriber);
+                }
+                self.remove_sender(&track, subscription);
+            }
+            tracks.push(track);
+        }
+        for subscriber in affected {
+            self.renegotiate(now, subscriber);
+        }
+        let members = self.rooms.get(room).cloned().unwrap_or_default();
+        for track in tracks {
+            self.taps.send(room, || TapEvent::TrackUnpublished(track));
+            for member in &members {
+                if let Some(p) = self.participants.get(member) {
+                    let _ = p.events.send(SfuEvent::TrackUnpublished(track));
+                }
+            }
+        }
+    }
+
+    pub(super) fn leave(&mut self, now: Instant, key: ParticipantKey, out: &mut dyn Transmit) {
+        let Some(room) = self.participants.get(&key).map(|p| p.room.clone()) else { return };
+        let removed = self.forwarder.remove_participant(&key);
+        self.unpublished(now, &room, removed);
+        let Some(mut participant) = self.participants.remove(&key) else { return };
+        self.keys.remove(&participant.id);
+        if let Some(members) = self.rooms.get_mut(&participant.room) {
+            members.retain(|m| *m != key);
+            if members.is_empty() {
+                self.rooms.remove(&participant.room);
+            }
+        }
+        for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
+            self.close_peer(peer, out);
+        }
+        self.dirty.retain(|dirty| dirty.0 != key);
+        info!(participant = %participant.id, "participant left the media plane");
+    }
+
+    /// Builds one of a participant's connections and makes it reachable by its ICE ufrag.
+    pub(super) fn open_peer(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) -> Result<Box<Peer>, SfuError> {
+        let peer = build_peer(now, role, &self.settings.peers, &mut self.rng)?;
+        self.ice.add(peer.ufrag.clone(), &peer.password, (key, role));
+        let (egress, ingress) = match role {
+            PeerRole::Subscriber => (Some(Egress::new(peer.keys)), None),
+            PeerRole::Publisher => (None, Some(Ingress::new(peer.keys, self.rng.random()))),
+        };
+        Ok(Box::new(Peer { pc: peer.pc, ufrag: peer.ufrag, deadline: None, early_checks: Vec::new(), egress, ingress }))
+    }
+
+    /// Closes a connection (flushing its DTLS close) and forgets its ufrag and addresses.
+    fn close_peer(&mut self, mut peer: Box<Peer>, out: &mut dyn Transmit) {
+        self.ice.remove(&peer.ufrag);
+        if peer.pc.close().is_ok() {
+            while let Some(written) = peer.pc.poll_write() {
+                out.transmit(&written.message, written.transport.peer_addr);
+            }
+        }
+    }
+}
