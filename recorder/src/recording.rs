@@ -98,7 +98,14 @@ pub struct Recording {
     last_media_time: i64,
     outputs: VecDeque<Output>,
     assembled: Vec<Assembled>,
+    /// When a keyframe was last asked for while the file waits for its first one.
+    keyframe_asked: Instant,
 }
+
+/// How long a recording that waits for its first video keyframe waits before it asks again:
+/// the keyframe a request brought can miss the recording (it left the publisher before the
+/// recording began, or a packet of it was lost), and a browser may send no other for minutes.
+const FIRST_KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 
 impl Recording {
     /// A recording of tracks with these codecs (at most one audio and one video).
@@ -127,6 +134,8 @@ impl Recording {
             last_media_time: 0,
             outputs: VecDeque::new(),
             assembled: Vec::new(),
+            // Whoever starts a recording asks for its first keyframe (see `RoomRecorder`).
+            keyframe_asked: now,
         })
     }
 
@@ -149,10 +158,17 @@ impl Recording {
         }
     }
 
-    /// Releases what the jitter buffers waited for long enough.
+    /// Releases what the jitter buffers waited for long enough, and asks for a keyframe
+    /// again each [`FIRST_KEYFRAME_RETRY`] while the file still waits for its first one.
     pub fn poll(&mut self, now: Instant) -> Result<(), Fmp4Error> {
         for track in 0..self.tracks.len() {
             self.drain(now, track)?;
+        }
+        if self.has_video && self.start.is_none() && now.saturating_duration_since(self.keyframe_asked) >= FIRST_KEYFRAME_RETRY {
+            if let Some(video) = self.tracks.iter().position(|t| !t.codec.is_audio()) {
+                self.outputs.push_back(Output::KeyframeRequest { track: video });
+                self.keyframe_asked = now;
+            }
         }
         Ok(())
     }
@@ -260,6 +276,31 @@ mod tests {
     use crate::test_support::{ffprobe, ntp, vp8};
     use rtc::rtp::codec::{opus::OpusPayloader, vp8::Vp8Payloader};
     use rtc::rtp::packetizer::Payloader;
+
+    #[test]
+    fn a_recording_waiting_for_its_first_keyframe_asks_again_each_second_and_then_stops() {
+        let t0 = Instant::now();
+        let mut recording = Recording::new(&[Codec::Vp8, Codec::Opus], RecordingSettings::default(), t0).expect("recording");
+        let asked = |recording: &mut Recording, at: Duration| {
+            recording.poll(t0 + at).expect("poll");
+            std::iter::from_fn(|| recording.next_output()).filter(|o| matches!(o, Output::KeyframeRequest { track: 0 })).count()
+        };
+        assert_eq!(asked(&mut recording, Duration::from_millis(500)), 0, "the starter asked already");
+        assert_eq!(asked(&mut recording, Duration::from_millis(1000)), 1);
+        assert_eq!(asked(&mut recording, Duration::from_millis(1500)), 0);
+        assert_eq!(asked(&mut recording, Duration::from_millis(2000)), 1);
+        // A keyframe arrives: the file starts, and no more asking.
+        let mut payloader = Vp8Payloader::default();
+        let payloads = payloader.payload(1200, &vp8(true, 3000)).expect("payloads");
+        let count = payloads.len();
+        recording.on_sender_report(0, ntp(crate::clock::ntp_now_micros()), 0);
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = RtpPacket { sequence: i as u16, timestamp: 0, marker: i + 1 == count, payload };
+            recording.on_rtp(t0 + Duration::from_millis(2100), 0, packet).expect("rtp");
+        }
+        assert_eq!(asked(&mut recording, Duration::from_secs(5)), 0, "the first keyframe came");
+        assert_eq!(asked(&mut recording, Duration::from_secs(9)), 0);
+    }
 
     /// Frames placed by arrival until the first sender report, which maps the clock 30 ms
     /// earlier: the frames after it keep their 20 ms spacing instead of being packed 1 µs
