@@ -184,11 +184,6 @@ impl<S> Forwarder<S> {
         up.downtracks.into_iter().map(|d| Removed { subscriber: d.subscriber, ssrc: d.ssrc, link: d.link }).collect()
     }
 
-    /// The tracks currently published.
-    pub fn tracks(&self) -> impl Iterator<Item = (&TrackId, &ParticipantKey, MediaKind)> {
-        self.tracks.iter().map(|(id, up)| (id, &up.publisher, up.kind))
-    }
-
     /// Number of published tracks in the table.
     pub fn track_count(&self) -> usize {
         self.tracks.len()

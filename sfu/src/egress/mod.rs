@@ -67,7 +67,8 @@ impl Egress {
         Ok(())
     }
 
-    /// Where the client receives: the source of its last datagram the engine accepted.
+    /// Where the client receives: the address of its last authenticated connectivity check
+    /// that nominated the pair (see `engine/ice.rs`).
     pub fn set_remote(&mut self, addr: SocketAddr) {
         self.remote = Some(addr);
     }
