@@ -3,11 +3,12 @@
 # held to the same CPU budget. On this 2-core machine the load generator (every client with
 # its own ICE, DTLS and SRTP) runs out of CPU long before a server does, so each server is put
 # in a cgroup of its own with a CFS quota of $CORES cores (0.25 by default): a smaller machine
-# for the server, the same for both. The meeting scenario (rooms of 4) then grows until the
+# for the server, the same for both. Each server starts inside its cgroup, as it would in a
+# container with that CPU limit. The meeting scenario (rooms of 4) then grows until the
 # clients lose packets or some cannot connect; the delay target is read at the largest load at
 # most half of that.
 #
-#   benches/capacity.sh                          # CORES=0.25, rooms 1 2 3 4 5 6 7 8 10 12
+#   benches/capacity.sh                          # CORES=0.25, rooms 2 4 6 8 10 12 16 20 24 28 32
 #   CORES=0.5 ROOMS="2 4 6 8 10 12 14" benches/capacity.sh
 #
 # Needs root (it writes the cgroup). Table: $OUT/capacity.tsv (server, rooms, egress packets/s,
@@ -25,7 +26,10 @@ source benches/servers.sh
 period_us=10000
 quota_us=$(python3 -c "print(int($cores * $period_us))")
 cgroups=()
-cap_cpu() { # name pid
+# Makes the cgroup of server $1 and moves this shell into it, so that the server started
+# next starts inside it, as in a container with a CPU limit: a server that sizes its threads
+# by the CPUs it may use (Switchboard's media workers and runtime do) sees the quota.
+enter_cgroup() { # name
   local dir
   if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
     grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
@@ -38,25 +42,35 @@ cap_cpu() { # name pid
     echo "$period_us" >"$dir/cpu.cfs_period_us"
     echo "$quota_us" >"$dir/cpu.cfs_quota_us"
   fi
-  echo "$2" >"$dir/cgroup.procs"
+  echo $$ >"$dir/cgroup.procs"
   cgroups+=("$dir")
 }
+# Moves this shell back to the root cgroup: the load generator runs unrestricted.
+leave_cgroup() {
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    echo $$ >/sys/fs/cgroup/cgroup.procs
+  else
+    echo $$ >/sys/fs/cgroup/cpu/cgroup.procs
+  fi
+}
 cleanup() {
+  leave_cgroup
   stop_servers
   for dir in "${cgroups[@]}"; do rmdir "$dir" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
+enter_cgroup switchboard
 start_switchboard "$out/switchboard.log"
+enter_cgroup janus
 start_janus "$out/janus.log"
-cap_cpu switchboard "$ours"
-cap_cpu janus "$theirs"
+leave_cgroup
 echo "each server held to $cores cores (CFS quota $quota_us µs per $period_us µs)"
 
 table="$out/capacity.tsv"
 meeting_header >"$table"
 for target in switchboard janus; do
-  for rooms in ${ROOMS:-1 2 3 4 5 6 7 8 10 12}; do
+  for rooms in ${ROOMS:-2 4 6 8 10 12 16 20 24 28 32}; do
     report="$out/$target.$rooms.json"
     load "$target" --scenario meeting --rooms "$rooms" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
     row=$(meeting_row "$report" "$target" "$rooms")
