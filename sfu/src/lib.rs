@@ -1,8 +1,9 @@
 //! Switchboard's media plane.
 //!
-//! [`Sfu`] runs one worker thread per core, each with one UDP port and a room engine
-//! (`engine`, sans-IO) that owns every room placed on that worker; signaling drives a
-//! participant's media through its [`MediaSession`] and a recorder through its [`RoomTap`].
+//! [`Sfu`] runs worker threads (by default one per CPU the process may use), each with one
+//! UDP port and a room engine (`engine`, sans-IO) that owns every room placed on that
+//! worker; signaling drives a participant's media through its [`MediaSession`] and a
+//! recorder through its [`RoomTap`].
 //! The engine's packet path is the [`ingress`], the [`forwarder`] (with its per-subscriber
 //! [`munger`], the per-track [`packet_cache`], [`keyframe`] throttle and [`retransmit`]
 //! budget) and the [`egress`]. `docs/architecture.md` walks the packet path file by file.
@@ -152,7 +153,8 @@ pub enum SfuEvent {
 /// How to run the media plane.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// Worker threads, each with its own UDP port.
+    /// Worker threads, each with its own UDP port (default: one per CPU the process may use,
+    /// which `available_parallelism` reads from the affinity mask and a cgroup CPU quota).
     pub workers: usize,
     /// The address the UDP sockets bind to.
     pub bind_ip: Ipv4Addr,
