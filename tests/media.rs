@@ -442,11 +442,13 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
 /// The load generator's Janus dialect against a real Janus 1.1.2 VideoRoom (Debian's
 /// `janus`, with the config the side-by-side bench uses): every client joins, publishes and
 /// receives the others through Janus, so the comparison in docs/benchmarks.md measures a
-/// Janus that actually forwarded the load.
+/// Janus that actually forwarded the load. Janus and the clients run inside a network
+/// namespace of the test's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_runs_a_meeting_and_a_livestream_through_janus() {
     use switchboard::loadtest::{LoadSettings, Scenario, Target, Video};
-    let janus = common::Janus::start();
+    let Some(host_ip) = common::own_network("the_load_generator_runs_a_meeting_and_a_livestream_through_janus") else { return };
+    let janus = common::Janus::start(host_ip);
     let settings = |scenario, participants| LoadSettings {
         target: Target::Janus,
         url: format!("ws://127.0.0.1:{}", janus.port),
@@ -457,7 +459,7 @@ async fn the_load_generator_runs_a_meeting_and_a_livestream_through_janus() {
         seconds: 2,
         lifetime: Duration::from_secs(5),
         video: Video { kbps: 300, fps: 30, keyframe_every: 60 },
-        client_ip: janus.host_ip.into(),
+        client_ip: host_ip.into(),
         server_pid: Some(janus.pid()),
     };
     // Tokens are not used by Janus.

@@ -40,15 +40,12 @@ pub struct Janus {
     _dir: services::TempDir,
     /// Its WebSocket port on 127.0.0.1.
     pub port: u16,
-    /// The machine's own IPv4 address, where Janus gathers its candidates (it offers no
-    /// loopback ones).
-    pub host_ip: std::net::Ipv4Addr,
 }
 
 impl Janus {
-    /// Starts Janus and waits until its WebSocket port accepts connections.
-    pub fn start() -> Self {
-        let host_ip = host_ipv4();
+    /// Starts Janus with its media candidates on `host_ip` (it offers no loopback ones) and
+    /// waits until its WebSocket port accepts connections.
+    pub fn start(host_ip: std::net::Ipv4Addr) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let dir = services::TempDir::new();
         let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/janus");
@@ -71,7 +68,7 @@ impl Janus {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("janus runs (apt-get install janus)");
-        let janus = Self { child, _dir: dir, port, host_ip };
+        let janus = Self { child, _dir: dir, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return janus;
@@ -94,15 +91,38 @@ impl Drop for Janus {
     }
 }
 
-/// The address this machine reaches others from (its default route's source address).
-fn host_ipv4() -> std::net::Ipv4Addr {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
-    // Connecting a UDP socket sends nothing; it only picks the route and its source.
-    socket.connect("192.0.2.255:9").or_else(|_| socket.connect("8.8.8.8:9")).expect("a route off loopback");
-    match socket.local_addr().expect("a local address").ip() {
-        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => ip,
-        other => panic!("no IPv4 address besides loopback ({other}): Janus needs one"),
+/// Set in the copy of a test that [`own_network`] runs inside a network namespace.
+const NETNS_ENV: &str = "SWITCHBOARD_TEST_NETNS";
+
+/// For a test that needs an address besides loopback (Janus offers no loopback candidates):
+/// runs the test `name` of this binary again inside a network namespace of its own
+/// (`unshare -n`, which needs root), and returns `None` once that copy passed. The copy gets
+/// `Some(address)`: loopback is up, and a veth pair has 10.77.0.1 and 10.77.0.2, so nothing
+/// goes to the machine's own interfaces.
+pub fn own_network(name: &str) -> Option<std::net::Ipv4Addr> {
+    if std::env::var_os(NETNS_ENV).is_some() {
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip").args(args).status().expect("ip (iproute2) runs");
+            assert!(status.success(), "ip {args:?} failed");
+        };
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "sb-test0", "type", "veth", "peer", "name", "sb-test1"]);
+        ip(&["addr", "add", "10.77.0.1/24", "dev", "sb-test0"]);
+        ip(&["addr", "add", "10.77.0.2/24", "dev", "sb-test1"]);
+        ip(&["link", "set", "sb-test0", "up"]);
+        ip(&["link", "set", "sb-test1", "up"]);
+        return Some(std::net::Ipv4Addr::new(10, 77, 0, 1));
     }
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let status = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(test_binary)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(NETNS_ENV, "1")
+        .status()
+        .expect("unshare runs (util-linux; the test needs root for a network namespace)");
+    assert!(status.success(), "{name}, run inside a network namespace of its own, failed: {status}");
+    None
 }
 
 /// A running server and a token authority with its keys.
