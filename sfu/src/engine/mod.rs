@@ -249,8 +249,8 @@ impl Engine {
         let message = match taken {
             Taken::Engine(message) => message,
             Taken::Media(track, packet) => {
-                let room = participant.room.clone();
-                return self.forward_published(now, &room, &track, packet, out);
+                let room = (!self.taps.is_empty()).then(|| participant.room.clone());
+                return self.forward_published(now, room.as_ref(), &track, packet, out);
             }
             Taken::Refused(err) => {
                 self.counters.add(Counter::SrtpRefused, 1);
@@ -368,8 +368,8 @@ impl Engine {
                 if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
                     ingress.received(now, &packet);
                 }
-                let room = participant.room.clone();
-                self.forward_published(now, &room, &track, packet, out);
+                let room = (!self.taps.is_empty()).then(|| participant.room.clone());
+                self.forward_published(now, room.as_ref(), &track, packet, out);
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
                 // The sender's track id is the track's own (see `Engine::subscribe`).
@@ -384,16 +384,17 @@ impl Engine {
         }
     }
 
-    /// Forwards a publisher's packet of `track` to the track's subscribers and taps.
+    /// Forwards a publisher's packet of `track` to the track's subscribers, and to the taps of
+    /// `room`, which the caller clones only while the worker has taps.
     fn forward_published(
         &mut self,
         now: Instant,
-        room: &RoomId,
+        room: Option<&RoomId>,
         track: &TrackId,
         packet: rtc::rtp::packet::Packet,
         out: &mut dyn Transmit,
     ) {
-        if !self.taps.is_empty() && !self.forwarder.is_muted(track) {
+        if let Some(room) = room.filter(|_| !self.forwarder.is_muted(track)) {
             self.taps.send_rtp(&mut self.counters, room, track, now, &packet);
         }
         self.counters.add(Counter::PacketsIn, 1);
