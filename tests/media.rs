@@ -114,25 +114,29 @@ async fn later_video_lines_of_a_subscriber_offer_carry_their_codec_only() {
     const SENT: u32 = 400;
     let mut senders = Vec::new();
     let mut clients = Vec::new();
+    let mut offers = Vec::new();
+    // Alice publishes and Carol answers; then Dave.
     for name in ["alice", "dave"] {
         let (mut signal, _) = server.joined("lines", name, &["publish"]).await;
         let (client, out) = rtc_client::publish(&mut signal, &[rtc_client::local_track(name, &format!("{name}-cam"), "video/VP8")]).await;
         senders.push(tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 3000)));
         clients.push((signal, client));
-    }
-    for _ in 0..2 {
         carol.expect("track_published").await;
+        offers.push(offers_answered(&mut carol, &carol_rtc, Duration::from_millis(1500)).await);
     }
-    let offers = offers_answered(&mut carol, &carol_rtc, Duration::from_millis(1500)).await;
-    let last = offers.last().expect("an offer");
-    // The first video m-line offers every video codec, the second VP8 and its RTX only.
-    let video_lines: Vec<&str> = last.split("m=video ").skip(1).collect();
-    assert_eq!(video_lines.len(), 2, "two video m-lines:\n{last}");
     let formats = |section: &str| section.lines().filter(|l| l.starts_with("a=rtpmap:")).map(|l| l.to_owned()).collect::<Vec<_>>();
-    assert!(formats(video_lines[0]).len() > 4, "the first offers every codec:\n{last}");
-    let second = formats(video_lines[1]);
-    assert_eq!(second.len(), 2, "the second offers VP8 and RTX only:\n{last}");
-    assert!(second[0].ends_with("VP8/90000") && second[1].ends_with("rtx/90000"), "{second:?}");
+    let video_lines = |offer: &str| offer.split("m=video ").skip(1).map(formats).collect::<Vec<_>>();
+    let vp8_only = |formats: &[String]| formats.len() == 2 && formats[0].ends_with("VP8/90000") && formats[1].ends_with("rtx/90000");
+    // Until Carol has answered a video line, the first offers every video codec.
+    let first = offers[0].first().expect("an offer for Alice's track");
+    let lines = video_lines(first);
+    assert_eq!(lines.len(), 1, "one video m-line:\n{first}");
+    assert!(lines[0].len() > 4, "the first offers every codec:\n{first}");
+    // Once she has, each video line offers its track's codec and its RTX only.
+    let last = offers[1].last().expect("an offer for Dave's track");
+    let lines = video_lines(last);
+    assert_eq!(lines.len(), 2, "two video m-lines:\n{last}");
+    assert!(lines.iter().all(|formats| vp8_only(formats)), "VP8 and RTX only on every line:\n{last}");
 
     let received = receive_streams(&mut carol_rtc, senders).await;
     assert_identical_run(&received, "alice-cam", SENT, "video/VP8");

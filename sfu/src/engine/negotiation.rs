@@ -5,9 +5,9 @@
 //! room's tracks change; an offer made while another is out waits for its answer
 //! ([`Negotiation`]). The engine fixes the codecs it accepts for a kind from the first
 //! answered m-line of that kind, so until the subscriber has answered a kind one m-line of
-//! it offers every codec; the others offer only their track's codec where that names one
-//! format (the one-format rule: the engine reads every m-line of every answer again, at a
-//! cost that grows with the square of its codecs).
+//! it offers every codec, and from then on its track's codec only; the others offer only
+//! their track's codec where that names one format (the one-format rule: the engine reads
+//! every m-line of every answer again, at a cost that grows with the square of its codecs).
 
 use std::time::Instant;
 
@@ -85,6 +85,7 @@ impl Engine {
                 None => {}
             }
         }
+        self.narrow_answered_kinds(key);
         self.dirty.insert((key, PeerRole::Subscriber));
         for (track, negotiated) in ready {
             if let Some(request) = self.forwarder.set_negotiated(now, &track, &key, negotiated) {
@@ -125,10 +126,11 @@ impl Engine {
             Ok(sender) => {
                 // The engine fixes the codecs it accepts for a kind from the first answered
                 // m-line of that kind, and later tracks may use other codecs: so until the
-                // subscriber has answered a kind, one m-line of it offers every codec. The
-                // others offer only their track's codec (and its RTX) where that names one
-                // format: the engine reads every m-line of every answer again, at a cost that
-                // grows with the square of its codecs.
+                // subscriber has answered a kind, one m-line of it offers every codec (and
+                // then only its own, `narrow_answered_kinds`). The others offer only their
+                // track's codec (and its RTX) where that names one format: the engine reads
+                // every m-line of every answer again, at a cost that grows with the square of
+                // its codecs.
                 let all_codecs = !codec::has_one_format(&track.codec.mime_type)
                     || needs_every_codec(&peer.pc, self.forwarder.subscriptions_of(subscriber).map(|(_, _, s)| s), track.kind);
                 if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)) {
@@ -144,6 +146,26 @@ impl Engine {
             }
             Err(err) if self.warnings.allow(now) => warn!(%subscriber, track = %track.id, %err, "cannot add subscriber track"),
             Err(_) => {}
+        }
+    }
+
+    /// Once an answer has fixed the codecs of a kind, the m-line that offered every codec of
+    /// it offers only its own track's from the next offer on (where that names one format),
+    /// so no later answer repeats the whole list, which the engine reads again each time.
+    fn narrow_answered_kinds(&mut self, key: ParticipantKey) {
+        let Some(peer) = self.participants.get_mut(&key).and_then(|p| p.subscriber.as_mut()) else { return };
+        let (audio_fixed, video_fixed) = (kind_answered(&peer.pc, MediaKind::Audio), kind_answered(&peer.pc, MediaKind::Video));
+        for subscription in self.forwarder.links_of_mut(key) {
+            let kind_fixed = match subscription.kind {
+                MediaKind::Audio => audio_fixed,
+                MediaKind::Video => video_fixed,
+            };
+            if subscription.all_codecs && kind_fixed && codec::has_one_format(&subscription.codec.mime_type) {
+                subscription.all_codecs = false;
+                if let Some(mut transceiver) = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(subscription.sender)) {
+                    offer_codecs(&mut transceiver, Some(&subscription.codec));
+                }
+            }
         }
     }
 
@@ -205,14 +227,17 @@ impl Engine {
 /// none of its `subscriptions` of that kind offers them, and the engine's codecs for the kind
 /// are not fixed yet (they are once the remote description has an m-line of the kind).
 fn needs_every_codec<'a>(pc: &RTCPeerConnection, mut subscriptions: impl Iterator<Item = &'a Subscription>, kind: MediaKind) -> bool {
-    if subscriptions.any(|s| s.kind == kind && s.all_codecs) {
-        return false;
-    }
+    !subscriptions.any(|s| s.kind == kind && s.all_codecs) && !kind_answered(pc, kind)
+}
+
+/// Whether the engine's codecs for `kind` are fixed: the connection's remote description (the
+/// subscriber's last answer) has an m-line of the kind.
+fn kind_answered(pc: &RTCPeerConnection, kind: MediaKind) -> bool {
     let prefix = match kind {
         MediaKind::Audio => "m=audio ",
         MediaKind::Video => "m=video ",
     };
-    !pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
+    pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
 }
 
 /// Audio and video sections of a client's offer that send: not rejected (port 0) and not
