@@ -114,14 +114,21 @@ pub fn own_network(name: &str) -> Option<std::net::Ipv4Addr> {
         return Some(std::net::Ipv4Addr::new(10, 77, 0, 1));
     }
     let test_binary = std::env::current_exe().expect("the test binary's path");
-    let status = std::process::Command::new("unshare")
+    let run = std::process::Command::new("unshare")
         .arg("-n")
         .arg(test_binary)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(NETNS_ENV, "1")
-        .status()
+        .output()
         .expect("unshare runs (util-linux; the test needs root for a network namespace)");
-    assert!(status.success(), "{name}, run inside a network namespace of its own, failed: {status}");
+    // Its output is shown only when it failed, so the test's result is reported once.
+    assert!(
+        run.status.success(),
+        "{name}, run inside a network namespace of its own, failed ({}):\n{}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
     None
 }
 
