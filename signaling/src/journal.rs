@@ -2,7 +2,9 @@
 //! streams) and the [`Journal`] that writes it off the hot path.
 //!
 //! Sessions hand records to the journal without waiting: a bounded queue feeds one writer
-//! task that writes batches, one transaction each, through a [`SignalingLog`]. While the
+//! task that writes batches, one transaction each, through a [`SignalingLog`]. A batch
+//! gathers what arrives within [`GROUP_COMMIT_WINDOW`] of its first record (group commit):
+//! a burst of joins costs the database a few commits instead of one per record. While the
 //! database is unreachable the writer keeps its batch and retries, the queue fills, and past
 //! its bound new records are shed and counted; nothing on the signaling or media path ever
 //! waits for the database. A record the database rejects is logged and skipped, not retried
@@ -358,6 +360,13 @@ pub struct Journal {
     shedding: Arc<AtomicBool>,
 }
 
+/// How long a batch waits for more records after its first one, unless it fills first.
+/// Each commit costs SQLite a write of every page it touched to its log, whatever the
+/// number of rows: while 96 clients joined in 2 s, one commit per record took 13 % of the
+/// server's CPU. Queued records are lost by a crash either way; this adds at most this
+/// long to that.
+pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(50);
+
 /// Delay before retrying a batch after the database failed; doubles up to the maximum.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -409,6 +418,14 @@ impl Journal {
 async fn write_loop(log: Arc<dyn SignalingLog>, mut receiver: mpsc::Receiver<Record>, batch_size: usize, metrics: Arc<JournalMetrics>) {
     let mut batch = Vec::with_capacity(batch_size);
     while receiver.recv_many(&mut batch, batch_size).await > 0 {
+        let until = tokio::time::Instant::now() + GROUP_COMMIT_WINDOW;
+        while batch.len() < batch_size {
+            let room = batch_size - batch.len();
+            match tokio::time::timeout_at(until, receiver.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         write_batch(log.as_ref(), &batch, &metrics).await;
         metrics.queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
         batch.clear();
@@ -491,6 +508,18 @@ mod tests {
         }
     }
 
+    /// A log that notes the size of every batch it is given.
+    #[derive(Default)]
+    struct BatchSizes(Mutex<Vec<usize>>);
+
+    #[async_trait]
+    impl SignalingLog for BatchSizes {
+        async fn write(&self, batch: &[Record]) -> Result<(), LogError> {
+            self.0.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+    }
+
     fn ping(id: &str, at_ms: u64) -> Record {
         Record::SessionPing { session_id: id.into(), at_ms }
     }
@@ -528,5 +557,21 @@ mod tests {
         assert_eq!(m.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(m.failed_writes.load(Ordering::Relaxed), 3);
         assert_eq!(m.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_arriving_within_the_window_share_one_commit() {
+        let log = Arc::new(BatchSizes::default());
+        let journal = Journal::start(log.clone(), 100, 4);
+        // Six records 5 ms apart, then one after a pause: the first four fill a batch, the
+        // next two wait for the window to close, the last comes too late for them.
+        for at in 0..6 {
+            journal.record(ping("ok", at));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(GROUP_COMMIT_WINDOW * 2).await;
+        journal.record(ping("ok", 6));
+        assert!(journal.drained(Duration::from_secs(1)).await);
+        assert_eq!(*log.0.lock().unwrap(), vec![4, 2, 1]);
     }
 }
