@@ -24,7 +24,7 @@ use crate::outbox::{Outbox, Train, MAX_SEGMENTS};
 /// Largest datagram read; larger ones are truncated by the kernel and rejected by SRTP/DTLS.
 const MAX_DATAGRAM: usize = 1500;
 /// Datagrams read by one `recvmmsg`.
-const RECV_BATCH: usize = 64;
+pub(crate) const RECV_BATCH: usize = 64;
 /// The receive buffer asked for: what arrives while the worker cannot run (a CPU quota's
 /// throttled period, a burst of DTLS handshakes) waits here instead of being dropped. The
 /// kernel's default (208 KiB, some 90 full-sized datagrams) overflowed within one throttled
