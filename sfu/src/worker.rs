@@ -5,8 +5,8 @@
 //! socket and its [`Inbox`]'s eventfd, reads the waiting datagrams with `recvmmsg`, hands
 //! datagrams, then commands (for at most [`COMMAND_BUDGET`] a turn), then deadlines to the
 //! engine with the time it read from the clock, and sends what the engine transmits as UDP
-//! GSO trains ([`Outbox`]). Signaling
-//! talks to it only through the mailbox, so nothing on the packet path takes a lock.
+//! GSO trains ([`Outbox`]). Signaling talks to it only through the mailbox, so nothing on the
+//! packet path takes a lock.
 //!
 //! A panic that escapes the engine's own isolation (which covers each connection's engine
 //! calls and each command) ends that engine: its participants are told their media
