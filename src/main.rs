@@ -8,12 +8,6 @@ use tracing_subscriber::EnvFilter;
 
 use switchboard::{serve, Settings};
 
-/// mimalloc instead of glibc's allocator: every ingress datagram is copied into a buffer of
-/// its size (beyond glibc's per-thread cache, which stops at 1 KiB), and `rtc`'s SDP work
-/// allocates at every step.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "WebRTC signaling server and SFU")]
 struct Cli {
