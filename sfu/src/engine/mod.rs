@@ -148,6 +148,11 @@ pub(crate) struct Engine {
     /// the OS in the worker, seeded in tests.
     rng: StdRng,
     warnings: WarningBudget,
+    /// The earliest deadline of all, kept between turns: `None` once something may have
+    /// moved a deadline later (a timeout, a command, an event), so the next
+    /// [`Engine::next_deadline`] walks every connection again. The packet path only brings
+    /// deadlines forward, and does so here ([`Engine::sooner`]).
+    wakeup: Option<Instant>,
 }
 
 impl Engine {
@@ -170,6 +175,7 @@ impl Engine {
             taps: Taps::default(),
             rng,
             warnings: WarningBudget::default(),
+            wakeup: None,
         }
     }
 
@@ -183,7 +189,18 @@ impl Engine {
     }
 
     /// When the engine next needs [`Engine::handle_timeout`], at most a second from `now`.
-    pub(crate) fn next_deadline(&self, now: Instant) -> Instant {
+    pub(crate) fn next_deadline(&mut self, now: Instant) -> Instant {
+        if let Some(at) = self.wakeup {
+            return at;
+        }
+        let at = self.earliest_deadline(now);
+        self.wakeup = Some(at);
+        at
+    }
+
+    /// Every connection's deadlines and the forwarder's, walked: the earliest, or a second
+    /// from `now`.
+    fn earliest_deadline(&self, now: Instant) -> Instant {
         self.participants
             .values()
             .flat_map(|p| [p.publisher.as_ref(), p.subscriber.as_ref()])
@@ -196,9 +213,23 @@ impl Engine {
             .fold(now + IDLE_WAKEUP, Instant::min)
     }
 
+    /// Brings the kept deadline forward to `deadline`, which the packet path just set.
+    fn sooner(&mut self, deadline: Option<Instant>) {
+        if let (Some(at), Some(deadline)) = (self.wakeup.as_mut(), deadline) {
+            *at = (*at).min(deadline);
+        }
+    }
+
+    /// Forgets the kept deadline: something may have moved one later, or forward where
+    /// [`Engine::sooner`] does not see it.
+    fn forget_deadline(&mut self) {
+        self.wakeup = None;
+    }
+
     /// Runs what is due at `now`: reports and feedback, deferred keyframe requests, and the
     /// connections' own timers.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.forget_deadline();
         self.send_due_feedback(now);
         let mut requests = Vec::new();
         self.forwarder.due_keyframe_requests(now, &mut requests);
@@ -249,7 +280,9 @@ impl Engine {
         let message = match taken {
             Taken::Engine(message) => message,
             Taken::Media(track, packet) => {
+                let feedback_due = peer.ingress.as_ref().and_then(Ingress::deadline);
                 let room = (!self.taps.is_empty()).then(|| participant.room.clone());
+                self.sooner(feedback_due);
                 return self.forward_published(now, room.as_ref(), &track, packet, out);
             }
             Taken::Refused(err) => {
@@ -297,6 +330,10 @@ impl Engine {
             (messages, events)
         });
         let Some((messages, events)) = polled else { return self.poisoned.push(key.0) };
+        if !events.is_empty() {
+            // Tracks opened or closed, media started: deadlines of all kinds moved.
+            self.forget_deadline();
+        }
         for event in events {
             self.handle_event(now, key, event);
         }
@@ -311,7 +348,10 @@ impl Engine {
             peer.pc.poll_timeout()
         });
         match flushed {
-            Some(deadline) => peer.deadline = deadline,
+            Some(deadline) => {
+                peer.deadline = deadline;
+                self.sooner(deadline);
+            }
             None => self.poisoned.push(key.0),
         }
     }
@@ -365,10 +405,13 @@ impl Engine {
             (PeerRole::Publisher, RTCMessage::RtpPacket(media_track_id, packet)) => {
                 let Some(participant) = self.participants.get_mut(&key.0) else { return };
                 let Some(track) = participant.published.get(&media_track_id).map(|p| p.track) else { return };
+                let mut feedback_due = None;
                 if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
                     ingress.received(now, &packet);
+                    feedback_due = ingress.deadline();
                 }
                 let room = (!self.taps.is_empty()).then(|| participant.room.clone());
+                self.sooner(feedback_due);
                 self.forward_published(now, room.as_ref(), &track, packet, out);
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
@@ -449,6 +492,7 @@ impl Engine {
     /// takes that participant out of the room (as a panic on one of its datagrams does), and
     /// the request gets [`SfuError::Engine`].
     pub(crate) fn handle_command(&mut self, now: Instant, command: Command, out: &mut dyn Transmit) {
+        self.forget_deadline();
         match command {
             Command::Join { room, participant, grants, events, reply } => {
                 if self.keys.contains_key(&participant) {

@@ -46,6 +46,8 @@ impl Engine {
                 self.outgoing = outgoing;
             } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 self.counters.add(Counter::KeyframeRequests, 1);
+                // A throttled request is deferred: a deadline of the forwarder's.
+                self.forget_deadline();
                 if let Some(request) = self.forwarder.keyframe_request(now, track) {
                     self.send_keyframe_request(now, request);
                 }
