@@ -6,7 +6,10 @@
 # for the server, the same for both. Each server starts inside its cgroup, as it would in a
 # container with that CPU limit. The meeting scenario (rooms of 4) then grows until the
 # clients lose packets or some cannot connect; the delay target is read at the largest load at
-# most half of that.
+# most half of that. That load is then run once more against a Switchboard with no quota but
+# the same threads (media workers and runtime threads as the quota gives): its delay is what
+# the machine itself gives (a VM's scheduling, the load generator sharing its cores), the floor
+# under what any quota can give.
 #
 #   benches/capacity.sh                          # CORES=0.25, rooms 2 4 6 8 10 12 16 20 24 28 32
 #   CORES=0.5 ROOMS="2 4 6 8 10 12 14" benches/capacity.sh
@@ -80,25 +83,49 @@ for target in switchboard janus; do
   done
 done
 
+# The largest load measured at most half of where $1 started to lose (nothing if it never did).
+half_load() { # server
+  python3 - "$table" "$loss_pct" "$1" <<'PY'
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t") if r["server"] == sys.argv[3]]
+lossy = [int(r["rooms"]) for r in rows if float(r["loss_pct"]) >= float(sys.argv[2]) or int(r["not_connected"]) > 0]
+half = [int(r["rooms"]) for r in rows if lossy and int(r["rooms"]) <= lossy[0] / 2]
+print(half[-1] if half else "")
+PY
+}
+half=$(half_load switchboard)
+if [[ -n $half ]]; then
+  port=$((port + 1))
+  # The threads a quota of $cores gives (available_parallelism: the quota in whole cores, at least one).
+  threads=$(python3 -c "import os; print(max(1, min(int($cores), os.cpu_count())))")
+  SWITCHBOARD__MEDIA__WORKERS=$threads TOKIO_WORKER_THREADS=$threads start_switchboard "$out/switchboard-no-quota.log"
+  report="$out/no-quota.$half.json"
+  load switchboard --scenario meeting --rooms "$half" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
+  meeting_row "$report" no-quota "$half" | tee -a "$table"
+fi
+
 python3 - "$table" "$loss_pct" "$cores" <<'PY' | tee "$out/capacity.md"
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 threshold, cores = float(sys.argv[2]), sys.argv[3]
-print(f"| server ({cores} cores) | loss starts at | half that load | egress packets/s there | delay p50 / p99 there |")
-print("| --- | --- | --- | --- | --- |")
+reference = {r["rooms"]: r for r in rows if r["server"] == "no-quota"}
+print(f"| server ({cores} cores) | loss starts at | half that load | egress packets/s there | delay p50 / p99 there | the same load with no quota |")
+print("| --- | --- | --- | --- | --- | --- |")
 for server in ("switchboard", "janus"):
     own = [r for r in rows if r["server"] == server]
     lossy = [r for r in own if float(r["loss_pct"]) >= threshold or int(r["not_connected"]) > 0]
     if not lossy:
-        print(f"| {server} | no loss up to {own[-1]['rooms']} rooms | – | – | – |")
+        print(f"| {server} | no loss up to {own[-1]['rooms']} rooms | – | – | – | – |")
         continue
     start = int(lossy[0]["rooms"])
     half = [r for r in own if int(r["rooms"]) <= start / 2]
     if not half:
-        print(f"| {server} | {start} rooms | – | – | – |")
+        print(f"| {server} | {start} rooms | – | – | – | – |")
         continue
     h = half[-1]
+    free = reference.get(h["rooms"]) if server == "switchboard" else None
+    floor = f"{int(free['delay_p50_us']) / 1000:.2f} / {int(free['delay_p99_us']) / 1000:.2f} ms" if free else "–"
     failed = f", {lossy[0]['not_connected']} clients never connected" if int(lossy[0]["not_connected"]) else ""
     print(f"| {server} | {start} rooms ({lossy[0]['egress_pps']} packets/s, {lossy[0]['loss_pct']} % lost{failed}) | {h['rooms']} rooms "
-          f"| {h['egress_pps']} | {int(h['delay_p50_us']) / 1000:.2f} / {int(h['delay_p99_us']) / 1000:.2f} ms |")
+          f"| {h['egress_pps']} | {int(h['delay_p50_us']) / 1000:.2f} / {int(h['delay_p99_us']) / 1000:.2f} ms | {floor} |")
 PY

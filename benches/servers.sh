@@ -38,13 +38,16 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
+# Starts a Switchboard on $port with a data directory of its own, so that two can run at once.
 start_switchboard() { # log file
+  local data="$work/switchboard-$port"
+  mkdir -p "$data"
   SWITCHBOARD__HTTP__LISTEN="127.0.0.1:$port" \
   SWITCHBOARD__MEDIA__PORT_BASE=0 \
   SWITCHBOARD__MEDIA__ANNOUNCED_IPS="[$host_ip]" \
-  SWITCHBOARD__DATABASE__URL="sqlite://$work/switchboard.db?mode=rwc" \
-  SWITCHBOARD__OBJECTS__LOCAL_DIR="$work/objects" \
-  SWITCHBOARD__RECORDING__SPOOL_DIR="$work/spool" \
+  SWITCHBOARD__DATABASE__URL="sqlite://$data/switchboard.db?mode=rwc" \
+  SWITCHBOARD__OBJECTS__LOCAL_DIR="$data/objects" \
+  SWITCHBOARD__RECORDING__SPOOL_DIR="$data/spool" \
   RUST_LOG=warn "$bin" >"$1" 2>&1 &
   ours=$!
   pids+=("$ours")
