@@ -5,7 +5,8 @@
 //! - `POST /api/rooms/{room}/close` (JSON body, optional: `{"reason": "…"}`)
 //! - `POST /api/rooms/{room}/participants/{identity}/mute`
 //!
-//! Answers: 200 `{"sessions": n}`; 401 without a valid token; 403 without the grant;
+//! Answers: 200 `{"sessions": n}`; 401 without a valid token; 403 without the grant (both
+//! before the body is read); 400 for a body that does not parse, 413 for one over 4 KiB;
 //! 404 when the room (or the participant) is not on this node.
 
 use std::sync::Arc;
@@ -73,12 +74,12 @@ struct CloseBody {
     reason: Option<String>,
 }
 
-async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let admin = match admin_of(&state, &headers, &room) {
         Ok(admin) => admin,
         Err(refused) => return refused.into_response(),
     };
-    let body: CloseBody = match optional_json(&body) {
+    let body: CloseBody = match optional_json(body).await {
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };

@@ -3,11 +3,14 @@
 //! WebSocket (`http`), the admin API (`admin`) and the recordings API (`recordings_api`) all
 //! build on it and on nothing of each other's.
 
+use std::error::Error as _;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body_util::LengthLimitError;
 use recorder::objects::ObjectStore;
 use serde::Deserialize;
 use serde_json::json;
@@ -75,13 +78,25 @@ pub(crate) fn refusal(status: StatusCode, code: &'static str, message: impl Into
     Refusal { status, code, message: message.into() }
 }
 
-/// A request's optional JSON body: the defaults when it is empty, 400 `invalid_body` when it
-/// does not parse.
-pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refusal> {
-    if body.is_empty() {
+/// The largest request body the API reads: its bodies are a few short JSON fields.
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024;
+
+/// A request's optional JSON body, read only when this is called, which handlers do after
+/// they checked the token: the defaults when it is empty, 413 `body_too_large` past
+/// [`MAX_BODY_BYTES`], 400 `invalid_body` when it is cut short or does not parse.
+pub(crate) async fn optional_json<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, Refusal> {
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) if err.source().is_some_and(|e| e.is::<LengthLimitError>()) => {
+            let message = format!("request bodies are at most {MAX_BODY_BYTES} bytes");
+            return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message));
+        }
+        Err(_) => return Err(refusal(StatusCode::BAD_REQUEST, "invalid_body", "the request body could not be read")),
+    };
+    if bytes.is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|err| refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()))
+    serde_json::from_slice(&bytes).map_err(|err| refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()))
 }
 
 /// The identity in the request's bearer token, if the token is for `room` and `allowed`

@@ -11,8 +11,9 @@
 //!   store) and `hls_url` (the playlist, served signed by this node with each segment's URL
 //!   presigned, so a player needs no credentials).
 //!
-//! Refusals: 400 bad body, 401/403 token, 404 room not open here or no such recording,
-//! 409 already recording, 503 database unavailable.
+//! Refusals: 401/403 token (checked before the body is read), 400 bad body, 413 body over
+//! 4 KiB, 404 room not open here or no such recording, 409 already recording, 503 database
+//! unavailable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,11 +64,11 @@ struct StartBody {
     identity: Option<String>,
 }
 
-async fn start(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn start(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Response {
     if let Err(refused) = recorder_of(&state, &headers, &room) {
         return refused.into_response();
     }
-    let body: StartBody = match optional_json(&body) {
+    let body: StartBody = match optional_json(body).await {
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::rtc_client::{self, Client};
 use common::services::{self, consume, consume_from, produce, spawn_server, Broker, Proxy, Redis, TempDir, S3};
-use common::{answer_offers, http_json, Signal, TestServer};
+use common::{answer_offers, http_json, status_before_body, Signal, TestServer};
 use recorder::objects::ObjectStore;
 use serde_json::{json, Value};
 use signaling::state::StateStore;
@@ -829,6 +829,14 @@ async fn admins_close_rooms_and_mute_participants_over_http_and_it_is_logged() {
     let muted = alice.expect("track_muted").await;
     assert_eq!((muted["track_id"].clone(), muted["muted"].clone()), (track, json!(true)));
 
+    // The token is checked before the body is read: a request without one that announces a
+    // large body is refused at once, without waiting for the body.
+    let close = "/api/rooms/ops-room/close";
+    assert_eq!(status_before_body(server.http, "POST", close, None, 1 << 20).await, Some(401));
+    assert_eq!(status_before_body(server.http, "POST", path, Some("not-a-token"), 1 << 20).await, Some(401));
+    let long = format!(r#"{{"reason":"{}"}}"#, "x".repeat(5 * 1024));
+    let (status, body) = http_json(server.http, "POST", close, Some(&admin), &long).await;
+    assert_eq!((status, body["error"].as_str()), (413, Some("body_too_large")), "bodies are capped at 4 KiB");
     assert_eq!(http_json(server.http, "POST", "/api/rooms/ops-room/close", Some(&admin), "{nope").await.0, 400);
     let (status, _) = http_json(server.http, "POST", "/api/rooms/ops-room/close", Some(&admin), r#"{"reason":"maintenance"}"#).await;
     assert_eq!(status, 200);

@@ -378,6 +378,29 @@ pub async fn http_json(addr: SocketAddr, method: &str, path: &str, bearer: Optio
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// The status a request gets while its announced body of `announced` bytes has not been sent:
+/// `None` when no answer comes within two seconds (the server waits for the body).
+pub async fn status_before_body(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, announced: usize) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connects");
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {announced}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = Vec::new();
+    let status_line = async {
+        let mut buffer = [0u8; 256];
+        while !response.windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), status_line).await.ok()?;
+    String::from_utf8_lossy(&response).split(' ').nth(1).and_then(|s| s.parse().ok())
+}
+
 /// What ffprobe reads of a file or URL: streams with their type, codec and counted frames,
 /// and the container's duration.
 pub fn ffprobe(url: &str) -> Value {
