@@ -44,7 +44,8 @@ async fn development_tokens_only_in_embedded_mode() {
     assert_eq!(embedded.get("/dev/token?room=r&identity=ann&grants=fly").await.0, 400);
 
     let production =
-        TestServer::start(&[("SWITCHBOARD__MODE", "production"), ("SWITCHBOARD__AUTH__KEYS__DEV", "a-production-secret-0123")]).await;
+        TestServer::start(&[("SWITCHBOARD__MODE", "production"), ("SWITCHBOARD__AUTH__KEYS__DEV", "a-production-secret-0123456789abcdef")])
+            .await;
     assert_eq!(production.get("/dev/token?room=r&identity=ann").await.0, 404);
 }
 

@@ -12,6 +12,11 @@ pub const DEFAULT_YAML: &str = include_str!("../default.yaml");
 
 /// The secret `default.yaml` ships with, refused in production mode.
 pub const DEVELOPMENT_SECRET: &str = "switchboard-development-secret-change-me";
+/// The placeholder `production.example.yaml` ships with, refused in production mode.
+pub const EXAMPLE_SECRET: &str = "replace-with-a-long-random-secret";
+/// The shortest secret production mode accepts: an HS256 key must be at least as long as
+/// the hash's output, 32 bytes (RFC 7518 §3.2).
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SWITCHBOARD__";
@@ -363,8 +368,16 @@ impl Config {
         if self.auth.keys.values().any(|secret| secret.len() < 16) {
             return bad("auth.keys", "every secret must be at least 16 bytes");
         }
-        if self.mode == Mode::Production && self.auth.keys.values().any(|secret| secret == DEVELOPMENT_SECRET) {
-            return bad("auth.keys", "production mode needs a secret of its own, not the development one");
+        if self.mode == Mode::Production {
+            for (kid, secret) in &self.auth.keys {
+                let key = format!("auth.keys.{kid}");
+                if secret == DEVELOPMENT_SECRET || secret == EXAMPLE_SECRET {
+                    return bad(&key, "production mode needs a secret of its own, not the one shipped in the example files");
+                }
+                if secret.len() < MIN_PRODUCTION_SECRET_BYTES {
+                    return bad(&key, "production mode needs secrets of at least 32 bytes (RFC 7518 §3.2)");
+                }
+            }
         }
         if self.limits.max_message_bytes < 1024 {
             return bad("limits.max_message_bytes", "must be at least 1024");
@@ -435,7 +448,9 @@ mod tests {
 
     #[test]
     fn production_example_loads_with_real_backends() {
-        let config = Config::from_yaml_and_env(include_str!("../production.example.yaml"), env(&[])).unwrap();
+        // With its placeholder secret replaced, as the file asks.
+        let secret = env(&[("SWITCHBOARD__AUTH__KEYS__PROD-2026", "a-secret-of-our-own-0123456789abcdef")]);
+        let config = Config::from_yaml_and_env(include_str!("../production.example.yaml"), secret).unwrap();
         assert_eq!(config.mode, Mode::Production);
         assert_eq!(config.state.backend, StateBackend::Redis);
         assert_eq!(config.database.backend, DatabaseBackend::Postgres);
@@ -490,8 +505,25 @@ mod tests {
         assert!(err.to_string().contains("auth.signing_key"), "{err}");
         assert!(matches!(Config::from_yaml_and_env("mode: [", env(&[])), Err(ConfigError::Yaml(_))));
         let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MODE", "production")])).unwrap_err();
-        assert!(err.to_string().contains("auth.keys"), "{err}");
-        let production = env(&[("SWITCHBOARD__MODE", "production"), ("SWITCHBOARD__AUTH__KEYS__DEV", "a-secret-of-our-own-1234")]);
+        assert!(err.to_string().contains("auth.keys.dev"), "{err}");
+        let production =
+            env(&[("SWITCHBOARD__MODE", "production"), ("SWITCHBOARD__AUTH__KEYS__DEV", "a-secret-of-our-own-0123456789abcdef")]);
         assert_eq!(Config::from_yaml_and_env(DEFAULT_YAML, production).unwrap().mode, Mode::Production);
+    }
+
+    #[test]
+    fn production_mode_refuses_the_example_placeholder_and_short_secrets() {
+        let example = include_str!("../production.example.yaml");
+        assert!(example.contains(EXAMPLE_SECRET), "the constant names the example's placeholder");
+        let err = Config::from_yaml_and_env(example, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("auth.keys.prod-2026") && err.to_string().contains("example"), "{err}");
+        let secret = |len: usize| "k".repeat(len);
+        let with = |secret: String| Config::from_yaml_and_env(example, env(&[("SWITCHBOARD__AUTH__KEYS__PROD-2026", &secret)]));
+        let err = with(secret(MIN_PRODUCTION_SECRET_BYTES - 1)).unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        assert_eq!(with(secret(MIN_PRODUCTION_SECRET_BYTES)).unwrap().mode, Mode::Production);
+        // Embedded mode still takes a 16-byte secret.
+        let embedded = env(&[("SWITCHBOARD__AUTH__KEYS__DEV", "sixteen-bytes-ok")]);
+        assert_eq!(Config::from_yaml_and_env(DEFAULT_YAML, embedded).unwrap().mode, Mode::Embedded);
     }
 }
