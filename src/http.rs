@@ -13,7 +13,7 @@ use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use recorder::objects::{ObjectError, ObjectStore};
 use serde::Deserialize;
-use signaling::auth::Grants;
+use signaling::auth::{AuthError, Grants};
 use signaling::session::{run_session, CloseReason, Inbound, Transport};
 use tokio::sync::{mpsc, oneshot};
 
@@ -134,11 +134,9 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<Token
         },
         None => Grants::participant(),
     };
-    if query.room.is_empty() || query.identity.is_empty() {
-        return (StatusCode::BAD_REQUEST, "room and identity must not be empty").into_response();
-    }
     match dev.authority.issue(&query.room, &query.identity, query.name.as_deref(), grants, dev.ttl_secs) {
         Ok(token) => axum::Json(serde_json::json!({ "token": token })).into_response(),
+        Err(err @ AuthError::BadName(_)) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     }
 }

@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::names::{check_identity, check_room, NameError};
+
 /// What a token allows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -78,6 +80,9 @@ pub enum AuthError {
     /// The signing key named in the configuration is missing.
     #[error("no signing key `{0}`")]
     NoSigningKey(String),
+    /// The room, identity or display name is not one the server accepts.
+    #[error(transparent)]
+    BadName(#[from] NameError),
 }
 
 /// Issues and verifies tokens with the configured keys.
@@ -92,6 +97,15 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+impl Claims {
+    /// Checks the room, identity and display name ([`crate::names`]).
+    fn check_names(&self) -> Result<(), NameError> {
+        check_room(&self.room)?;
+        check_identity("identity", &self.sub)?;
+        self.name.as_deref().map_or(Ok(()), |name| check_identity("display name", name))
+    }
+}
+
 impl TokenAuthority {
     /// An authority knowing `keys` (key id → secret) that signs with `signing_key`.
     pub fn new(keys: BTreeMap<String, String>, signing_key: String) -> Self {
@@ -104,11 +118,12 @@ impl TokenAuthority {
         let iat = unix_now();
         let claims =
             Claims { sub: identity.to_owned(), name: name.map(str::to_owned), room: room.to_owned(), iat, exp: iat + ttl_secs, grants };
+        claims.check_names()?;
         let header = Header { kid: Some(self.signing_key.clone()), ..Header::new(Algorithm::HS256) };
         encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
-    /// Checks signature, key id and expiry; returns the claims.
+    /// Checks signature, key id, expiry and names; returns the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let kid = header.kid.ok_or_else(|| AuthError::Invalid("token has no key id (kid)".into()))?;
@@ -116,12 +131,14 @@ impl TokenAuthority {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map(|data| data.claims).map_err(|e| {
-            match e.kind() {
+        let claims = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &validation).map(|data| data.claims).map_err(
+            |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
-            }
-        })
+            },
+        )?;
+        claims.check_names()?;
+        Ok(claims)
     }
 }
 
@@ -153,6 +170,22 @@ mod tests {
         let header = Header { kid: Some("k1".into()), ..Header::new(Algorithm::HS256) };
         let expired = encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap();
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn tokens_with_names_the_server_does_not_accept_are_neither_issued_nor_verified() {
+        let auth = authority("a-long-enough-secret");
+        assert_eq!(auth.issue("a/b", "alice", None, Grants::default(), 60), Err(AuthError::BadName(NameError::Room)));
+        assert_eq!(auth.issue("r", "eve\nforged", None, Grants::default(), 60), Err(AuthError::BadName(NameError::Identity("identity"))));
+        // Signed elsewhere with the right key: the names are checked on the way in as well.
+        let forged =
+            Claims { sub: "eve\u{1b}[2J".into(), name: None, room: "r".into(), iat: 1, exp: unix_now() + 60, grants: Grants::default() };
+        let header = Header { kid: Some("k1".into()), ..Header::new(Algorithm::HS256) };
+        let token = encode(&header, &forged, &EncodingKey::from_secret(b"a-long-enough-secret")).unwrap();
+        assert_eq!(auth.verify(&token), Err(AuthError::BadName(NameError::Identity("identity"))));
+        let named = Claims { sub: "ann".into(), name: Some("Ann\r\n".into()), ..forged };
+        let token = encode(&header, &named, &EncodingKey::from_secret(b"a-long-enough-secret")).unwrap();
+        assert_eq!(auth.verify(&token), Err(AuthError::BadName(NameError::Identity("display name"))));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod bookkeeping;
 pub mod events;
 pub mod journal;
 pub mod metrics;
+pub mod names;
 pub mod protocol;
 pub mod rate;
 pub mod recordings;
