@@ -134,6 +134,10 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<Token
         },
         None => Grants::participant(),
     };
+    if grants.admin {
+        let refusal = "the development token endpoint does not grant admin; `switchboard token --grant admin` prints such a token";
+        return (StatusCode::FORBIDDEN, refusal).into_response();
+    }
     match dev.authority.issue(&query.room, &query.identity, query.name.as_deref(), grants, dev.ttl_secs) {
         Ok(token) => axum::Json(serde_json::json!({ "token": token })).into_response(),
         Err(err @ AuthError::BadName(_)) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),

@@ -81,6 +81,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
     let config = settings.config;
     let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
+    if config.mode == Mode::Embedded && !http_addr.ip().is_loopback() {
+        tracing::warn!(
+            %http_addr,
+            "EMBEDDED MODE BEYOND LOOPBACK (http.allow_remote_embedded): anyone who reaches this address gets a token from \
+             /dev/token, and tokens are signed with the public development key; use production mode for anything but a trusted LAN"
+        );
+    }
     let node = NodeInfo {
         id: if config.node.id.is_empty() {
             format!("node-{}", Alphanumeric.sample_string(&mut rand::rng(), 8).to_lowercase())

@@ -42,6 +42,8 @@ async fn development_tokens_only_in_embedded_mode() {
     let joined = signal.join(token["token"].as_str().expect("token")).await;
     assert_eq!(joined["participant"]["identity"], "ann");
     assert_eq!(embedded.get("/dev/token?room=r&identity=ann&grants=fly").await.0, 400);
+    // Anyone on the machine may ask: never for admin.
+    assert_eq!(embedded.get("/dev/token?room=r&identity=ann&grants=subscribe,admin").await.0, 403);
     // Names that would change an object's path or forge a log line are refused.
     for query in
         ["room=a%2Fb&identity=ann", "room=..&identity=ann", "room=r&identity=eve%0Aforged", "room=r&identity=", "room=&identity=ann"]

@@ -259,6 +259,10 @@ pub struct RecordingConfig {
 pub struct HttpConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Lets embedded mode listen beyond loopback, although its development key is public and
+    /// its `/dev/token` hands out tokens to anyone who asks.
+    #[serde(default)]
+    pub allow_remote_embedded: bool,
 }
 
 /// The media plane.
@@ -379,6 +383,13 @@ impl Config {
                 }
             }
         }
+        if self.mode == Mode::Embedded && !self.http.listen.ip().is_loopback() && !self.http.allow_remote_embedded {
+            return bad(
+                "http.listen",
+                "embedded mode serves this machine only (its development key is public and /dev/token gives anyone a token): \
+                 listen on a loopback address, run in production mode, or set http.allow_remote_embedded",
+            );
+        }
         if self.limits.max_message_bytes < 1024 {
             return bad("limits.max_message_bytes", "must be at least 1024");
         }
@@ -466,6 +477,7 @@ mod tests {
             DEFAULT_YAML,
             env(&[
                 ("SWITCHBOARD__HTTP__LISTEN", "0.0.0.0:9000"),
+                ("SWITCHBOARD__HTTP__ALLOW_REMOTE_EMBEDDED", "true"),
                 ("SWITCHBOARD__MEDIA__WORKERS", "3"),
                 ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS", "[203.0.113.7]"),
                 ("UNRELATED", "x"),
@@ -475,6 +487,19 @@ mod tests {
         assert_eq!(config.http.listen.port(), 9000);
         assert_eq!(config.media.workers, 3);
         assert_eq!(config.media.announced_ips, vec![Ipv4Addr::new(203, 0, 113, 7)]);
+    }
+
+    #[test]
+    fn embedded_mode_listens_on_loopback_unless_told_otherwise() {
+        for listen in ["0.0.0.0:7880", "192.0.2.4:7880", "[::]:7880"] {
+            let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__HTTP__LISTEN", listen)])).unwrap_err();
+            assert!(err.to_string().contains("http.listen") && err.to_string().contains("allow_remote_embedded"), "{err}");
+        }
+        for listen in ["127.0.0.1:7880", "[::1]:7880"] {
+            assert!(Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__HTTP__LISTEN", listen)])).is_ok(), "{listen}");
+        }
+        let allowed = env(&[("SWITCHBOARD__HTTP__LISTEN", "0.0.0.0:7880"), ("SWITCHBOARD__HTTP__ALLOW_REMOTE_EMBEDDED", "true")]);
+        assert!(Config::from_yaml_and_env(DEFAULT_YAML, allowed).unwrap().http.allow_remote_embedded);
     }
 
     #[test]
