@@ -789,6 +789,11 @@ async fn migrate_creates_the_seed_schema_in_sqlite_and_postgres() {
             let count = rows(&pool, &sql, "x").await;
             assert_eq!(count.len(), 1, "{backend}: {table} exists");
         }
+        // Soft delete where the seed schema has it (0002 added the last three).
+        for table in ["users", "meetings", "meeting_recordings", "meeting_participants", "signaling_sessions", "signaling_messages"] {
+            let sql = format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table} WHERE deleted_at IS NULL OR $1 = $1");
+            assert_eq!(rows(&pool, &sql, "x").await.len(), 1, "{backend}: {table} has deleted_at");
+        }
         let seeded = rows(&pool, "SELECT config_value FROM system_configs WHERE config_key = $1", "recording.segment_duration").await;
         assert_eq!(seeded, [["6"]], "{backend}: seeded with the seed's defaults");
         // updated_at follows updates.
