@@ -806,6 +806,28 @@ async fn migrate_creates_the_seed_schema_in_sqlite_and_postgres() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_links_are_signed_with_a_key_of_their_own_shared_through_the_database() {
+    let dir = TempDir::new();
+    let sqlite = format!("sqlite://{}/shared.db?mode=rwc", dir.path().display());
+    for (backend, url) in [("sqlite", sqlite), ("postgres", services::postgres_database().await)] {
+        let on = |url: &str| {
+            vec![
+                ("SWITCHBOARD__DATABASE__BACKEND".to_owned(), backend.to_owned()),
+                ("SWITCHBOARD__DATABASE__URL".to_owned(), url.to_owned()),
+            ]
+        };
+        let first = TestServer::start_with(on(&url), None).await;
+        let second = TestServer::start_with(on(&url), None).await;
+        let pool = database(&second).await;
+        let keys = rows(&pool, "SELECT config_value FROM system_configs WHERE config_key = $1", "objects.url_signing_key").await;
+        assert_eq!(keys.len(), 1, "{backend}: one key, made by the first node and read by the second");
+        let key = &keys[0][0];
+        assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{backend}: 32 random bytes in hex: {key}");
+        assert!(first.config.auth.keys.values().all(|secret| secret != key), "{backend}: not an access-token key");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Admin API
 

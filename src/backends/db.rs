@@ -132,6 +132,26 @@ impl Database {
         Ok(())
     }
 
+    /// The key that signs download URLs (`objects.url_signing_key` in `system_configs`): made
+    /// by the first node that starts on this database, so every node sharing it signs alike
+    /// and links outlive restarts, and never the access tokens' key.
+    pub async fn url_signing_key(&self) -> Result<String, sqlx::Error> {
+        const KEY: &str = "objects.url_signing_key";
+        let fresh: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        sqlx::query(
+            "INSERT INTO system_configs (config_key, config_value, value_type, description, is_public)
+             VALUES ($1, $2, 'string', 'HMAC-SHA256 key of signed download URLs, made at first start', FALSE)
+             ON CONFLICT (config_key) DO NOTHING",
+        )
+        .bind(KEY)
+        .bind(fresh)
+        .execute(&self.pool)
+        .await?;
+        let (key,): (String,) =
+            sqlx::query_as("SELECT config_value FROM system_configs WHERE config_key = $1").bind(KEY).fetch_one(&self.pool).await?;
+        Ok(key)
+    }
+
     /// Whether a task with this id was done (recorded in `operation_logs`).
     pub async fn task_done(&self, task_id: &str) -> Result<bool, sqlx::Error> {
         let sql = "SELECT COUNT(*) FROM operation_logs WHERE resource_type = 'task' AND resource_id = $1";

@@ -77,8 +77,8 @@ pub async fn connect(config: &Config, public_url: &str) -> anyhow::Result<Backen
         }
     };
     let o = &config.objects;
-    let secret = config.auth.keys.get(&config.auth.signing_key).map(String::as_bytes).unwrap_or_default();
-    let signer = UrlSigner::new(secret);
+    let url_key = database.url_signing_key().await.context("reading the URL signing key from the database")?;
+    let signer = UrlSigner::new(url_key.as_bytes());
     let (objects, local_objects): (Arc<dyn ObjectStore>, _) = match o.backend {
         ObjectsBackend::Local => {
             let local = LocalObjects::new(&o.local_dir, public_url.to_owned(), signer.clone())
