@@ -124,6 +124,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
             abuse_threshold: limits.abuse_threshold,
             ping_interval: Duration::from_secs(config.signaling.ping_interval_secs),
             resume_grace: Duration::from_secs(config.signaling.resume_grace_secs),
+            join_timeout: Duration::from_secs(config.signaling.join_timeout_secs),
         },
         metrics: signaling_metrics.clone(),
         resumable: Default::default(),

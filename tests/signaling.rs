@@ -207,3 +207,22 @@ async fn a_dropped_connection_resumes_its_session_with_what_was_missed() {
     let mut late = server.connect().await;
     expect_error(&mut late, json!({"type": "resume", "session_id": session_id}), "unknown_session").await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_joins_is_closed_at_the_join_timeout_however_often_it_pings() {
+    let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__JOIN_TIMEOUT_SECS", "1")]).await;
+    let mut idle = server.connect().await;
+    // Pings every 200 ms for two seconds: twice the timeout, well inside the heartbeat's.
+    for _ in 0..10 {
+        if !idle.try_send(json!({"type": "ping"})).await {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(idle.closed().await.as_deref(), Some("no join within the join timeout"));
+    // A connection that joins in time stays.
+    let mut joined = server.connect().await;
+    joined.join(&server.token("timely", "ann", &["subscribe"])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    still_serving(&mut joined).await;
+}

@@ -331,6 +331,13 @@ pub struct SignalingConfig {
     /// Seconds a joined session whose connection dropped keeps its media and waits for
     /// `resume` (0: it ends at once).
     pub resume_grace_secs: u64,
+    /// Seconds a new connection has to `join` (or `resume`); pings do not extend it.
+    #[serde(default = "default_join_timeout_secs")]
+    pub join_timeout_secs: u64,
+}
+
+fn default_join_timeout_secs() -> u64 {
+    10
 }
 
 impl Config {
@@ -422,6 +429,9 @@ impl Config {
         }
         if self.media.nack_cache_min_ms > self.media.nack_cache_ms {
             return bad("media.nack_cache_min_ms", "must not exceed media.nack_cache_ms");
+        }
+        if self.signaling.join_timeout_secs == 0 {
+            return bad("signaling.join_timeout_secs", "must be positive");
         }
         if self.signaling.ping_interval_secs == 0 {
             return bad("signaling.ping_interval_secs", "must be positive");

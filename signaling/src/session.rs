@@ -59,6 +59,8 @@ pub struct SessionLimits {
     pub ping_interval: Duration,
     /// How long a joined session whose connection dropped waits for `resume`.
     pub resume_grace: Duration,
+    /// How long a new connection has to join or resume; pings do not extend it.
+    pub join_timeout: Duration,
 }
 
 /// Everything sessions share.
@@ -204,7 +206,12 @@ pub async fn run_session(ctx: Arc<SignalingContext>, transport: Transport) {
     ping.tick().await;
     let mut last_seen = Instant::now();
     let mut detached_until: Option<tokio::time::Instant> = None;
+    // Cleared by the join: a connection that never joins holds nothing past this.
+    let mut join_by = Some(tokio::time::Instant::now() + limits.join_timeout);
     loop {
+        if session.joined.is_some() {
+            join_by = None;
+        }
         let attached = session.transport.is_some();
         tokio::select! {
             frame = next_frame(&mut session.transport) => match frame {
@@ -244,6 +251,10 @@ pub async fn run_session(ctx: Arc<SignalingContext>, transport: Transport) {
             }
             () = sleep_until(detached_until) => {
                 debug!("resume grace over");
+                break;
+            }
+            () = sleep_until(join_by), if session.joined.is_none() => {
+                session.close_transport(CloseReason { code: 4002, reason: "no join within the join timeout".into() });
                 break;
             }
             _ = ping.tick(), if attached => {
