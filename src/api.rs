@@ -49,6 +49,8 @@ pub struct AppState {
     /// Frames above this close the connection; between the protocol limit and this they get
     /// a `message_too_large` error.
     pub max_frame_bytes: usize,
+    /// The open signaling connections and their caps.
+    pub connections: Arc<crate::connections::ConnectionCaps>,
 }
 
 /// The query of a signed download link.

@@ -1,11 +1,13 @@
 //! The HTTP surface: demo page and client library, `/ws` signaling, `/healthz`, `/metrics`,
 //! and the development token endpoint (embedded mode only).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::{AppState, SignedQuery};
+use crate::connections::CapReached;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -145,14 +147,28 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<Token
     }
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(State(state): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, upgrade: WebSocketUpgrade) -> Response {
+    let slot = match state.connections.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(CapReached::Total) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "this node holds its most signaling connections (limits.max_connections)")
+                .into_response()
+        }
+        Err(CapReached::PerAddress) => {
+            let refusal = "too many signaling connections from this address (limits.max_connections_per_ip)";
+            return (StatusCode::TOO_MANY_REQUESTS, refusal).into_response();
+        }
+    };
     upgrade
         // Signaling messages are small: an 8 KiB read buffer rather than tungstenite's
         // 128 KiB per connection (larger messages still arrive whole).
         .read_buffer_size(8 * 1024)
         .max_message_size(state.max_frame_bytes)
         .max_frame_size(state.max_frame_bytes)
-        .on_upgrade(move |socket| connection(state, socket))
+        .on_upgrade(move |socket| async move {
+            connection(state, socket).await;
+            drop(slot);
+        })
 }
 
 /// How long a server-initiated close waits for the client's Close.

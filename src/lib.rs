@@ -5,6 +5,7 @@
 mod admin;
 mod api;
 pub mod backends;
+mod connections;
 mod http;
 pub mod loadtest;
 mod recordings_api;
@@ -158,10 +159,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
             ttl_secs: config.auth.token_ttl_secs,
         }),
         max_frame_bytes: limits.max_message_bytes.saturating_mul(4),
+        connections: connections::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
     };
     let router = http::router(Arc::new(state));
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router).await {
+        if let Err(err) = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await {
             tracing::error!(%err, "HTTP server stopped");
         }
     });

@@ -226,3 +226,25 @@ async fn a_connection_that_never_joins_is_closed_at_the_join_timeout_however_oft
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     still_serving(&mut joined).await;
 }
+
+#[tokio::test]
+async fn connections_from_one_address_are_capped_and_a_closed_one_frees_its_place() {
+    let server = TestServer::start(&[("SWITCHBOARD__LIMITS__MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let url = format!("ws://{}/ws", server.http);
+    let refusal = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Some(response.status().as_u16()),
+        _ => None,
+    };
+    let first = server.connect().await;
+    let _second = server.connect().await;
+    assert_eq!(refusal(tokio_tungstenite::connect_async(&url).await.map(|_| ())), Some(429), "the third is refused");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(_) => break,
+            Err(err) => assert!(tokio::time::Instant::now() < deadline, "the place of the closed connection was not freed: {err}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

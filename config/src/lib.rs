@@ -320,6 +320,20 @@ pub struct LimitsConfig {
     pub max_participants_per_room: usize,
     /// Rooms per node.
     pub max_rooms: usize,
+    /// Open signaling connections per node, joined or not.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open signaling connections from one IP address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_max_connections_per_ip() -> usize {
+    1_000
 }
 
 /// Signaling behaviour.
