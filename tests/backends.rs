@@ -643,11 +643,13 @@ async fn objects_in_s3_put_get_multipart_presigned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_in_the_local_folder_put_get_multipart_presigned() {
     let server = TestServer::start_with(Vec::new(), None).await;
-    let secret = server.config.auth.keys[&server.config.auth.signing_key].as_bytes();
+    // The server signs its links with the key it keeps in the database.
+    let pool = database(&server).await;
+    let key = rows(&pool, "SELECT config_value FROM system_configs WHERE config_key = $1", "objects.url_signing_key").await;
     let store = switchboard::backends::objects::local::LocalObjects::new(
         server.dir.path().join("objects"),
         server.node.url.clone(),
-        switchboard::backends::objects::local::UrlSigner::new(secret),
+        switchboard::backends::objects::local::UrlSigner::new(key[0][0].as_bytes()),
     )
     .expect("store");
     exercise_object_store(&store).await;
