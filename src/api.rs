@@ -51,6 +51,8 @@ pub struct AppState {
     pub max_frame_bytes: usize,
     /// The open signaling connections and their caps.
     pub connections: Arc<crate::connections::ConnectionCaps>,
+    /// The web pages that may open a signaling connection.
+    pub origins: crate::origins::OriginPolicy,
 }
 
 /// The query of a signed download link.

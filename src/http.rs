@@ -8,7 +8,7 @@ use crate::api::{AppState, SignedQuery};
 use crate::connections::CapReached;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -147,7 +147,16 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<Token
     }
 }
 
-async fn websocket(State(state): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok());
+    if !state.origins.allows(header(header::ORIGIN), header(header::HOST)) {
+        return (StatusCode::FORBIDDEN, "this page's origin may not open a signaling connection (http.allowed_origins)").into_response();
+    }
     let slot = match state.connections.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(CapReached::Total) => {

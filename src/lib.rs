@@ -8,6 +8,7 @@ pub mod backends;
 mod connections;
 mod http;
 pub mod loadtest;
+mod origins;
 mod recordings_api;
 
 use std::net::SocketAddr;
@@ -160,6 +161,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         }),
         max_frame_bytes: limits.max_message_bytes.saturating_mul(4),
         connections: connections::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
+        origins: origins::OriginPolicy::new(config.mode, &config.http.allowed_origins),
     };
     let router = http::router(Arc::new(state));
     tokio::spawn(async move {

@@ -248,3 +248,26 @@ async fn connections_from_one_address_are_capped_and_a_closed_one_frees_its_plac
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The status of a WebSocket upgrade sent with this `Origin` header: 101 when it connected.
+async fn upgrade_status(server: &TestServer, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/ws", server.http).into_client_request().expect("request");
+    request.headers_mut().insert("Origin", origin.parse().expect("header value"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(err) => panic!("upgrade failed: {err}"),
+    }
+}
+
+#[tokio::test]
+async fn web_pages_of_other_origins_may_not_open_a_signaling_connection() {
+    let embedded = TestServer::start(&[]).await;
+    assert_eq!(upgrade_status(&embedded, "http://evil.example").await, 403, "another site's page");
+    assert_eq!(upgrade_status(&embedded, &format!("http://{}", embedded.http)).await, 101, "the server's own page");
+    assert_eq!(upgrade_status(&embedded, "http://localhost:3000").await, 101, "a page of this machine");
+    let listed = TestServer::start(&[("SWITCHBOARD__HTTP__ALLOWED_ORIGINS", "[https://meet.example.com]")]).await;
+    assert_eq!(upgrade_status(&listed, "https://meet.example.com").await, 101);
+    assert_eq!(upgrade_status(&listed, "http://localhost:3000").await, 403, "the list is all that is allowed");
+}

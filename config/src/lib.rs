@@ -263,6 +263,10 @@ pub struct HttpConfig {
     /// its `/dev/token` hands out tokens to anyone who asks.
     #[serde(default)]
     pub allow_remote_embedded: bool,
+    /// Origins (`scheme://host[:port]`) whose pages may open a signaling WebSocket; empty:
+    /// the server's own pages and this machine's in embedded mode, any page in production.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// The media plane.
