@@ -137,7 +137,7 @@ impl Database {
     /// and links outlive restarts, and never the access tokens' key.
     pub async fn url_signing_key(&self) -> Result<String, sqlx::Error> {
         const KEY: &str = "objects.url_signing_key";
-        let fresh: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        let fresh = crate::backends::objects::local::to_hex(&rand::random::<[u8; 32]>());
         sqlx::query(
             "INSERT INTO system_configs (config_key, config_value, value_type, description, is_public)
              VALUES ($1, $2, 'string', 'HMAC-SHA256 key of signed download URLs, made at first start', FALSE)

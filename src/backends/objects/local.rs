@@ -42,7 +42,7 @@ impl UrlSigner {
 
     /// The hex signature of a download of `key` valid until `expires` (Unix seconds).
     pub fn sign(&self, key: &str, expires: u64) -> String {
-        hmac::sign(&self.key, Self::message(key, expires).as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        to_hex(hmac::sign(&self.key, Self::message(key, expires).as_bytes()).as_ref())
     }
 
     /// Whether `signature` signs a download of `key` until `expires`, and that is not past.
@@ -50,6 +50,11 @@ impl UrlSigner {
         let Some(bytes) = decode_hex(signature) else { return false };
         now <= expires && hmac::verify(&self.key, Self::message(key, expires).as_bytes(), &bytes).is_ok()
     }
+}
+
+/// `bytes` as lowercase hexadecimal.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
