@@ -43,7 +43,12 @@ impl Session {
         let key = derive(crypto, master_key, master_salt, LABEL_ENCRYPTION)?;
         let mut salt = [0; SALT_LEN];
         salt.copy_from_slice(&derive(crypto, master_key, master_salt, LABEL_SALT)?[..SALT_LEN]);
-        let aead = crypto.new_aead(AeadAlgorithm::Aes128Gcm, &key).map_err(crypto_error)?;
+        Self::with_session_keys(crypto, &key, salt)
+    }
+
+    /// A session of this session key and salt (as derived, or as RFC 7714's vectors give them).
+    fn with_session_keys(crypto: &dyn RTCCrypto, key: &[u8; KEY_LEN], salt: [u8; SALT_LEN]) -> Result<Self, SrtpError> {
+        let aead = crypto.new_aead(AeadAlgorithm::Aes128Gcm, key).map_err(crypto_error)?;
         Ok(Self { aead, salt })
     }
 
@@ -297,6 +302,7 @@ fn crypto_error(err: rtc::crypto::CryptoError) -> SrtpError {
 mod tests {
     use bytes::Bytes;
     use rtc::rtp::header::{Extension, Header};
+    use rtc::shared::marshal::Unmarshal;
     use rtc::srtp::context::Context;
     use rtc::srtp::protection_profile::ProtectionProfile;
 
@@ -373,6 +379,47 @@ mod tests {
         assert!(open(&mut ours, &forged).is_err(), "a tampered payload fails authentication");
         assert!(open(&mut ours, &sealed[5].1[..20]).is_err(), "a datagram shorter than its tag");
         assert!(open(&mut ours, &sealed[5].1).is_ok(), "the genuine packet after the forgery");
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    /// RFC 7714 §16.1.1 and §16.1.2: the AEAD_AES_128_GCM vector (session key and salt given
+    /// directly; SSRC 0x5501a0b2, sequence 0xf17b, rollover count 0) seals to the published
+    /// packet and opens back to the clear one; a change to any byte of it is refused.
+    #[test]
+    fn rfc_7714_known_answers() {
+        let provider = rtc::crypto::default_provider().expect("provider");
+        let key: [u8; KEY_LEN] = hex("000102030405060708090a0b0c0d0e0f").try_into().expect("key");
+        let salt: [u8; SALT_LEN] = hex("517569642070726f2071756f").try_into().expect("salt");
+        let session = || Session::with_session_keys(provider.crypto(), &key, salt).expect("session");
+        let clear = hex(
+            "8040f17b8041f8d35501a0b247616c6c696120657374206f6d6e69732064697669736120696e207061727465732074726573",
+        );
+        let sealed = hex(concat!(
+            "8040f17b8041f8d35501a0b2",
+            "f24de3a3fb34de6cacba861c9d7e4bcabe633bd50d294e6f42a5f47a51c7d19b36de3adf8833",
+            "899d7f27beb16a9152cf765ee4390cce",
+        ));
+        assert_eq!(session().nonce(0x5501_a0b2, Index { rollover: 0, sequence: 0xf17b }).to_vec(), hex("51753c6580c2726f20718414"));
+
+        let mut sender = GcmSender { session: session(), sent: Vec::new() };
+        let packet = Packet::unmarshal(&mut &clear[..]).expect("the vector's packet");
+        let mut out = Vec::new();
+        sender.protect(&packet, &mut out).expect("sealed");
+        assert_eq!(out, sealed, "§16.1.1 encryption");
+
+        let mut receiver = GcmReceiver { session: session(), received: Vec::new() };
+        let mut buf = sealed.clone();
+        let opened = receiver.open(&mut buf).expect("§16.1.2 decryption");
+        assert_eq!(&buf[..opened.end], &clear[..]);
+        for at in 0..sealed.len() {
+            let mut forged = sealed.clone();
+            forged[at] ^= 0x80;
+            let mut fresh = GcmReceiver { session: session(), received: Vec::new() };
+            assert!(fresh.open(&mut forged).is_err(), "byte {at} changed");
+        }
     }
 
     /// A late packet within the window is taken once; one beyond it is refused; a bit reused
