@@ -4,6 +4,9 @@
 //!
 //! - `POST /api/rooms/{room}/close` (JSON body, optional: `{"reason": "…"}`)
 //! - `POST /api/rooms/{room}/participants/{identity}/mute`
+//! - `POST /api/rooms/{room}/participants/{identity}/remove` (JSON body, optional:
+//!   `{"reason": "…"}`): the participant gets `removed` and its connection is closed with
+//!   code 4003; its token still admits it (removal does not ban)
 //!
 //! Answers: 200 `{"sessions": n}`; 401 without a valid token; 403 without the grant (both
 //! before the body is read); 400 for a body that does not parse, 413 for one over 4 KiB;
@@ -30,6 +33,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/rooms/{room}/close", post(close_room))
         .route("/api/rooms/{room}/participants/{identity}/mute", post(mute_participant))
+        .route("/api/rooms/{room}/participants/{identity}/remove", post(remove_participant))
 }
 
 /// The identity of an admin of `room`, from the request's bearer token.
@@ -68,9 +72,10 @@ async fn act(
     }
 }
 
+/// The optional body of a close or a removal.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CloseBody {
+struct ReasonBody {
     reason: Option<String>,
 }
 
@@ -79,7 +84,7 @@ async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>
         Ok(admin) => admin,
         Err(refused) => return refused.into_response(),
     };
-    let body: CloseBody = match optional_json(body).await {
+    let body: ReasonBody = match optional_json(body).await {
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };
@@ -98,4 +103,24 @@ async fn mute_participant(
     };
     let resource = format!("{room}/{identity}");
     act(&state, admin, Command::MuteParticipant { meeting_id: room, identity }, "participant", resource, json!({})).await
+}
+
+async fn remove_participant(
+    State(state): State<Arc<AppState>>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let admin = match admin_of(&state, &headers, &room) {
+        Ok(admin) => admin,
+        Err(refused) => return refused.into_response(),
+    };
+    let body: ReasonBody = match optional_json(body).await {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
+    };
+    let resource = format!("{room}/{identity}");
+    let details = json!({ "reason": body.reason });
+    let command = Command::RemoveParticipant { meeting_id: room, identity, reason: body.reason };
+    act(&state, admin, command, "participant", resource, details).await
 }

@@ -53,6 +53,8 @@ pub struct AppState {
     pub connections: Arc<crate::connections::ConnectionCaps>,
     /// The web pages that may open a signaling connection.
     pub origins: crate::origins::OriginPolicy,
+    /// Permits of the downloads served at once (`http.max_concurrent_downloads`).
+    pub downloads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The query of a signed download link.

@@ -12,12 +12,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
-use recorder::objects::{ObjectError, ObjectStore};
+use recorder::objects::ObjectError;
 use serde::Deserialize;
 use signaling::auth::{AuthError, Grants};
 use signaling::session::{run_session, CloseReason, Inbound, Transport};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 /// Outbound frames queued per connection before broadcasts to it are dropped.
 const OUTBOX_CAPACITY: usize = 256;
@@ -55,7 +56,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Serves an object of the local store to a presigned URL.
+/// Serves an object of the local store to a presigned URL, streamed from its file (a range
+/// from where it starts): a download holds a 64 KiB buffer, however large the object. At
+/// most `http.max_concurrent_downloads` are served at once; more get 503.
 async fn object(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(key): axum::extract::Path<String>,
@@ -68,25 +71,57 @@ async fn object(
     if !objects.verify(&key, query.expires, &query.signature) {
         return (StatusCode::FORBIDDEN, "invalid or expired signature").into_response();
     }
-    match objects.get(&key).await {
-        Ok(body) => {
-            let content_type = (header::CONTENT_TYPE, content_type_of(&key));
-            let ranges = (header::ACCEPT_RANGES, "bytes");
-            let len = body.len() as u64;
-            match headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| byte_range(v, len)) {
-                None => ([content_type, ranges], body).into_response(),
-                Some(Some((start, end))) => {
-                    let content_range = format!("bytes {start}-{end}/{len}");
-                    let part = body.slice(start as usize..=end as usize);
-                    (StatusCode::PARTIAL_CONTENT, [content_type, ranges], [(header::CONTENT_RANGE, content_range)], part).into_response()
-                }
-                Some(None) => (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response(),
+    let Ok(permit) = state.downloads.clone().try_acquire_owned() else {
+        let busy = "this node serves its most downloads at once (http.max_concurrent_downloads); retry shortly";
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], busy).into_response();
+    };
+    let (mut file, len) = match objects.open(&key).await {
+        Ok(opened) => opened,
+        Err(ObjectError::NotFound(_)) => return (StatusCode::NOT_FOUND, "no such object").into_response(),
+        Err(err @ ObjectError::InvalidKey(..)) => return (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    };
+    let content_type = (header::CONTENT_TYPE, content_type_of(&key));
+    let ranges = (header::ACCEPT_RANGES, "bytes");
+    match headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| byte_range(v, len)) {
+        None => ([content_type, ranges], file_body(file, len, permit)).into_response(),
+        Some(Some((start, end))) => {
+            use tokio::io::AsyncSeekExt;
+            if let Err(err) = file.seek(std::io::SeekFrom::Start(start)).await {
+                return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response();
             }
+            let content_range = [(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))];
+            let body = file_body(file, end - start + 1, permit);
+            (StatusCode::PARTIAL_CONTENT, [content_type, ranges], content_range, body).into_response()
         }
-        Err(ObjectError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
-        Err(err @ ObjectError::InvalidKey(..)) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
-        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+        Some(None) => (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response(),
     }
+}
+
+/// Bytes read from a download's file per chunk of its body.
+const DOWNLOAD_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// A body of the next `len` bytes of `file`, read a chunk at a time as the client takes
+/// them; the download's permit goes with it, and is given back when the body ends or the
+/// client goes away.
+fn file_body(file: tokio::fs::File, len: u64, permit: OwnedSemaphorePermit) -> axum::body::Body {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold((file, len, permit), |(mut file, left, permit)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut chunk = vec![0; left.min(DOWNLOAD_CHUNK_BYTES) as usize];
+        match file.read(&mut chunk).await {
+            // The file is shorter than it was: the body ends short, which the client sees.
+            Ok(0) => None,
+            Ok(read) => {
+                chunk.truncate(read);
+                Some((Ok(bytes::Bytes::from(chunk)), (file, left - read as u64, permit)))
+            }
+            Err(err) => Some((Err(err), (file, 0, permit))),
+        }
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// The first and last byte of a single-range `Range` header (`bytes=a-b`, `bytes=a-`,
@@ -180,26 +215,48 @@ async fn websocket(
         })
 }
 
-/// How long a server-initiated close waits for the client's Close.
+/// How long a connection lives on once its session is over: time for the server's Close to
+/// be written and the client's to come back.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Feeds the session with the client's frames until the client closes or errs.
-async fn read_frames(stream: &mut futures_util::stream::SplitStream<WebSocket>, inbound: mpsc::Sender<Inbound>) {
+/// Why [`read_frames`] stopped.
+enum ReadEnd {
+    /// The client closed the connection, or it broke.
+    ClientGone,
+    /// The session let go of the connection.
+    SessionGone,
+}
+
+/// Feeds the session with the client's frames until the client closes or the session no
+/// longer takes them.
+async fn read_frames(stream: &mut SplitStream<WebSocket>, inbound: mpsc::Sender<Inbound>) -> ReadEnd {
     while let Some(message) = stream.next().await {
         let message = match message {
             Ok(message) => message,
             Err(err) => {
                 tracing::debug!(%err, "signaling connection ended by a transport error");
-                return;
+                return ReadEnd::ClientGone;
             }
         };
         let frame = match message {
             Message::Text(text) => Inbound::Text(text.to_string()),
             Message::Binary(_) => Inbound::Binary,
-            Message::Close(_) => return,
+            Message::Close(_) => return ReadEnd::ClientGone,
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         if inbound.send(frame).await.is_err() {
+            return ReadEnd::SessionGone;
+        }
+    }
+    ReadEnd::ClientGone
+}
+
+/// Reads and drops what the client still sends until its Close. Leaving its frames unread
+/// would make the kernel answer the socket's close with a reset, and a client that is still
+/// sending (a flood that was just cut off) would then lose the server's Close unread.
+async fn discard_until_close(stream: &mut SplitStream<WebSocket>) {
+    while let Some(Ok(message)) = stream.next().await {
+        if matches!(message, Message::Close(_)) {
             return;
         }
     }
@@ -214,11 +271,11 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
     let (inbound_tx, inbound) = mpsc::channel(64);
     let (outbox, mut outbox_rx) = mpsc::channel::<String>(OUTBOX_CAPACITY);
     let (close, close_rx) = oneshot::channel::<CloseReason>();
-    let (closing_tx, closing_rx) = oneshot::channel::<()>();
+    let (closing_tx, mut closing_rx) = oneshot::channel::<()>();
     tokio::spawn(run_session(state.signaling.clone(), Transport { inbound, outbox, close }));
     // Everything the session queued is written, then the close it asked for, if any. The
     // outbox closes when the session lets go of the connection.
-    tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(text) = outbox_rx.recv().await {
             if sink.send(Message::Text(text.into())).await.is_err() {
                 return;
@@ -229,16 +286,19 @@ async fn connection(state: Arc<AppState>, socket: WebSocket) {
             let _ = closing_tx.send(());
         }
     });
-    tokio::select! {
-        () = read_frames(&mut stream, inbound_tx) => {}
-        // After the server's close, read until the client's (so unread data does not turn
-        // the close into a reset), but not for ever.
-        () = async {
-            match closing_rx.await {
-                Ok(()) => tokio::time::sleep(CLOSE_GRACE).await,
-                Err(_) => std::future::pending().await,
-            }
-        } => {}
+    // Once the session is over, the connection lingers while its Close goes out and the
+    // client's comes back, reading what the client still sends.
+    let linger = tokio::select! {
+        end = read_frames(&mut stream, inbound_tx) => matches!(end, ReadEnd::SessionGone),
+        // The server's Close went out while the client was quiet.
+        sent = &mut closing_rx => sent.is_ok(),
+    };
+    if linger {
+        let _ = tokio::time::timeout(CLOSE_GRACE, discard_until_close(&mut stream)).await;
+    }
+    // The writer ends with the session; a client that stops reading does not keep it.
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_err() {
+        writer.abort();
     }
     state.signaling_metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }

@@ -21,8 +21,9 @@ use sb_config::{Config, Mode};
 use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics, SrtpProfile};
 use signaling::auth::TokenAuthority;
 use signaling::bookkeeping::Bookkeeping;
-use signaling::journal::Journal;
+use signaling::journal::{Journal, JournalLimits};
 use signaling::metrics::SignalingMetrics;
+use recorder::upload::SpoolBudget;
 use signaling::recordings::{Formats, RecordingConfig, RecordingContext, Recordings};
 use signaling::rooms::Rooms;
 use signaling::session::{SessionLimits, SignalingContext};
@@ -110,7 +111,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         room_ttl: Duration::from_secs(config.state.room_ttl_days * 86_400),
         lock_ttl: Duration::from_millis(config.state.lock_ttl_ms),
     };
-    let journal = Journal::start(Arc::new(backends.database.clone()), config.database.queue_capacity, config.database.batch_size);
+    let journal_limits = JournalLimits {
+        queue_capacity: config.database.queue_capacity,
+        queue_max_bytes: config.database.queue_max_bytes,
+        batch_size: config.database.batch_size,
+    };
+    let journal = Journal::start(Arc::new(backends.database.clone()), journal_limits);
     let books =
         Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
     let recording = recording_config(&config);
@@ -162,6 +168,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         max_frame_bytes: limits.max_message_bytes.saturating_mul(4),
         connections: connections::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
         origins: origins::OriginPolicy::new(config.mode, &config.http.allowed_origins),
+        downloads: Arc::new(tokio::sync::Semaphore::new(config.http.max_concurrent_downloads)),
     };
     let router = http::router(Arc::new(state));
     tokio::spawn(async move {
@@ -183,6 +190,7 @@ fn recording_config(config: &Config) -> RecordingConfig {
         max_duration: Duration::from_secs(r.max_duration_secs),
         part_bytes: config.objects.multipart_part_bytes,
         spool_dir: (!r.spool_dir.is_empty()).then(|| r.spool_dir.clone().into()),
+        spool_budget: SpoolBudget::new(r.spool_max_bytes),
         finish_retry: Duration::from_secs(r.finish_retry_secs),
         auto_record: r.auto_record.clone(),
         queue_packets: r.queue_packets,

@@ -550,12 +550,24 @@ async fn a_restarted_redis_is_rebuilt_from_the_nodes_memory_and_media_never_stop
 
 /// A plain HTTP GET of a URL on this machine: status and body.
 async fn http_get(url: &str) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    http_get_with(url, "").await
+}
+
+/// A GET whose request is sent, its response left unread: the connection.
+async fn http_get_unread(url: &str, headers: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connects");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.expect("request sent");
+    stream
+}
+
+/// [`http_get`] with more header lines (each ending in CRLF).
+async fn http_get_with(url: &str, headers: &str) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = http_get_unread(url, headers).await;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("response read");
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("headers end") + 4;
@@ -653,6 +665,68 @@ async fn objects_in_the_local_folder_put_get_multipart_presigned() {
     )
     .expect("store");
     exercise_object_store(&store).await;
+}
+
+/// The peak resident memory of this process since it was last reset, bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("proc status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
+}
+
+/// Downloads of the local store stream from the file: ranges of a 96 MiB object cost the
+/// server next to no memory (it read the whole object for each before), and at most
+/// `http.max_concurrent_downloads` are served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_stream_ranges_from_the_file_and_are_capped() {
+    let server = TestServer::start_with(vec![("SWITCHBOARD__HTTP__MAX_CONCURRENT_DOWNLOADS".into(), "2".into())], None).await;
+    let pool = database(&server).await;
+    let key = rows(&pool, "SELECT config_value FROM system_configs WHERE config_key = $1", "objects.url_signing_key").await;
+    let store = switchboard::backends::objects::local::LocalObjects::new(
+        server.dir.path().join("objects"),
+        server.node.url.clone(),
+        switchboard::backends::objects::local::UrlSigner::new(key[0][0].as_bytes()),
+    )
+    .expect("store");
+    let size = 96 << 20;
+    let pattern = |i: usize| (i % 251) as u8;
+    let object = recorder::objects::keys::recording("dl", "big", "mp4");
+    store.put(&object, (0..size).map(pattern).collect::<Vec<u8>>().into(), "video/mp4").await.expect("put");
+    let url = store.presign_get(&object, Duration::from_secs(60)).await.expect("presign");
+
+    // Resets the peak to what is resident now.
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak RSS");
+    let before = peak_rss();
+    for _ in 0..2 {
+        let first = http_get_with(&url, "Range: bytes=0-0\r\n");
+        let middle = http_get_with(&url, "Range: bytes=50000000-50000009\r\n");
+        let (first, middle) = tokio::join!(first, middle);
+        assert_eq!(first, (206, vec![pattern(0)]));
+        assert_eq!(middle, (206, (50_000_000..50_000_010).map(pattern).collect::<Vec<u8>>()));
+    }
+    let grown = peak_rss().saturating_sub(before);
+    // Reading the object whole for each took at least twice its size; other tests of this
+    // binary running meanwhile take some too.
+    assert!(grown < 64 << 20, "four ranges of a 96 MiB object took {} MiB", grown >> 20);
+    let (status, body) = http_get(&url).await;
+    assert!(status == 200 && body.len() == size && body.iter().enumerate().all(|(i, b)| *b == pattern(i)), "the whole object");
+
+    // Two downloads that the clients stop reading hold both places; a third is refused
+    // until one of them goes.
+    let stalled = [http_get_unread(&url, "").await, http_get_unread(&url, "").await];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = http_get_with(&url, "Range: bytes=0-0\r\n").await;
+    assert_eq!(status, 503, "past http.max_concurrent_downloads");
+    drop(stalled);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = http_get_with(&url, "Range: bytes=0-0\r\n").await;
+        if status == 206 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the places of the gone clients are given back ({status})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -830,7 +904,41 @@ async fn download_links_are_signed_with_a_key_of_their_own_shared_through_the_da
     }
 }
 
+/// Invalid offers cost the database a short refusal each: the offer is recorded only once it
+/// was applied, and the refusal names the fault, not the 50 KB of junk. A valid offer after
+/// them is recorded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_offers_are_not_recorded_and_their_refusals_do_not_echo_them() {
+    let server = TestServer::start_with(Vec::new(), None).await;
+    let (mut alice, _, session) = join(&server, "junk-offers", "alice", &["publish"]).await;
+    let junk = format!("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na={}\r\n", "JUNK".repeat(12 * 1024));
+    for _ in 0..20 {
+        let reply = alice.request(json!({"type": "publish_offer", "sdp": junk})).await;
+        assert_eq!(reply["code"], "invalid_sdp", "{}", &reply.to_string()[..200]);
+        assert!(reply["message"].as_str().is_some_and(|m| m.len() < 120 && !m.contains("JUNK")), "{}", reply["message"]);
+    }
+    rtc_client::publish(&mut alice, &[rtc_client::local_track("alice", "alice-mic", "audio/opus")]).await;
+    journal_drained(&server).await;
+    let pool = database(&server).await;
+    let recorded = rows(
+        &pool,
+        "SELECT CAST(message_type AS TEXT), CAST(LENGTH(CAST(payload AS TEXT)) AS TEXT) FROM signaling_messages WHERE session_id = $1 ORDER BY id",
+        &session,
+    )
+    .await;
+    let kinds: Vec<&str> = recorded.iter().map(|r| r[0].as_str()).collect();
+    let mut expected = vec!["4"];
+    expected.extend(["13"; 20]);
+    expected.extend(["1", "2"]);
+    assert_eq!(kinds, expected, "join, twenty refusals, then the one offer applied and its answer");
+    let refusal_bytes: usize = recorded[1..21].iter().map(|r| r[1].parse::<usize>().expect("length")).sum();
+    assert!(refusal_bytes < 20 * 200, "twenty refusals of 50 KB offers took {refusal_bytes} bytes");
+    let offer_bytes: usize = recorded[21][1].parse().expect("length");
+    assert!(offer_bytes > 500, "the applied offer is recorded whole ({offer_bytes} bytes)");
+}
+
 // ---------------------------------------------------------------------------------------
+// Admin API// ---------------------------------------------------------------------------------------
 // Admin API
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -885,4 +993,46 @@ async fn admins_close_rooms_and_mute_participants_over_http_and_it_is_logged() {
     assert_eq!(logged, [["mute_participant", "participant", "ops-room/alice", "ops"], ["close_room", "room", "ops-room", "ops"]]);
     let removed = rows(&pool, "SELECT CAST(p.status AS TEXT) FROM meeting_participants p WHERE p.meeting_id = $1", "ops-room").await;
     assert_eq!(removed, [["3"]], "Alice was removed, not left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_remove_participants_who_are_told_why_and_it_is_logged() {
+    let server = TestServer::start_with(Vec::new(), None).await;
+    let (mut alice, alice_id, _) = join(&server, "rm-room", "alice", &["publish"]).await;
+    let (mut bob, _, _) = join(&server, "rm-room", "bob", &["subscribe"]).await;
+    let admin = server.token("rm-room", "ops", &["admin"]);
+    let path = "/api/rooms/rm-room/participants/alice/remove";
+    assert_eq!(http_json(server.http, "POST", path, None, "").await.0, 401);
+    assert_eq!(http_json(server.http, "POST", path, Some(&server.token("rm-room", "bob", &["subscribe"])), "").await.0, 403);
+    assert_eq!(http_json(server.http, "POST", "/api/rooms/rm-room/participants/nobody/remove", Some(&admin), "").await.0, 404);
+    assert_eq!(http_json(server.http, "POST", path, Some(&admin), r#"{"reason":"spam","ban":true}"#).await.0, 400, "unknown fields");
+
+    let (status, body) = http_json(server.http, "POST", path, Some(&admin), r#"{"reason":"spam"}"#).await;
+    assert_eq!((status, body), (200, json!({"sessions": 1})));
+    assert_eq!(alice.expect("removed").await["reason"], "spam");
+    assert_eq!(alice.closed().await.as_deref(), Some("removed by an operator"));
+    assert_eq!(bob.expect("participant_left").await["participant_id"], alice_id.as_str());
+    assert_eq!(http_json(server.http, "POST", path, Some(&admin), "").await.0, 404, "alice is gone");
+
+    journal_drained(&server).await;
+    let pool = database(&server).await;
+    let logged = rows(
+        &pool,
+        "SELECT o.operation, o.resource_id, COALESCE(u.username, '-'), CAST(o.details AS TEXT) FROM operation_logs o
+         LEFT JOIN users u ON u.id = o.user_id WHERE o.resource_id LIKE $1 ORDER BY o.id",
+        "rm-room%",
+    )
+    .await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0][..3], ["remove_participant", "rm-room/alice", "ops"]);
+    let details: serde_json::Value = serde_json::from_str(&logged[0][3]).expect("details are JSON");
+    assert_eq!((details["reason"].clone(), details["sessions"].clone()), (json!("spam"), json!(1)));
+    let statuses = rows(
+        &pool,
+        "SELECT u.username, CAST(p.status AS TEXT) FROM meeting_participants p JOIN users u ON u.id = p.user_id
+         WHERE p.meeting_id = $1 ORDER BY u.username",
+        "rm-room",
+    )
+    .await;
+    assert_eq!(statuses, [["alice", "3"], ["bob", "1"]], "Alice removed, Bob still in");
 }

@@ -172,6 +172,47 @@ async fn a_thousand_messages_a_second_are_limited_then_closed_while_others_are_s
     still_serving(&mut bystander).await;
 }
 
+/// A flood at full speed, read while it is sent: its refusals name the requests they answer,
+/// and the close that ends it arrives, however much the client is still sending.
+#[tokio::test]
+async fn a_flood_at_full_speed_reads_its_close_and_the_ids_of_its_refusals() {
+    use futures_util::{SinkExt, StreamExt};
+    let server = TestServer::start(&[]).await;
+    let pad = "x".repeat(2000);
+    for round in 0..8 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.http)).await.expect("ws connects");
+        let (mut write, mut read) = ws.split();
+        let frames: Vec<String> = (0..20_000).map(|i| json!({"type": "ping", "id": i, "pad": pad}).to_string()).collect();
+        let flood = tokio::spawn(async move {
+            for frame in frames {
+                if write.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut limited_ids = Vec::new();
+        let reason = loop {
+            let next = tokio::time::timeout(common::WAIT, read.next()).await.expect("an answer in time");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).expect("JSON");
+                    if message["code"] == "rate_limited" {
+                        limited_ids.push(message["id"].as_u64().expect("the refused request's id"));
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| f.reason.to_string()),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => panic!("round {round}: the connection broke before its close: {err}"),
+                None => panic!("round {round}: the connection ended without a close"),
+            }
+        };
+        flood.abort();
+        assert_eq!(reason.as_deref(), Some("rate limit exceeded repeatedly"), "round {round}");
+        assert!(limited_ids.len() >= 150, "round {round}: {} refusals", limited_ids.len());
+        assert!(limited_ids.windows(2).all(|w| w[0] < w[1]), "round {round}: refusals in the order of the requests");
+    }
+}
+
 #[tokio::test]
 async fn a_dropped_connection_resumes_its_session_with_what_was_missed() {
     let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__RESUME_GRACE_SECS", "5")]).await;

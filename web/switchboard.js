@@ -145,6 +145,9 @@ export class Switchboard {
       case 'room_closed':
         this.#emit('room_closed', message.reason);
         break;
+      case 'removed':
+        this.#emit('removed', message.reason);
+        break;
       case 'ping':
         this.#send({ type: 'pong' });
         break;

@@ -161,6 +161,10 @@ pub struct DatabaseConfig {
     pub max_lifetime_secs: u64,
     /// Records waiting to be written; beyond it new records are shed and counted.
     pub queue_capacity: usize,
+    /// Bytes those records may weigh (their JSON payloads and a fixed part each); beyond it
+    /// new records are shed and counted.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: u64,
     /// Records written per transaction.
     pub batch_size: usize,
 }
@@ -242,6 +246,10 @@ pub struct RecordingConfig {
     pub max_duration_secs: u64,
     /// Folder where uploads wait while the object store is unreachable.
     pub spool_dir: String,
+    /// Bytes the node's recordings may hold for an unreachable store (spooled, or in memory
+    /// without a spool folder); a recording that would pass it fails.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
     /// How long a finished recording's last uploads are retried while the store is away,
     /// seconds.
     pub finish_retry_secs: u64,
@@ -267,6 +275,21 @@ pub struct HttpConfig {
     /// the server's own pages and this machine's in embedded mode, any page in production.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Downloads of the local object store (`/objects/…`) served at once; more get 503.
+    #[serde(default = "default_max_concurrent_downloads")]
+    pub max_concurrent_downloads: usize,
+}
+
+fn default_max_concurrent_downloads() -> usize {
+    64
+}
+
+fn default_queue_max_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_spool_max_bytes() -> u64 {
+    2 << 30
 }
 
 /// The media plane.
@@ -391,6 +414,9 @@ impl Config {
         if !["mp4", "hls", "mp4+hls"].contains(&self.recording.default_format.as_str()) {
             return bad("recording.default_format", "must be mp4, hls or mp4+hls");
         }
+        if self.http.max_concurrent_downloads == 0 {
+            return bad("http.max_concurrent_downloads", "must be positive");
+        }
         if self.recording.segment_secs == 0 || self.recording.queue_packets == 0 {
             return bad("recording", "segment_secs and queue_packets must be positive");
         }
@@ -430,8 +456,8 @@ impl Config {
         if self.state.room_ttl_days == 0 || self.state.lock_ttl_ms == 0 {
             return bad("state.lock_ttl_ms", "room and lock lifetimes must be positive");
         }
-        if self.database.queue_capacity == 0 || self.database.batch_size == 0 || self.database.max_open == 0 {
-            return bad("database.queue_capacity", "queue capacity, batch size and max_open must be positive");
+        if self.database.queue_capacity == 0 || self.database.queue_max_bytes == 0 || self.database.batch_size == 0 || self.database.max_open == 0 {
+            return bad("database.queue_capacity", "queue capacity and bytes, batch size and max_open must be positive");
         }
         if self.events.task_attempts == 0 || self.events.topic_prefix.is_empty() {
             return bad("events.task_attempts", "at least one attempt and a non-empty topic prefix are needed");

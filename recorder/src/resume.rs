@@ -26,7 +26,9 @@ pub struct Manifest {
     pub recording_id: String,
     /// The recorded participant.
     pub participant_id: String,
-    /// The MP4's multipart upload id (no MP4: `None`).
+    /// An MP4 is written.
+    pub mp4: bool,
+    /// The MP4's multipart upload id, once made (with its first part).
     pub upload_id: Option<String>,
     /// HLS written.
     pub hls: bool,
@@ -37,10 +39,11 @@ pub struct Manifest {
 impl Manifest {
     fn render(&self) -> String {
         format!(
-            "meeting_id={}\nrecording_id={}\nparticipant_id={}\nupload_id={}\nhls={}\nduration_micros={}\n",
+            "meeting_id={}\nrecording_id={}\nparticipant_id={}\nmp4={}\nupload_id={}\nhls={}\nduration_micros={}\n",
             self.meeting_id,
             self.recording_id,
             self.participant_id,
+            self.mp4,
             self.upload_id.as_deref().unwrap_or(""),
             self.hls,
             self.duration_micros
@@ -49,11 +52,14 @@ impl Manifest {
 
     fn parse(text: &str) -> Option<Self> {
         let field = |name: &str| text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned);
+        let upload_id = field("upload_id").filter(|id| !id.is_empty());
         Some(Self {
             meeting_id: field("meeting_id")?,
             recording_id: field("recording_id")?,
             participant_id: field("participant_id")?,
-            upload_id: field("upload_id").filter(|id| !id.is_empty()),
+            // Manifests written before the field made the upload at the start.
+            mp4: field("mp4").map_or(upload_id.is_some(), |mp4| mp4 == "true"),
+            upload_id,
             hls: field("hls")? == "true",
             duration_micros: field("duration_micros")?.parse().ok()?,
         })
@@ -110,6 +116,14 @@ impl CrashRecord {
             tokio::fs::rename(&fresh, &self.pending_path).await
         };
         if let Err(err) = trimmed.await {
+            warn!(recording = %self.manifest.recording_id, %err, "crash record not updated");
+        }
+    }
+
+    /// The MP4's multipart upload was made.
+    pub(crate) async fn upload_started(&mut self, upload_id: &str) {
+        self.manifest.upload_id = Some(upload_id.to_owned());
+        if let Err(err) = self.write_manifest().await {
             warn!(recording = %self.manifest.recording_id, %err, "crash record not updated");
         }
     }
@@ -176,14 +190,22 @@ pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> Vec<Result<Recovere
 async fn finish(store: &dyn ObjectStore, dir: &Path, manifest: &Manifest) -> Result<u64, ObjectError> {
     let (_, pending_path) = paths(dir, &manifest.recording_id);
     let mut mp4_bytes = 0;
-    if let Some(id) = &manifest.upload_id {
-        let key = keys::recording(&manifest.meeting_id, &manifest.recording_id, "mp4");
-        let mut upload = store.resume_upload(&key, id).await?;
-        let pending = tokio::fs::read(&pending_path).await.unwrap_or_default();
-        if !pending.is_empty() {
-            upload.put_part(Bytes::from(pending)).await?;
+    let key = keys::recording(&manifest.meeting_id, &manifest.recording_id, "mp4");
+    let pending = tokio::fs::read(&pending_path).await.unwrap_or_default();
+    match &manifest.upload_id {
+        Some(id) => {
+            let mut upload = store.resume_upload(&key, id).await?;
+            if !pending.is_empty() {
+                upload.put_part(Bytes::from(pending)).await?;
+            }
+            mp4_bytes = upload.complete().await?;
         }
-        mp4_bytes = upload.complete().await?;
+        // No part reached the store: the pending bytes are the whole file.
+        None if manifest.mp4 && !pending.is_empty() => {
+            mp4_bytes = pending.len() as u64;
+            store.put(&key, Bytes::from(pending), "video/mp4").await?;
+        }
+        None => {}
     }
     if manifest.hls {
         let key = keys::recording_part(&manifest.meeting_id, &manifest.recording_id, "index.m3u8");

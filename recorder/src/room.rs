@@ -22,7 +22,7 @@ use crate::assembler::Codec;
 use crate::jitter::RtpPacket;
 use crate::objects::ObjectStore;
 use crate::recording::{Output, Recording, RecordingSettings};
-use crate::upload::{UploadSummary, UploadTarget, Uploader};
+use crate::upload::{SpoolBudget, UploadError, UploadSummary, UploadTarget, Uploader};
 
 /// How a room is recorded.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct RoomRecorderSettings {
     pub part_bytes: usize,
     /// Folder for what waits while the object store is unreachable.
     pub spool_dir: Option<std::path::PathBuf>,
+    /// The bound on what the node's recordings hold for the store.
+    pub spool_budget: Arc<SpoolBudget>,
     /// Longest recording of one participant.
     pub max_duration: Duration,
     /// How long after a participant's first track its recording starts (its other tracks
@@ -375,6 +377,7 @@ impl RoomTask {
             part_bytes: self.settings.part_bytes,
             segment_secs: self.settings.recording.segment_target.as_secs().max(1),
             spool_dir: self.settings.spool_dir.clone(),
+            budget: self.settings.spool_budget.clone(),
         };
         let (uploads, jobs) = mpsc::unbounded_channel();
         let active =
@@ -447,7 +450,8 @@ fn drain(tap: &RoomTap, active: &mut Active) {
 }
 
 /// One recording's uploads: objects as they come, then the finish once the recording's
-/// queue closes. The store being away is waited out (what waits spools to disk).
+/// queue closes. The store being away is waited out (what waits spools to disk), up to the
+/// node's spool budget: past it the recording fails, and its queue is dropped.
 async fn upload(
     store: Arc<dyn ObjectStore>,
     target: UploadTarget,
@@ -457,21 +461,7 @@ async fn upload(
     finish_retry: Duration,
 ) {
     const RETRY: Duration = Duration::from_secs(1);
-    let mut give_up: Option<Instant> = None;
-    let mut uploader = loop {
-        match Uploader::start(store.clone(), target.clone()).await {
-            Ok(uploader) => break uploader,
-            Err(err) => {
-                // Retried while the recording runs, and for `finish_retry` after it ended.
-                if jobs.is_closed() && *give_up.get_or_insert(Instant::now() + finish_retry) <= Instant::now() {
-                    warn!(recording = %info.recording_id, %err, "the recording's uploads never started");
-                    return observer.failed(&info, &err.to_string());
-                }
-                debug!(recording = %info.recording_id, %err, "cannot start the recording's uploads; retrying");
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    };
+    let mut uploader = Uploader::start(store, target).await;
     let mut failure = None;
     while let Some(job) = jobs.recv().await {
         match job {
@@ -480,11 +470,11 @@ async fn upload(
                 uploader.note(&format!("error: {error}"));
                 failure = Some(error);
             }
-            Upload::Output(output) => {
-                if let Err(err) = uploader.handle(&output).await {
-                    debug!(recording = %info.recording_id, %err, backlog = uploader.backlog(), "upload waits for the store");
-                }
-            }
+            Upload::Output(output) => match uploader.handle(&output).await {
+                Ok(()) => {}
+                Err(err @ UploadError::SpoolFull(_)) => return give_up(uploader, &info, observer.as_ref(), &err).await,
+                Err(err) => debug!(recording = %info.recording_id, %err, backlog = uploader.backlog(), "upload waits for the store"),
+            },
         }
     }
     let deadline = Instant::now() + finish_retry;
@@ -497,6 +487,7 @@ async fn upload(
                     None => observer.finished(&info, &summary),
                 };
             }
+            Err(err @ UploadError::SpoolFull(_)) => return give_up(uploader, &info, observer.as_ref(), &err).await,
             Err(err) if Instant::now() < deadline => {
                 debug!(recording = %info.recording_id, %err, "finishing waits for the store");
                 tokio::time::sleep(RETRY).await;
@@ -507,4 +498,11 @@ async fn upload(
             }
         }
     }
+}
+
+/// Fails a recording whose uploads cannot go on: what waits for the store is dropped.
+async fn give_up(uploader: Uploader, info: &RecordingInfo, observer: &dyn RecordingObserver, err: &UploadError) {
+    warn!(recording = %info.recording_id, %err, "recording failed");
+    uploader.abandon().await;
+    observer.failed(info, &err.to_string());
 }

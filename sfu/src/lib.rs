@@ -114,6 +114,33 @@ pub enum SfuError {
     },
 }
 
+/// The name of an error's kind, as its `Debug` text begins (an enum variant's name), without
+/// what the error carries: refusals sent to clients and recorded name the fault this way,
+/// since the carried text can be the client's own input.
+pub(crate) fn fault_kind(err: &dyn std::fmt::Debug) -> String {
+    /// Takes the leading identifier of what is written to it, at most 48 characters.
+    struct Identifier(String);
+    impl std::fmt::Write for Identifier {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            for c in text.chars() {
+                if !(c.is_ascii_alphanumeric() || c == '_') || self.0.len() >= 48 {
+                    return Err(std::fmt::Error);
+                }
+                self.0.push(c);
+            }
+            Ok(())
+        }
+    }
+    let mut name = Identifier(String::new());
+    // Writing stops with an error at the first character past the identifier.
+    let _ = std::fmt::write(&mut name, format_args!("{err:?}"));
+    if name.0.is_empty() {
+        "unnamed".into()
+    } else {
+        name.0
+    }
+}
+
 /// What a participant may do with media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MediaGrants {

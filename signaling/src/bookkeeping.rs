@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::events::{Event, EventKind, EventSink, EVENT_SCHEMA_VERSION};
 use crate::journal::{
-    DeliveryStatus, Journal, MessageType, ParticipantStatus, Record, RoomStatus, SessionStatus, StreamStatus, StreamType,
+    bounded_payload, DeliveryStatus, Journal, MessageType, ParticipantStatus, Record, RoomStatus, SessionStatus, StreamStatus, StreamType,
 };
 use crate::stamps::{new_id, unix_ms};
 use crate::state::{SessionState, StateKeeper};
@@ -156,7 +156,7 @@ impl Bookkeeping {
             to: to.map(str::to_owned),
             meeting_id: seat.meeting_id.clone(),
             message_type,
-            payload,
+            payload: bounded_payload(payload),
             status,
             at_ms: unix_ms(),
         });

@@ -6,9 +6,10 @@
 //! gathers what arrives within [`GROUP_COMMIT_WINDOW`] of its first record (group commit):
 //! a burst of joins costs the database a few commits instead of one per record. While the
 //! database is unreachable the writer keeps its batch and retries, the queue fills, and past
-//! its bound new records are shed and counted; nothing on the signaling or media path ever
-//! waits for the database. A record the database rejects is logged and skipped, not retried
-//! forever.
+//! its bounds (in records and in bytes) new records are shed and counted; nothing on the
+//! signaling or media path ever waits for the database. A record the database rejects is
+//! logged and skipped, not retried forever. A message's payload is kept to
+//! [`MAX_RECORDED_PAYLOAD_BYTES`] ([`bounded_payload`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -333,6 +334,8 @@ pub struct JournalMetrics {
     pub failed_writes: AtomicU64,
     /// Records queued, not yet written.
     pub queued: AtomicU64,
+    /// Their weight ([`Record::weight`]), bytes.
+    pub queued_bytes: AtomicU64,
 }
 
 impl JournalMetrics {
@@ -345,6 +348,7 @@ impl JournalMetrics {
             ("switchboard_db_records_rejected_total", "counter", "Records the database rejected.", &self.rejected),
             ("switchboard_db_failed_writes_total", "counter", "Write attempts that found the database unreachable.", &self.failed_writes),
             ("switchboard_db_records_queued", "gauge", "Records waiting to be written.", &self.queued),
+            ("switchboard_db_records_queued_bytes", "gauge", "Bytes of the records waiting to be written.", &self.queued_bytes),
         ];
         for (name, kind, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
@@ -352,10 +356,77 @@ impl JournalMetrics {
     }
 }
 
+/// The largest message payload recorded as is, as JSON text. A longer one (a large SDP) is
+/// recorded as its beginning and its length ([`bounded_payload`]).
+pub const MAX_RECORDED_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// What a record weighs in the queue besides its JSON: its ids, names and bookkeeping.
+const RECORD_BASE_BYTES: usize = 256;
+
+/// `payload` if its JSON text is at most [`MAX_RECORDED_PAYLOAD_BYTES`]; otherwise
+/// `{"truncated": true, "bytes": <its length>, "head": "<the start of its text>"}`, which
+/// fits the limit.
+pub fn bounded_payload(payload: Value) -> Value {
+    let bytes = json_len(&payload);
+    if bytes <= MAX_RECORDED_PAYLOAD_BYTES {
+        return payload;
+    }
+    let text = payload.to_string();
+    // Quoting the head can double it (every quote and backslash gains a backslash).
+    let mut end = MAX_RECORDED_PAYLOAD_BYTES / 2 - 64;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    serde_json::json!({ "truncated": true, "bytes": bytes, "head": &text[..end] })
+}
+
+/// The length of `value`'s JSON text, without writing it anywhere.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+impl Record {
+    /// What the record weighs in the queue, bytes: a fixed part plus its JSON.
+    pub fn weight(&self) -> usize {
+        RECORD_BASE_BYTES
+            + match self {
+                Self::Message { payload, .. } => json_len(payload),
+                Self::AiTask { input, .. } => json_len(input),
+                Self::Operation { details, .. } => json_len(details),
+                _ => 0,
+            }
+    }
+}
+
+/// The bounds of the journal's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalLimits {
+    /// Records waiting to be written, at most.
+    pub queue_capacity: usize,
+    /// Their weight ([`Record::weight`]), at most, bytes.
+    pub queue_max_bytes: u64,
+    /// Records written per transaction, at most.
+    pub batch_size: usize,
+}
+
 /// The queue in front of the database writer; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     queue: mpsc::Sender<Record>,
+    max_bytes: u64,
     metrics: Arc<JournalMetrics>,
     shedding: Arc<AtomicBool>,
 }
@@ -373,21 +444,26 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Journal {
     /// Starts the writer task over `log`; needs a Tokio runtime.
-    pub fn start(log: Arc<dyn SignalingLog>, capacity: usize, batch_size: usize) -> Self {
-        let (queue, receiver) = mpsc::channel(capacity.max(1));
+    pub fn start(log: Arc<dyn SignalingLog>, limits: JournalLimits) -> Self {
+        let (queue, receiver) = mpsc::channel(limits.queue_capacity.max(1));
         let metrics = Arc::new(JournalMetrics::default());
-        tokio::spawn(write_loop(log, receiver, batch_size.max(1), metrics.clone()));
-        Self { queue, metrics, shedding: Arc::new(AtomicBool::new(false)) }
+        tokio::spawn(write_loop(log, receiver, limits.batch_size.max(1), metrics.clone()));
+        Self { queue, max_bytes: limits.queue_max_bytes, metrics, shedding: Arc::new(AtomicBool::new(false)) }
     }
 
-    /// Queues a record; never waits. A full queue sheds the record and counts it.
+    /// Queues a record; never waits. A queue full in records or in bytes sheds the record and
+    /// counts it.
     pub fn record(&self, record: Record) {
-        match self.queue.try_send(record) {
-            Ok(()) => {
+        let weight = record.weight() as u64;
+        let bytes = &self.metrics.queued_bytes;
+        let fits = bytes.fetch_add(weight, Ordering::Relaxed) + weight <= self.max_bytes;
+        match fits.then(|| self.queue.try_send(record)) {
+            Some(Ok(())) => {
                 self.metrics.queued.fetch_add(1, Ordering::Relaxed);
                 self.shedding.store(false, Ordering::Relaxed);
             }
-            Err(_) => {
+            Some(Err(_)) | None => {
+                bytes.fetch_sub(weight, Ordering::Relaxed);
                 self.metrics.shed.fetch_add(1, Ordering::Relaxed);
                 if !self.shedding.swap(true, Ordering::Relaxed) {
                     error!("persistence queue full: shedding records until the database catches up");
@@ -428,6 +504,8 @@ async fn write_loop(log: Arc<dyn SignalingLog>, mut receiver: mpsc::Receiver<Rec
         }
         write_batch(log.as_ref(), &batch, &metrics).await;
         metrics.queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        let weight: usize = batch.iter().map(Record::weight).sum();
+        metrics.queued_bytes.fetch_sub(weight as u64, Ordering::Relaxed);
         batch.clear();
     }
 }
@@ -520,6 +598,10 @@ mod tests {
         }
     }
 
+    fn limits(queue_capacity: usize, queue_max_bytes: u64, batch_size: usize) -> JournalLimits {
+        JournalLimits { queue_capacity, queue_max_bytes, batch_size }
+    }
+
     fn ping(id: &str, at_ms: u64) -> Record {
         Record::SessionPing { session_id: id.into(), at_ms }
     }
@@ -527,7 +609,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn holds_records_through_an_outage_skips_rejected_ones_and_sheds_past_capacity() {
         let log = Arc::new(FlakyLog { outage: Mutex::new(3), written: Mutex::new(Vec::new()) });
-        let journal = Journal::start(log.clone(), 4, 2);
+        let journal = Journal::start(log.clone(), limits(4, u64::MAX, 2));
         for at in 0..4 {
             journal.record(ping("ok", at));
         }
@@ -562,7 +644,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn records_arriving_within_the_window_share_one_commit() {
         let log = Arc::new(BatchSizes::default());
-        let journal = Journal::start(log.clone(), 100, 4);
+        let journal = Journal::start(log.clone(), limits(100, u64::MAX, 4));
         // Six records 5 ms apart, then one after a pause: the first four fill a batch, the
         // next two wait for the window to close, the last comes too late for them.
         for at in 0..6 {
@@ -573,5 +655,61 @@ mod tests {
         journal.record(ping("ok", 6));
         assert!(journal.drained(Duration::from_secs(1)).await);
         assert_eq!(*log.0.lock().unwrap(), vec![4, 2, 1]);
+    }
+    fn message(payload: Value) -> Record {
+        Record::Message {
+            message_id: "m".into(),
+            session_id: "s".into(),
+            from: None,
+            to: None,
+            meeting_id: "r".into(),
+            message_type: MessageType::Offer,
+            payload,
+            status: DeliveryStatus::Delivered,
+            at_ms: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_in_records() {
+        // Down for ever: nothing leaves the queue.
+        let log = Arc::new(FlakyLog { outage: Mutex::new(u32::MAX), written: Mutex::new(Vec::new()) });
+        let big = serde_json::json!({ "sdp": "v".repeat(MAX_RECORDED_PAYLOAD_BYTES - 100) });
+        let weight = message(big.clone()).weight() as u64;
+        let journal = Journal::start(log, limits(1000, 3 * weight, 1));
+        for _ in 0..5 {
+            journal.record(message(big.clone()));
+        }
+        let m = journal.metrics();
+        assert_eq!((m.queued.load(Ordering::Relaxed), m.shed.load(Ordering::Relaxed)), (3, 2), "three fit in the bytes");
+        assert_eq!(m.queued_bytes.load(Ordering::Relaxed), 3 * weight);
+        // Far from the bound in records, but not a byte left for even the smallest.
+        journal.record(ping("ok", 1));
+        assert_eq!(m.shed.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn written_records_give_their_bytes_back() {
+        let log = Arc::new(BatchSizes::default());
+        let journal = Journal::start(log, limits(100, 1 << 20, 10));
+        journal.record(message(serde_json::json!({ "text": "hello" })));
+        journal.record(ping("ok", 1));
+        assert!(journal.metrics().queued_bytes.load(Ordering::Relaxed) > 2 * RECORD_BASE_BYTES as u64);
+        assert!(journal.drained(Duration::from_secs(1)).await);
+        assert_eq!(journal.metrics().queued_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn payloads_past_the_limit_are_kept_as_their_head_and_length() {
+        let small = serde_json::json!({ "target": "publisher", "sdp": "v=0" });
+        assert_eq!(bounded_payload(small.clone()), small);
+        // Multi-byte characters across the cut.
+        let large = serde_json::json!({ "sdp": "é".repeat(MAX_RECORDED_PAYLOAD_BYTES) });
+        let bytes = large.to_string().len();
+        let kept = bounded_payload(large);
+        assert_eq!((kept["truncated"].clone(), kept["bytes"].clone()), (Value::from(true), Value::from(bytes)));
+        let head = kept["head"].as_str().expect("head");
+        assert!(head.starts_with(r#"{"sdp":"ééé"#), "{}", &head[..20]);
+        assert!(kept.to_string().len() <= MAX_RECORDED_PAYLOAD_BYTES, "the record fits the limit");
     }
 }

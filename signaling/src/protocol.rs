@@ -223,9 +223,9 @@ impl ClientMessage {
             None => return Err(fail(ErrorCode::InvalidMessage, "missing field `type`".into())),
         };
         if !CLIENT_TYPES.contains(&kind) {
-            return Err(fail(ErrorCode::UnknownType, format!("unknown message type `{kind}`")));
+            return Err(fail(ErrorCode::UnknownType, format!("unknown message type (one of {})", CLIENT_TYPES.join(", "))));
         }
-        serde_json::from_value(value).map_err(|e| fail(ErrorCode::InvalidMessage, e.to_string()))
+        serde_json::from_value(value).map_err(|e| fail(ErrorCode::InvalidMessage, without_input(e.to_string())))
     }
 
     /// The message's `type`.
@@ -263,6 +263,39 @@ impl ClientMessage {
             | Self::Pong { id } => id.clone(),
         }
     }
+}
+
+/// A message's field error as serde words it, less the client's own text: serde quotes the
+/// offending value ("invalid type: string \"…\", expected a boolean", "unknown variant
+/// `…`"), which is the client's input and could be 60 KB of it. What was expected, and the
+/// names of missing fields, are the protocol's.
+fn without_input(message: String) -> String {
+    if let Some((_, expected)) = message.split_once(", expected ") {
+        return format!("a field has the wrong type or value: expected {expected}");
+    }
+    if message.starts_with("missing field") || message.starts_with("duplicate field") {
+        return message;
+    }
+    "the message's fields do not match its type".into()
+}
+
+/// Frames longer than this are not read for their `id` when they are refused unread.
+pub const REQUEST_ID_SCAN_BYTES: usize = 4 * 1024;
+
+/// The `id` of a request that is refused without being parsed (a rate-limited one), so that
+/// the client can tell which request the refusal answers; `None` when the frame is longer
+/// than [`REQUEST_ID_SCAN_BYTES`] (reading it would cost what the limit saves) or is not a
+/// JSON object.
+pub fn request_id(text: &str) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Option<Value>,
+    }
+    if text.len() > REQUEST_ID_SCAN_BYTES {
+        return None;
+    }
+    serde_json::from_str::<IdOnly>(text).ok()?.id
 }
 
 /// A participant as the room sees it.
@@ -429,6 +462,12 @@ pub enum ServerMessage {
         /// Why.
         reason: String,
     },
+    /// An operator removed this participant from the room; the connection closes next
+    /// (code 4003). The token still admits it: removal does not ban.
+    Removed {
+        /// Why.
+        reason: String,
+    },
     /// A request failed.
     Error {
         /// The request id, when known.
@@ -455,6 +494,7 @@ impl ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parse_tells_errors_apart() {
@@ -467,6 +507,35 @@ mod tests {
         assert!(missing.message.contains("token"), "{}", missing.message);
         assert_eq!(ClientMessage::parse(r#"{"id":1}"#).unwrap_err().code, ErrorCode::InvalidMessage);
         assert!(matches!(ClientMessage::parse(r#"{"type":"ping","id":"a"}"#), Ok(ClientMessage::Ping { .. })));
+    }
+
+    #[test]
+    fn errors_never_quote_the_input() {
+        let marker = "JUNK".repeat(1000);
+        let frames = [
+            json!({"type": marker}),
+            json!({"type": "mute", "track_id": "a", "muted": marker}),
+            json!({"type": "trickle", "target": marker, "candidate": "c"}),
+            json!({"type": "join", "token": 7, "extra": marker}),
+            json!({"type": "chat", "text": {"nested": marker}}),
+        ];
+        for frame in frames {
+            let err = ClientMessage::parse(&frame.to_string()).unwrap_err();
+            assert!(!err.message.contains("JUNK") && err.message.len() < 200, "{}", &err.message[..err.message.len().min(200)]);
+        }
+        let err = ClientMessage::parse(r#"{"type":"mute","track_id":"a","muted":"yes"}"#).unwrap_err();
+        assert_eq!(err.message, "a field has the wrong type or value: expected a boolean");
+    }
+
+    #[test]
+    fn request_ids_are_read_from_short_objects_only() {
+        assert_eq!(request_id(r#"{"type":"ping","id":7}"#), Some(Value::from(7)));
+        assert_eq!(request_id(r#"{"id":"a","type":"anything"}"#), Some(Value::from("a")));
+        assert_eq!(request_id(r#"{"type":"ping"}"#), None);
+        assert_eq!(request_id("[1,2]"), None);
+        assert_eq!(request_id("{nope"), None);
+        let long = format!(r#"{{"id":1,"pad":"{}"}}"#, "x".repeat(REQUEST_ID_SCAN_BYTES));
+        assert_eq!(request_id(&long), None);
     }
 
     #[test]

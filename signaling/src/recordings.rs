@@ -14,7 +14,7 @@ use std::time::Duration;
 use recorder::objects::{keys, ObjectStore};
 use recorder::recording::RecordingSettings;
 use recorder::room::{RecordingInfo, RecordingObserver, RoomRecorder, RoomRecorderSettings};
-use recorder::upload::UploadSummary;
+use recorder::upload::{SpoolBudget, UploadSummary};
 use serde_json::json;
 use sfu::{ParticipantId, RoomId, Sfu, SfuError};
 use tracing::{info, warn};
@@ -69,6 +69,8 @@ pub struct RecordingConfig {
     pub part_bytes: usize,
     /// Folder for uploads waiting for an unreachable object store.
     pub spool_dir: Option<std::path::PathBuf>,
+    /// The bound on what the node's recordings hold for the store (one for all).
+    pub spool_budget: Arc<SpoolBudget>,
     /// How long a finished recording's uploads are retried while the store is away.
     pub finish_retry: Duration,
     /// Rooms recorded as soon as they open (`*`: every room).
@@ -84,16 +86,16 @@ pub enum RecordingError {
     #[error("room `{0}` is not open on this node")]
     NoSuchRoom(String),
     /// The named participant is not in the room.
-    #[error("`{0}` is not in the room")]
+    #[error("the participant named is not in the room")]
     NoSuchParticipant(String),
     /// The room is already being recorded.
     #[error("room `{0}` is already being recorded")]
     AlreadyRecording(String),
     /// Nothing to stop.
-    #[error("no recording `{0}` is running in this room")]
+    #[error("no recording of that id is running in this room")]
     NotRecording(String),
     /// The format is not `mp4`, `hls` or `mp4+hls`.
-    #[error("unknown format `{0}` (mp4, hls or mp4+hls)")]
+    #[error("unknown format (mp4, hls or mp4+hls)")]
     BadFormat(String),
     /// The media plane refused the tap.
     #[error("media plane: {0}")]
@@ -194,6 +196,7 @@ impl Recordings {
             recording: RecordingSettings { segment_target: self.config.segment, ..RecordingSettings::default() },
             part_bytes: self.config.part_bytes,
             spool_dir: self.config.spool_dir.clone(),
+            spool_budget: self.config.spool_budget.clone(),
             max_duration: self.config.max_duration,
             settle: SETTLE,
             finish_retry: self.config.finish_retry,

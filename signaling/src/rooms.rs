@@ -27,6 +27,11 @@ pub enum Control {
     },
     /// Mute every track the participant publishes.
     MuteTracks,
+    /// Tell the participant it was removed, then end its session.
+    Remove {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A session's control channel.

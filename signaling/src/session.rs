@@ -16,7 +16,7 @@ use crate::auth::{AuthError, Grants, TokenAuthority};
 use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
 use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
-use crate::protocol::{ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
+use crate::protocol::{request_id, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
 use crate::rate::TokenBucket;
 use crate::recordings::{RecordingContext, RecordingError, Recordings};
 use crate::rooms::{AdmitError, Control, Outbox, Rooms};
@@ -434,7 +434,11 @@ impl Session {
             if self.violations > self.ctx.limits.abuse_threshold {
                 return Step::Close(CloseReason { code: 1008, reason: "rate limit exceeded repeatedly".into() });
             }
-            self.reject(None, ErrorCode::RateLimited, "too many messages; slow down").await;
+            let id = match &frame {
+                Inbound::Text(text) => request_id(text),
+                Inbound::Binary => None,
+            };
+            self.reject(id, ErrorCode::RateLimited, "too many messages; slow down").await;
             return Step::Continue;
         }
         let text = match frame {
@@ -615,12 +619,14 @@ impl Session {
             return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant publish")).await;
         }
         self.set_status(SessionStatus::Offering);
-        self.note(MessageType::Offer, true, serde_json::json!({ "target": "publisher", "sdp": sdp }));
-        match joined.media.publisher_offer(sdp).await {
-            Ok(sdp) => {
-                self.note(MessageType::Answer, false, serde_json::json!({ "target": "publisher", "sdp": sdp }));
+        // Recorded once applied: a refused offer is the client's junk, and its refusal is
+        // recorded instead.
+        match joined.media.publisher_offer(sdp.clone()).await {
+            Ok(answer) => {
+                self.note(MessageType::Offer, true, serde_json::json!({ "target": "publisher", "sdp": sdp }));
+                self.note(MessageType::Answer, false, serde_json::json!({ "target": "publisher", "sdp": answer }));
                 self.set_status(SessionStatus::Stable);
-                self.send(ServerMessage::PublishAnswer { id, sdp }).await;
+                self.send(ServerMessage::PublishAnswer { id, sdp: answer }).await;
             }
             Err(err) => self.send(ServerMessage::error(id, sfu_error_code(&err), err.to_string())).await,
         }
@@ -628,9 +634,9 @@ impl Session {
 
     async fn subscribe_answer(&mut self, id: Option<Value>, sdp: String) {
         let Some(media) = self.media() else { return };
-        self.note(MessageType::Answer, true, serde_json::json!({ "target": "subscriber", "sdp": sdp }));
-        let result = media.subscriber_answer(sdp).await;
+        let result = media.subscriber_answer(sdp.clone()).await;
         if result.is_ok() {
+            self.note(MessageType::Answer, true, serde_json::json!({ "target": "subscriber", "sdp": sdp }));
             self.set_status(SessionStatus::Stable);
         }
         self.reply(id, result.map(|()| None)).await;
@@ -639,7 +645,7 @@ impl Session {
     async fn mute(&mut self, id: Option<Value>, track_id: String, muted: bool) {
         let Some(joined) = self.joined.as_ref() else { return };
         if !joined.own_tracks.contains_key(&track_id) {
-            return self.send(ServerMessage::error(id, ErrorCode::UnknownTrack, format!("`{track_id}` is not a track you publish"))).await;
+            return self.send(ServerMessage::error(id, ErrorCode::UnknownTrack, "the track named is not one you publish")).await;
         }
         self.set_track_muted(&track_id, muted, true);
         self.send(ServerMessage::Ack { id, message_id: None }).await;
@@ -761,6 +767,13 @@ impl Session {
                 }
                 self.send(ServerMessage::RoomClosed { reason }).await;
                 Step::Close(CloseReason { code: 4001, reason: "room closed".into() })
+            }
+            Control::Remove { reason } => {
+                if let Some(joined) = self.joined.as_mut() {
+                    joined.removed = true;
+                }
+                self.send(ServerMessage::Removed { reason }).await;
+                Step::Close(CloseReason { code: 4003, reason: "removed by an operator".into() })
             }
             Control::MuteTracks => {
                 let Some(joined) = self.joined.as_ref() else { return Step::Continue };

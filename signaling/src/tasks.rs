@@ -5,6 +5,7 @@
 //! A task is a JSON object with a `task_id` (the idempotency key) and a `type`:
 //! `{"task_id":"t1","type":"close_room","meeting_id":"m1","reason":"over"}`,
 //! `{"task_id":"t2","type":"mute_participant","meeting_id":"m1","identity":"bob"}`,
+//! `{"task_id":"t5","type":"remove_participant","meeting_id":"m1","identity":"bob","reason":"spam"}`,
 //! `{"task_id":"t3","type":"start_recording","meeting_id":"m1","format":"mp4"}`,
 //! `{"task_id":"t4","type":"stop_recording","meeting_id":"m1"}`. Types this server does not
 //! handle (work for other services on the same topic) are left alone.
@@ -17,7 +18,7 @@ use crate::rooms::Control;
 use crate::session::SignalingContext;
 
 /// The task types this server executes.
-pub const HANDLED_TYPES: [&str; 4] = ["close_room", "mute_participant", "start_recording", "stop_recording"];
+pub const HANDLED_TYPES: [&str; 5] = ["close_room", "mute_participant", "remove_participant", "start_recording", "stop_recording"];
 
 /// A command addressed to this server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,6 +38,16 @@ pub enum Command {
         meeting_id: String,
         /// The user.
         identity: String,
+    },
+    /// Take a user out of the room: its sessions are told why and closed (code 4003).
+    RemoveParticipant {
+        /// The meeting.
+        meeting_id: String,
+        /// The user.
+        identity: String,
+        /// Shown to the participant.
+        #[serde(default)]
+        reason: Option<String>,
     },
     /// Start recording the room.
     StartRecording {
@@ -106,6 +117,7 @@ impl Command {
         match self {
             Self::CloseRoom { meeting_id, .. }
             | Self::MuteParticipant { meeting_id, .. }
+            | Self::RemoveParticipant { meeting_id, .. }
             | Self::StartRecording { meeting_id, .. }
             | Self::StopRecording { meeting_id } => meeting_id,
         }
@@ -116,6 +128,7 @@ impl Command {
         match self {
             Self::CloseRoom { .. } => "close_room",
             Self::MuteParticipant { .. } => "mute_participant",
+            Self::RemoveParticipant { .. } => "remove_participant",
             Self::StartRecording { .. } => "start_recording",
             Self::StopRecording { .. } => "stop_recording",
         }
@@ -133,10 +146,11 @@ impl Command {
                     reached => Ok(reached),
                 }
             }
-            Self::MuteParticipant { meeting_id, identity } => match rooms.control(meeting_id, Some(identity), Control::MuteTracks) {
-                0 => Err(TaskError::NoSuchParticipant { meeting_id: meeting_id.clone(), identity: identity.clone() }),
-                reached => Ok(reached),
-            },
+            Self::MuteParticipant { meeting_id, identity } => reach_participant(ctx, meeting_id, identity, Control::MuteTracks),
+            Self::RemoveParticipant { meeting_id, identity, reason } => {
+                let reason = reason.clone().unwrap_or_else(|| "removed by an operator".into());
+                reach_participant(ctx, meeting_id, identity, Control::Remove { reason })
+            }
             Self::StartRecording { meeting_id, format, identity } => {
                 match ctx.recordings.start(meeting_id, format.as_deref(), identity.as_deref()).await {
                     Ok(started) => Ok(started.len()),
@@ -154,6 +168,14 @@ impl Command {
     }
 }
 
+/// Passes `control` to `identity`'s sessions in the room; how many there were.
+fn reach_participant(ctx: &SignalingContext, meeting_id: &str, identity: &str, control: Control) -> Result<usize, TaskError> {
+    match ctx.rooms.control(meeting_id, Some(identity), control) {
+        0 => Err(TaskError::NoSuchParticipant { meeting_id: meeting_id.to_owned(), identity: identity.to_owned() }),
+        reached => Ok(reached),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +184,8 @@ mod tests {
     fn parses_own_tasks_and_leaves_others() {
         let task = Task::parse(br#"{"task_id":"t1","type":"close_room","meeting_id":"m"}"#).unwrap().unwrap();
         assert_eq!(task.command, Command::CloseRoom { meeting_id: "m".into(), reason: None });
+        let remove = Task::parse(br#"{"task_id":"t5","type":"remove_participant","meeting_id":"m","identity":"bob"}"#).unwrap().unwrap();
+        assert_eq!(remove.command, Command::RemoveParticipant { meeting_id: "m".into(), identity: "bob".into(), reason: None });
         assert_eq!(Task::parse(br#"{"task_id":"t2","type":"transcribe","recording_id":"r"}"#).unwrap(), None);
         assert!(matches!(Task::parse(b"nope"), Err(TaskError::Malformed(_))));
         assert!(matches!(Task::parse(br#"{"type":"close_room","meeting_id":"m"}"#), Err(TaskError::Malformed(_))));

@@ -50,7 +50,7 @@ use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{PeerRole, PeerSettings};
 use crate::schedule::first_report;
 use crate::tap::{TapEvent, Taps};
-use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{fault_kind, MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 use ice::{IceRoutes, Route};
 use participant::{peer_of, Participant, PeerKey, Subscription, MAX_EARLY_CHECKS};
 use warnings::WarningBudget;
@@ -515,7 +515,7 @@ impl Engine {
                 let result = self.known(&participant).and_then(|key| {
                     self.isolated(key, |engine| {
                         let peer = engine.participants.get_mut(&key).and_then(|p| p.peer_mut(role)).ok_or(SfuError::NotNegotiated)?;
-                        peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(e.to_string()))
+                        peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(format!("the candidate cannot be applied ({})", fault_kind(&e))))
                     })
                 });
                 let _ = reply.send(result);

@@ -26,7 +26,13 @@ use super::participant::{Negotiation, Subscription};
 use super::Engine;
 use crate::forwarder::{Negotiated, Removed, RtxStream};
 use crate::peer::PeerRole;
-use crate::{codec, MediaKind, ParticipantKey, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{codec, fault_kind, MediaKind, ParticipantKey, SfuError, SfuEvent, TrackId, TrackInfo};
+
+/// A refused description: the step that failed and the kind of fault, never the text of the
+/// description (a client's 60 KB of junk would come back in the error and go to the records).
+fn invalid_sdp<E: std::fmt::Debug>(step: &'static str) -> impl FnOnce(E) -> SfuError {
+    move |err| SfuError::InvalidSdp(format!("{step} ({})", fault_kind(&err)))
+}
 
 impl Engine {
     /// Applies the client's offer on its publisher connection (made on the first); returns
@@ -40,15 +46,29 @@ impl Engine {
         if offered > self.settings.max_tracks {
             return Err(SfuError::TooManyTracks { offered, max: self.settings.max_tracks });
         }
-        let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let offer = RTCSessionDescription::offer(sdp).map_err(invalid_sdp("the offer does not parse"))?;
         let new_peer = if participant.publisher.is_none() { Some(self.open_peer(now, key, PeerRole::Publisher)?) } else { None };
         let participant = self.participants.get_mut(&key).ok_or(SfuError::UnknownParticipant)?;
         if let Some(peer) = new_peer {
             participant.publisher = Some(peer);
         }
         let Some(peer) = participant.publisher.as_mut() else { return Err(SfuError::NotNegotiated) };
-        peer.pc.set_remote_description(now, offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
-        let answer = peer.pc.create_answer(None).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = peer
+            .pc
+            .set_remote_description(now, offer)
+            .map_err(invalid_sdp("the offer cannot be applied"))
+            .and_then(|()| peer.pc.create_answer(None).map_err(invalid_sdp("no answer can be made to the offer")));
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                // An offer half applied would leave the connection waiting for its answer
+                // and refuse the client's next, valid, offer: back to where it was.
+                if let Ok(rollback) = RTCSessionDescription::rollback(None) {
+                    let _ = peer.pc.set_remote_description(now, rollback);
+                }
+                return Err(err);
+            }
+        };
         peer.pc.set_local_description(now, answer.clone()).map_err(|e| SfuError::Engine(e.to_string()))?;
         self.dirty.insert((key, PeerRole::Publisher));
         Ok(answer.sdp)
@@ -61,9 +81,9 @@ impl Engine {
         if participant.negotiation == Negotiation::Stable {
             return Err(SfuError::NotNegotiated);
         }
-        let answer = RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = RTCSessionDescription::answer(sdp).map_err(invalid_sdp("the answer does not parse"))?;
         let peer = participant.subscriber.as_mut().ok_or(SfuError::NotNegotiated)?;
-        peer.pc.set_remote_description(now, answer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.pc.set_remote_description(now, answer).map_err(invalid_sdp("the answer cannot be applied"))?;
         for check in std::mem::take(&mut peer.early_checks) {
             if let Err(err) = peer.pc.handle_read(check) {
                 debug!(participant = %participant.id, %err, "early connectivity check rejected");

@@ -525,6 +525,45 @@ fn an_offer_of_more_tracks_than_allowed_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn refused_descriptions_and_candidates_name_the_fault_not_the_input() {
+    let mut world = World::new();
+    world.join("alice", true);
+    let id = world.members["alice"].id.clone();
+    let marker = "JUNKJUNK";
+    let junk_line = format!("a={}\r\n", marker.repeat(8 * 1024));
+    let offers = [
+        // Not SDP at all, one line of 64 KB.
+        marker.repeat(8 * 1024),
+        // SDP that parses, with an attribute the offer cannot be applied with.
+        format!("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n{junk_line}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"),
+    ];
+    for sdp in offers {
+        let (reply, rx) = oneshot::channel();
+        let result = world.command(Command::PublisherOffer { participant: id.clone(), sdp, reply }, rx);
+        let Err(err @ SfuError::InvalidSdp(_)) = result else { panic!("refused as invalid SDP: {result:?}") };
+        let text = err.to_string();
+        assert!(text.len() < 120 && !text.contains(marker), "{}", &text[..text.len().min(200)]);
+    }
+    // A priority that is not a number, after 8 KB of foundation.
+    let candidate = rtc::peer_connection::transport::RTCIceCandidateInit {
+        candidate: format!("candidate:{} 1 udp {marker} 192.0.2.1 9 typ host", marker.repeat(1024)),
+        ..Default::default()
+    };
+    let (reply, rx) = oneshot::channel();
+    let result = world.command(Command::RemoteCandidate { participant: id, role: PeerRole::Subscriber, candidate, reply }, rx);
+    let Err(err @ SfuError::InvalidCandidate(_)) = result else { panic!("refused as an invalid candidate: {result:?}") };
+    let text = err.to_string();
+    assert!(text.len() < 120 && !text.contains(marker), "{}", &text[..text.len().min(200)]);
+    // The refused offers cost nothing: the client's next, valid, one is answered and its
+    // media flows.
+    let sender = world.publish_vp8("alice", 0xA1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("alice", sender, 0xA1, 1);
+    world.run(Duration::from_millis(300));
+    assert!(world.members["alice"].seen.iter().any(|e| matches!(e, SfuEvent::TrackPublished(_))), "the track was published");
+}
+
+#[test]
 fn a_new_subscriber_that_never_asks_gets_a_keyframe_request_sent_for_it() {
     let mut world = World::new();
     world.join("alice", true);

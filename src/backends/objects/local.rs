@@ -85,6 +85,20 @@ impl LocalObjects {
         Ok(self.root.join(key))
     }
 
+    /// An object's file, opened for reading, and its length: downloads stream from it.
+    pub async fn open(&self, key: &str) -> Result<(tokio::fs::File, u64), ObjectError> {
+        let file = match tokio::fs::File::open(self.path_of(key)?).await {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(ObjectError::NotFound(key.to_owned())),
+            Err(err) => return Err(io_error(err)),
+        };
+        let metadata = file.metadata().await.map_err(io_error)?;
+        if !metadata.is_file() {
+            return Err(ObjectError::NotFound(key.to_owned()));
+        }
+        Ok((file, metadata.len()))
+    }
+
     /// Whether a download URL's signature is valid now.
     pub fn verify(&self, key: &str, expires: u64, signature: &str) -> bool {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
