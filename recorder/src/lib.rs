@@ -12,6 +12,7 @@
 pub mod assembler;
 pub mod clock;
 pub mod fmp4;
+pub mod fuzz;
 pub mod jitter;
 pub mod objects;
 pub mod playlist;

@@ -23,6 +23,7 @@ pub mod egress;
 mod engine;
 mod feedback_tap;
 pub mod forwarder;
+pub mod fuzz;
 pub mod ids;
 pub mod ingress;
 pub mod keyframe;

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bookkeeping;
 pub mod events;
+pub mod fuzz;
 pub mod journal;
 pub mod metrics;
 pub mod names;
