@@ -216,11 +216,16 @@ impl FrameAssembler {
     }
 
     /// Depacketizes a complete frame's packets, or `None` if the payloads are malformed.
+    /// `rtc`'s depacketizers panic on some malformed payloads (the fuzzer found an H.264
+    /// aggregate cut inside a size, and an AV1 element shorter than its OBU header): each
+    /// frame gets a depacketizer of its own, run isolated, and one that panics drops the
+    /// frame as malformed, as the media engine isolates `rtc`.
     fn depacketize(&self, parts: &[RtpPacket]) -> Option<Bytes> {
         let mut depacketizer = self.codec.depacketizer();
         let mut frame = BytesMut::new();
         for part in parts {
-            frame.extend_from_slice(&depacketizer.depacketize(&part.payload).ok()?);
+            let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| depacketizer.depacketize(&part.payload)));
+            frame.extend_from_slice(&payload.ok()?.ok()?);
         }
         (!frame.is_empty()).then(|| frame.freeze())
     }
@@ -264,6 +269,22 @@ mod tests {
         let mut data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
         data[0] = if key { 0x10 } else { 0x11 };
         Bytes::from(data)
+    }
+
+    #[test]
+    fn payloads_that_panic_rtc_s_depacketizers_are_malformed_frames() {
+        let packet = |sequence: u16, payload: &[u8]| {
+            Released::Packet(RtpPacket { sequence, timestamp: u32::from(sequence), marker: true, payload: Bytes::copy_from_slice(payload) })
+        };
+        // Found by the recording fuzz target. H.264: a STAP-A (type 24) whose last byte is
+        // half a size; then a whole one, kept.
+        let whole = [0x18, 0, 3, 0x65, 0x88, 0x84];
+        let cut_in_a_size = [&whole[..], &[0]].concat();
+        let (out, stats) = assemble(Codec::H264, vec![packet(1, &cut_in_a_size), packet(2, &whole)]);
+        assert_eq!((stats.dropped_frames, frames(&out).len()), (1, 1), "the cut one dropped, the whole one kept");
+        // AV1: one OBU element of one byte whose header says an extension byte follows.
+        let (_, stats) = assemble(Codec::Av1, vec![packet(1, &[0x10, 0x34])]);
+        assert_eq!(stats.dropped_frames, 1);
     }
 
     #[test]

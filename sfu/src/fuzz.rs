@@ -33,8 +33,8 @@ pub fn stun(data: &[u8]) {
 }
 
 /// An SRTP datagram opened with fixed keys (it fails authentication, as a forgery does); and,
-/// when the input reads as an RTP packet, that packet sealed and opened again, which must
-/// give it back as it was.
+/// when the input reads as an RTP packet of version 2, that packet sealed and opened again,
+/// which must give it back as it was.
 pub fn srtp(data: &[u8]) {
     let provider = match rtc::crypto::default_provider() {
         Ok(provider) => provider,
@@ -47,7 +47,11 @@ pub fn srtp(data: &[u8]) {
         return;
     };
     let _ = receiver.open(&mut data.to_vec());
+    // The egress seals only what a receiver opened, RTP version 2 (rtc's parser takes any).
     let Ok(packet) = Packet::unmarshal(&mut &data[..]) else { return };
+    if packet.header.version != 2 {
+        return;
+    }
     let Ok(clear) = packet.marshal() else { return };
     let mut sealed = Vec::new();
     if sender.protect(&packet, &mut sealed).is_ok() {
