@@ -131,6 +131,10 @@ thread_local! {
 pub fn engine(data: &[u8]) {
     FIXTURE.with(|fixture| {
         let mut fixture = fixture.borrow_mut();
+        // A panic of `rtc` that the engine isolated removed the participant: start again.
+        if fixture.as_ref().is_some_and(|f| f.engine.known(&f.alice).is_err()) {
+            *fixture = None;
+        }
         let fixture = fixture.get_or_insert_with(Fixture::new);
         let mut rest = data;
         while let [kind, high, low, tail @ ..] = rest {

@@ -553,7 +553,7 @@ impl Engine {
     }
 
     /// The key of the participant signaling knows as `id`.
-    fn known(&self, id: &ParticipantId) -> Result<ParticipantKey, SfuError> {
+    pub(crate) fn known(&self, id: &ParticipantId) -> Result<ParticipantKey, SfuError> {
         self.keys.get(id).copied().ok_or(SfuError::UnknownParticipant)
     }
 
