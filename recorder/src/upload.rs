@@ -314,15 +314,18 @@ impl Uploader {
 
     /// The MP4's multipart upload, created (and noted in the crash record) on first use.
     async fn mp4_upload(&mut self) -> Result<&mut Box<dyn MultipartUpload>, ObjectError> {
-        if self.mp4.is_none() {
-            let key = keys::recording(&self.target.meeting_id, &self.target.recording_id, "mp4");
-            let upload = self.store.start_upload(&key, "video/mp4").await?;
-            if let Some(crash) = self.crash.as_mut() {
-                crash.upload_started(upload.id()).await;
+        let upload = match self.mp4.take() {
+            Some(upload) => upload,
+            None => {
+                let key = keys::recording(&self.target.meeting_id, &self.target.recording_id, "mp4");
+                let upload = self.store.start_upload(&key, "video/mp4").await?;
+                if let Some(crash) = self.crash.as_mut() {
+                    crash.upload_started(upload.id()).await;
+                }
+                upload
             }
-            self.mp4 = Some(upload);
-        }
-        self.mp4.as_mut().ok_or_else(|| ObjectError::Unavailable("no upload".into()))
+        };
+        Ok(self.mp4.insert(upload))
     }
 
     /// Sends what waits, in order; stops at the first failure, keeping it and what follows
