@@ -310,7 +310,7 @@ struct SlotContext {
     target: Target,
     ws_url: String,
     client_ip: IpAddr,
-    /// Janus room numbers are this plus the room's index (fresh rooms each run).
+    /// Room numbers are this plus the room's index: fresh rooms each run, on either server.
     room_base: u64,
     max_publishers: usize,
     until: Instant,
@@ -336,7 +336,11 @@ impl Slot {
             let dialect: Box<dyn client::Dialect> = match context.target {
                 Target::Switchboard => {
                     let grants = Grants { publish: publish.is_some(), subscribe, publish_data: false, record: false, admin: false };
-                    match context.authority.issue(&format!("load-{}", self.room), &identity, None, grants, 3600) {
+                    // Rooms of this run only: two generators at once (the soak's meeting and
+                    // churn) would otherwise share rooms, and measure each other's packets
+                    // against their own clocks.
+                    let room = format!("load-{}", context.room_base + self.room as u64);
+                    match context.authority.issue(&room, &identity, None, grants, 3600) {
                         Ok(token) => Box::new(client::SwitchboardDialect { token }),
                         Err(err) => return tracing::warn!(%err, "no token for a load client"),
                     }
