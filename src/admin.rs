@@ -79,17 +79,21 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
+/// The admin's identity and the optional reason of a close or a removal: the token is
+/// checked before the body is read.
+async fn admin_and_reason(state: &AppState, headers: &HeaderMap, room: &str, body: axum::body::Body) -> Result<(String, Option<String>), Refusal> {
+    let admin = admin_of(state, headers, room)?;
+    let body: ReasonBody = optional_json(body).await?;
+    Ok((admin, body.reason))
+}
+
 async fn close_room(State(state): State<Arc<AppState>>, Path(room): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    let admin = match admin_of(&state, &headers, &room) {
-        Ok(admin) => admin,
+    let (admin, reason) = match admin_and_reason(&state, &headers, &room, body).await {
+        Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
-    let body: ReasonBody = match optional_json(body).await {
-        Ok(body) => body,
-        Err(refused) => return refused.into_response(),
-    };
-    let details = json!({ "reason": body.reason });
-    act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason: body.reason }, "room", room, details).await
+    let details = json!({ "reason": reason });
+    act(&state, admin, Command::CloseRoom { meeting_id: room.clone(), reason }, "room", room, details).await
 }
 
 async fn mute_participant(
@@ -111,16 +115,11 @@ async fn remove_participant(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let admin = match admin_of(&state, &headers, &room) {
-        Ok(admin) => admin,
-        Err(refused) => return refused.into_response(),
-    };
-    let body: ReasonBody = match optional_json(body).await {
-        Ok(body) => body,
+    let (admin, reason) = match admin_and_reason(&state, &headers, &room, body).await {
+        Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
     let resource = format!("{room}/{identity}");
-    let details = json!({ "reason": body.reason });
-    let command = Command::RemoveParticipant { meeting_id: room, identity, reason: body.reason };
-    act(&state, admin, command, "participant", resource, details).await
+    let details = json!({ "reason": reason });
+    act(&state, admin, Command::RemoveParticipant { meeting_id: room, identity, reason }, "participant", resource, details).await
 }

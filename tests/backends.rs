@@ -652,18 +652,23 @@ async fn objects_in_s3_put_get_multipart_presigned() {
     exercise_object_store(&store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn objects_in_the_local_folder_put_get_multipart_presigned() {
-    let server = TestServer::start_with(Vec::new(), None).await;
-    // The server signs its links with the key it keeps in the database.
-    let pool = database(&server).await;
+/// The server's local object store, signing its links with the key the server keeps in the
+/// database, as the server does.
+async fn local_store(server: &TestServer) -> switchboard::backends::objects::local::LocalObjects {
+    let pool = database(server).await;
     let key = rows(&pool, "SELECT config_value FROM system_configs WHERE config_key = $1", "objects.url_signing_key").await;
-    let store = switchboard::backends::objects::local::LocalObjects::new(
+    switchboard::backends::objects::local::LocalObjects::new(
         server.dir.path().join("objects"),
         server.node.url.clone(),
         switchboard::backends::objects::local::UrlSigner::new(key[0][0].as_bytes()),
     )
-    .expect("store");
+    .expect("store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_in_the_local_folder_put_get_multipart_presigned() {
+    let server = TestServer::start_with(Vec::new(), None).await;
+    let store = local_store(&server).await;
     exercise_object_store(&store).await;
 }
 
@@ -680,14 +685,7 @@ fn peak_rss() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_stream_ranges_from_the_file_and_are_capped() {
     let server = TestServer::start_with(vec![("SWITCHBOARD__HTTP__MAX_CONCURRENT_DOWNLOADS".into(), "2".into())], None).await;
-    let pool = database(&server).await;
-    let key = rows(&pool, "SELECT config_value FROM system_configs WHERE config_key = $1", "objects.url_signing_key").await;
-    let store = switchboard::backends::objects::local::LocalObjects::new(
-        server.dir.path().join("objects"),
-        server.node.url.clone(),
-        switchboard::backends::objects::local::UrlSigner::new(key[0][0].as_bytes()),
-    )
-    .expect("store");
+    let store = local_store(&server).await;
     let size = 96 << 20;
     let pattern = |i: usize| (i % 251) as u8;
     let object = recorder::objects::keys::recording("dl", "big", "mp4");
