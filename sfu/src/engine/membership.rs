@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::TRANSPORT_CC_URI;
 use tokio::sync::mpsc;
@@ -119,6 +119,36 @@ impl Engine {
                 self.subscribe(now, *member, &info);
                 self.renegotiate(now, *member);
             }
+        }
+    }
+
+    /// Takes the participant's track (by its publisher connection's media track id) out of
+    /// the room.
+    pub(super) fn unpublish(&mut self, now: Instant, key: ParticipantKey, media_track_id: &str) {
+        let Some(participant) = self.participants.get_mut(&key) else { return };
+        let Some(published) = participant.published.remove(media_track_id) else { return };
+        if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
+            ingress.remove_track(&published.track);
+        }
+        let room = participant.room.clone();
+        let subscribers = self.forwarder.remove_track(&published.track);
+        self.unpublished(now, &room, vec![(published.track, subscribers)]);
+    }
+
+    /// Unpublishes the participant's tracks whose sections of its publisher connection (by
+    /// mid) no longer send.
+    pub(super) fn unpublish_sections(&mut self, now: Instant, key: ParticipantKey, mids: &[String]) {
+        let Some(participant) = self.participants.get_mut(&key) else { return };
+        let Some(peer) = participant.publisher.as_deref_mut() else { return };
+        let mut stopped = Vec::new();
+        for (media_track_id, published) in &participant.published {
+            let transceiver = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(published.receiver));
+            if transceiver.is_some_and(|t| t.mid().as_ref().is_some_and(|mid| mids.contains(mid))) {
+                stopped.push(media_track_id.clone());
+            }
+        }
+        for media_track_id in stopped {
+            self.unpublish(now, key, &media_track_id);
         }
     }
 

@@ -374,15 +374,7 @@ impl Engine {
                 self.publish_track(now, key.0, init.track_id, init.receiver_id, init.ssrc);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
-                let Some(participant) = self.participants.get_mut(&key.0) else { return };
-                if let Some(published) = participant.published.remove(&media_track_id) {
-                    if let Some(ingress) = participant.publisher.as_mut().and_then(|p| p.ingress.as_mut()) {
-                        ingress.remove_track(&published.track);
-                    }
-                    let room = participant.room.clone();
-                    let subscribers = self.forwarder.remove_track(&published.track);
-                    self.unpublished(now, &room, vec![(published.track, subscribers)]);
-                }
+                self.unpublish(now, key.0, &media_track_id);
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 debug!(participant = %key.0, role = ?key.1, %state, "connection state");

@@ -42,7 +42,8 @@ impl Engine {
         if !participant.grants.publish {
             return Err(SfuError::NotAllowed);
         }
-        let offered = sending_media_sections(&sdp);
+        let sections = media_sections(&sdp);
+        let offered = sections.iter().filter(|s| s.sends).count();
         if offered > self.settings.max_tracks {
             return Err(SfuError::TooManyTracks { offered, max: self.settings.max_tracks });
         }
@@ -71,6 +72,12 @@ impl Engine {
         };
         peer.pc.set_local_description(now, answer.clone()).map_err(|e| SfuError::Engine(e.to_string()))?;
         self.dirty.insert((key, PeerRole::Publisher));
+        // A track the client stopped (`RTCRtpTransceiver.stop()`, a rejected m-line) or
+        // stopped sending leaves the room.
+        let stopped: Vec<String> = sections.into_iter().filter(|s| !s.sends).filter_map(|s| s.mid).collect();
+        if !stopped.is_empty() {
+            self.unpublish_sections(now, key, &stopped);
+        }
         Ok(answer.sdp)
     }
 
@@ -260,23 +267,32 @@ fn kind_answered(pc: &RTCPeerConnection, kind: MediaKind) -> bool {
     pc.remote_description().is_some_and(|d| d.sdp.lines().any(|line| line.starts_with(prefix)))
 }
 
-/// Audio and video sections of a client's offer that send: not rejected (port 0) and not
-/// `recvonly` or `inactive`; each is a track the client may publish.
-fn sending_media_sections(sdp: &str) -> usize {
-    let mut sections = Vec::new();
+/// An audio or video section of a client's offer.
+#[derive(Debug, PartialEq)]
+struct MediaSection {
+    mid: Option<String>,
+    /// Not rejected (port 0), not `recvonly` or `inactive`: a track the client publishes.
+    sends: bool,
+}
+
+/// The audio and video sections of a client's offer, in order.
+fn media_sections(sdp: &str) -> Vec<MediaSection> {
+    let mut sections: Vec<(bool, MediaSection)> = Vec::new();
     for line in sdp.lines().map(str::trim_end) {
         if let Some(media) = line.strip_prefix("m=") {
             let mut fields = media.split(' ');
             let kind = fields.next().unwrap_or_default();
             let open = fields.next().is_some_and(|port| port != "0");
-            sections.push((matches!(kind, "audio" | "video") && open, true));
-        } else if let Some(section) = sections.last_mut() {
+            sections.push((matches!(kind, "audio" | "video"), MediaSection { mid: None, sends: open }));
+        } else if let Some((_, section)) = sections.last_mut() {
             if matches!(line, "a=recvonly" | "a=inactive") {
-                section.1 = false;
+                section.sends = false;
+            } else if let Some(mid) = line.strip_prefix("a=mid:") {
+                section.mid = Some(mid.to_owned());
             }
         }
     }
-    sections.into_iter().filter(|&(media, sends)| media && sends).count()
+    sections.into_iter().filter_map(|(media, section)| media.then_some(section)).collect()
 }
 
 /// The session line that says the `a=msid` lines name WebRTC media streams.
@@ -342,7 +358,16 @@ mod tests {
             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n\
             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=inactive\r\n\
             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
-        assert_eq!(sending_media_sections(sdp), 3);
+        let sends: Vec<bool> = media_sections(sdp).iter().map(|s| s.sends).collect();
+        assert_eq!(sends, [true, true, true, false, false, false]);
+    }
+
+    #[test]
+    fn sections_are_named_by_their_mid() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=sendonly\r\nm=video 0 X 96\r\na=mid:1\r\nm=video 9 X 96\r\na=inactive\r\n";
+        let sections = media_sections(sdp);
+        let expected = [(Some("0"), true), (Some("1"), false), (None, false)];
+        assert_eq!(sections.iter().map(|s| (s.mid.as_deref(), s.sends)).collect::<Vec<_>>(), expected);
     }
 
     #[test]

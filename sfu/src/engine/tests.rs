@@ -23,7 +23,7 @@ use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
@@ -181,9 +181,17 @@ impl World {
     fn publish_vp8(&mut self, name: &'static str, ssrc: u32) -> RTCRtpSenderId {
         let client = self.new_client();
         let track = vp8_track(name, "cam", ssrc);
+        let sender = self.clients[client].pc.add_track(track).expect("track");
+        self.negotiate_publisher(name, client);
+        self.members.get_mut(name).expect("member").publisher = Some(client);
+        sender
+    }
+
+    /// Offers `name`'s publisher connection (on `client`) as it now is and applies the
+    /// server's answer.
+    fn negotiate_publisher(&mut self, name: &str, client: usize) {
         let now = self.now;
         let pc = &mut self.clients[client].pc;
-        let sender = pc.add_track(track).expect("track");
         let offer = pc.create_offer(None).expect("offer");
         pc.set_local_description(now, offer.clone()).expect("local offer");
         let id = self.members[name].id.clone();
@@ -191,8 +199,6 @@ impl World {
         let answer = self.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, reply }, rx).expect("answer");
         let pc = &mut self.clients[client].pc;
         pc.set_remote_description(now, RTCSessionDescription::answer(answer).expect("sdp")).expect("remote answer");
-        self.members.get_mut(name).expect("member").publisher = Some(client);
-        sender
     }
 
     /// Sends the publisher's packet `sequence` of the track on `sender`.
@@ -394,6 +400,19 @@ fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes
         assert!(world.members[name].seen.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished(t) if *t == track)), "{name} heard");
     }
     assert!(world.strays.is_empty(), "nothing went to an address no client has");
+}
+
+#[test]
+fn a_track_its_publisher_stops_in_a_renegotiation_leaves_the_room() {
+    let (mut world, sender) = meeting(5);
+    let track = world.published_track("bob");
+    let client = world.members["alice"].publisher.expect("publishing");
+    world.clients[client].pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)).expect("its transceiver").stop().expect("stopped");
+    world.negotiate_publisher("alice", client);
+    world.run(Duration::from_millis(50));
+    for name in ["alice", "bob", "carol"] {
+        assert!(world.members[name].seen.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished(t) if *t == track)), "{name} heard");
+    }
 }
 
 #[test]
