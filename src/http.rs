@@ -1,11 +1,11 @@
 //! The HTTP surface: demo page and client library, `/ws` signaling, `/healthz`, `/metrics`,
 //! and the development token endpoint (embedded mode only).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::{AppState, SignedQuery};
 use crate::connections::CapReached;
+use crate::tls::ClientAddr;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -27,6 +27,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(|| async { static_file("text/html; charset=utf-8", include_str!("../web/index.html")) }))
         .route("/switchboard.js", get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../web/switchboard.js")) }))
+        .route("/meeting.js", get(|| async { static_file("text/javascript; charset=utf-8", include_str!("../web/meeting.js")) }))
+        .route("/meeting.css", get(|| async { static_file("text/css; charset=utf-8", include_str!("../web/meeting.css")) }))
+        // Browsers ask for it on every page; the page has none.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/dev/token", get(dev_token))
@@ -184,7 +188,7 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(query): Query<Token
 
 async fn websocket(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {

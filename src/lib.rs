@@ -10,6 +10,7 @@ mod http;
 pub mod loadtest;
 mod origins;
 mod recordings_api;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -71,6 +72,8 @@ impl Settings {
 pub struct Server {
     /// Where the HTTP server listens.
     pub http_addr: SocketAddr,
+    /// The address to open the page at: `http://` or, with TLS, `https://`.
+    pub base_url: String,
     /// The UDP addresses of the media workers.
     pub media_addrs: Vec<SocketAddr>,
     /// This node.
@@ -84,6 +87,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
     let config = settings.config;
     let listener = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let scheme = if config.http.tls.files().is_some() { "https" } else { "http" };
     if config.mode == Mode::Embedded && !http_addr.ip().is_loopback() {
         tracing::warn!(
             %http_addr,
@@ -97,12 +101,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         } else {
             config.node.id.clone()
         },
-        url: if config.node.public_url.is_empty() { format!("http://{http_addr}") } else { config.node.public_url.clone() },
+        url: if config.node.public_url.is_empty() { format!("{scheme}://{http_addr}") } else { config.node.public_url.clone() },
     };
     let backends = backends::connect(&config, &node.url).await?;
     let sfu_metrics = Arc::new(SfuMetrics::default());
     let sfu = Arc::new(Sfu::start(&settings.sfu, sfu_metrics.clone()).context("starting media workers")?);
     let media_addrs = sfu.media_addrs().to_vec();
+    let tls = tls_config(&config, http_addr, sfu.announced_ips())?;
     let signaling_metrics = Arc::new(SignalingMetrics::default());
     let limits = &config.limits;
     let timings = StateTimings {
@@ -117,6 +122,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         batch_size: config.database.batch_size,
     };
     let journal = Journal::start(Arc::new(backends.database.clone()), journal_limits);
+    if config.database.message_retention_days > 0 {
+        tokio::spawn(backends.database.clone().keep_messages_for(config.database.message_retention_days));
+    }
     let books =
         Bookkeeping { state: StateKeeper::start(backends.state.clone(), node.clone(), timings), journal, events: backends.events.clone() };
     let recording = recording_config(&config);
@@ -171,14 +179,45 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         downloads: Arc::new(tokio::sync::Semaphore::new(config.http.max_concurrent_downloads)),
     };
     let router = http::router(Arc::new(state));
+    let listener = tls::HttpListener::new(listener, tls)?;
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await {
+        if let Err(err) = axum::serve(listener, router.into_make_service_with_connect_info::<tls::ClientAddr>()).await {
             tracing::error!(%err, "HTTP server stopped");
         }
     });
     tracing::info!(%http_addr, media = ?media_addrs, node = %node.id, "switchboard listening");
     let shutdown_timeout = Duration::from_secs(config.recording.shutdown_timeout_secs);
-    Ok(Server { http_addr, media_addrs, node, context, shutdown_timeout })
+    let shown_host = if http_addr.ip().is_unspecified() { format!("localhost:{}", http_addr.port()) } else { http_addr.to_string() };
+    Ok(Server { http_addr, base_url: format!("{scheme}://{shown_host}"), media_addrs, node, context, shutdown_timeout })
+}
+
+/// The listener's TLS configuration (`http.tls`), making the self-signed certificate first
+/// when asked and none is there yet: for `localhost`, the host name, loopback, the listen
+/// address and the addresses announced for media.
+fn tls_config(
+    config: &Config,
+    http_addr: SocketAddr,
+    announced: &[std::net::Ipv4Addr],
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let Some((cert, key)) = config.http.tls.files() else { return Ok(None) };
+    if config.http.tls.self_signed {
+        let mut names = vec!["localhost".to_owned()];
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(host.trim().to_owned());
+        }
+        names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+        if !http_addr.ip().is_unspecified() {
+            names.push(http_addr.ip().to_string());
+        }
+        names.extend(announced.iter().map(|ip| ip.to_string()));
+        names.retain(|name| !name.is_empty());
+        names.sort();
+        names.dedup();
+        if tls::ensure_self_signed(&cert, &key, &names)? {
+            tracing::info!(cert = %cert.display(), ?names, "made a self-signed certificate; browsers will ask to trust it");
+        }
+    }
+    Ok(Some(tls::server_config(&cert, &key)?))
 }
 
 /// The recorder's settings from the `recording` and `objects` sections.

@@ -14,8 +14,19 @@ struct Cli {
     /// YAML configuration file (default: the embedded single-machine configuration).
     #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
+    /// `self-signed`: serve HTTPS and WSS with a certificate made for this machine at first
+    /// start (kept in `http.tls.cert` and `key`, default tls/cert.pem and tls/key.pem).
+    #[arg(long, global = true, value_enum)]
+    tls: Option<TlsMode>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// How `--tls` sets up HTTPS.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    /// A self-signed certificate for this machine's names.
+    SelfSigned,
 }
 
 #[derive(Subcommand)]
@@ -71,11 +82,14 @@ async fn main() -> anyhow::Result<()> {
         // Colours for a terminal, plain text for log files and collectors.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let config = sb_config::Config::load(cli.config.as_deref()).context("loading configuration")?;
+    let mut config = sb_config::Config::load(cli.config.as_deref()).context("loading configuration")?;
+    if cli.tls == Some(TlsMode::SelfSigned) {
+        config.http.tls.self_signed = true;
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let server = serve(Settings::from_config(&config)?).await?;
-            println!("Switchboard is running: open http://{}/?room=demo&name=you", server.http_addr);
+            println!("Switchboard is running: open {}/?room=demo", server.base_url);
             stop_signal().await?;
             tracing::info!("shutting down");
             server.shutdown().await;

@@ -880,6 +880,54 @@ async fn migrate_creates_the_seed_schema_in_sqlite_and_postgres() {
     }
 }
 
+/// Old signaling messages are deleted by age, a bounded batch at a time, the oldest first;
+/// the recent ones stay. On both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_messages_past_their_retention_are_deleted_in_batches() {
+    use signaling::journal::{DeliveryStatus, MessageType, Record, SignalingLog};
+    use switchboard::backends::db::{Database, Dialect, PoolSettings};
+    let dir = TempDir::new();
+    let sqlite = format!("sqlite://{}/retention.db?mode=rwc", dir.path().display());
+    let now_ms = signaling::stamps::unix_ms();
+    let day_ms = 86_400_000;
+    for (dialect, url) in [(Dialect::Sqlite, sqlite), (Dialect::Postgres, services::postgres_database().await)] {
+        let pool = PoolSettings { max_open: 2, max_idle: 1, max_lifetime: Duration::from_secs(60) };
+        let database = Database::open(dialect, &url, pool).await.expect("database");
+        let message = |id: &str, at_ms: u64| Record::Message {
+            message_id: format!("{id}-{dialect:?}"),
+            session_id: "s".to_owned(),
+            from: None,
+            to: None,
+            meeting_id: "retention".to_owned(),
+            message_type: MessageType::Chat,
+            payload: json!({"text": id}),
+            status: DeliveryStatus::Sent,
+            at_ms,
+        };
+        let at = now_ms - 40 * day_ms;
+        let meeting = Record::ParticipantJoined { meeting_id: "retention".to_owned(), identity: "ada".to_owned(), name: None, at_ms: at };
+        let batch = [
+            meeting,
+            message("a", now_ms - 40 * day_ms),
+            message("b", now_ms - 35 * day_ms),
+            message("c", now_ms - 31 * day_ms),
+            message("d", now_ms - day_ms),
+        ];
+        database.write(&batch).await.expect("written");
+        let kept = |pool: AnyPool| async move {
+            let sql = "SELECT message_id FROM signaling_messages WHERE meeting_id = $1 ORDER BY id";
+            rows(&pool, sql, "retention").await.into_iter().map(|row| row[0].chars().next().unwrap_or('?')).collect::<String>()
+        };
+        let read = AnyPoolOptions::new().max_connections(1).connect(&url).await.expect("a reader");
+        let cutoff = now_ms - 30 * day_ms;
+        assert_eq!(database.purge_messages(cutoff, 2).await.expect("purged"), 2, "{dialect:?}: a batch of two");
+        assert_eq!(kept(read.clone()).await, "cd", "{dialect:?}: the oldest went first");
+        assert_eq!(database.purge_messages(cutoff, 2).await.expect("purged"), 1, "{dialect:?}: the last old one");
+        assert_eq!(database.purge_messages(cutoff, 2).await.expect("purged"), 0, "{dialect:?}: nothing older is left");
+        assert_eq!(kept(read).await, "d", "{dialect:?}: the recent one stays");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_links_are_signed_with_a_key_of_their_own_shared_through_the_database() {
     let dir = TempDir::new();

@@ -1,8 +1,9 @@
-//! A real browser: two headless Chromium tabs open the demo page in one room and must decode
-//! each other's video and audio, chat, survive a dropped signaling connection, and be
-//! recorded through the HTTP API into HLS that ffprobe reads and ffmpeg decodes. Needs
-//! Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which `./scripts/test`
-//! installs.
+//! A real browser: two headless Chromium tabs open the meeting page in one room and must
+//! decode each other's video and audio, chat, survive a dropped signaling connection, and be
+//! recorded through the HTTP API into HLS that ffprobe reads and ffmpeg decodes; three tabs
+//! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs).
+//! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
+//! `./scripts/test` installs.
 
 mod common;
 
@@ -10,18 +11,28 @@ use std::process::Command;
 
 use common::{decode_errors, ffprobe, TestServer};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_chromium_tabs_see_and_hear_each_other() {
-    let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__RESUME_GRACE_SECS", "10")]).await;
-    let url = format!("http://{}", server.http);
-    let output = tokio::task::spawn_blocking(move || Command::new("node").arg("tests/browser/two_tabs.mjs").arg(url).output())
+/// One browser run at a time: each is several Chromium tabs encoding and decoding video.
+static ONE_BROWSER_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs a script of tests/browser with `args`; its standard output, once it succeeded.
+async fn node(script: &str, args: Vec<String>) -> String {
+    let _turn = ONE_BROWSER_RUN.lock().await;
+    let script = format!("tests/browser/{script}");
+    let output = tokio::task::spawn_blocking(move || Command::new("node").arg(script).args(args).output())
         .await
         .expect("the browser run finishes")
         .expect("node runs (./scripts/test installs Node's packages and Chromium)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(output.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chromium_tabs_see_and_hear_each_other() {
+    let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__RESUME_GRACE_SECS", "10")]).await;
+    let stdout = node("two_tabs.mjs", vec![format!("http://{}", server.http)]).await;
     assert!(stdout.contains("chat delivered"));
     assert!(stdout.contains("session resumed"));
     let listed = stdout.lines().find_map(|line| line.strip_prefix("recordings: ")).expect("the recordings were listed");
@@ -29,6 +40,32 @@ async fn two_chromium_tabs_see_and_hear_each_other() {
     for recording in recordings.as_array().expect("a list") {
         let url = recording["hls_url"].as_str().unwrap_or_else(|| panic!("HLS link: {recording}"));
         check_hls(url, recording["duration_secs"].as_f64().unwrap_or(0.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_people_use_the_meeting_page_over_https() {
+    let dir = common::services::TempDir::new();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_owned();
+    let (cert_path, key_path) = (path(&cert), path(&key));
+    let server = TestServer::start(&[
+        ("SWITCHBOARD__HTTP__TLS__SELF_SIGNED", "true"),
+        ("SWITCHBOARD__HTTP__TLS__CERT", &cert_path),
+        ("SWITCHBOARD__HTTP__TLS__KEY", &key_path),
+    ])
+    .await;
+    let stdout = node("meeting.mjs", vec![format!("https://127.0.0.1:{}", server.http.port()), cert_path]).await;
+    for step in ["mute and unmute seen", "camera off seen", "screen share seen and stopped", "chat delivered", "leave seen"] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
+    let listed = stdout.lines().find_map(|line| line.strip_prefix("recordings: ")).expect("the recordings were listed");
+    let links: Vec<String> = serde_json::from_str(listed).expect("a JSON list of links");
+    assert_eq!(links.len(), 3, "one MP4 per person: {links:?}");
+    for link in &links {
+        let probe = ffprobe(link);
+        let kinds: Vec<&str> = probe["streams"].as_array().expect("streams").iter().filter_map(|s| s["codec_type"].as_str()).collect();
+        assert!(kinds.contains(&"video") && kinds.contains(&"audio"), "{link}: {probe}");
     }
 }
 

@@ -10,7 +10,13 @@ async fn demo_page_health_and_metrics_are_served() {
     let server = TestServer::start(&[]).await;
     let (status, page) = server.get("/?room=r&name=n").await;
     assert_eq!(status, 200);
-    assert!(page.contains("/switchboard.js") && page.contains("getUserMedia"));
+    assert!(page.contains("/meeting.js") && page.contains("/meeting.css") && page.contains("join-button"));
+    let (status, meeting) = server.get("/meeting.js").await;
+    assert_eq!(status, 200);
+    assert!(meeting.contains("from '/switchboard.js'") && meeting.contains("getUserMedia"));
+    let (status, style) = server.get("/meeting.css").await;
+    assert_eq!(status, 200);
+    assert!(style.contains("#videos"));
     let (status, library) = server.get("/switchboard.js").await;
     assert_eq!(status, 200);
     assert!(library.contains("export class Switchboard"));
@@ -78,4 +84,43 @@ fn cli_prints_a_token_the_server_accepts() {
         .expect("binary runs");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown grant `fly`"));
+}
+
+/// With `http.tls.self_signed`, the server makes a certificate for this machine's names at
+/// first start and serves HTTPS and WSS on its one port: a client that trusts that
+/// certificate (and checks the name `localhost` against it) gets the health check and joins
+/// a room; a plain HTTP request to the port gets no HTTP answer; a second start reuses the
+/// certificate.
+#[tokio::test]
+async fn tls_serves_https_and_wss_with_a_certificate_made_for_this_machine() {
+    let dir = common::services::TempDir::new();
+    let (cert, key) = (dir.path().join("tls/cert.pem"), dir.path().join("tls/key.pem"));
+    let overrides = [
+        ("SWITCHBOARD__HTTP__TLS__SELF_SIGNED", "true"),
+        ("SWITCHBOARD__HTTP__TLS__CERT", cert.to_str().expect("a UTF-8 path")),
+        ("SWITCHBOARD__HTTP__TLS__KEY", key.to_str().expect("a UTF-8 path")),
+    ];
+    let server = TestServer::start(&overrides).await;
+    let pem = std::fs::read(&cert).expect("the certificate was made");
+    let tls = common::tls_client(&pem);
+
+    let mut stream = common::tls_connect(&tls, server.http).await;
+    let response = common::http_exchange(&mut stream, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("ok"), "{response}");
+
+    let stream = common::tls_connect(&tls, server.http).await;
+    let url = format!("wss://localhost:{}/ws", server.http.port());
+    let mut signal = common::Signal::upgrade(url, stream).await;
+    let joined = signal.join(&server.token("tls-room", "ada", &["subscribe"])).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+
+    let mut plain = tokio::net::TcpStream::connect(server.http).await.expect("connects");
+    let answer = common::http_exchange(&mut plain, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    assert!(!answer.contains("HTTP/1.1"), "plain HTTP on the TLS port: {answer:?}");
+
+    let again = TestServer::start(&overrides).await;
+    assert_eq!(std::fs::read(&cert).expect("still there"), pem, "the second start kept the certificate");
+    let mut stream = common::tls_connect(&tls, again.http).await;
+    let response = common::http_exchange(&mut stream, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }

@@ -1,13 +1,41 @@
-// Switchboard browser client (signaling protocol v1, see docs/protocol.md).
+// Switchboard browser client (signaling protocol v1, see docs/protocol.md; API in
+// docs/client.md).
 //
 // const room = await Switchboard.connect({ url, token });
-// room.on('track', ({ participantId, track, stream }) => ...);
+// room.on('track', ({ participantId, trackId, track }) => ...);
 // await room.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
 // room.chat('hello'); room.mute(trackId, true); room.leave();
 
+/**
+ * The claims of an access token (`room`, `sub`, `name`, `grants`, ...), read without
+ * verifying it: the server verifies; a page only uses them to decide what to offer.
+ */
+export function claimsOf(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(payload));
+  } catch (_) {
+    return {};
+  }
+}
+
+/** `mid` → track id of each media section of an SDP that names its track (`a=msid`). */
+function tracksByMid(sdp) {
+  const found = new Map();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /^a=mid:(\S+)/m.exec(section);
+    const msid = /^a=msid:\S+ (\S+)/m.exec(section);
+    if (mid && msid) found.set(mid[1], msid[1]);
+  }
+  return found;
+}
+
+/** Close codes after which the server does not take the session back (docs/protocol.md). */
+const FINAL_CLOSES = new Set([1000, 1008, 4000, 4001, 4003]);
+
 export class Switchboard {
   static async connect({ url, token }, redirects = 0) {
-    const room = new Switchboard(url);
+    const room = new Switchboard(url, token);
     await room.#open();
     const joined = await room.#request({ type: 'join', token });
     if (joined.type === 'redirect') {
@@ -19,28 +47,35 @@ export class Switchboard {
       const next = joined.url.replace(/^http/, 'ws').replace(/\/$/, '') + '/ws';
       return Switchboard.connect({ url: next, token }, redirects + 1);
     }
+    room.name = joined.room;
     room.me = joined.participant;
     room.sessionId = joined.session_id;
     room.resumeGraceMs = joined.resume_grace_secs * 1000;
     room.participants = new Map(joined.participants.map((p) => [p.participant_id, p]));
     room.tracks = new Map(joined.tracks.map((t) => [t.track_id, t]));
+    room.recording = new Map((joined.recordings || []).map((r) => [r.recording_id, r]));
     return room;
   }
 
-  constructor(url) {
+  constructor(url, token) {
     this.url = url;
+    this.token = token;
+    this.grants = claimsOf(token).grants || {};
     this.nextId = 1;
     this.pending = new Map();
     this.handlers = new Map();
     this.publisher = null;
     this.leaving = false;
+    this.midTracks = new Map();
     this.subscriber = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
     this.subscriber.ontrack = (event) => {
       const stream = event.streams[0];
-      this.#emit('track', { participantId: stream ? stream.id : null, track: event.track, stream });
+      const trackId = this.midTracks.get(event.transceiver.mid) || event.track.id;
+      this.#emit('track', { participantId: stream ? stream.id : null, trackId, track: event.track, stream });
     };
     this.subscriber.onicecandidate = (event) => this.#trickle('subscriber', event.candidate);
     this.subscriberQueue = Promise.resolve();
+    this.publisherQueue = Promise.resolve();
   }
 
   on(event, handler) {
@@ -68,13 +103,13 @@ export class Switchboard {
   async #onClose(event) {
     for (const { reject } of this.pending.values()) reject(new Error('connection lost'));
     this.pending.clear();
-    const serverClosed = event.code === 1000 || event.code === 1008 || event.code === 4000 || event.code === 4001;
-    if (this.leaving || serverClosed || !this.sessionId) {
+    if (this.leaving || FINAL_CLOSES.has(event.code) || !this.sessionId) {
       this.#emit('close', { code: event.code, reason: event.reason });
       return;
     }
+    this.#emit('reconnecting', {});
     const deadline = Date.now() + this.resumeGraceMs;
-    while (Date.now() < deadline) {
+    while (Date.now() < deadline && !this.leaving) {
       await new Promise((r) => setTimeout(r, 1000));
       try {
         await this.#open();
@@ -121,10 +156,13 @@ export class Switchboard {
         this.participants.set(message.participant.participant_id, message.participant);
         this.#emit('participant_joined', message.participant);
         break;
-      case 'participant_left':
+      case 'participant_left': {
+        const who = this.participants.get(message.participant_id) || { participant_id: message.participant_id };
         this.participants.delete(message.participant_id);
-        this.#emit('participant_left', message.participant_id);
+        for (const [id, track] of this.tracks) if (track.participant_id === message.participant_id) this.tracks.delete(id);
+        this.#emit('participant_left', who);
         break;
+      }
       case 'track_published':
         this.tracks.set(message.track.track_id, message.track);
         this.#emit('track_published', message.track);
@@ -133,13 +171,18 @@ export class Switchboard {
         this.tracks.delete(message.track_id);
         this.#emit('track_unpublished', message.track_id);
         break;
-      case 'track_muted':
+      case 'track_muted': {
+        const track = this.tracks.get(message.track_id);
+        if (track) track.muted = message.muted;
         this.#emit('track_muted', message);
         break;
+      }
       case 'chat':
         this.#emit('chat', message);
         break;
       case 'recording':
+        if (message.state === 'started') this.recording.set(message.recording_id, message);
+        else this.recording.delete(message.recording_id);
         this.#emit('recording', message);
         break;
       case 'room_closed':
@@ -158,25 +201,47 @@ export class Switchboard {
   }
 
   async #answerSubscriber(sdp) {
+    for (const [mid, trackId] of tracksByMid(sdp)) this.midTracks.set(mid, trackId);
     await this.subscriber.setRemoteDescription({ type: 'offer', sdp });
     const answer = await this.subscriber.createAnswer();
     await this.subscriber.setLocalDescription(answer);
     await this.#request({ type: 'subscribe_answer', sdp: answer.sdp });
   }
 
+  /** Offers the publisher connection as it now is and applies the server's answer. */
+  #negotiatePublisher() {
+    const run = async () => {
+      const offer = await this.publisher.createOffer();
+      await this.publisher.setLocalDescription(offer);
+      const reply = await this.#request({ type: 'publish_offer', sdp: offer.sdp });
+      await this.publisher.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    };
+    const done = this.publisherQueue.then(run);
+    this.publisherQueue = done.catch(() => {});
+    return done;
+  }
+
+  /** Sends every track of `stream`; resolves once the server has answered. */
   async publish(stream) {
     if (!this.publisher) {
       this.publisher = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
       this.publisher.onicecandidate = (event) => this.#trickle('publisher', event.candidate);
     }
     for (const track of stream.getTracks()) this.publisher.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
-    const offer = await this.publisher.createOffer();
-    await this.publisher.setLocalDescription(offer);
-    const reply = await this.#request({ type: 'publish_offer', sdp: offer.sdp });
-    await this.publisher.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+    await this.#negotiatePublisher();
   }
 
-  /** The server-side track ids of this participant's published tracks. */
+  /** Stops sending the tracks of `stream`; the server unpublishes them. */
+  async unpublish(stream) {
+    if (!this.publisher) return;
+    const tracks = new Set(stream.getTracks());
+    for (const transceiver of this.publisher.getTransceivers()) {
+      if (transceiver.sender.track && tracks.has(transceiver.sender.track)) transceiver.stop();
+    }
+    await this.#negotiatePublisher();
+  }
+
+  /** The server-side descriptions of this participant's published tracks, oldest first. */
   ownTracks() {
     return [...this.tracks.values()].filter((t) => t.participant_id === this.me.participant_id);
   }
@@ -187,6 +252,53 @@ export class Switchboard {
 
   chat(text) {
     return this.#request({ type: 'chat', text });
+  }
+
+  /** Records every publisher of the room (needs the `record` grant). */
+  startRecording(format = 'mp4') {
+    return this.#request({ type: 'start_recording', format });
+  }
+
+  /** Stops the room's recording. */
+  stopRecording() {
+    return this.#request({ type: 'stop_recording' });
+  }
+
+  /** The room's recordings with their download links, from the HTTP API (`record` grant). */
+  async recordings() {
+    const base = this.url.replace(/^ws/, 'http').replace(/\/ws$/, '');
+    const response = await fetch(`${base}/api/recordings?meeting=${encodeURIComponent(this.name)}`, {
+      headers: { authorization: `Bearer ${this.token}` },
+    });
+    const body = await response.json();
+    if (!response.ok) throw Object.assign(new Error(body.message || response.statusText), { code: body.error });
+    return body.recordings;
+  }
+
+  /**
+   * Connection figures from both peer connections' statistics: `rttMs` (the selected
+   * candidate pair's round trip, null before one is measured) and, since the previous
+   * call, `lossPercent` of the packets meant for this client.
+   */
+  async quality() {
+    let rtt = null;
+    let received = 0;
+    let lost = 0;
+    for (const pc of [this.subscriber, this.publisher]) {
+      if (!pc) continue;
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        const pair = s.type === 'transport' && stats.get(s.selectedCandidatePairId);
+        if (pair && pair.currentRoundTripTime !== undefined) rtt = Math.max(rtt || 0, pair.currentRoundTripTime * 1000);
+        if (s.type === 'inbound-rtp') { received += s.packetsReceived || 0; lost += Math.max(0, s.packetsLost || 0); }
+      });
+    }
+    const previous = this.lastQuality || { received: 0, lost: 0 };
+    this.lastQuality = { received, lost };
+    const newReceived = received - previous.received;
+    const newLost = lost - previous.lost;
+    const lossPercent = newReceived + newLost > 0 ? (100 * newLost) / (newReceived + newLost) : 0;
+    return { rttMs: rtt, lossPercent };
   }
 
   async leave() {

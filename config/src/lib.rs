@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -167,6 +167,14 @@ pub struct DatabaseConfig {
     pub queue_max_bytes: u64,
     /// Records written per transaction.
     pub batch_size: usize,
+    /// Days `signaling_messages` rows are kept; older ones are deleted, a batch at a time,
+    /// every hour. 0 keeps them forever.
+    #[serde(default = "default_message_retention_days")]
+    pub message_retention_days: u32,
+}
+
+fn default_message_retention_days() -> u32 {
+    30
 }
 
 /// Where domain events go.
@@ -278,6 +286,38 @@ pub struct HttpConfig {
     /// Downloads of the local object store (`/objects/…`) served at once; more get 503.
     #[serde(default = "default_max_concurrent_downloads")]
     pub max_concurrent_downloads: usize,
+    /// HTTPS and WSS on the listen address instead of HTTP and WS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// The HTTP listener's TLS: a certificate of the operator's, or one made for this machine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, the server's certificate first.
+    #[serde(default)]
+    pub cert: String,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: String,
+    /// Makes a self-signed certificate for this machine's names at first start and keeps it
+    /// in `cert` and `key` (default `tls/cert.pem` and `tls/key.pem`); later starts reuse it.
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+impl TlsConfig {
+    /// The certificate and key files, when TLS is on.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        if !self.cert.is_empty() {
+            Some((self.cert.clone().into(), self.key.clone().into()))
+        } else if self.self_signed {
+            Some(("tls/cert.pem".into(), "tls/key.pem".into()))
+        } else {
+            None
+        }
+    }
 }
 
 fn default_max_concurrent_downloads() -> usize {
@@ -414,6 +454,9 @@ impl Config {
         if !["mp4", "hls", "mp4+hls"].contains(&self.recording.default_format.as_str()) {
             return bad("recording.default_format", "must be mp4, hls or mp4+hls");
         }
+        if self.http.tls.cert.is_empty() != self.http.tls.key.is_empty() {
+            return bad("http.tls", "cert and key are set together (or neither, with self_signed for a certificate made here)");
+        }
         if self.http.max_concurrent_downloads == 0 {
             return bad("http.max_concurrent_downloads", "must be positive");
         }
@@ -523,6 +566,20 @@ mod tests {
         assert_eq!(config.objects.backend, ObjectsBackend::S3);
         let bad = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__OBJECTS__MULTIPART_PART_BYTES", "1000")])).unwrap_err();
         assert!(bad.to_string().contains("objects.multipart_part_bytes"), "{bad}");
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_takes_both_files_or_a_self_signed_certificate() {
+        assert_eq!(Config::from_yaml_and_env(DEFAULT_YAML, env(&[])).unwrap().http.tls.files(), None);
+        let made = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__HTTP__TLS__SELF_SIGNED", "true")])).unwrap();
+        assert_eq!(made.http.tls.files(), Some(("tls/cert.pem".into(), "tls/key.pem".into())));
+        let own = env(&[("SWITCHBOARD__HTTP__TLS__CERT", "/etc/sb/cert.pem"), ("SWITCHBOARD__HTTP__TLS__KEY", "/etc/sb/key.pem")]);
+        assert_eq!(
+            Config::from_yaml_and_env(DEFAULT_YAML, own).unwrap().http.tls.files(),
+            Some(("/etc/sb/cert.pem".into(), "/etc/sb/key.pem".into()))
+        );
+        let half = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__HTTP__TLS__CERT", "/etc/sb/cert.pem")])).unwrap_err();
+        assert!(half.to_string().contains("http.tls"), "{half}");
     }
 
     #[test]

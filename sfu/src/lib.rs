@@ -224,6 +224,7 @@ struct Placement {
 pub struct Sfu {
     workers: Vec<Mailbox>,
     addrs: Vec<SocketAddr>,
+    announced: Vec<Ipv4Addr>,
     placement: Arc<Mutex<Placement>>,
     next_tap: std::sync::atomic::AtomicU64,
 }
@@ -238,7 +239,7 @@ impl Sfu {
             let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(index as u16) };
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::WorkerStart { index, source })?;
-            let announced = announced.clone();
+            let announced_ips = announced.clone();
             let forwarder = config.forwarder.clone();
             let max_tracks = config.max_tracks_per_participant;
             let metrics = metrics.worker();
@@ -247,12 +248,12 @@ impl Sfu {
             std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || {
-                    let socket = match socket::MediaSocket::bind(bind_ip, port, announced.clone()) {
+                    let socket = match socket::MediaSocket::bind(bind_ip, port, announced_ips.clone()) {
                         Ok(socket) => socket,
                         Err(source) => return drop(ready_tx.send(Err(SfuError::Bind { port, source }))),
                     };
                     let port = socket.local_addr().port();
-                    let candidates = announced.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
+                    let candidates = announced_ips.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
                     let _ = ready_tx.send(Ok(port));
                     let engine = EngineSettings { peers: peer::PeerSettings { candidates, srtp_profiles }, forwarder, max_tracks };
                     worker::run(WorkerSetup { index, socket, engine, metrics }, inbox);
@@ -263,12 +264,17 @@ impl Sfu {
             workers.push(tx);
         }
         let placement = Placement { rooms: HashMap::new(), rooms_per_worker: vec![0; workers.len()] };
-        Ok(Self { workers, addrs, placement: Arc::new(Mutex::new(placement)), next_tap: Default::default() })
+        Ok(Self { workers, addrs, announced, placement: Arc::new(Mutex::new(placement)), next_tap: Default::default() })
     }
 
     /// The UDP addresses the workers listen on.
     pub fn media_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The addresses announced to clients as host candidates: where clients reach this node.
+    pub fn announced_ips(&self) -> &[Ipv4Addr] {
+        &self.announced
     }
 
     /// Brings a participant into a room's media: returns its session and the tracks already

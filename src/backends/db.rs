@@ -152,6 +152,46 @@ impl Database {
         Ok(key)
     }
 
+    /// Deletes `signaling_messages` rows written before `before_ms`, at most `batch` of
+    /// them, the oldest first; returns how many went.
+    pub async fn purge_messages(&self, before_ms: u64, batch: u32) -> Result<u64, sqlx::Error> {
+        let result =
+            sqlx::query(self.statements.purge_messages.clone()).bind(ms(before_ms)).bind(i64::from(batch)).execute(&self.pool).await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Keeps `signaling_messages` to the last `days`: every hour, deletes older rows in
+    /// batches until none is left. Runs until the process ends.
+    pub async fn keep_messages_for(self, days: u32) {
+        const BATCH: u32 = 5_000;
+        let retention_ms = u64::from(days) * 86_400_000;
+        let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every_hour.tick().await;
+            let before_ms = signaling::stamps::unix_ms().saturating_sub(retention_ms);
+            let mut deleted = 0;
+            loop {
+                match self.purge_messages(before_ms, BATCH).await {
+                    // A short batch met a row still kept: every older one has gone.
+                    Ok(n) if n < u64::from(BATCH) => {
+                        deleted += n;
+                        break;
+                    }
+                    Ok(n) => deleted += n,
+                    Err(err) => {
+                        tracing::warn!(%err, "deleting old signaling messages; trying again in an hour");
+                        break;
+                    }
+                }
+                // Let the journal's writes in between batches.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if deleted > 0 {
+                tracing::info!(deleted, days, "deleted signaling messages past their retention");
+            }
+        }
+    }
+
     /// Whether a task with this id was done (recorded in `operation_logs`).
     pub async fn task_done(&self, task_id: &str) -> Result<bool, sqlx::Error> {
         let sql = "SELECT COUNT(*) FROM operation_logs WHERE resource_type = 'task' AND resource_id = $1";
@@ -263,6 +303,7 @@ struct Statements {
     ai_task: SqlStr,
     recordings: SqlStr,
     operation: SqlStr,
+    purge_messages: SqlStr,
 }
 
 fn safe(sql: String) -> SqlStr {
@@ -338,6 +379,11 @@ impl Statements {
                 "INSERT INTO operation_logs (user_id, operation, resource_type, resource_id, details, created_at)
                  VALUES ({USER}$1), $2, $3, $4, {{json:$5}}, {{ts:$6}})"
             )),
+            // Among the oldest $2 rows (by id, which grows with time), those written before
+            // $1: a statement reads a bounded number of rows, whatever the table's size.
+            purge_messages: r("DELETE FROM signaling_messages WHERE id IN (
+                   SELECT id FROM (SELECT id, created_at FROM signaling_messages ORDER BY id LIMIT $2) oldest
+                   WHERE oldest.created_at < {ts:$1})"),
         }
     }
 }

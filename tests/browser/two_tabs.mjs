@@ -1,9 +1,9 @@
-// Opens the demo page in two tabs of one room in headless Debian Chromium and checks that
+// Opens the meeting page in two tabs of one room in headless Debian Chromium and checks that
 // each tab decodes the other's video and receives its audio (RTCPeerConnection.getStats),
 // chat, a resumed signaling connection, and a recording of both tabs made through the HTTP
 // API (its download links are printed as `recordings: [...]` for the caller to check).
 // Usage: node two_tabs.mjs http://127.0.0.1:PORT
-import { chromium } from 'playwright-core';
+import { inbound, joinMeeting, launch, waitFor } from './chromium.mjs';
 
 const base = process.argv[2];
 if (!base) {
@@ -11,53 +11,7 @@ if (!base) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream',
-    '--allow-loopback-in-peer-connection',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required',
-  ],
-});
-
-/** Inbound RTP totals of a tab's subscriber connection. */
-async function inbound(page) {
-  return page.evaluate(async () => {
-    if (!window.room) return null;
-    const pub = window.room.publisher ? await window.room.publisher.getStats() : new Map();
-    let publisherCipher = null;
-    pub.forEach((s) => { if (s.type === 'transport') publisherCipher = s.srtpCipher || null; });
-    const stats = await window.room.subscriber.getStats();
-    const totals = { framesDecoded: 0, audioPackets: 0, audioSamples: 0, videoTracks: 0, srtpCipher: null, publisherCipher };
-    stats.forEach((s) => {
-      if (s.type === 'transport') totals.srtpCipher = s.srtpCipher || null;
-      if (s.type === 'remote-outbound-rtp') totals.senderReports = (totals.senderReports || 0) + (s.reportsSent || 0);
-      if (s.type !== 'inbound-rtp') return;
-      if (s.kind === 'video') { totals.framesDecoded += s.framesDecoded || 0; totals.videoTracks += 1; }
-      if (s.kind === 'audio') { totals.audioPackets += s.packetsReceived || 0; totals.audioSamples += s.totalSamplesReceived || 0; }
-    });
-    return totals;
-  });
-}
-
-async function waitFor(what, check, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    last = await check();
-    if (last.ok) return last;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)}`);
-}
+const browser = await launch();
 
 let failed = false;
 try {
@@ -65,10 +19,7 @@ try {
   const room = `browser-${Date.now()}`;
   const pages = [];
   for (const name of ['ada', 'grace']) {
-    const page = await context.newPage();
-    page.on('console', (m) => { if (m.type() === 'error') console.error(`[${name}] ${m.text()}`); });
-    await page.goto(`${base}/?room=${room}&name=${name}`);
-    pages.push({ name, page });
+    pages.push({ name, page: await joinMeeting(context, `${base}/?room=${room}`, name) });
   }
   for (const { name, page } of pages) {
     const first = await waitFor(`${name} to receive media`, async () => {
@@ -78,9 +29,9 @@ try {
     // Decoding keeps going: frames and audio samples grow.
     const later = await waitFor(`${name}'s decoding to progress`, async () => {
       const s = await inbound(page);
-      return { ok: s.framesDecoded >= first.s.framesDecoded + 10 && s.audioSamples > first.s.audioSamples && s.senderReports > 0, s };
+      return { ok: s.framesDecoded >= first.s.framesDecoded + 10 && s.audioSamples > first.s.audioSamples && s.senderReports > 0 && !!s.publisherCipher, s };
     }, 15000);
-    const tiles = await page.locator('video').count();
+    const tiles = await page.locator('#videos video').count();
     console.log(`${name}: ${JSON.stringify(later.s)}, ${tiles} video tiles`);
     if (tiles < 2) throw new Error(`${name} shows ${tiles} video tiles, expected its own and the other's`);
     for (const cipher of [later.s.srtpCipher, later.s.publisherCipher]) {
@@ -97,6 +48,8 @@ try {
   // Ada's signaling connection drops: the page resumes the session and keeps its media.
   const before = await inbound(pages[0].page);
   await pages[0].page.evaluate(() => window.room.ws.close());
+  // The page says so while it resumes.
+  await pages[0].page.waitForFunction(() => document.getElementById('status').textContent.includes('reconnecting'), null, { timeout: 5000 });
   await pages[0].page.waitForFunction(() => document.getElementById('log').textContent.includes('* reconnected'), null, { timeout: 15000 });
   await pages[1].page.fill('#chat-text', 'welcome back');
   await pages[1].page.click('#chat-form button');

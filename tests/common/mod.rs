@@ -15,7 +15,7 @@ use switchboard::{serve, Settings};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -229,16 +229,59 @@ impl TestServer {
     }
 }
 
+/// A TLS client configuration that trusts the one certificate `pem` (a self-signed one).
+pub fn tls_client(pem: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.expect("a PEM certificate")).expect("a certificate rustls takes");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS connection to `addr` that verified the server's certificate for `localhost`.
+pub async fn tls_connect(tls: &tokio_rustls::TlsConnector, addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connects");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
+    tls.connect(name, tcp).await.expect("TLS handshake with the certificate trusted")
+}
+
+/// Writes `request` and reads until the peer closes (or a few seconds pass); the bytes read,
+/// as text.
+pub async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The transport under a signaling connection: WS, or WSS through [`tls_connect`].
+pub trait SignalStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> SignalStream for S {}
+
 /// A signaling connection that keeps unsolicited messages in arrival order.
 pub struct Signal {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn SignalStream>>,
     backlog: VecDeque<Value>,
     next_id: u64,
 }
 
 impl Signal {
     pub async fn connect(http: SocketAddr) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await.expect("ws connects");
+        let tcp = TcpStream::connect(http).await.expect("connects");
+        Self::upgrade(format!("ws://{http}/ws"), tcp).await
+    }
+
+    /// A signaling connection to `url` over `stream` (TCP, or TLS for `wss://`).
+    pub async fn upgrade<S: SignalStream + 'static>(url: String, stream: S) -> Self {
+        let (ws, _) = tokio_tungstenite::client_async(url, Box::new(stream) as Box<dyn SignalStream>).await.expect("ws connects");
         Self { ws, backlog: VecDeque::new(), next_id: 1 }
     }
 
