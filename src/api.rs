@@ -1,7 +1,7 @@
 //! What the HTTP handlers share: the application state, the refusals the JSON API answers
 //! with, bearer-token checks, optional JSON bodies and signed download links. The page and
-//! WebSocket (`http`), the admin API (`admin`) and the recordings API (`recordings_api`) all
-//! build on it and on nothing of each other's.
+//! WebSocket (`http`), the admin API (`admin`), the recordings API (`recordings_api`) and
+//! WHIP (`whip`) all build on it and on nothing of each other's.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub struct AppState {
     pub origins: crate::origins::OriginPolicy,
     /// Permits of the downloads served at once (`http.max_concurrent_downloads`).
     pub downloads: Arc<tokio::sync::Semaphore>,
+    /// The WHIP sessions of this node.
+    pub whip: crate::whip::WhipSessions,
 }
 
 /// The query of a signed download link.
@@ -91,18 +93,28 @@ pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024;
 /// they checked the token: the defaults when it is empty, 413 `body_too_large` past
 /// [`MAX_BODY_BYTES`], 400 `invalid_body` when it is cut short or does not parse.
 pub(crate) async fn optional_json<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, Refusal> {
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(err) if err.source().is_some_and(|e| e.is::<LengthLimitError>()) => {
-            let message = format!("request bodies are at most {MAX_BODY_BYTES} bytes");
-            return Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message));
-        }
-        Err(_) => return Err(refusal(StatusCode::BAD_REQUEST, "invalid_body", "the request body could not be read")),
-    };
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
     if bytes.is_empty() {
         return Ok(T::default());
     }
     serde_json::from_slice(&bytes).map_err(|err| refusal(StatusCode::BAD_REQUEST, "invalid_body", err.to_string()))
+}
+
+/// A request's body, up to `max` bytes: 413 `body_too_large` past them, 400 `invalid_body`
+/// when it is cut short.
+pub(crate) async fn read_body(body: Body, max: usize) -> Result<axum::body::Bytes, Refusal> {
+    match axum::body::to_bytes(body, max).await {
+        Ok(bytes) => Ok(bytes),
+        Err(err) if err.source().is_some_and(|e| e.is::<LengthLimitError>()) => {
+            Err(refusal(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request bodies are at most {max} bytes")))
+        }
+        Err(_) => Err(refusal(StatusCode::BAD_REQUEST, "invalid_body", "the request body could not be read")),
+    }
+}
+
+/// The token of the request's `Authorization: Bearer` header.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "))
 }
 
 /// The identity in the request's bearer token, if the token is for `room` and `allowed`
@@ -114,10 +126,7 @@ pub(crate) fn bearer_of(
     what: &str,
     allowed: impl Fn(&Grants) -> bool,
 ) -> Result<String, Refusal> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+    let token = bearer_token(headers)
         .ok_or_else(|| refusal(StatusCode::UNAUTHORIZED, "unauthorized", "an `Authorization: Bearer <token>` header is needed"))?;
     let claims = state.signaling.auth.verify(token).map_err(|err| match err {
         AuthError::Expired => refusal(StatusCode::UNAUTHORIZED, "token_expired", "access token expired"),

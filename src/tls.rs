@@ -110,12 +110,12 @@ impl HttpListener {
     pub fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Self> {
         let local = tcp.local_addr()?;
         let (sender, accepted) = mpsc::channel(64);
-        tokio::spawn(accept(tcp, tls.map(TlsAcceptor::from), sender));
+        tokio::spawn(accept_connections(tcp, tls.map(TlsAcceptor::from), sender));
         Ok(Self { accepted, local })
     }
 }
 
-async fn accept(tcp: TcpListener, tls: Option<TlsAcceptor>, accepted: mpsc::Sender<(HttpStream, SocketAddr)>) {
+async fn accept_connections(tcp: TcpListener, tls: Option<TlsAcceptor>, accepted: mpsc::Sender<(HttpStream, SocketAddr)>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, peer) = match tcp.accept().await {

@@ -1,7 +1,8 @@
 //! A real browser: two headless Chromium tabs open the meeting page in one room and must
 //! decode each other's video and audio, chat, survive a dropped signaling connection, and be
 //! recorded through the HTTP API into HLS that ffprobe reads and ffmpeg decodes; three tabs
-//! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs).
+//! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs); a
+//! page publishes over WHIP and the meeting page shows it (tests/browser/whip.mjs).
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
 
@@ -67,6 +68,13 @@ async fn three_people_use_the_meeting_page_over_https() {
         let kinds: Vec<&str> = probe["streams"].as_array().expect("streams").iter().filter_map(|s| s["codec_type"].as_str()).collect();
         assert!(kinds.contains(&"video") && kinds.contains(&"audio"), "{link}: {probe}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chromium_page_publishes_over_whip_and_the_meeting_page_shows_it() {
+    let server = TestServer::start(&[]).await;
+    let stdout = node("whip.mjs", vec![format!("http://{}", server.http)]).await;
+    assert!(stdout.contains("whip publisher seen") && stdout.contains("whip session ended"), "{stdout}");
 }
 
 /// A browser's recording as HLS: a video (VP8, VP9 or H.264, as Chromium chose) and an Opus

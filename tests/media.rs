@@ -168,6 +168,82 @@ async fn late_joiner_receives_tracks_already_published() {
     dave.expect("participant_left").await;
 }
 
+/// A WHIP publisher (RFC 9725) is a participant like any other: a subscriber in the room
+/// sees it join and receives its media byte-identical; trickled candidates need the session's
+/// ETag; `DELETE` ends it. What the endpoint refuses, it refuses with the RFC's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
+    use common::http_request;
+    let server = TestServer::start(&[]).await;
+    let addr = server.http;
+    let token = server.token("whip", "obs", &["publish"]);
+    let bearer = format!("Bearer {token}");
+    let sdp = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
+
+    let options = http_request(addr, "OPTIONS", "/whip/whip", &[], "").await;
+    assert_eq!((options.status, options.header("accept-post")), (200, Some("application/sdp")));
+    let others = [
+        (server.token("elsewhere", "obs", &["publish"]), "application/sdp", "v=0\r\n", 403),
+        (server.token("whip", "obs", &["subscribe"]), "application/sdp", "v=0\r\n", 403),
+        ("not-a-token".to_owned(), "application/sdp", "v=0\r\n", 401),
+        (token.clone(), "application/json", "{}", 415),
+        (token.clone(), "application/sdp", "this is no SDP", 400),
+    ];
+    for (token, content_type, body, status) in others {
+        let bearer = format!("Bearer {token}");
+        let refused = http_request(addr, "POST", "/whip/whip", &[("Authorization", &bearer), ("Content-Type", content_type)], body).await;
+        assert_eq!(refused.status, status, "{content_type} {body}: {}", refused.body);
+    }
+
+    let (mut viewer, _) = server.joined("whip", "viewer", &["subscribe"]).await;
+    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
+    let mut session = None;
+    let created_session = &mut session;
+    let exchange = move |offer: String| async move {
+        let created = http_request(addr, "POST", "/whip/whip", &sdp, &offer).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert_eq!(created.header("content-type"), Some("application/sdp"));
+        assert!(created.body.contains("a=recvonly"), "{}", created.body);
+        let location = created.header("location").expect("Location").to_owned();
+        let etag = created.header("etag").expect("ETag").to_owned();
+        assert!(location.starts_with("/whip/whip/") && etag.starts_with('"'), "{location} {etag}");
+        *created_session = Some((location, etag));
+        created.body
+    };
+    let (_obs, out) = rtc_client::publish_with(rtc_client::new_client().await, &[vp8], exchange).await;
+    let (location, etag) = session.expect("the session was created");
+    assert_eq!(viewer.expect("participant_joined").await["participant"]["identity"], "obs");
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 300, 3000));
+    let mut viewer_rtc = rtc_client::new_client().await;
+    assert_eq!(answer_offers(&mut viewer, &viewer_rtc, Duration::from_millis(800)).await, 1);
+    let received = receive_streams(&mut viewer_rtc, [sender]).await;
+    assert_identical_run(&received, "cam", 300, "video/VP8");
+
+    let fragment = "a=mid:0\r\na=candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host\r\n";
+    let trickle = |if_match: Option<&'static str>| {
+        let (location, etag, bearer) = (location.clone(), etag.clone(), bearer.clone());
+        async move {
+            let mut headers = vec![("Authorization", bearer.as_str()), ("Content-Type", "application/trickle-ice-sdpfrag")];
+            let tag = if_match.map(|t| if t == "etag" { etag.clone() } else { t.to_owned() });
+            if let Some(tag) = &tag {
+                headers.push(("If-Match", tag.as_str()));
+            }
+            http_request(addr, "PATCH", &location, &headers, fragment).await.status
+        }
+    };
+    assert_eq!(trickle(None).await, 428, "If-Match is required");
+    assert_eq!(trickle(Some("\"other\"")).await, 412, "another ICE session");
+    assert_eq!(trickle(Some("etag")).await, 204);
+    let restart = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef01234567\r\n";
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/trickle-ice-sdpfrag"), ("If-Match", "*")];
+    assert_eq!(http_request(addr, "PATCH", &location, &headers, restart).await.status, 422, "no ICE restarts");
+
+    let auth = [("Authorization", bearer.as_str())];
+    assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 200);
+    viewer.expect("participant_left").await;
+    assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 404, "ended");
+}
+
 /// Alice publishes 300 VP8 packets in `room`; then a subscriber joins on `client`, and every
 /// packet from its first on must reach it byte-identical. Gives the client back.
 async fn vp8_reaches_a_subscriber(server: &TestServer, room: &str, mut client: rtc_client::Client) -> rtc_client::Client {

@@ -91,6 +91,10 @@ pub enum ClientMessage {
         id: Option<Value>,
         /// The access token.
         token: String,
+        /// `false`: this connection receives no one's media, even with the `subscribe`
+        /// grant (a publisher only, such as a WHIP ingest). Default `true`.
+        #[serde(default)]
+        subscribe: Option<bool>,
     },
     /// Take over a joined session whose connection dropped, within its grace period.
     Resume {

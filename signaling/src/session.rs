@@ -475,7 +475,7 @@ impl Session {
             return Step::Continue;
         }
         match message {
-            ClientMessage::Join { token, .. } => self.join(id, &token).await,
+            ClientMessage::Join { token, subscribe, .. } => self.join(id, &token, subscribe.unwrap_or(true)).await,
             ClientMessage::Resume { session_id, .. } => return self.resume(id, &session_id).await,
             ClientMessage::PublishOffer { sdp, .. } => self.publish_offer(id, sdp).await,
             ClientMessage::SubscribeAnswer { sdp, .. } => self.subscribe_answer(id, sdp).await,
@@ -517,7 +517,7 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, id: Option<Value>, token: &str) {
+    async fn join(&mut self, id: Option<Value>, token: &str, subscribe: bool) {
         if self.joined.is_some() {
             return self.send(ServerMessage::error(id, ErrorCode::AlreadyJoined, "already joined")).await;
         }
@@ -544,7 +544,7 @@ impl Session {
             }
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let grants = MediaGrants { publish: claims.grants.publish, subscribe: claims.grants.subscribe };
+        let grants = MediaGrants { publish: claims.grants.publish, subscribe: claims.grants.subscribe && subscribe };
         let joined =
             self.ctx.sfu.join(RoomId::new(claims.room.as_str()), ParticipantId::new(me.participant_id.as_str()), grants, events_tx).await;
         let (media, tracks) = match joined {

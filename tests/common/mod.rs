@@ -402,23 +402,49 @@ pub async fn offers_answered(signal: &mut Signal, client: &rtc_client::Client, w
     offers
 }
 
-/// An HTTP/1.1 request (JSON body, optional bearer token): the status and the JSON body
-/// (`Null` when the body is not JSON).
-pub async fn http_json(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
+/// An HTTP/1.1 response: its status, headers (names in lower case) and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the header `name` (lower case), if it came.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 request with `headers` (`Content-Length` and `Connection: close` added) and
+/// `body`.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("connects");
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     stream.write_all(request.as_bytes()).await.expect("request sent");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("response read");
     let text = String::from_utf8_lossy(&response);
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers = lines.filter_map(|line| line.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    HttpResponse { status, headers, body: body.to_owned() }
+}
+
+/// An HTTP/1.1 request (JSON body, optional bearer token): the status and the JSON body
+/// (`Null` when the body is not JSON).
+pub async fn http_json(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let response = http_request(addr, method, path, &headers, body).await;
+    (response.status, serde_json::from_str(&response.body).unwrap_or(Value::Null))
 }
 
 /// The status a request gets while its announced body of `announced` bytes has not been sent:
@@ -739,16 +765,29 @@ pub mod rtc_client {
     }
 
     /// [`publish`] on a given client.
-    pub async fn publish_on(mut client: Client, signal: &mut Signal, tracks: &[Arc<TrackLocalStaticRTP>]) -> (Client, Vec<Outbound>) {
+    pub async fn publish_on(client: Client, signal: &mut Signal, tracks: &[Arc<TrackLocalStaticRTP>]) -> (Client, Vec<Outbound>) {
+        publish_with(client, tracks, move |offer| async move {
+            let reply = signal.request(json!({"type": "publish_offer", "sdp": offer})).await;
+            assert_eq!(reply["type"], "publish_answer", "publish refused: {reply}");
+            reply["sdp"].as_str().expect("sdp").to_owned()
+        })
+        .await
+    }
+
+    /// Publishes tracks with the offer/answer exchange `exchange` (signaling, WHIP, ...),
+    /// which takes the offer and gives the server's answer; waits until the connection is up.
+    pub async fn publish_with<F, Fut>(mut client: Client, tracks: &[Arc<TrackLocalStaticRTP>], exchange: F) -> (Client, Vec<Outbound>)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
         let mut senders = Vec::new();
         for track in tracks {
             senders.push(client.pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.expect("add track"));
         }
         let offer = client.pc.create_offer(None).await.expect("offer");
         client.pc.set_local_description(offer.clone()).await.expect("apply offer");
-        let reply = signal.request(json!({"type": "publish_offer", "sdp": offer.sdp})).await;
-        assert_eq!(reply["type"], "publish_answer", "publish refused: {reply}");
-        let answer = RTCSessionDescription::answer(reply["sdp"].as_str().expect("sdp").to_owned()).expect("answer");
+        let answer = RTCSessionDescription::answer(exchange(offer.sdp).await).expect("answer");
         client.pc.set_remote_description(answer).await.expect("apply answer");
         client.wait_connected().await;
         let mut outbound = Vec::new();

@@ -1,0 +1,346 @@
+//! WHIP ingest (RFC 9725): a publisher that speaks HTTP instead of the signaling WebSocket,
+//! as OBS Studio (30 and later) and GStreamer's `whipclientsink` do.
+//!
+//! - `POST /whip/{room}` with an SDP offer and a bearer token with the `publish` grant:
+//!   `201 Created`, the SDP answer, `Location` of the session and its `ETag`.
+//! - `PATCH` of the session with `application/trickle-ice-sdpfrag` and `If-Match` of its
+//!   ETag: trickled candidates (`204`); an ICE restart is refused (`422`).
+//! - `DELETE` of the session: it leaves the room (`200`).
+//!
+//! A WHIP session is a signaling session like any other, driven here instead of by a
+//! WebSocket: it joins with `subscribe: false`, sends the offer as `publish_offer`, and from
+//! then on its participant is seen, forwarded and recorded like anyone's. It ends on
+//! `DELETE`, when its media connection fails, when no track of it reached the server within
+//! [`MEDIA_DEADLINE`], or when the room is closed or an operator removes it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
+use axum::Router;
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::{json, Value};
+use signaling::session::{run_session, CloseReason, Inbound, Transport};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{bearer_of, bearer_token, read_body, refusal, AppState, Refusal};
+use crate::connections::{CapReached, ConnectionSlot};
+use crate::tls::ClientAddr;
+
+/// The content type of offers and answers.
+const SDP: &str = "application/sdp";
+/// The content type of trickled candidates and ICE restarts (RFC 8840).
+const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
+/// How long a new session has for a track of it to reach the server.
+pub const MEDIA_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the session takes to answer a request before the request fails.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server messages queued for a WHIP session's driver.
+const OUTBOX_CAPACITY: usize = 64;
+
+/// The WHIP routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/whip/{room}", post(create).options(options).get(no_content))
+        .route("/whip/{room}/{resource}", patch(update).delete(end).get(no_content))
+}
+
+/// A `GET` of the endpoint or of a session: 2xx and no content (RFC 9725 §4.1).
+async fn no_content() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// This node's WHIP sessions, by resource id.
+#[derive(Default)]
+pub struct WhipSessions {
+    sessions: Mutex<HashMap<String, WhipSession>>,
+}
+
+/// What a WHIP session's HTTP requests need: where it is, and a way to its signaling session.
+#[derive(Clone)]
+struct WhipSession {
+    room: String,
+    etag: String,
+    frames: mpsc::Sender<Inbound>,
+}
+
+impl WhipSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WhipSession>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, room: &str, resource: &str) -> Option<WhipSession> {
+        self.lock().get(resource).filter(|s| s.room == room).cloned()
+    }
+}
+
+/// What the endpoint takes (RFC 9725 §4.2).
+async fn options() -> Response {
+    (StatusCode::OK, [(header::HeaderName::from_static("accept-post"), SDP)]).into_response()
+}
+
+/// The signaling session a WHIP session drives: requests in, replies out.
+struct Driver {
+    frames: mpsc::Sender<Inbound>,
+    replies: mpsc::Receiver<String>,
+    next_id: u64,
+}
+
+impl Driver {
+    /// Sends `message` with a fresh id and waits for the reply carrying it; answers the
+    /// session's pings meanwhile and lets everything else by.
+    async fn request(&mut self, mut message: Value) -> Option<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        message["id"] = json!(id);
+        self.frames.send(Inbound::Text(message.to_string())).await.ok()?;
+        let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let text = tokio::time::timeout_at(deadline, self.replies.recv()).await.ok()??;
+            let Ok(reply) = serde_json::from_str::<Value>(&text) else { continue };
+            if reply["id"] == json!(id) {
+                return Some(reply);
+            }
+            if reply["type"] == "ping" {
+                let _ = self.frames.send(Inbound::Text(json!({"type": "pong"}).to_string())).await;
+            }
+        }
+    }
+
+    /// Ends the session (its participant leaves the room).
+    async fn leave(&self) {
+        let _ = self.frames.send(Inbound::Text(json!({"type": "leave"}).to_string())).await;
+    }
+}
+
+/// The HTTP status for a protocol error the session answered with.
+fn status_of(error: &Value) -> (StatusCode, &'static str) {
+    match error["code"].as_str().unwrap_or_default() {
+        "unauthorized" => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        "token_expired" => (StatusCode::UNAUTHORIZED, "token_expired"),
+        "forbidden" => (StatusCode::FORBIDDEN, "forbidden"),
+        "invalid_sdp" => (StatusCode::BAD_REQUEST, "invalid_sdp"),
+        "too_many_tracks" => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_tracks"),
+        "room_full" => (StatusCode::SERVICE_UNAVAILABLE, "room_full"),
+        "too_many_rooms" => (StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn refused_by_session(error: &Value) -> Refusal {
+    let (status, code) = status_of(error);
+    refusal(status, code, error["message"].as_str().unwrap_or("refused").to_owned())
+}
+
+fn has_content_type(headers: &HeaderMap, wanted: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(wanted)))
+}
+
+fn wrong_content_type(wanted: &str) -> Response {
+    refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("the body must be {wanted}")).into_response()
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(refused) = bearer_of(&state, &headers, &room, "publish", |grants| grants.publish) {
+        return refused.into_response();
+    }
+    let Some(token) = bearer_token(&headers).map(str::to_owned) else { return StatusCode::UNAUTHORIZED.into_response() };
+    if !has_content_type(&headers, SDP) {
+        return wrong_content_type(SDP);
+    }
+    let offer = match read_body(body, state.signaling.limits.max_message_bytes).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(refused) => return refused.into_response(),
+    };
+    let slot = match state.connections.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(CapReached::Total) => return refusal(StatusCode::SERVICE_UNAVAILABLE, "busy", "this node holds its most sessions").into_response(),
+        Err(CapReached::PerAddress) => {
+            return refusal(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", "too many sessions from this address").into_response()
+        }
+    };
+    let (frames, inbound) = mpsc::channel(16);
+    let (outbox, replies) = mpsc::channel(OUTBOX_CAPACITY);
+    let (close, closed) = oneshot::channel::<CloseReason>();
+    tokio::spawn(run_session(state.signaling.clone(), Transport { inbound, outbox, close }));
+    let mut driver = Driver { frames, replies, next_id: 0 };
+
+    let Some(joined) = driver.request(json!({"type": "join", "token": token, "subscribe": false})).await else {
+        return refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the session did not answer").into_response();
+    };
+    match joined["type"].as_str() {
+        Some("joined") => {}
+        Some("redirect") => {
+            // Another node hosts the room: the client posts there (RFC 9725 §4.5).
+            let url = format!("{}/whip/{room}", joined["url"].as_str().unwrap_or_default().trim_end_matches('/'));
+            return match HeaderValue::from_str(&url) {
+                Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            };
+        }
+        _ => return refused_by_session(&joined).into_response(),
+    }
+    let participant = joined["participant"]["participant_id"].as_str().unwrap_or_default().to_owned();
+    let answer = match driver.request(json!({"type": "publish_offer", "sdp": offer})).await {
+        Some(reply) if reply["type"] == "publish_answer" => reply["sdp"].as_str().unwrap_or_default().to_owned(),
+        Some(error) => {
+            driver.leave().await;
+            return refused_by_session(&error).into_response();
+        }
+        None => {
+            driver.leave().await;
+            return refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the session did not answer").into_response();
+        }
+    };
+    let resource = Alphanumeric.sample_string(&mut rand::rng(), 24);
+    let etag = Alphanumeric.sample_string(&mut rand::rng(), 16);
+    let session = WhipSession { room: room.clone(), etag: etag.clone(), frames: driver.frames.clone() };
+    state.whip.lock().insert(resource.clone(), session);
+    tracing::info!(%room, %participant, %resource, "WHIP session started");
+    tokio::spawn(watch(state.clone(), resource.clone(), participant, driver, closed, slot));
+    let location = format!("/whip/{room}/{resource}");
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(SDP)),
+        (header::LOCATION, HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/"))),
+        (header::ETAG, HeaderValue::from_str(&format!("\"{etag}\"")).unwrap_or(HeaderValue::from_static("\"\""))),
+        (header::HeaderName::from_static("accept-patch"), HeaderValue::from_static(SDP_FRAGMENT)),
+    ];
+    (StatusCode::CREATED, headers, answer).into_response()
+}
+
+/// Keeps a WHIP session going until it ends: answers its pings, ends it when its media does
+/// not arrive in time or fails, and forgets it once it is over.
+async fn watch(
+    state: Arc<AppState>,
+    resource: String,
+    participant: String,
+    mut driver: Driver,
+    closed: oneshot::Receiver<CloseReason>,
+    slot: ConnectionSlot,
+) {
+    let deadline = tokio::time::sleep(MEDIA_DEADLINE);
+    tokio::pin!(deadline);
+    let mut media_arrived = false;
+    loop {
+        tokio::select! {
+            text = driver.replies.recv() => {
+                let Some(text) = text else { break };
+                let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                match message["type"].as_str() {
+                    Some("ping") => {
+                        let _ = driver.frames.send(Inbound::Text(json!({"type": "pong"}).to_string())).await;
+                    }
+                    Some("track_published") if message["track"]["participant_id"] == participant.as_str() => media_arrived = true,
+                    Some("error") if message["code"] == "media_connection_failed" => driver.leave().await,
+                    _ => {}
+                }
+            }
+            () = &mut deadline, if !media_arrived => {
+                tracing::info!(%resource, "WHIP session ended: no media within the deadline");
+                driver.leave().await;
+                media_arrived = true; // leave once
+            }
+        }
+    }
+    drop(closed);
+    state.whip.lock().remove(&resource);
+    drop(slot);
+    tracing::info!(%resource, "WHIP session over");
+}
+
+/// The session of a `PATCH` or `DELETE`, once the request's token may publish in its room.
+fn session_of(state: &AppState, headers: &HeaderMap, room: &str, resource: &str) -> Result<WhipSession, Response> {
+    bearer_of(state, headers, room, "publish", |grants| grants.publish).map_err(IntoResponse::into_response)?;
+    state.whip.get(room, resource).ok_or_else(|| refusal(StatusCode::NOT_FOUND, "not_found", "no such WHIP session").into_response())
+}
+
+async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+    let session = match session_of(&state, &headers, &room, &resource) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    if !has_content_type(&headers, SDP_FRAGMENT) {
+        return wrong_content_type(SDP_FRAGMENT);
+    }
+    // Conditional requests (RFC 9725 §4.3.1): the ICE session the client means.
+    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::trim) {
+        None => return refusal(StatusCode::PRECONDITION_REQUIRED, "if_match_required", "send If-Match with the ETag").into_response(),
+        Some(tag) if tag != "*" && tag.trim_matches('"') != session.etag => {
+            return refusal(StatusCode::PRECONDITION_FAILED, "etag_mismatch", "If-Match names another ICE session").into_response()
+        }
+        Some(_) => {}
+    }
+    let fragment = match read_body(body, state.signaling.limits.max_message_bytes).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(refused) => return refused.into_response(),
+    };
+    let trickle = match parse_fragment(&fragment) {
+        Ok(trickle) => trickle,
+        Err(response) => return response,
+    };
+    for (candidate, mid) in trickle {
+        let message = json!({"type": "trickle", "target": "publisher", "candidate": candidate, "sdp_mid": mid});
+        if session.frames.send(Inbound::Text(message.to_string())).await.is_err() {
+            return refusal(StatusCode::NOT_FOUND, "not_found", "the WHIP session has ended").into_response();
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The candidates of a trickle fragment with the mid of the section each belongs to; an ICE
+/// restart (new credentials) is refused.
+fn parse_fragment(fragment: &str) -> Result<Vec<(String, Option<String>)>, Response> {
+    let mut mid = None;
+    let mut candidates = Vec::new();
+    for line in fragment.lines().map(str::trim_end) {
+        if line.starts_with("a=ice-ufrag:") || line.starts_with("a=ice-pwd:") {
+            let message = "ICE restarts are not supported: end the session (DELETE) and post a new offer";
+            return Err(refusal(StatusCode::UNPROCESSABLE_ENTITY, "ice_restart_unsupported", message).into_response());
+        }
+        if let Some(value) = line.strip_prefix("a=mid:") {
+            mid = Some(value.to_owned());
+        } else if let Some(candidate) = line.strip_prefix("a=").filter(|l| l.starts_with("candidate:")) {
+            candidates.push((candidate.to_owned(), mid.clone()));
+        }
+    }
+    Ok(candidates)
+}
+
+async fn end(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let session = match session_of(&state, &headers, &room, &resource) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    state.whip.lock().remove(&resource);
+    let _ = session.frames.send(Inbound::Text(json!({"type": "leave"}).to_string())).await;
+    StatusCode::OK.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trickle_fragments_give_their_candidates_with_their_mid_and_refuse_ice_restarts() {
+        let fragment = "a=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            a=candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host\r\na=end-of-candidates\r\n";
+        let parsed = parse_fragment(fragment).unwrap_or_default();
+        assert_eq!(parsed, [("candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host".to_owned(), Some("0".to_owned()))]);
+        let restart = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef01234567\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\n";
+        assert_eq!(parse_fragment(restart).map(|_| ()).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}
