@@ -263,15 +263,15 @@ async fn watch(
 }
 
 /// The session of a `PATCH` or `DELETE`, once the request's token may publish in its room.
-fn session_of(state: &AppState, headers: &HeaderMap, room: &str, resource: &str) -> Result<WhipSession, Response> {
-    bearer_of(state, headers, room, "publish", |grants| grants.publish).map_err(IntoResponse::into_response)?;
-    state.whip.get(room, resource).ok_or_else(|| refusal(StatusCode::NOT_FOUND, "not_found", "no such WHIP session").into_response())
+fn session_of(state: &AppState, headers: &HeaderMap, room: &str, resource: &str) -> Result<WhipSession, Refusal> {
+    bearer_of(state, headers, room, "publish", |grants| grants.publish)?;
+    state.whip.get(room, resource).ok_or_else(|| refusal(StatusCode::NOT_FOUND, "not_found", "no such WHIP session"))
 }
 
 async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
     let session = match session_of(&state, &headers, &room, &resource) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     if !has_content_type(&headers, SDP_FRAGMENT) {
         return wrong_content_type(SDP_FRAGMENT);
@@ -290,7 +290,7 @@ async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path
     };
     let trickle = match parse_fragment(&fragment) {
         Ok(trickle) => trickle,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     for (candidate, mid) in trickle {
         let message = json!({"type": "trickle", "target": "publisher", "candidate": candidate, "sdp_mid": mid});
@@ -303,13 +303,13 @@ async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path
 
 /// The candidates of a trickle fragment with the mid of the section each belongs to; an ICE
 /// restart (new credentials) is refused.
-fn parse_fragment(fragment: &str) -> Result<Vec<(String, Option<String>)>, Response> {
+fn parse_fragment(fragment: &str) -> Result<Vec<(String, Option<String>)>, Refusal> {
     let mut mid = None;
     let mut candidates = Vec::new();
     for line in fragment.lines().map(str::trim_end) {
         if line.starts_with("a=ice-ufrag:") || line.starts_with("a=ice-pwd:") {
             let message = "ICE restarts are not supported: end the session (DELETE) and post a new offer";
-            return Err(refusal(StatusCode::UNPROCESSABLE_ENTITY, "ice_restart_unsupported", message).into_response());
+            return Err(refusal(StatusCode::UNPROCESSABLE_ENTITY, "ice_restart_unsupported", message));
         }
         if let Some(value) = line.strip_prefix("a=mid:") {
             mid = Some(value.to_owned());
@@ -323,7 +323,7 @@ fn parse_fragment(fragment: &str) -> Result<Vec<(String, Option<String>)>, Respo
 async fn end(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap) -> Response {
     let session = match session_of(&state, &headers, &room, &resource) {
         Ok(session) => session,
-        Err(response) => return response,
+        Err(refused) => return refused.into_response(),
     };
     state.whip.lock().remove(&resource);
     let _ = session.frames.send(Inbound::Text(json!({"type": "leave"}).to_string())).await;
@@ -341,6 +341,7 @@ mod tests {
         let parsed = parse_fragment(fragment).unwrap_or_default();
         assert_eq!(parsed, [("candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host".to_owned(), Some("0".to_owned()))]);
         let restart = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef01234567\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\n";
-        assert_eq!(parse_fragment(restart).map(|_| ()).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let refused = parse_fragment(restart).map(|_| ()).unwrap_err().into_response();
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }
