@@ -16,6 +16,8 @@ let screen = null;
 let micMuted = false;
 let cameraOff = false;
 let qualityTimer = null;
+/** The preview being opened: joining waits for it, so that what it opens is published. */
+let previewing = Promise.resolve();
 
 // ---------------------------------------------------------------- join screen
 
@@ -99,6 +101,7 @@ async function join(event) {
   const name = $('name').value.trim();
   const roomName = $('room').value.trim();
   try {
+    await previewing;
     const token = await tokenFor(name, roomName);
     const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
     room = await Switchboard.connect({ url, token });
@@ -422,8 +425,12 @@ function enterMeeting() {
 // ---------------------------------------------------------------- wiring
 
 $('join-form').addEventListener('submit', join);
-$('camera').addEventListener('change', startPreview);
-$('microphone').addEventListener('change', startPreview);
+function preview() {
+  previewing = startPreview().catch((err) => { $('preview-note').textContent = err.message; $('preview-note').hidden = false; });
+}
+
+$('camera').addEventListener('change', preview);
+$('microphone').addEventListener('change', preview);
 $('toggle-mic').addEventListener('click', toggleMic);
 $('toggle-camera').addEventListener('click', toggleCamera);
 $('share-screen').addEventListener('click', toggleScreen);
@@ -443,4 +450,4 @@ $('chat-form').addEventListener('submit', (event) => {
 
 prefill();
 show('join-screen');
-startPreview();
+preview();
