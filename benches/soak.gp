@@ -9,7 +9,7 @@ set ylabel "resident memory (MiB), descriptors"
 set y2label "database (MiB)"
 set y2tics
 set ytics nomirror
-set key top left
+set key bottom right
 set grid
 set datafile separator "\t"
 plot table using 1:($2 / 1024) skip 1 with linespoints lw 2 pt 7 title "resident memory (MiB)", \
