@@ -105,12 +105,18 @@ try {
     const hrefs = await ada.$$eval('#recordings a', (anchors) => anchors.map((a) => a.href));
     return { ok: hrefs.length === 3, hrefs };
   }, 30000);
-  // The link opens: the browser gets the file.
-  const opened = await ada.evaluate(async (href) => {
-    const response = await fetch(href);
-    return { status: response.status, type: response.headers.get('content-type'), bytes: (await response.arrayBuffer()).byteLength };
-  }, links.hrefs[0]);
-  if (opened.status !== 200 || opened.bytes < 10000) throw new Error(`the recording link answered ${JSON.stringify(opened)}`);
+  // Ada clicks the first link (it opens in a new tab): the browser gets the file, shown or
+  // downloaded. The object store may be another origin (S3), which a click may open.
+  const path = new URL(links.hrefs[0]).pathname;
+  const opened = Promise.race([
+    context.waitForEvent('response', { predicate: (r) => new URL(r.url()).pathname === path, timeout: 15000 })
+      .then((r) => ({ status: r.status(), type: r.headers()['content-type'] })),
+    context.waitForEvent('download', { timeout: 15000 }).then((d) => ({ status: 200, download: d.suggestedFilename() })),
+  ]);
+  await ada.click('#recordings a >> nth=0');
+  const got = await opened;
+  if (got.status !== 200) throw new Error(`the recording link answered ${JSON.stringify(got)}`);
+  console.log(`recording link opened: ${JSON.stringify(got)}`);
   console.log(`recordings: ${JSON.stringify(links.hrefs)}`);
 
   // Linus leaves: he sees the left screen, the others lose his tile and his name.
