@@ -47,7 +47,27 @@ const OUTBOX_CAPACITY: usize = 64;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/whip/{room}", post(create).options(options).get(no_content))
-        .route("/whip/{room}/{resource}", patch(update).delete(end).get(no_content))
+        .route("/whip/{room}/{resource}", patch(update).delete(end).options(session_options).get(no_content))
+        .layer(axum::middleware::map_response(cross_origin))
+}
+
+/// Lets web pages of any origin use WHIP (RFC 9725 §4.2 asks for CORS): every request needs
+/// a bearer token, which a page of another origin cannot obtain from this server, so no
+/// ambient credential is exposed. The headers a client reads are exposed to it.
+async fn cross_origin(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Accept-Patch, Accept-Post, Link"));
+    response
+}
+
+/// A preflight's answer: the methods of `methods`, the request headers WHIP uses.
+fn preflight(methods: &'static str) -> [(header::HeaderName, &'static str); 3] {
+    [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, methods),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type, If-Match"),
+        (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+    ]
 }
 
 /// A `GET` of the endpoint or of a session: 2xx and no content (RFC 9725 §4.1).
@@ -79,9 +99,14 @@ impl WhipSessions {
     }
 }
 
-/// What the endpoint takes (RFC 9725 §4.2).
+/// What the endpoint takes (RFC 9725 §4.2), and a CORS preflight's answer.
 async fn options() -> Response {
-    (StatusCode::OK, [(header::HeaderName::from_static("accept-post"), SDP)]).into_response()
+    (StatusCode::OK, preflight("POST, OPTIONS"), [(header::HeaderName::from_static("accept-post"), SDP)]).into_response()
+}
+
+/// What a session takes, and a CORS preflight's answer.
+async fn session_options() -> Response {
+    (StatusCode::OK, preflight("PATCH, DELETE, OPTIONS"), [(header::HeaderName::from_static("accept-patch"), SDP_FRAGMENT)]).into_response()
 }
 
 /// The signaling session a WHIP session drives: requests in, replies out.

@@ -180,8 +180,13 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
     let bearer = format!("Bearer {token}");
     let sdp = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
 
-    let options = http_request(addr, "OPTIONS", "/whip/whip", &[], "").await;
+    // A web page of another origin may use it (its CORS preflight is answered).
+    let preflight = [("Origin", "https://studio.example"), ("Access-Control-Request-Method", "POST")];
+    let options = http_request(addr, "OPTIONS", "/whip/whip", &preflight, "").await;
     assert_eq!((options.status, options.header("accept-post")), (200, Some("application/sdp")));
+    assert_eq!(options.header("access-control-allow-origin"), Some("*"));
+    assert!(options.header("access-control-allow-methods").is_some_and(|m| m.contains("POST")));
+    assert!(options.header("access-control-allow-headers").is_some_and(|h| h.contains("Authorization")));
     let others = [
         (server.token("elsewhere", "obs", &["publish"]), "application/sdp", "v=0\r\n", 403),
         (server.token("whip", "obs", &["subscribe"]), "application/sdp", "v=0\r\n", 403),
@@ -207,6 +212,7 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
         let location = created.header("location").expect("Location").to_owned();
         let etag = created.header("etag").expect("ETag").to_owned();
         assert!(location.starts_with("/whip/whip/") && etag.starts_with('"'), "{location} {etag}");
+        assert!(created.header("access-control-expose-headers").is_some_and(|h| h.contains("Location") && h.contains("ETag")));
         *created_session = Some((location, etag));
         created.body
     };
