@@ -30,6 +30,24 @@ export async function launch({ trustCertificate } = {}) {
   return chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args });
 }
 
+/**
+ * Runs `body(browser)` in a Chromium started with `options` (as `launch`), then closes it
+ * and ends the process: 0 when `body` succeeded, 1 (with its error printed) when it threw.
+ */
+export async function runInBrowser(options, body) {
+  const browser = await launch(options);
+  let failed = false;
+  try {
+    await body(browser);
+  } catch (err) {
+    console.error(String(err && err.stack || err));
+    failed = true;
+  } finally {
+    await browser.close();
+  }
+  process.exit(failed ? 1 : 0);
+}
+
 /** Polls `check` until it returns `{ ok: true, ... }`; throws with the last result after `timeoutMs`. */
 export async function waitFor(what, check, timeoutMs) {
   const deadline = Date.now() + timeoutMs;

@@ -8,15 +8,13 @@
 // SCREENSHOT_DIR, and the recording links are printed as `recordings: [...]` for the caller
 // to check.
 // Usage: node meeting.mjs https://127.0.0.1:PORT cert.pem
-import { inbound, joinMeeting, launch, textOf, waitFor } from './chromium.mjs';
+import { inbound, joinMeeting, runInBrowser, textOf, waitFor } from './chromium.mjs';
 
 const [base, certificate] = process.argv.slice(2);
 if (!base || !certificate) {
   console.error('usage: node meeting.mjs <server url> <certificate PEM>');
   process.exit(2);
 }
-
-const browser = await launch({ trustCertificate: certificate });
 
 /** The flags the participant list of `page` shows for the person named `name`. */
 function flagsOf(page, name) {
@@ -26,8 +24,7 @@ function flagsOf(page, name) {
   }, name);
 }
 
-let failed = false;
-try {
+await runInBrowser({ trustCertificate: certificate }, async (browser) => {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
   const room = `meeting-${Date.now()}`;
   const url = `${base}/?room=${room}`;
@@ -131,10 +128,4 @@ try {
     }, 10000);
   }
   console.log('leave seen');
-} catch (err) {
-  console.error(String(err && err.stack || err));
-  failed = true;
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -3,7 +3,7 @@
 // chat, a resumed signaling connection, and a recording of both tabs made through the HTTP
 // API (its download links are printed as `recordings: [...]` for the caller to check).
 // Usage: node two_tabs.mjs http://127.0.0.1:PORT
-import { inbound, joinMeeting, launch, waitFor } from './chromium.mjs';
+import { inbound, joinMeeting, runInBrowser, waitFor } from './chromium.mjs';
 
 const base = process.argv[2];
 if (!base) {
@@ -11,10 +11,7 @@ if (!base) {
   process.exit(2);
 }
 
-const browser = await launch();
-
-let failed = false;
-try {
+await runInBrowser({}, async (browser) => {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
   const room = `browser-${Date.now()}`;
   const pages = [];
@@ -80,10 +77,4 @@ try {
     return { ok: list.recordings.length === 2 && list.recordings.every((r) => r.status === 'done'), list };
   }, 30000);
   console.log(`recordings: ${JSON.stringify(done.list.recordings)}`);
-} catch (err) {
-  console.error(String(err && err.stack || err));
-  failed = true;
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

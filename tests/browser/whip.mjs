@@ -3,7 +3,7 @@
 // page, lists the WHIP publisher and decodes its video; the publisher's DELETE ends the
 // session, and the tab sees it leave.
 // Usage: node whip.mjs http://127.0.0.1:PORT
-import { inbound, joinMeeting, launch, waitFor } from './chromium.mjs';
+import { inbound, joinMeeting, runInBrowser, waitFor } from './chromium.mjs';
 
 const base = process.argv[2];
 if (!base) {
@@ -11,15 +11,12 @@ if (!base) {
   process.exit(2);
 }
 
-const browser = await launch();
-
 /** Whether the meeting page of `page` lists someone named `name`. */
 function lists(page, name) {
   return page.evaluate((who) => [...document.querySelectorAll('#participants li')].some((li) => li.firstChild.textContent === who), name);
 }
 
-let failed = false;
-try {
+await runInBrowser({}, async (browser) => {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
   const room = `whip-${Date.now()}`;
   const publisher = await context.newPage();
@@ -64,10 +61,4 @@ try {
   if (status !== 200) throw new Error(`WHIP DELETE answered ${status}`);
   await waitFor('the WHIP publisher to leave', async () => ({ ok: !(await lists(viewer, 'whip-cam')) }), 10000);
   console.log('whip session ended');
-} catch (err) {
-  console.error(String(err && err.stack || err));
-  failed = true;
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});
