@@ -109,6 +109,11 @@ async fn session_options() -> Response {
     (StatusCode::OK, preflight("PATCH, DELETE, OPTIONS"), [(header::HeaderName::from_static("accept-patch"), SDP_FRAGMENT)]).into_response()
 }
 
+/// Hands `message` to a WHIP session's signaling session; false once that session is over.
+async fn send(frames: &mpsc::Sender<Inbound>, message: Value) -> bool {
+    frames.send(Inbound::Text(message.to_string())).await.is_ok()
+}
+
 /// The signaling session a WHIP session drives: requests in, replies out.
 struct Driver {
     frames: mpsc::Sender<Inbound>,
@@ -123,7 +128,9 @@ impl Driver {
         self.next_id += 1;
         let id = self.next_id;
         message["id"] = json!(id);
-        self.frames.send(Inbound::Text(message.to_string())).await.ok()?;
+        if !send(&self.frames, message).await {
+            return None;
+        }
         let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
         loop {
             let text = tokio::time::timeout_at(deadline, self.replies.recv()).await.ok()??;
@@ -132,14 +139,14 @@ impl Driver {
                 return Some(reply);
             }
             if reply["type"] == "ping" {
-                let _ = self.frames.send(Inbound::Text(json!({"type": "pong"}).to_string())).await;
+                send(&self.frames, json!({"type": "pong"})).await;
             }
         }
     }
 
     /// Ends the session (its participant leaves the room).
     async fn leave(&self) {
-        let _ = self.frames.send(Inbound::Text(json!({"type": "leave"}).to_string())).await;
+        send(&self.frames, json!({"type": "leave"})).await;
     }
 }
 
@@ -183,7 +190,8 @@ async fn create(
     if let Err(refused) = bearer_of(&state, &headers, &room, "publish", |grants| grants.publish) {
         return refused.into_response();
     }
-    let Some(token) = bearer_token(&headers).map(str::to_owned) else { return StatusCode::UNAUTHORIZED.into_response() };
+    // bearer_of found it.
+    let token = bearer_token(&headers).unwrap_or_default().to_owned();
     if !has_content_type(&headers, SDP) {
         return wrong_content_type(SDP);
     }
@@ -267,7 +275,7 @@ async fn watch(
                 let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
                 match message["type"].as_str() {
                     Some("ping") => {
-                        let _ = driver.frames.send(Inbound::Text(json!({"type": "pong"}).to_string())).await;
+                        send(&driver.frames, json!({"type": "pong"})).await;
                     }
                     Some("track_published") if message["track"]["participant_id"] == participant.as_str() => media_arrived = true,
                     Some("error") if message["code"] == "media_connection_failed" => driver.leave().await,
@@ -319,7 +327,7 @@ async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path
     };
     for (candidate, mid) in trickle {
         let message = json!({"type": "trickle", "target": "publisher", "candidate": candidate, "sdp_mid": mid});
-        if session.frames.send(Inbound::Text(message.to_string())).await.is_err() {
+        if !send(&session.frames, message).await {
             return refusal(StatusCode::NOT_FOUND, "not_found", "the WHIP session has ended").into_response();
         }
     }
@@ -351,7 +359,7 @@ async fn end(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(S
         Err(refused) => return refused.into_response(),
     };
     state.whip.lock().remove(&resource);
-    let _ = session.frames.send(Inbound::Text(json!({"type": "leave"}).to_string())).await;
+    send(&session.frames, json!({"type": "leave"})).await;
     StatusCode::OK.into_response()
 }
 

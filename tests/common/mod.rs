@@ -199,15 +199,8 @@ impl TestServer {
 
     /// A plain HTTP/1.1 GET: the status code and the body.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(self.http).await.expect("http connects");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http);
-        stream.write_all(request.as_bytes()).await.expect("request sent");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("response read");
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-        (status, body)
+        let response = http_request(self.http, "GET", path, &[], "").await;
+        (response.status, response.body)
     }
 
     /// The value of one Prometheus metric from `/metrics`.
