@@ -15,7 +15,9 @@
 #   CORES=0.5 ROOMS="2 4 6 8 10 12 14" benches/capacity.sh
 #
 # Needs root (it writes the cgroup). Table: $OUT/capacity.tsv (server, rooms, egress packets/s,
-# server CPU in cores, loss %, delay p50 and p99 in µs, clients that never connected); summary:
+# server CPU in cores, loss %, delay p50 and p99 in µs, clients that never connected, then the
+# datagrams dropped during the load: in the server's receive buffer, in any receive buffer, by a
+# full send buffer, in the kernel's backlog); summary:
 # $OUT/capacity.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,12 +73,23 @@ leave_cgroup
 echo "each server held to $cores cores (CFS quota $quota_us µs per $period_us µs)"
 
 table="$out/capacity.tsv"
-meeting_header >"$table"
+printf '%s\tserver_rcvbuf_drops\trcvbuf_drops\tsndbuf_drops\tbacklog_drops\n' "$(meeting_header)" >"$table"
+# Runs one meeting load against server $1 (pid $2) labelled $3 and prints its row of the table,
+# which also says where datagrams were dropped during the load (udp_drops, as differences).
+measure() { # target pid label rooms
+  local report="$out/$3.$4.json" before after
+  read -ra before <<<"$(udp_drops "$2")"
+  load "$1" --scenario meeting --rooms "$4" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
+  read -ra after <<<"$(udp_drops "$2")"
+  printf '%s' "$(meeting_row "$report" "$3" "$4")"
+  for i in 0 1 2 3; do printf '\t%d' $((after[i] - before[i])); done
+  echo
+}
 for target in switchboard janus; do
+  pid=$ours
+  [[ $target == janus ]] && pid=$theirs
   for rooms in ${ROOMS:-2 4 6 8 10 12 16 20 24 28 32}; do
-    report="$out/$target.$rooms.json"
-    load "$target" --scenario meeting --rooms "$rooms" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
-    row=$(meeting_row "$report" "$target" "$rooms")
+    row=$(measure "$target" "$pid" "$target" "$rooms")
     echo "$row" | tee -a "$table"
     # Past the first load with loss (or clients that never connected), more rooms only lose more.
     awk -F'\t' -v limit="$loss_pct" '{ exit !($5 >= limit || $8 > 0) }' <<<"$row" && break
@@ -99,9 +112,7 @@ if [[ -n $half ]]; then
   # The threads a quota of $cores gives (available_parallelism: the quota in whole cores, at least one).
   threads=$(python3 -c "import os; print(max(1, min(int($cores), os.cpu_count())))")
   SWITCHBOARD__MEDIA__WORKERS=$threads TOKIO_WORKER_THREADS=$threads start_switchboard "$out/switchboard-no-quota.log"
-  report="$out/no-quota.$half.json"
-  load switchboard --scenario meeting --rooms "$half" --participants 4 --seconds "${SECONDS_EACH:-10}" --json "$report" >/dev/null
-  meeting_row "$report" no-quota "$half" | tee -a "$table"
+  measure switchboard "$ours" no-quota "$half" | tee -a "$table"
 fi
 
 python3 - "$table" "$loss_pct" "$cores" <<'PY' | tee "$out/capacity.md"

@@ -87,6 +87,18 @@ load() {
   fi
 }
 
+# Where datagrams were dropped so far, as four counts: in the receive buffers of process $1's
+# sockets, in any UDP receive buffer of the namespace (servers and clients), by a full UDP send
+# buffer in the namespace, and in the kernel's per-CPU backlog (which loopback and veth
+# traffic passes through; counted machine-wide).
+udp_drops() { # pid
+  local inodes
+  inodes=$(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | paste -sd'|')
+  awk -v inodes="^(${inodes:-none})$" 'FNR > 1 && $10 ~ inodes { sum += $NF } END { printf "%d", sum }' /proc/net/udp /proc/net/udp6
+  awk '/^Udp: [0-9]/ { printf " %d %d", $6, $7 }' /proc/net/snmp
+  awk '{ sum += strtonum("0x" $2) } END { printf " %d\n", sum }' /proc/net/softnet_stat
+}
+
 # The meeting table's columns, for sweep.sh and capacity.sh: a header, then one row per report.
 meeting_header() {
   printf 'server\trooms\tegress_pps\tcpu_cores\tloss_pct\tdelay_p50_us\tdelay_p99_us\tnot_connected\n'

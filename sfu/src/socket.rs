@@ -29,7 +29,7 @@ pub(crate) const RECV_BATCH: usize = 64;
 /// throttled period, a burst of DTLS handshakes) waits here instead of being dropped. The
 /// kernel's default (208 KiB, some 90 full-sized datagrams) overflowed within one throttled
 /// period at a few thousand packets per second, losing media and handshake flights.
-const RECEIVE_BUFFER: usize = 4 << 20;
+const RECEIVE_BUFFER: usize = 16 << 20;
 
 /// One received datagram.
 pub struct Datagram<'a> {
