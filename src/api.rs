@@ -1,7 +1,7 @@
 //! What the HTTP handlers share: the application state, the refusals the JSON API answers
 //! with, bearer-token checks, optional JSON bodies and signed download links. The page and
 //! WebSocket (`http`), the admin API (`admin`), the recordings API (`recordings_api`) and
-//! WHIP (`whip`) all build on it and on nothing of each other's.
+//! WHIP and WHEP (`wish`) all build on it and on nothing of each other's.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ pub struct AppState {
     /// Permits of the downloads served at once (`http.max_concurrent_downloads`).
     pub downloads: Arc<tokio::sync::Semaphore>,
     /// The WHIP sessions of this node.
-    pub whip: crate::whip::WhipSessions,
+    pub wish: crate::wish::HttpSessions,
 }
 
 /// The query of a signed download link.

@@ -38,7 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/objects/{*key}", get(object))
         .merge(crate::admin::routes())
         .merge(crate::recordings_api::routes())
-        .merge(crate::whip::routes())
+        .merge(crate::wish::routes())
         .with_state(state)
 }
 

@@ -11,7 +11,7 @@ pub mod loadtest;
 mod origins;
 mod recordings_api;
 pub mod tls;
-mod whip;
+mod wish;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -178,7 +178,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         connections: connections::ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
         origins: origins::OriginPolicy::new(config.mode, &config.http.allowed_origins),
         downloads: Arc::new(tokio::sync::Semaphore::new(config.http.max_concurrent_downloads)),
-        whip: Default::default(),
+        wish: Default::default(),
     };
     let router = http::router(Arc::new(state));
     let listener = tls::HttpListener::new(listener, tls)?;

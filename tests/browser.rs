@@ -2,7 +2,8 @@
 //! decode each other's video and audio, chat, survive a dropped signaling connection, and be
 //! recorded through the HTTP API into HLS that ffprobe reads and ffmpeg decodes; three tabs
 //! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs); a
-//! page publishes over WHIP and the meeting page shows it (tests/browser/whip.mjs).
+//! page publishes over WHIP, the meeting page shows it and another page plays it over WHEP
+//! (tests/browser/whip_whep.mjs).
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
 
@@ -71,10 +72,12 @@ async fn three_people_use_the_meeting_page_over_https() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chromium_page_publishes_over_whip_and_the_meeting_page_shows_it() {
+async fn a_chromium_page_publishes_over_whip_and_another_plays_it_over_whep() {
     let server = TestServer::start(&[]).await;
-    let stdout = node("whip.mjs", vec![format!("http://{}", server.http)]).await;
-    assert!(stdout.contains("whip publisher seen") && stdout.contains("whip session ended"), "{stdout}");
+    let stdout = node("whip_whep.mjs", vec![format!("http://{}", server.http)]).await;
+    for step in ["whip publisher seen", "whep player decodes", "whep session ended", "whip session ended"] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
 }
 
 /// A browser's recording as HLS: a video (VP8, VP9 or H.264, as Chromium chose) and an Opus

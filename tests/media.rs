@@ -250,6 +250,62 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
     assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 404, "ended");
 }
 
+/// A WHEP player (draft-ietf-wish-whep) posts an offer to receive audio and video with a
+/// `subscribe` token and gets the room's publisher, byte-identical; the room sees it join and
+/// leave on `DELETE`. What the endpoint refuses, it refuses with WHIP's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_player_receives_the_rooms_publisher_byte_identical_and_leaves_on_delete() {
+    use common::http_request;
+    let server = TestServer::start(&[]).await;
+    let addr = server.http;
+    let token = server.token("whep", "player", &["subscribe"]);
+    let bearer = format!("Bearer {token}");
+    let sdp = [("Authorization", bearer.as_str()), ("Content-Type", "application/sdp")];
+    let others = [
+        (server.token("elsewhere", "player", &["subscribe"]), "application/sdp", "v=0\r\n", 403),
+        (server.token("whep", "player", &["publish"]), "application/sdp", "v=0\r\n", 403),
+        ("not-a-token".to_owned(), "application/sdp", "v=0\r\n", 401),
+        (token.clone(), "application/json", "{}", 415),
+        (token.clone(), "application/sdp", "this is no SDP", 400),
+    ];
+    for (token, content_type, body, status) in others {
+        let bearer = format!("Bearer {token}");
+        let refused = http_request(addr, "POST", "/whep/whep", &[("Authorization", &bearer), ("Content-Type", content_type)], body).await;
+        assert_eq!(refused.status, status, "{content_type} {body}: {}", refused.body);
+    }
+
+    let (mut alice, _) = server.joined("whep", "alice", &["publish"]).await;
+    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
+    let (_alice_rtc, out) = rtc_client::publish(&mut alice, &[vp8]).await;
+    let sender = tokio::spawn(rtc_client::send_packets(out[0].clone(), 300, 3000));
+    alice.expect("track_published").await;
+    let mut player = rtc_client::new_client().await;
+    let mut session = None;
+    let created_session = &mut session;
+    rtc_client::play_with(&player, move |offer: String| async move {
+        let created = http_request(addr, "POST", "/whep/whep", &sdp, &offer).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert_eq!(created.header("content-type"), Some("application/sdp"));
+        assert!(created.body.contains("a=sendonly"), "{}", created.body);
+        let location = created.header("location").expect("Location").to_owned();
+        assert!(location.starts_with("/whep/whep/") && created.header("etag").is_some_and(|e| e.starts_with('"')), "{location}");
+        *created_session = Some(location);
+        created.body
+    })
+    .await;
+    let location = session.expect("the session was created");
+    assert_eq!(alice.expect("participant_joined").await["participant"]["identity"], "player");
+    let received = receive_streams(&mut player, [sender]).await;
+    assert_identical_run(&received, "cam", 300, "video/VP8");
+
+    let auth = [("Authorization", bearer.as_str())];
+    let whip_location = location.replacen("/whep/", "/whip/", 1);
+    assert_eq!(http_request(addr, "DELETE", &whip_location, &auth, "").await.status, 403, "a WHEP session is no WHIP one");
+    assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 200);
+    alice.expect("participant_left").await;
+    assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 404, "ended");
+}
+
 /// Alice publishes 300 VP8 packets in `room`; then a subscriber joins on `client`, and every
 /// packet from its first on must reach it byte-identical. Gives the client back.
 async fn vp8_reaches_a_subscriber(server: &TestServer, room: &str, mut client: rtc_client::Client) -> rtc_client::Client {

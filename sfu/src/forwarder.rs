@@ -133,7 +133,7 @@ pub struct KeyframeRequest {
 
 /// A subscription taken out of the table: who had it, the SSRC it was sent with, and what
 /// the caller kept with it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Removed<S> {
     /// The subscriber.
     pub subscriber: ParticipantKey,
@@ -141,6 +141,15 @@ pub struct Removed<S> {
     pub ssrc: u32,
     /// What the caller kept with the subscription.
     pub link: S,
+    /// Where its numbering stood: another track sent on the same SSRC continues from it
+    /// ([`Forwarder::subscribe_continuing`]).
+    pub munger: RtpMunger,
+}
+
+impl<S> DownTrack<S> {
+    fn removed(self) -> Removed<S> {
+        Removed { subscriber: self.subscriber, ssrc: self.ssrc, link: self.link, munger: self.munger }
+    }
 }
 
 /// Routes each published track's packets to its subscribers. The table is the one record of
@@ -181,7 +190,7 @@ impl<S> Forwarder<S> {
     /// Removes a published track; returns its subscriptions, whose senders must be removed.
     pub fn remove_track(&mut self, track: &TrackId) -> Vec<Removed<S>> {
         let Some(up) = self.tracks.remove(track) else { return Vec::new() };
-        up.downtracks.into_iter().map(|d| Removed { subscriber: d.subscriber, ssrc: d.ssrc, link: d.link }).collect()
+        up.downtracks.into_iter().map(DownTrack::removed).collect()
     }
 
     /// Number of published tracks in the table.
@@ -212,18 +221,41 @@ impl<S> Forwarder<S> {
     /// Subscribes `subscriber` to `track`, sending with `ssrc` once it has negotiated; the
     /// caller keeps `link` with it. A subscription the subscriber had to the track is replaced.
     pub fn subscribe(&mut self, track: &TrackId, subscriber: ParticipantKey, ssrc: u32, link: S) {
-        let Some(up) = self.tracks.get_mut(track) else { return };
+        let _ = self.subscribe_continuing(track, subscriber, ssrc, link, None);
+    }
+
+    /// [`Forwarder::subscribe`], numbering the packets on from `munger` (that of a track the
+    /// subscriber received on the same SSRC before, of the same clock rate), so that the
+    /// subscriber sees one continuous stream. `false` if the track is not in the table.
+    pub fn subscribe_continuing(
+        &mut self,
+        track: &TrackId,
+        subscriber: ParticipantKey,
+        ssrc: u32,
+        link: S,
+        munger: Option<RtpMunger>,
+    ) -> bool {
+        let Some(up) = self.tracks.get_mut(track) else { return false };
         up.downtracks.retain(|d| d.subscriber != subscriber);
+        let munger = munger.filter(|m| m.clock_rate() == up.clock_rate).unwrap_or_else(|| RtpMunger::new(up.clock_rate));
         up.downtracks.push(DownTrack {
             subscriber,
             ssrc,
             negotiated: None,
             rtx_sequence: 0,
-            munger: RtpMunger::new(up.clock_rate),
+            munger,
             round_trip: Duration::ZERO,
             budget: RetransmitBudget::default(),
             link,
         });
+        true
+    }
+
+    /// Takes `subscriber`'s subscription to `track` out of the table.
+    pub fn unsubscribe(&mut self, track: &TrackId, subscriber: ParticipantKey) -> Option<Removed<S>> {
+        let up = self.tracks.get_mut(track)?;
+        let index = up.downtracks.iter().position(|d| d.subscriber == subscriber)?;
+        Some(up.downtracks.swap_remove(index).removed())
     }
 
     /// Records what the subscriber negotiated for this track; forwarding to it starts now.

@@ -15,7 +15,7 @@ use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Command, Engine, EngineSettings, Transmit};
+use crate::engine::{Command, Engine, EngineSettings, Joining, Transmit};
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::Counters;
 use crate::peer::{PeerRole, PeerSettings};
@@ -114,7 +114,10 @@ impl Fixture {
         let (reply, _) = oneshot::channel();
         let alice = ParticipantId::new("alice");
         let grants = MediaGrants { publish: true, subscribe: true };
-        let join = Command::Join { room: RoomId::new("fuzz"), participant: alice.clone(), grants, events, reply };
+        let join = Command::Join {
+            joining: Joining { room: RoomId::new("fuzz"), participant: alice.clone(), identity: "alice".into(), grants, events },
+            reply,
+        };
         engine.handle_command(now, join, &mut Nowhere);
         Self { engine, now, alice, _events }
     }
@@ -150,12 +153,24 @@ pub fn engine(data: &[u8]) {
                     let source = SocketAddr::from(([10, 0, 0, 2], 40_000 + u16::from(kind / 5)));
                     engine.handle_datagram(now, body, source, SERVER, &mut Nowhere);
                 }
-                1 => engine.handle_command(now, Command::PublisherOffer { participant: alice, sdp: text(), reply: oneshot::channel().0 }, &mut Nowhere),
-                2 => engine.handle_command(now, Command::SubscriberAnswer { participant: alice, sdp: text(), reply: oneshot::channel().0 }, &mut Nowhere),
+                1 => engine.handle_command(
+                    now,
+                    Command::PublisherOffer { participant: alice, sdp: text(), reply: oneshot::channel().0 },
+                    &mut Nowhere,
+                ),
+                2 => engine.handle_command(
+                    now,
+                    Command::SubscriberAnswer { participant: alice, sdp: text(), reply: oneshot::channel().0 },
+                    &mut Nowhere,
+                ),
                 3 => {
                     let role = if kind & 0x80 == 0 { PeerRole::Publisher } else { PeerRole::Subscriber };
                     let candidate = RTCIceCandidateInit { candidate: text(), ..Default::default() };
-                    engine.handle_command(now, Command::RemoteCandidate { participant: alice, role, candidate, reply: oneshot::channel().0 }, &mut Nowhere);
+                    engine.handle_command(
+                        now,
+                        Command::RemoteCandidate { participant: alice, role, candidate, reply: oneshot::channel().0 },
+                        &mut Nowhere,
+                    );
                 }
                 _ => {
                     fixture.now += Duration::from_millis(u64::from(len % 1000) * 10);

@@ -58,7 +58,7 @@ pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 pub use tap::{TapEvent, TappedRtp};
 
-use engine::{Command, EngineSettings};
+use engine::{Command, EngineSettings, Joining};
 use mailbox::Mailbox;
 use worker::WorkerSetup;
 
@@ -88,6 +88,9 @@ pub enum SfuError {
     /// The participant is already in the media plane.
     #[error("participant already joined")]
     AlreadyJoined,
+    /// A viewer offer from a participant that already has a receiving connection.
+    #[error("this participant already has a receiving connection")]
+    AlreadyReceiving,
     /// The message does not fit the negotiation state (e.g. an answer with no offer out).
     #[error("no negotiation in progress on that connection")]
     NotNegotiated,
@@ -283,13 +286,14 @@ impl Sfu {
         &self,
         room: RoomId,
         participant: ParticipantId,
+        identity: String,
         grants: MediaGrants,
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> Result<(MediaSession, Vec<TrackInfo>), SfuError> {
         let hold = self.hold(&room);
         let (reply, rx) = oneshot::channel();
         let session = MediaSession { worker: self.workers[hold.worker].clone(), participant: participant.clone(), _hold: hold };
-        let command = Command::Join { room, participant, grants, events, reply };
+        let command = Command::Join { joining: Joining { room, participant, identity, grants, events }, reply };
         let tracks = session.request(command, rx).await?;
         Ok((session, tracks))
     }
@@ -352,6 +356,15 @@ impl MediaSession {
     pub async fn subscriber_answer(&self, sdp: String) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
         self.request(Command::SubscriberAnswer { participant: self.participant.clone(), sdp, reply }, rx).await
+    }
+
+    /// Applies a viewer's offer (the participant joined without a subscriber connection):
+    /// its connection receives `source`'s tracks (an identity; `None`: the room's first
+    /// publisher, and the next when that one leaves) and is never renegotiated. Returns the
+    /// server's answer.
+    pub async fn viewer_offer(&self, sdp: String, source: Option<String>) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Command::ViewerOffer { participant: self.participant.clone(), sdp, source, reply }, rx).await
     }
 
     /// Adds a client ICE candidate to one of its connections.

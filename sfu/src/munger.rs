@@ -45,6 +45,11 @@ impl RtpMunger {
         Self { clock_rate: clock_rate.max(1), epoch: None, retired_ssrc: None, last_out: None }
     }
 
+    /// The RTP clock rate it numbers timestamps in.
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
+    }
+
     /// Maps an incoming packet to its outgoing numbers, or `None` if it belongs to a source
     /// epoch that has been replaced (a late packet from before a restart) and must be dropped.
     pub fn munge(&mut self, now: Instant, ssrc: u32, seq: u16, ts: u32) -> Option<Munged> {

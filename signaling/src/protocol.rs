@@ -117,6 +117,19 @@ pub enum ClientMessage {
         /// SDP answer.
         sdp: String,
     },
+    /// The client's own offer of a receiving connection, after joining with `subscribe:
+    /// false` (a WHEP player): its audio and video m-lines carry one participant's tracks,
+    /// and the connection is never renegotiated. Needs the `subscribe` grant.
+    ViewOffer {
+        /// Request id.
+        id: Option<Value>,
+        /// SDP offer.
+        sdp: String,
+        /// Whose tracks: an identity; by default the room's first publisher, and the next
+        /// when that one leaves.
+        #[serde(default)]
+        identity: Option<String>,
+    },
     /// A client ICE candidate.
     Trickle {
         /// Request id.
@@ -185,11 +198,12 @@ pub enum ClientMessage {
 }
 
 /// The message types a client may send, for error reporting and metrics.
-pub const CLIENT_TYPES: [&str; 12] = [
+pub const CLIENT_TYPES: [&str; 13] = [
     "join",
     "resume",
     "publish_offer",
     "subscribe_answer",
+    "view_offer",
     "trickle",
     "mute",
     "chat",
@@ -239,6 +253,7 @@ impl ClientMessage {
             Self::Resume { .. } => "resume",
             Self::PublishOffer { .. } => "publish_offer",
             Self::SubscribeAnswer { .. } => "subscribe_answer",
+            Self::ViewOffer { .. } => "view_offer",
             Self::Trickle { .. } => "trickle",
             Self::Mute { .. } => "mute",
             Self::Chat { .. } => "chat",
@@ -257,6 +272,7 @@ impl ClientMessage {
             | Self::Resume { id, .. }
             | Self::PublishOffer { id, .. }
             | Self::SubscribeAnswer { id, .. }
+            | Self::ViewOffer { id, .. }
             | Self::Trickle { id, .. }
             | Self::Mute { id, .. }
             | Self::Chat { id, .. }
@@ -365,6 +381,13 @@ pub enum ServerMessage {
     },
     /// The answer to a `publish_offer`.
     PublishAnswer {
+        /// The offer's request id.
+        id: Option<Value>,
+        /// SDP answer.
+        sdp: String,
+    },
+    /// The answer to a `view_offer`.
+    ViewAnswer {
         /// The offer's request id.
         id: Option<Value>,
         /// SDP answer.

@@ -334,7 +334,7 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
         SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
         SfuError::NotAllowed => ErrorCode::Forbidden,
         SfuError::TooManyTracks { .. } => ErrorCode::TooManyTracks,
-        SfuError::NotNegotiated => ErrorCode::NegotiationState,
+        SfuError::NotNegotiated | SfuError::AlreadyReceiving => ErrorCode::NegotiationState,
         SfuError::UnknownParticipant
         | SfuError::AlreadyJoined
         | SfuError::WorkerGone
@@ -479,6 +479,7 @@ impl Session {
             ClientMessage::Resume { session_id, .. } => return self.resume(id, &session_id).await,
             ClientMessage::PublishOffer { sdp, .. } => self.publish_offer(id, sdp).await,
             ClientMessage::SubscribeAnswer { sdp, .. } => self.subscribe_answer(id, sdp).await,
+            ClientMessage::ViewOffer { sdp, identity, .. } => self.view_offer(id, sdp, identity).await,
             ClientMessage::Trickle { target, candidate, sdp_mid, sdp_mline_index, .. } => {
                 let role = match target {
                     Target::Publisher => PeerRole::Publisher,
@@ -545,8 +546,11 @@ impl Session {
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let grants = MediaGrants { publish: claims.grants.publish, subscribe: claims.grants.subscribe && subscribe };
-        let joined =
-            self.ctx.sfu.join(RoomId::new(claims.room.as_str()), ParticipantId::new(me.participant_id.as_str()), grants, events_tx).await;
+        let joined = self
+            .ctx
+            .sfu
+            .join(RoomId::new(claims.room.as_str()), ParticipantId::new(me.participant_id.as_str()), me.identity.clone(), grants, events_tx)
+            .await;
         let (media, tracks) = match joined {
             Ok(joined) => joined,
             Err(err) => {
@@ -640,6 +644,22 @@ impl Session {
             self.set_status(SessionStatus::Stable);
         }
         self.reply(id, result.map(|()| None)).await;
+    }
+
+    async fn view_offer(&mut self, id: Option<Value>, sdp: String, identity: Option<String>) {
+        let Some(joined) = self.joined.as_ref() else { return };
+        if !joined.grants.subscribe {
+            return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant subscribe")).await;
+        }
+        match joined.media.viewer_offer(sdp.clone(), identity).await {
+            Ok(answer) => {
+                self.note(MessageType::Offer, true, serde_json::json!({ "target": "subscriber", "sdp": sdp }));
+                self.note(MessageType::Answer, false, serde_json::json!({ "target": "subscriber", "sdp": answer }));
+                self.set_status(SessionStatus::Stable);
+                self.send(ServerMessage::ViewAnswer { id, sdp: answer }).await;
+            }
+            Err(err) => self.send(ServerMessage::error(id, sfu_error_code(&err), err.to_string())).await,
+        }
     }
 
     async fn mute(&mut self, id: Option<Value>, track_id: String, muted: bool) {

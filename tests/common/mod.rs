@@ -424,7 +424,8 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
-    let headers = lines.filter_map(|line| line.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    let headers =
+        lines.filter_map(|line| line.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
     HttpResponse { status, headers, body: body.to_owned() }
 }
 
@@ -750,6 +751,24 @@ pub mod rtc_client {
         pub name: String,
         pub ssrc: u32,
         pub payload_type: u8,
+    }
+
+    /// Offers to receive one audio and one video track (as a WHEP player does) with the
+    /// offer/answer exchange `exchange`; applies the answer.
+    pub async fn play_with<F, Fut>(client: &Client, exchange: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+            client.pc.add_transceiver_from_kind(kind, Some(init)).await.expect("transceiver");
+        }
+        let offer = client.pc.create_offer(None).await.expect("offer");
+        client.pc.set_local_description(offer.clone()).await.expect("apply offer");
+        let answer = RTCSessionDescription::answer(exchange(offer.sdp).await).expect("answer");
+        client.pc.set_remote_description(answer).await.expect("apply answer");
     }
 
     /// Publishes tracks over signaling and waits until the publisher connection is up.

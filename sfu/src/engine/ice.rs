@@ -115,6 +115,12 @@ impl IceRoutes {
         self.by_addr.insert(from, Bound { key, ufrag: ufrag.to_owned() });
     }
 
+    /// Connections reachable by their ufrag.
+    #[cfg(test)]
+    pub fn connections(&self) -> usize {
+        self.by_ufrag.len()
+    }
+
     /// Addresses bound across every connection.
     #[cfg(test)]
     pub fn bound_addresses(&self) -> usize {

@@ -9,28 +9,20 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::TRANSPORT_CC_URI;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::participant::{Negotiation, Participant, Peer, Published, Subscription};
-use super::{Engine, Transmit};
+use super::{Engine, Joining, Transmit};
 use crate::egress::Egress;
 use crate::forwarder::{MediaKind, Removed};
 use crate::ingress::Ingress;
 use crate::peer::{build_peer, PeerRole};
 use crate::tap::TapEvent;
-use crate::{MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 
 impl Engine {
-    pub(super) fn join(
-        &mut self,
-        now: Instant,
-        room: RoomId,
-        key: ParticipantKey,
-        id: ParticipantId,
-        grants: MediaGrants,
-        events: mpsc::UnboundedSender<SfuEvent>,
-    ) -> Result<Vec<TrackInfo>, SfuError> {
+    pub(super) fn join(&mut self, now: Instant, key: ParticipantKey, joining: Joining) -> Result<Vec<TrackInfo>, SfuError> {
+        let Joining { room, participant: id, identity, grants, events } = joining;
         let subscriber = match grants.subscribe {
             true => match self.open_peer(now, key, PeerRole::Subscriber) {
                 Ok(peer) => Some(peer),
@@ -52,6 +44,7 @@ impl Engine {
             key,
             Participant {
                 id,
+                identity,
                 room,
                 grants,
                 events,
@@ -59,6 +52,7 @@ impl Engine {
                 subscriber,
                 published: HashMap::new(),
                 negotiation: Negotiation::Stable,
+                viewer: None,
             },
         );
         if grants.subscribe {
@@ -120,6 +114,7 @@ impl Engine {
                 self.renegotiate(now, *member);
             }
         }
+        self.fill_viewers(now, &members);
     }
 
     /// Takes the participant's track (by its publisher connection's media track id) out of
@@ -153,12 +148,14 @@ impl Engine {
     }
 
     /// Takes removed tracks off their subscribers' connections (one renegotiation per
-    /// subscriber, however many tracks went) and tells the room.
+    /// subscriber, however many tracks went; viewers' slots are refilled instead) and tells
+    /// the room.
     pub(super) fn unpublished(&mut self, now: Instant, room: &RoomId, removed: Vec<(TrackId, Vec<Removed<Subscription>>)>) {
         let mut affected: Vec<ParticipantKey> = Vec::new();
         let mut tracks = Vec::with_capacity(removed.len());
         for (track, subscriptions) in removed {
             for subscription in subscriptions {
+                let Some(subscription) = self.release_viewer_slot(&track, subscription) else { continue };
                 if !affected.contains(&subscription.subscriber) {
                     affected.push(subscription.subscriber);
                 }
@@ -170,6 +167,7 @@ impl Engine {
             self.renegotiate(now, subscriber);
         }
         let members = self.rooms.get(room).cloned().unwrap_or_default();
+        self.fill_viewers(now, &members);
         for track in tracks {
             self.taps.send(room, || TapEvent::TrackUnpublished(track));
             for member in &members {
@@ -182,16 +180,17 @@ impl Engine {
 
     pub(super) fn leave(&mut self, now: Instant, key: ParticipantKey, out: &mut dyn Transmit) {
         let Some(room) = self.participants.get(&key).map(|p| p.room.clone()) else { return };
+        // Out of the room first: viewers whose source it was take the next one's tracks.
+        if let Some(members) = self.rooms.get_mut(&room) {
+            members.retain(|m| *m != key);
+            if members.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
         let removed = self.forwarder.remove_participant(&key);
         self.unpublished(now, &room, removed);
         let Some(mut participant) = self.participants.remove(&key) else { return };
         self.keys.remove(&participant.id);
-        if let Some(members) = self.rooms.get_mut(&participant.room) {
-            members.retain(|m| *m != key);
-            if members.is_empty() {
-                self.rooms.remove(&participant.room);
-            }
-        }
         for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
             self.close_peer(peer, out);
         }

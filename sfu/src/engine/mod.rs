@@ -14,6 +14,7 @@
 //! Layout: [`ice`] routes datagrams to connections and decides which sources may speak for
 //! one; [`membership`] lets participants and their tracks in and out; [`negotiation`] makes
 //! and takes session descriptions; [`rtcp`] handles feedback;
+//! [`viewer`] serves participants that offer their receiving connection themselves (WHEP);
 //! [`participant`] holds what the engine keeps per participant; this module ties them to
 //! the packet path.
 
@@ -24,6 +25,7 @@ mod participant;
 mod rtcp;
 #[cfg(test)]
 mod tests;
+mod viewer;
 mod warnings;
 
 use std::collections::{HashMap, HashSet};
@@ -55,13 +57,20 @@ use ice::{IceRoutes, Route};
 use participant::{peer_of, Participant, PeerKey, Subscription, MAX_EARLY_CHECKS};
 use warnings::WarningBudget;
 
+/// Who joins a room's media, and where its events go.
+pub(crate) struct Joining {
+    pub room: RoomId,
+    pub participant: ParticipantId,
+    /// The identity of its access token.
+    pub identity: String,
+    pub grants: MediaGrants,
+    pub events: mpsc::UnboundedSender<SfuEvent>,
+}
+
 /// A request from signaling to the engine that owns the room.
 pub(crate) enum Command {
     Join {
-        room: RoomId,
-        participant: ParticipantId,
-        grants: MediaGrants,
-        events: mpsc::UnboundedSender<SfuEvent>,
+        joining: Joining,
         reply: oneshot::Sender<Result<Vec<TrackInfo>, SfuError>>,
     },
     PublisherOffer {
@@ -73,6 +82,14 @@ pub(crate) enum Command {
         participant: ParticipantId,
         sdp: String,
         reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    /// A viewer's offer of its receiving connection, showing `source` (an identity; `None`:
+    /// the room's first publisher).
+    ViewerOffer {
+        participant: ParticipantId,
+        sdp: String,
+        source: Option<String>,
+        reply: oneshot::Sender<Result<String, SfuError>>,
     },
     RemoteCandidate {
         participant: ParticipantId,
@@ -407,8 +424,9 @@ impl Engine {
                 self.forward_published(now, room.as_ref(), &track, packet, out);
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
-                // The sender's track id is the track's own (see `Engine::subscribe`).
-                if let Some(track) = TrackId::parse(&track_id) {
+                // The sender's track id is the track's own (see `Engine::subscribe`), or a
+                // viewer's slot's.
+                if let Some(track) = TrackId::parse(&track_id).or_else(|| self.viewer_slot_track(key.0, &track_id)) {
                     self.subscriber_rtcp(now, key.0, &track, &packets, out);
                 }
             }
@@ -486,14 +504,14 @@ impl Engine {
     pub(crate) fn handle_command(&mut self, now: Instant, command: Command, out: &mut dyn Transmit) {
         self.forget_deadline();
         match command {
-            Command::Join { room, participant, grants, events, reply } => {
-                if self.keys.contains_key(&participant) {
+            Command::Join { joining, reply } => {
+                if self.keys.contains_key(&joining.participant) {
                     let _ = reply.send(Err(SfuError::AlreadyJoined));
                     return;
                 }
                 let key = ParticipantKey::next();
-                self.keys.insert(participant.clone(), key);
-                let _ = reply.send(self.isolated(key, |engine| engine.join(now, room, key, participant, grants, events)));
+                self.keys.insert(joining.participant.clone(), key);
+                let _ = reply.send(self.isolated(key, |engine| engine.join(now, key, joining)));
             }
             Command::PublisherOffer { participant, sdp, reply } => {
                 let result = self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.publisher_offer(now, key, sdp)));
@@ -503,11 +521,18 @@ impl Engine {
                 let result = self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.subscriber_answer(now, key, sdp)));
                 let _ = reply.send(result);
             }
+            Command::ViewerOffer { participant, sdp, source, reply } => {
+                let result =
+                    self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.viewer_offer(now, key, sdp, source)));
+                let _ = reply.send(result);
+            }
             Command::RemoteCandidate { participant, role, candidate, reply } => {
                 let result = self.known(&participant).and_then(|key| {
                     self.isolated(key, |engine| {
                         let peer = engine.participants.get_mut(&key).and_then(|p| p.peer_mut(role)).ok_or(SfuError::NotNegotiated)?;
-                        peer.pc.add_remote_candidate(candidate).map_err(|e| SfuError::InvalidCandidate(format!("the candidate cannot be applied ({})", fault_kind(&e))))
+                        peer.pc
+                            .add_remote_candidate(candidate)
+                            .map_err(|e| SfuError::InvalidCandidate(format!("the candidate cannot be applied ({})", fault_kind(&e))))
                     })
                 });
                 let _ = reply.send(result);

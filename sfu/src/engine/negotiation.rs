@@ -30,7 +30,7 @@ use crate::{codec, fault_kind, MediaKind, ParticipantKey, SfuError, SfuEvent, Tr
 
 /// A refused description: the step that failed and the kind of fault, never the text of the
 /// description (a client's 60 KB of junk would come back in the error and go to the records).
-fn invalid_sdp<E: std::fmt::Debug>(step: &'static str) -> impl FnOnce(E) -> SfuError {
+pub(super) fn invalid_sdp<E: std::fmt::Debug>(step: &'static str) -> impl FnOnce(E) -> SfuError {
     move |err| SfuError::InvalidSdp(format!("{step} ({})", fault_kind(&err)))
 }
 
@@ -199,6 +199,9 @@ impl Engine {
     /// Sends a new offer on the subscriber connection, or queues one behind the outstanding.
     pub(super) fn renegotiate(&mut self, now: Instant, key: ParticipantKey) {
         let Some(participant) = self.participants.get_mut(&key) else { return };
+        if participant.viewer.is_some() {
+            return; // a viewer's connection is fixed by its own offer
+        }
         if let Negotiation::AwaitingAnswer { again } = &mut participant.negotiation {
             *again = true;
             return;
@@ -269,30 +272,42 @@ fn kind_answered(pc: &RTCPeerConnection, kind: MediaKind) -> bool {
 
 /// An audio or video section of a client's offer.
 #[derive(Debug, PartialEq)]
-struct MediaSection {
-    mid: Option<String>,
+pub(super) struct MediaSection {
+    pub mid: Option<String>,
+    pub kind: MediaKind,
     /// Not rejected (port 0), not `recvonly` or `inactive`: a track the client publishes.
-    sends: bool,
+    pub sends: bool,
+    /// Not rejected, not `sendonly` or `inactive`: the client takes a track on it.
+    pub receives: bool,
 }
 
 /// The audio and video sections of a client's offer, in order.
-fn media_sections(sdp: &str) -> Vec<MediaSection> {
-    let mut sections: Vec<(bool, MediaSection)> = Vec::new();
+pub(super) fn media_sections(sdp: &str) -> Vec<MediaSection> {
+    let mut sections: Vec<Option<MediaSection>> = Vec::new();
     for line in sdp.lines().map(str::trim_end) {
         if let Some(media) = line.strip_prefix("m=") {
             let mut fields = media.split(' ');
-            let kind = fields.next().unwrap_or_default();
+            let kind = match fields.next().unwrap_or_default() {
+                "audio" => Some(MediaKind::Audio),
+                "video" => Some(MediaKind::Video),
+                _ => None,
+            };
             let open = fields.next().is_some_and(|port| port != "0");
-            sections.push((matches!(kind, "audio" | "video"), MediaSection { mid: None, sends: open }));
-        } else if let Some((_, section)) = sections.last_mut() {
-            if matches!(line, "a=recvonly" | "a=inactive") {
-                section.sends = false;
-            } else if let Some(mid) = line.strip_prefix("a=mid:") {
-                section.mid = Some(mid.to_owned());
+            sections.push(kind.map(|kind| MediaSection { mid: None, kind, sends: open, receives: open }));
+        } else if let Some(Some(section)) = sections.last_mut() {
+            match line {
+                "a=recvonly" => section.sends = false,
+                "a=sendonly" => section.receives = false,
+                "a=inactive" => (section.sends, section.receives) = (false, false),
+                _ => {
+                    if let Some(mid) = line.strip_prefix("a=mid:") {
+                        section.mid = Some(mid.to_owned());
+                    }
+                }
             }
         }
     }
-    sections.into_iter().filter_map(|(media, section)| media.then_some(section)).collect()
+    sections.into_iter().flatten().collect()
 }
 
 /// The session line that says the `a=msid` lines name WebRTC media streams.
@@ -302,7 +317,7 @@ const MSID_SEMANTIC: &str = "a=msid-semantic: WMS";
 /// section: the engine writes none in a first offer (and `WMS *` in later ones), and some
 /// clients (older browsers, GStreamer) group tracks into streams only with it. A session
 /// attribute the answer does not depend on.
-fn declaring_wms(sdp: &str) -> String {
+pub(super) fn declaring_wms(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len() + MSID_SEMANTIC.len() + 2);
     let mut declared = false;
     for line in sdp.split_inclusive('\n') {
@@ -331,7 +346,7 @@ fn offer_codecs(transceiver: &mut RTCRtpTransceiver<'_>, only: Option<&RTCRtpCod
 
 /// The payload type the subscriber's answer gave `codec` on this sender, and the RTX stream
 /// if the answer kept an `rtx` format for it.
-fn negotiated(sender: &mut RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<Negotiated> {
+pub(super) fn negotiated(sender: &mut RTCRtpSender<'_>, codec: &RTCRtpCodec) -> Option<Negotiated> {
     let parameters = sender.get_parameters();
     let codecs = &parameters.rtp_parameters.codecs;
     let payload_type = codecs.iter().find(|c| crate::codec::same_format(&c.rtp_codec, codec))?.payload_type;
@@ -349,7 +364,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tracks_an_offer_sends_are_its_open_audio_and_video_sections_that_send() {
+    fn the_tracks_an_offer_sends_and_takes_are_its_open_audio_and_video_sections_that_send_and_receive() {
         let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n\
@@ -360,6 +375,10 @@ mod tests {
             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
         let sends: Vec<bool> = media_sections(sdp).iter().map(|s| s.sends).collect();
         assert_eq!(sends, [true, true, true, false, false, false]);
+        let receives: Vec<bool> = media_sections(sdp).iter().map(|s| s.receives).collect();
+        assert_eq!(receives, [false, true, true, false, true, false]);
+        let kinds: Vec<MediaKind> = media_sections(sdp).iter().map(|s| s.kind).collect();
+        assert_eq!(kinds[..2], [MediaKind::Audio, MediaKind::Video]);
     }
 
     #[test]

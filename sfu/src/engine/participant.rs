@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::egress::Egress;
 use crate::ingress::Ingress;
+use crate::munger::RtpMunger;
 use crate::peer::PeerRole;
 use crate::{MediaGrants, MediaKind, ParticipantId, ParticipantKey, RoomId, SfuEvent, TrackId, TrackInfo};
 
@@ -54,10 +55,33 @@ pub(crate) enum Negotiation {
     },
 }
 
+/// A participant that receives over a connection it offered itself (a WHEP player): each
+/// audio and video m-line of its offer is a [`Slot`] that carries one track of the room's
+/// source at a time, and the connection is never renegotiated.
+pub(crate) struct Viewer {
+    /// The identity whose tracks it receives; `None`: the first participant of the room (in
+    /// the order they joined) that publishes.
+    pub source: Option<String>,
+    pub slots: Vec<Slot>,
+}
+
+/// One m-line of a viewer's connection: its sender, the SSRC it sends with, and the track
+/// it carries now, if any.
+pub(crate) struct Slot {
+    pub sender: RTCRtpSenderId,
+    pub ssrc: u32,
+    pub kind: MediaKind,
+    pub track: Option<TrackId>,
+    /// The numbering of the last track it carried, which the next one continues.
+    pub munger: Option<RtpMunger>,
+}
+
 /// A participant of one of the engine's rooms.
 pub(crate) struct Participant {
     /// Its id in signaling (the engine knows it by its [`ParticipantKey`]).
     pub id: ParticipantId,
+    /// The identity of its access token: what a viewer names as its source.
+    pub identity: String,
     pub room: RoomId,
     pub grants: MediaGrants,
     pub events: mpsc::UnboundedSender<SfuEvent>,
@@ -67,6 +91,8 @@ pub(crate) struct Participant {
     /// By the publisher connection's media track id.
     pub published: HashMap<String, Published>,
     pub negotiation: Negotiation,
+    /// Set when its subscriber connection is one it offered ([`Viewer`]).
+    pub viewer: Option<Viewer>,
 }
 
 /// What the engine keeps with a subscription in the forwarder's table (the one record of

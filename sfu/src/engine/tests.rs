@@ -23,12 +23,12 @@ use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Command, Engine, EngineSettings, Transmit};
+use super::{Command, Engine, EngineSettings, Joining, Transmit};
 use crate::feedback_tap::FeedbackTap;
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::{Counter, Counters};
@@ -171,10 +171,44 @@ impl World {
         let (reply, reply_rx) = oneshot::channel();
         let id = ParticipantId::new(name);
         let grants = MediaGrants { publish, subscribe: true };
-        let command = Command::Join { room: RoomId::new("demo"), participant: id.clone(), grants, events, reply };
+        let command = Command::Join {
+            joining: Joining { room: RoomId::new("demo"), participant: id.clone(), identity: name.to_owned(), grants, events },
+            reply,
+        };
         self.command(command, reply_rx).expect("joined");
         let subscriber = self.new_client();
         self.members.insert(name, Member { id, events: rx, seen: Vec::new(), publisher: None, subscriber });
+    }
+
+    /// Joins `name` to room `demo` as a viewer of `source` (an identity, or the room's first
+    /// publisher): without a subscriber connection, then with the offer of a client that
+    /// receives one audio and one video track.
+    fn join_viewer(&mut self, name: &'static str, source: Option<&str>) {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (reply, reply_rx) = oneshot::channel();
+        let id = ParticipantId::new(name);
+        let grants = MediaGrants { publish: false, subscribe: false };
+        let command = Command::Join {
+            joining: Joining { room: RoomId::new("demo"), participant: id.clone(), identity: name.to_owned(), grants, events },
+            reply,
+        };
+        self.command(command, reply_rx).expect("joined");
+        let client = self.new_client();
+        let now = self.now;
+        let pc = &mut self.clients[client].pc;
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+            pc.add_transceiver_from_kind(kind, Some(init)).expect("transceiver");
+        }
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(now, offer.clone()).expect("local offer");
+        let (reply, rx) = oneshot::channel();
+        let command = Command::ViewerOffer { participant: id.clone(), sdp: offer.sdp, source: source.map(str::to_owned), reply };
+        let answer = self.command(command, rx).expect("the viewer's offer is answered");
+        assert!(answer.contains("a=sendonly"), "the server sends on the viewer's m-lines:\n{answer}");
+        let pc = &mut self.clients[client].pc;
+        pc.set_remote_description(now, RTCSessionDescription::answer(answer).expect("sdp")).expect("remote answer");
+        self.members.insert(name, Member { id, events: events_rx, seen: Vec::new(), publisher: None, subscriber: client });
     }
 
     /// `name` publishes one VP8 track sent with `ssrc`; returns its sender.
@@ -694,4 +728,124 @@ fn subscribers_get_sender_reports_and_publishers_receiver_reports() {
     let blocks: Vec<_> = alice.rtcp_of::<ReceiverReport>().flat_map(|r| r.reports.iter()).filter(|b| b.ssrc == 0xA1).collect();
     assert!(blocks.len() >= 2, "receiver reports on alice's stream: {}", blocks.len());
     assert_eq!(blocks.last().expect("a block").total_lost, 0);
+}
+
+/// `count` packets from `name`'s track on `sender`, paced as the meeting's are.
+fn send_run(world: &mut World, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequences: std::ops::Range<u16>) {
+    for sequence in sequences {
+        world.send_rtp(name, sender, ssrc, sequence);
+        world.run(STEP * 5);
+    }
+    world.run(Duration::from_millis(50));
+}
+
+#[test]
+fn a_viewer_receives_the_first_publisher_and_then_the_next_on_one_continuous_stream() {
+    let mut world = World::new();
+    world.join("alice", true);
+    let alice = world.publish_vp8("alice", 0xA1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("alice", alice, 0xA1, 1);
+    world.join("bob", true);
+    let bob = world.publish_vp8("bob", 0xB1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("bob", bob, 0xB1, 1);
+    world.join_viewer("viv", None);
+    world.run(Duration::from_millis(300));
+    assert!(world.members["viv"].seen.iter().all(|e| !matches!(e, SfuEvent::SubscriberOffer(_))), "a viewer is never offered to");
+
+    send_run(&mut world, "alice", alice, 0xA1, 2..32);
+    send_run(&mut world, "bob", bob, 0xB1, 2..12);
+    let received = world.received("viv").to_vec();
+    let payloads: Vec<&Bytes> = received.iter().map(|(_, p)| &p.payload).collect();
+    assert_eq!(payloads.len(), 30, "the viewer got the first publisher's packets, and only those");
+    assert!(payloads.iter().zip(2..).all(|(p, sequence)| **p == payload(sequence)), "byte-identical");
+
+    // Alice leaves: Bob, the room's next publisher, takes her place on the same stream.
+    world.leave("alice");
+    world.run(Duration::from_millis(50));
+    send_run(&mut world, "bob", bob, 0xB1, 12..42);
+    let received = world.received("viv").to_vec();
+    assert_eq!(received.len(), 60, "then Bob's");
+    assert!(received[30..].iter().zip(12..).all(|((_, p), sequence)| p.payload == payload(sequence)), "Bob's, byte-identical");
+    let ssrcs: Vec<u32> = received.iter().map(|(_, p)| p.header.ssrc).collect();
+    assert!(ssrcs.windows(2).all(|w| w[0] == w[1]), "one SSRC throughout");
+    let sequences: Vec<u16> = received.iter().map(|(_, p)| p.header.sequence_number).collect();
+    assert!(sequences.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "numbered on without a jump: {sequences:?}");
+    assert!(world.plis("bob") >= 1, "Bob was asked for a keyframe for the viewer");
+
+    // The viewer's feedback reaches the track its slot carries: a NACK is answered, a PLI
+    // goes to Bob.
+    let (ssrc, lost) = (received[0].1.header.ssrc, received[50].1.header.sequence_number);
+    let before = world.engine.counters().get(Counter::Retransmits);
+    world.nack("viv", ssrc, &[lost]);
+    world.run(Duration::from_millis(20));
+    assert_eq!(world.engine.counters().get(Counter::Retransmits), before + 1, "the NACKed packet was sent again");
+    let plis = world.plis("bob");
+    world.run(Duration::from_secs(1)); // past the keyframe throttle
+    let pli = PictureLossIndication { sender_ssrc: 1, media_ssrc: ssrc };
+    let client = world.members["viv"].subscriber;
+    let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(pli)]);
+    world.clients[client].pc.handle_write(TaggedRTCMessage { now: world.now, message }).expect("pli written");
+    world.run(Duration::from_millis(50));
+    assert_eq!(world.plis("bob"), plis + 1, "the viewer's PLI reached Bob");
+}
+
+#[test]
+fn a_viewer_that_names_an_identity_receives_that_participant_only() {
+    let mut world = World::new();
+    world.join("alice", true);
+    let alice = world.publish_vp8("alice", 0xA1);
+    world.join_viewer("viv", Some("bob"));
+    world.run(Duration::from_millis(300));
+    send_run(&mut world, "alice", alice, 0xA1, 1..11);
+    assert!(world.received("viv").is_empty(), "Alice is not the one named");
+    world.join("bob", true);
+    let bob = world.publish_vp8("bob", 0xB1);
+    world.run(Duration::from_millis(300));
+    send_run(&mut world, "bob", bob, 0xB1, 1..21);
+    let received = world.received("viv");
+    // The first packet announces the track, and is forwarded to the viewer with the rest.
+    assert_eq!(received.len(), 20, "every packet of Bob's");
+    assert!(received.iter().zip(1..).all(|((_, p), sequence)| p.payload == payload(sequence)));
+}
+
+#[test]
+fn a_viewer_offer_is_refused_on_a_connection_that_already_receives_and_for_junk() {
+    let mut world = World::new();
+    world.join("carol", false);
+    let (reply, rx) = oneshot::channel();
+    let command = Command::ViewerOffer { participant: world.members["carol"].id.clone(), sdp: "v=0\r\n".into(), source: None, reply };
+    assert!(matches!(world.command(command, rx), Err(SfuError::AlreadyReceiving)));
+    let (events, _events) = mpsc::unbounded_channel();
+    let (reply, rx) = oneshot::channel();
+    let id = ParticipantId::new("dave");
+    let grants = MediaGrants { publish: false, subscribe: false };
+    world
+        .command(
+            Command::Join {
+                joining: Joining { room: RoomId::new("demo"), participant: id.clone(), identity: "dave".into(), grants, events },
+                reply,
+            },
+            rx,
+        )
+        .expect("joined");
+    let (reply, rx) = oneshot::channel();
+    let command = Command::ViewerOffer { participant: id.clone(), sdp: "this is no SDP".into(), source: None, reply };
+    assert!(matches!(world.command(command, rx), Err(SfuError::InvalidSdp(_))));
+    assert_eq!(world.engine.ice.connections(), 1, "no route is left behind for the refused offer (carol's connection only)");
+}
+
+#[test]
+fn a_viewer_whose_checks_never_come_is_told_its_media_failed() {
+    let mut world = World::new();
+    world.join("alice", true);
+    world.join_viewer("viv", None);
+    // The player goes away before it checks: nothing of it reaches the server again.
+    world.clients.pop();
+    for _ in 0..400 {
+        world.now += Duration::from_millis(100);
+        world.exchange();
+    }
+    assert!(world.members["viv"].seen.iter().any(|e| matches!(e, SfuEvent::ConnectionFailed)), "the viewer heard its media failed");
 }

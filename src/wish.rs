@@ -1,30 +1,36 @@
-//! WHIP ingest (RFC 9725): a publisher that speaks HTTP instead of the signaling WebSocket,
-//! as OBS Studio (30 and later) and GStreamer's `whipclientsink` do.
+//! WHIP ingest (RFC 9725) and WHEP playback (draft-ietf-wish-whep): publishers and players
+//! that speak HTTP instead of the signaling WebSocket, as OBS Studio (30 and later),
+//! GStreamer's `whipclientsink` and `whepsrc`, and WHEP players do.
 //!
-//! - `POST /whip/{room}` with an SDP offer and a bearer token with the `publish` grant:
+//! - `POST /whip/{room}` with an SDP offer and a bearer token with the `publish` grant, or
+//!   `POST /whep/{room}` with a `subscribe` token (and `?identity=` for whose tracks):
 //!   `201 Created`, the SDP answer, `Location` of the session and its `ETag`.
 //! - `PATCH` of the session with `application/trickle-ice-sdpfrag` and `If-Match` of its
 //!   ETag: trickled candidates (`204`); an ICE restart is refused (`422`).
 //! - `DELETE` of the session: it leaves the room (`200`).
 //!
-//! A WHIP session is a signaling session like any other, driven here instead of by a
-//! WebSocket: it joins with `subscribe: false`, sends the offer as `publish_offer`, and from
-//! then on its participant is seen, forwarded and recorded like anyone's. It ends on
-//! `DELETE`, when its media connection fails, when no track of it reached the server within
-//! [`MEDIA_DEADLINE`], or when the room is closed or an operator removes it.
+//! A session is a signaling session like any other, driven here instead of by a WebSocket:
+//! it joins with `subscribe: false` and sends the offer as `publish_offer` (WHIP) or
+//! `view_offer` (WHEP). A WHIP publisher is then seen, forwarded and recorded like anyone; a
+//! WHEP player receives one participant's audio and video (the identity asked for, or the
+//! room's first publisher and then the next). A session ends on `DELETE`, when its media
+//! connection fails, when the room is closed or an operator removes it, and for WHIP when no
+//! track of it reached the server within [`MEDIA_DEADLINE`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
+use signaling::auth::Grants;
 use signaling::session::{run_session, CloseReason, Inbound, Transport};
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,20 +46,57 @@ const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
 pub const MEDIA_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the session takes to answer a request before the request fails.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Server messages queued for a WHIP session's driver.
+/// Server messages queued for a session's driver.
 const OUTBOX_CAPACITY: usize = 64;
 
-/// The WHIP routes.
+/// Which of the two protocols an endpoint speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// WHIP: the client publishes.
+    Whip,
+    /// WHEP: the client plays.
+    Whep,
+}
+
+impl Endpoint {
+    /// The first segment of its paths.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Whip => "whip",
+            Self::Whep => "whep",
+        }
+    }
+
+    /// The grant a token needs, by name and as a check.
+    fn grant(self) -> (&'static str, fn(&Grants) -> bool) {
+        match self {
+            Self::Whip => ("publish", |grants| grants.publish),
+            Self::Whep => ("subscribe", |grants| grants.subscribe),
+        }
+    }
+
+    /// The signaling connection its media and candidates belong to.
+    fn target(self) -> &'static str {
+        match self {
+            Self::Whip => "publisher",
+            Self::Whep => "subscriber",
+        }
+    }
+}
+
+/// The WHIP and WHEP routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/whip/{room}", post(create).options(options).get(no_content))
-        .route("/whip/{room}/{resource}", patch(update).delete(end).options(session_options).get(no_content))
+        .route("/whip/{room}", post(create_whip).options(options).get(no_content))
+        .route("/whep/{room}", post(create_whep).options(options).get(no_content))
+        .route("/whip/{room}/{resource}", patch(update_whip).delete(end_whip).options(session_options).get(no_content))
+        .route("/whep/{room}/{resource}", patch(update_whep).delete(end_whep).options(session_options).get(no_content))
         .layer(axum::middleware::map_response(cross_origin))
 }
 
-/// Lets web pages of any origin use WHIP (RFC 9725 §4.2 asks for CORS): every request needs
-/// a bearer token, which a page of another origin cannot obtain from this server, so no
-/// ambient credential is exposed. The headers a client reads are exposed to it.
+/// Lets web pages of any origin use WHIP and WHEP (RFC 9725 §4.2 asks for CORS): every
+/// request needs a bearer token, which a page of another origin cannot obtain from this
+/// server, so no ambient credential is exposed. The headers a client reads are exposed to it.
 async fn cross_origin(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -61,7 +104,7 @@ async fn cross_origin(mut response: Response) -> Response {
     response
 }
 
-/// A preflight's answer: the methods of `methods`, the request headers WHIP uses.
+/// A preflight's answer: the methods of `methods`, the request headers WHIP and WHEP use.
 fn preflight(methods: &'static str) -> [(header::HeaderName, &'static str); 3] {
     [
         (header::ACCESS_CONTROL_ALLOW_METHODS, methods),
@@ -75,27 +118,29 @@ async fn no_content() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// This node's WHIP sessions, by resource id.
+/// This node's WHIP and WHEP sessions, by resource id.
 #[derive(Default)]
-pub struct WhipSessions {
-    sessions: Mutex<HashMap<String, WhipSession>>,
+pub struct HttpSessions {
+    sessions: Mutex<HashMap<String, HttpSession>>,
 }
 
-/// What a WHIP session's HTTP requests need: where it is, and a way to its signaling session.
+/// What a session's HTTP requests need: what and where it is, and a way to its signaling
+/// session.
 #[derive(Clone)]
-struct WhipSession {
+struct HttpSession {
+    endpoint: Endpoint,
     room: String,
     etag: String,
     frames: mpsc::Sender<Inbound>,
 }
 
-impl WhipSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WhipSession>> {
+impl HttpSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HttpSession>> {
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, room: &str, resource: &str) -> Option<WhipSession> {
-        self.lock().get(resource).filter(|s| s.room == room).cloned()
+    fn get(&self, endpoint: Endpoint, room: &str, resource: &str) -> Option<HttpSession> {
+        self.lock().get(resource).filter(|s| s.endpoint == endpoint && s.room == room).cloned()
     }
 }
 
@@ -109,12 +154,12 @@ async fn session_options() -> Response {
     (StatusCode::OK, preflight("PATCH, DELETE, OPTIONS"), [(header::HeaderName::from_static("accept-patch"), SDP_FRAGMENT)]).into_response()
 }
 
-/// Hands `message` to a WHIP session's signaling session; false once that session is over.
+/// Hands `message` to a session's signaling session; false once that session is over.
 async fn send(frames: &mpsc::Sender<Inbound>, message: Value) -> bool {
     frames.send(Inbound::Text(message.to_string())).await.is_ok()
 }
 
-/// The signaling session a WHIP session drives: requests in, replies out.
+/// The signaling session an HTTP session drives: requests in, replies out.
 struct Driver {
     frames: mpsc::Sender<Inbound>,
     replies: mpsc::Receiver<String>,
@@ -180,14 +225,47 @@ fn wrong_content_type(wanted: &str) -> Response {
     refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("the body must be {wanted}")).into_response()
 }
 
-async fn create(
+async fn create_whip(
     State(state): State<Arc<AppState>>,
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(refused) = bearer_of(&state, &headers, &room, "publish", |grants| grants.publish) {
+    create(state, Endpoint::Whip, peer.ip(), room, None, headers, body).await
+}
+
+/// What a WHEP request's query may say.
+#[derive(serde::Deserialize)]
+struct PlayQuery {
+    /// Whose tracks to play (by default the room's first publisher).
+    identity: Option<String>,
+}
+
+async fn create_whep(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
+    Path(room): Path<String>,
+    Query(query): Query<PlayQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    create(state, Endpoint::Whep, peer.ip(), room, query.identity, headers, body).await
+}
+
+/// Creates a session: joins the room as the token's holder, applies the offer and answers
+/// `201` with the answer and the session's `Location` and `ETag`.
+async fn create(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    peer: IpAddr,
+    room: String,
+    identity: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (grant, allowed) = endpoint.grant();
+    if let Err(refused) = bearer_of(&state, &headers, &room, grant, allowed) {
         return refused.into_response();
     }
     // bearer_of found it.
@@ -199,9 +277,11 @@ async fn create(
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(refused) => return refused.into_response(),
     };
-    let slot = match state.connections.admit(peer.ip()) {
+    let slot = match state.connections.admit(peer) {
         Ok(slot) => slot,
-        Err(CapReached::Total) => return refusal(StatusCode::SERVICE_UNAVAILABLE, "busy", "this node holds its most sessions").into_response(),
+        Err(CapReached::Total) => {
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, "busy", "this node holds its most sessions").into_response()
+        }
         Err(CapReached::PerAddress) => {
             return refusal(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", "too many sessions from this address").into_response()
         }
@@ -219,7 +299,7 @@ async fn create(
         Some("joined") => {}
         Some("redirect") => {
             // Another node hosts the room: the client posts there (RFC 9725 §4.5).
-            let url = format!("{}/whip/{room}", joined["url"].as_str().unwrap_or_default().trim_end_matches('/'));
+            let url = format!("{}/{}/{room}", joined["url"].as_str().unwrap_or_default().trim_end_matches('/'), endpoint.path());
             return match HeaderValue::from_str(&url) {
                 Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
                 Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -228,8 +308,12 @@ async fn create(
         _ => return refused_by_session(&joined).into_response(),
     }
     let participant = joined["participant"]["participant_id"].as_str().unwrap_or_default().to_owned();
-    let answer = match driver.request(json!({"type": "publish_offer", "sdp": offer})).await {
-        Some(reply) if reply["type"] == "publish_answer" => reply["sdp"].as_str().unwrap_or_default().to_owned(),
+    let (request, answered) = match endpoint {
+        Endpoint::Whip => (json!({"type": "publish_offer", "sdp": offer}), "publish_answer"),
+        Endpoint::Whep => (json!({"type": "view_offer", "sdp": offer, "identity": identity}), "view_answer"),
+    };
+    let answer = match driver.request(request).await {
+        Some(reply) if reply["type"] == answered => reply["sdp"].as_str().unwrap_or_default().to_owned(),
         Some(error) => {
             driver.leave().await;
             return refused_by_session(&error).into_response();
@@ -241,11 +325,12 @@ async fn create(
     };
     let resource = Alphanumeric.sample_string(&mut rand::rng(), 24);
     let etag = Alphanumeric.sample_string(&mut rand::rng(), 16);
-    let session = WhipSession { room: room.clone(), etag: etag.clone(), frames: driver.frames.clone() };
-    state.whip.lock().insert(resource.clone(), session);
-    tracing::info!(%room, %participant, %resource, "WHIP session started");
-    tokio::spawn(watch(state.clone(), resource.clone(), participant, driver, closed, slot));
-    let location = format!("/whip/{room}/{resource}");
+    let session = HttpSession { endpoint, room: room.clone(), etag: etag.clone(), frames: driver.frames.clone() };
+    state.wish.lock().insert(resource.clone(), session);
+    tracing::info!(%room, %participant, %resource, ?endpoint, "HTTP media session started");
+    let media_deadline = (endpoint == Endpoint::Whip).then_some(MEDIA_DEADLINE);
+    tokio::spawn(watch(state.clone(), resource.clone(), participant, driver, media_deadline, closed, slot));
+    let location = format!("/{}/{room}/{resource}", endpoint.path());
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(SDP)),
         (header::LOCATION, HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/"))),
@@ -255,19 +340,21 @@ async fn create(
     (StatusCode::CREATED, headers, answer).into_response()
 }
 
-/// Keeps a WHIP session going until it ends: answers its pings, ends it when its media does
-/// not arrive in time or fails, and forgets it once it is over.
+/// Keeps a session going until it ends: answers its pings, ends it when its media fails or
+/// (given `media_deadline`) a track of it does not arrive in time, and forgets it once it is
+/// over.
 async fn watch(
     state: Arc<AppState>,
     resource: String,
     participant: String,
     mut driver: Driver,
+    media_deadline: Option<Duration>,
     closed: oneshot::Receiver<CloseReason>,
     slot: ConnectionSlot,
 ) {
-    let deadline = tokio::time::sleep(MEDIA_DEADLINE);
+    let deadline = tokio::time::sleep(media_deadline.unwrap_or_default());
     tokio::pin!(deadline);
-    let mut media_arrived = false;
+    let mut media_arrived = media_deadline.is_none();
     loop {
         tokio::select! {
             text = driver.replies.recv() => {
@@ -290,19 +377,40 @@ async fn watch(
         }
     }
     drop(closed);
-    state.whip.lock().remove(&resource);
+    state.wish.lock().remove(&resource);
     drop(slot);
-    tracing::info!(%resource, "WHIP session over");
+    tracing::info!(%resource, "HTTP media session over");
 }
 
-/// The session of a `PATCH` or `DELETE`, once the request's token may publish in its room.
-fn session_of(state: &AppState, headers: &HeaderMap, room: &str, resource: &str) -> Result<WhipSession, Refusal> {
-    bearer_of(state, headers, room, "publish", |grants| grants.publish)?;
-    state.whip.get(room, resource).ok_or_else(|| refusal(StatusCode::NOT_FOUND, "not_found", "no such WHIP session"))
+/// The session of a `PATCH` or `DELETE`, once the request's token has the endpoint's grant
+/// in its room.
+fn session_of(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, room: &str, resource: &str) -> Result<HttpSession, Refusal> {
+    let (grant, allowed) = endpoint.grant();
+    bearer_of(state, headers, room, grant, allowed)?;
+    state.wish.get(endpoint, room, resource).ok_or_else(|| refusal(StatusCode::NOT_FOUND, "not_found", "no such session"))
 }
 
-async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
-    let session = match session_of(&state, &headers, &room, &resource) {
+async fn update_whip(
+    State(state): State<Arc<AppState>>,
+    Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    update(state, Endpoint::Whip, room, resource, headers, body).await
+}
+
+async fn update_whep(
+    State(state): State<Arc<AppState>>,
+    Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    update(state, Endpoint::Whep, room, resource, headers, body).await
+}
+
+/// Takes trickled candidates for a session's connection.
+async fn update(state: Arc<AppState>, endpoint: Endpoint, room: String, resource: String, headers: HeaderMap, body: Body) -> Response {
+    let session = match session_of(&state, endpoint, &headers, &room, &resource) {
         Ok(session) => session,
         Err(refused) => return refused.into_response(),
     };
@@ -326,9 +434,9 @@ async fn update(State(state): State<Arc<AppState>>, Path((room, resource)): Path
         Err(refused) => return refused.into_response(),
     };
     for (candidate, mid) in trickle {
-        let message = json!({"type": "trickle", "target": "publisher", "candidate": candidate, "sdp_mid": mid});
+        let message = json!({"type": "trickle", "target": endpoint.target(), "candidate": candidate, "sdp_mid": mid});
         if !send(&session.frames, message).await {
-            return refusal(StatusCode::NOT_FOUND, "not_found", "the WHIP session has ended").into_response();
+            return refusal(StatusCode::NOT_FOUND, "not_found", "the session has ended").into_response();
         }
     }
     StatusCode::NO_CONTENT.into_response()
@@ -353,12 +461,21 @@ fn parse_fragment(fragment: &str) -> Result<Vec<(String, Option<String>)>, Refus
     Ok(candidates)
 }
 
-async fn end(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    let session = match session_of(&state, &headers, &room, &resource) {
+async fn end_whip(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    end(state, Endpoint::Whip, room, resource, headers).await
+}
+
+async fn end_whep(State(state): State<Arc<AppState>>, Path((room, resource)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    end(state, Endpoint::Whep, room, resource, headers).await
+}
+
+/// Ends a session: its participant leaves the room.
+async fn end(state: Arc<AppState>, endpoint: Endpoint, room: String, resource: String, headers: HeaderMap) -> Response {
+    let session = match session_of(&state, endpoint, &headers, &room, &resource) {
         Ok(session) => session,
         Err(refused) => return refused.into_response(),
     };
-    state.whip.lock().remove(&resource);
+    state.wish.lock().remove(&resource);
     send(&session.frames, json!({"type": "leave"})).await;
     StatusCode::OK.into_response()
 }
