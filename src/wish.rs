@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
@@ -232,7 +232,7 @@ async fn create_whip(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    create(state, Endpoint::Whip, peer.ip(), room, None, headers, body).await
+    create(state, Endpoint::Whip, peer.ip(), room, Play::default(), headers, body).await
 }
 
 /// What a WHEP request's query may say.
@@ -242,15 +242,23 @@ struct PlayQuery {
     identity: Option<String>,
 }
 
+/// Whose tracks a WHEP player asked for, and its query as sent (for a redirect).
+#[derive(Default)]
+struct Play {
+    identity: Option<String>,
+    query: Option<String>,
+}
+
 async fn create_whep(
     State(state): State<Arc<AppState>>,
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     Path(room): Path<String>,
-    Query(query): Query<PlayQuery>,
+    Query(parsed): Query<PlayQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    create(state, Endpoint::Whep, peer.ip(), room, query.identity, headers, body).await
+    create(state, Endpoint::Whep, peer.ip(), room, Play { identity: parsed.identity, query }, headers, body).await
 }
 
 /// Creates a session: joins the room as the token's holder, applies the offer and answers
@@ -260,7 +268,7 @@ async fn create(
     endpoint: Endpoint,
     peer: IpAddr,
     room: String,
-    identity: Option<String>,
+    play: Play,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -299,7 +307,9 @@ async fn create(
         Some("joined") => {}
         Some("redirect") => {
             // Another node hosts the room: the client posts there (RFC 9725 §4.5).
-            let url = format!("{}/{}/{room}", joined["url"].as_str().unwrap_or_default().trim_end_matches('/'), endpoint.path());
+            let node = joined["url"].as_str().unwrap_or_default().trim_end_matches('/');
+            let query = play.query.map(|q| format!("?{q}")).unwrap_or_default();
+            let url = format!("{node}/{}/{room}{query}", endpoint.path());
             return match HeaderValue::from_str(&url) {
                 Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
                 Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -310,7 +320,7 @@ async fn create(
     let participant = joined["participant"]["participant_id"].as_str().unwrap_or_default().to_owned();
     let (request, answered) = match endpoint {
         Endpoint::Whip => (json!({"type": "publish_offer", "sdp": offer}), "publish_answer"),
-        Endpoint::Whep => (json!({"type": "view_offer", "sdp": offer, "identity": identity}), "view_answer"),
+        Endpoint::Whep => (json!({"type": "view_offer", "sdp": offer, "identity": play.identity}), "view_answer"),
     };
     let answer = match driver.request(request).await {
         Some(reply) if reply["type"] == answered => reply["sdp"].as_str().unwrap_or_default().to_owned(),

@@ -225,8 +225,8 @@ impl<S> Forwarder<S> {
     }
 
     /// [`Forwarder::subscribe`], numbering the packets on from `munger` (that of a track the
-    /// subscriber received on the same SSRC before, of the same clock rate), so that the
-    /// subscriber sees one continuous stream. `false` if the track is not in the table.
+    /// subscriber received on the same SSRC before), so that the subscriber sees one
+    /// continuous stream. Gives the munger back if the track is not in the table.
     pub fn subscribe_continuing(
         &mut self,
         track: &TrackId,
@@ -234,10 +234,10 @@ impl<S> Forwarder<S> {
         ssrc: u32,
         link: S,
         munger: Option<RtpMunger>,
-    ) -> bool {
-        let Some(up) = self.tracks.get_mut(track) else { return false };
+    ) -> Result<(), Option<RtpMunger>> {
+        let Some(up) = self.tracks.get_mut(track) else { return Err(munger) };
         up.downtracks.retain(|d| d.subscriber != subscriber);
-        let munger = munger.filter(|m| m.clock_rate() == up.clock_rate).unwrap_or_else(|| RtpMunger::new(up.clock_rate));
+        let munger = munger.map(|m| m.with_clock_rate(up.clock_rate)).unwrap_or_else(|| RtpMunger::new(up.clock_rate));
         up.downtracks.push(DownTrack {
             subscriber,
             ssrc,
@@ -248,7 +248,7 @@ impl<S> Forwarder<S> {
             budget: RetransmitBudget::default(),
             link,
         });
-        true
+        Ok(())
     }
 
     /// Takes `subscriber`'s subscription to `track` out of the table.

@@ -45,9 +45,11 @@ impl RtpMunger {
         Self { clock_rate: clock_rate.max(1), epoch: None, retired_ssrc: None, last_out: None }
     }
 
-    /// The RTP clock rate it numbers timestamps in.
-    pub fn clock_rate(&self) -> u32 {
-        self.clock_rate
+    /// The munger numbering on at another clock rate (the next source's codec): sequence
+    /// numbers continue, timestamps advance at the new rate from the last one sent.
+    pub fn with_clock_rate(mut self, clock_rate: u32) -> Self {
+        self.clock_rate = clock_rate.max(1);
+        self
     }
 
     /// Maps an incoming packet to its outgoing numbers, or `None` if it belongs to a source

@@ -73,10 +73,12 @@ impl Egress {
         self.remote = Some(addr);
     }
 
-    /// Reports on the stream of `ssrc` from now on, at `clock_rate`.
+    /// Reports on the stream of `ssrc` from now on, at `clock_rate` (a stream reported on
+    /// already keeps its counts and takes the new rate).
     pub fn add_stream(&mut self, ssrc: u32, clock_rate: u32) {
-        if !self.streams.iter().any(|s| s.ssrc == ssrc) {
-            self.streams.push(SentStream::new(ssrc, clock_rate));
+        match self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+            Some(stream) => stream.set_clock_rate(clock_rate),
+            None => self.streams.push(SentStream::new(ssrc, clock_rate)),
         }
     }
 

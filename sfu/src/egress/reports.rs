@@ -28,6 +28,11 @@ impl SentStream {
         Self { ssrc, clock_rate: f64::from(clock_rate), last: None, packets: 0, octets: 0 }
     }
 
+    /// Extrapolates reports at `clock_rate` from now on.
+    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+        self.clock_rate = f64::from(clock_rate);
+    }
+
     /// Counts a packet sent at `now`.
     pub fn sent(&mut self, now: Instant, packet: &Packet) {
         let header = &packet.header;

@@ -188,8 +188,13 @@ impl Engine {
             }
         }
         let removed = self.forwarder.remove_participant(&key);
+        let own: Vec<TrackId> = removed.iter().map(|(track, _)| *track).collect();
         self.unpublished(now, &room, removed);
         let Some(mut participant) = self.participants.remove(&key) else { return };
+        // No longer among the members `unpublished` tells: it hears of its own tracks here.
+        for track in own {
+            let _ = participant.events.send(SfuEvent::TrackUnpublished(track));
+        }
         self.keys.remove(&participant.id);
         for peer in [participant.publisher.take(), participant.subscriber.take()].into_iter().flatten() {
             self.close_peer(peer, out);

@@ -62,6 +62,8 @@ pub(crate) struct Viewer {
     /// The identity whose tracks it receives; `None`: the first participant of the room (in
     /// the order they joined) that publishes.
     pub source: Option<String>,
+    /// The participant it shows now, kept until it leaves or stops publishing.
+    pub current: Option<ParticipantKey>,
     pub slots: Vec<Slot>,
 }
 

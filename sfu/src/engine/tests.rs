@@ -430,7 +430,7 @@ fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes
     let track = world.published_track("bob");
     world.leave("alice");
     world.run(Duration::from_millis(20));
-    for name in ["bob", "carol"] {
+    for name in ["alice", "bob", "carol"] {
         assert!(world.members[name].seen.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished(t) if *t == track)), "{name} heard");
     }
     assert!(world.strays.is_empty(), "nothing went to an address no client has");
@@ -830,9 +830,12 @@ fn a_viewer_offer_is_refused_on_a_connection_that_already_receives_and_for_junk(
             rx,
         )
         .expect("joined");
-    let (reply, rx) = oneshot::channel();
-    let command = Command::ViewerOffer { participant: id.clone(), sdp: "this is no SDP".into(), source: None, reply };
-    assert!(matches!(world.command(command, rx), Err(SfuError::InvalidSdp(_))));
+    let sending = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\n";
+    for sdp in ["this is no SDP", sending] {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::ViewerOffer { participant: id.clone(), sdp: sdp.into(), source: None, reply };
+        assert!(matches!(world.command(command, rx), Err(SfuError::InvalidSdp(_))), "{sdp}");
+    }
     assert_eq!(world.engine.ice.connections(), 1, "no route is left behind for the refused offer (carol's connection only)");
 }
 
@@ -848,4 +851,25 @@ fn a_viewer_whose_checks_never_come_is_told_its_media_failed() {
         world.exchange();
     }
     assert!(world.members["viv"].seen.iter().any(|e| matches!(e, SfuEvent::ConnectionFailed)), "the viewer heard its media failed");
+}
+
+#[test]
+fn a_viewer_keeps_its_source_when_someone_who_joined_earlier_starts_publishing() {
+    let mut world = World::new();
+    world.join("alice", true);
+    world.join("bob", true);
+    let bob = world.publish_vp8("bob", 0xB1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("bob", bob, 0xB1, 1);
+    world.join_viewer("viv", None);
+    world.run(Duration::from_millis(300));
+    send_run(&mut world, "bob", bob, 0xB1, 2..12);
+    let alice = world.publish_vp8("alice", 0xA1);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("alice", alice, 0xA1, 1);
+    send_run(&mut world, "alice", alice, 0xA1, 2..12);
+    send_run(&mut world, "bob", bob, 0xB1, 12..22);
+    let received = world.received("viv");
+    assert_eq!(received.len(), 20, "Bob's packets, and none of Alice's");
+    assert!(received.iter().zip(2..).all(|((_, p), sequence)| p.payload == payload(sequence)));
 }
