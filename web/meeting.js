@@ -146,12 +146,9 @@ function setStatus(text, reconnecting = false) {
   $('status').classList.toggle('reconnecting', reconnecting);
 }
 
-/** Whether a video track is a screen share: its publisher's second video track or later. */
+/** Whether a track is a screen share, as its publisher said. */
 function isScreen(trackId) {
-  const track = room.tracks.get(trackId);
-  if (!track) return false;
-  const videos = [...room.tracks.values()].filter((t) => t.participant_id === track.participant_id && t.kind === 'video');
-  return videos.findIndex((t) => t.track_id === trackId) > 0;
+  return room.tracks.get(trackId)?.source === 'screen_share';
 }
 
 /** The tile (a figure with a video and its caption) showing `key`, made on first use. */
@@ -271,7 +268,7 @@ async function toggleScreen() {
       const figure = tile('self-screen', 'Your screen', room.me.participant_id, { screenShare: true });
       figure.querySelector('video').srcObject = screen;
       screen.getVideoTracks()[0].addEventListener('ended', () => { if (screen) toggleScreen(); });
-      await room.publish(screen);
+      await room.publish(screen, { screen: true });
     }
   } catch (err) {
     note(`! screen share: ${err.message}`);

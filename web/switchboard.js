@@ -76,6 +76,8 @@ export class Switchboard {
     this.subscriber.onicecandidate = (event) => this.#trickle('subscriber', event.candidate);
     this.subscriberQueue = Promise.resolve();
     this.publisherQueue = Promise.resolve();
+    /** What each published MediaStreamTrack captures, as `publish` was told. */
+    this.sources = new Map();
   }
 
   on(event, handler) {
@@ -213,7 +215,12 @@ export class Switchboard {
     const run = async () => {
       const offer = await this.publisher.createOffer();
       await this.publisher.setLocalDescription(offer);
-      const reply = await this.#request({ type: 'publish_offer', sdp: offer.sdp });
+      const sources = {};
+      for (const transceiver of this.publisher.getTransceivers()) {
+        const source = transceiver.sender.track && this.sources.get(transceiver.sender.track);
+        if (source && transceiver.mid !== null) sources[transceiver.mid] = source;
+      }
+      const reply = await this.#request({ type: 'publish_offer', sdp: offer.sdp, sources });
       await this.publisher.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
     };
     const done = this.publisherQueue.then(run);
@@ -221,13 +228,21 @@ export class Switchboard {
     return done;
   }
 
-  /** Sends every track of `stream`; resolves once the server has answered. */
-  async publish(stream) {
+  /**
+   * Sends every track of `stream`; resolves once the server has answered. `screen`: the
+   * stream is a screen share (its tracks' `source` is `screen_share` and
+   * `screen_share_audio`, else `camera` and `microphone`).
+   */
+  async publish(stream, { screen = false } = {}) {
     if (!this.publisher) {
       this.publisher = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
       this.publisher.onicecandidate = (event) => this.#trickle('publisher', event.candidate);
     }
-    for (const track of stream.getTracks()) this.publisher.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    for (const track of stream.getTracks()) {
+      const video = track.kind === 'video';
+      this.sources.set(track, screen ? (video ? 'screen_share' : 'screen_share_audio') : (video ? 'camera' : 'microphone'));
+      this.publisher.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    }
     await this.#negotiatePublisher();
   }
 
@@ -238,6 +253,7 @@ export class Switchboard {
     for (const transceiver of this.publisher.getTransceivers()) {
       if (transceiver.sender.track && tracks.has(transceiver.sender.track)) transceiver.stop();
     }
+    for (const track of tracks) this.sources.delete(track);
     await this.#negotiatePublisher();
   }
 

@@ -155,7 +155,7 @@ pub fn engine(data: &[u8]) {
                 }
                 1 => engine.handle_command(
                     now,
-                    Command::PublisherOffer { participant: alice, sdp: text(), reply: oneshot::channel().0 },
+                    Command::PublisherOffer { participant: alice, sdp: text(), sources: Default::default(), reply: oneshot::channel().0 },
                     &mut Nowhere,
                 ),
                 2 => engine.handle_command(

@@ -163,8 +163,27 @@ pub struct TrackInfo {
     pub publisher: ParticipantId,
     /// Audio or video.
     pub kind: MediaKind,
+    /// What the publisher captures with it, as it said.
+    pub source: TrackSource,
     /// The codec the publisher negotiated.
     pub codec: RTCRtpCodec,
+}
+
+/// What a published track captures, as its publisher said with its offer (LiveKit's
+/// `TrackSource`): lets subscribers tell a screen share from a camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrackSource {
+    /// Not said.
+    #[default]
+    Unknown,
+    /// A camera.
+    Camera,
+    /// A microphone.
+    Microphone,
+    /// A shared screen or window.
+    ScreenShare,
+    /// The audio of a shared screen or tab.
+    ScreenShareAudio,
 }
 
 /// What the media plane tells a participant's signaling session.
@@ -347,9 +366,10 @@ const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl MediaSession {
     /// Applies the client's offer on its publisher connection; returns the server's answer.
-    pub async fn publisher_offer(&self, sdp: String) -> Result<String, SfuError> {
+    /// `sources` says what each of the offer's sections (by mid) captures.
+    pub async fn publisher_offer(&self, sdp: String, sources: HashMap<String, TrackSource>) -> Result<String, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.request(Command::PublisherOffer { participant: self.participant.clone(), sdp, reply }, rx).await
+        self.request(Command::PublisherOffer { participant: self.participant.clone(), sdp, sources, reply }, rx).await
     }
 
     /// Applies the client's answer to the server's latest subscriber offer.

@@ -1,5 +1,7 @@
 //! Signaling protocol v1: the JSON messages exchanged over `/ws` (see docs/protocol.md).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -71,6 +73,20 @@ pub struct RecordingSummary {
     pub format: String,
 }
 
+/// What a published track captures, as its publisher says in `publish_offer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A camera.
+    Camera,
+    /// A microphone.
+    Microphone,
+    /// A shared screen or window.
+    ScreenShare,
+    /// The audio of a shared screen or tab.
+    ScreenShareAudio,
+}
+
 /// Which of the participant's connections a candidate belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +125,9 @@ pub enum ClientMessage {
         id: Option<Value>,
         /// SDP offer.
         sdp: String,
+        /// What the tracks of the offer's sections capture, by mid (optional).
+        #[serde(default)]
+        sources: HashMap<String, Source>,
     },
     /// The client's answer to a `subscribe_offer`.
     SubscribeAnswer {
@@ -338,6 +357,9 @@ pub struct TrackDescription {
     pub participant_id: String,
     /// `audio` or `video`.
     pub kind: &'static str,
+    /// `camera`, `microphone`, `screen_share`, `screen_share_audio`, or `unknown` when its
+    /// publisher did not say.
+    pub source: &'static str,
     /// The codec's MIME type.
     pub codec: String,
     /// Whether the publisher muted it.

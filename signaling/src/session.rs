@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
-use sfu::{MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackId, TrackInfo};
+use sfu::{
+    MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackId, TrackInfo, TrackSource,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -16,7 +18,9 @@ use crate::auth::{AuthError, Grants, TokenAuthority};
 use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
 use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
-use crate::protocol::{request_id, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Target, TrackDescription, PROTOCOL_VERSION};
+use crate::protocol::{
+    request_id, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Source, Target, TrackDescription, PROTOCOL_VERSION,
+};
 use crate::rate::TokenBucket;
 use crate::recordings::{RecordingContext, RecordingError, Recordings};
 use crate::rooms::{AdmitError, Control, Outbox, Rooms};
@@ -304,6 +308,16 @@ async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<SfuEvent>>) -> O
     }
 }
 
+/// The media plane's name for what a track captures.
+fn track_source(source: Source) -> TrackSource {
+    match source {
+        Source::Camera => TrackSource::Camera,
+        Source::Microphone => TrackSource::Microphone,
+        Source::ScreenShare => TrackSource::ScreenShare,
+        Source::ScreenShareAudio => TrackSource::ScreenShareAudio,
+    }
+}
+
 fn describe(track: &TrackInfo, muted: bool) -> TrackDescription {
     TrackDescription {
         track_id: track.id.to_string(),
@@ -311,6 +325,13 @@ fn describe(track: &TrackInfo, muted: bool) -> TrackDescription {
         kind: match track.kind {
             MediaKind::Audio => "audio",
             MediaKind::Video => "video",
+        },
+        source: match track.source {
+            TrackSource::Unknown => "unknown",
+            TrackSource::Camera => "camera",
+            TrackSource::Microphone => "microphone",
+            TrackSource::ScreenShare => "screen_share",
+            TrackSource::ScreenShareAudio => "screen_share_audio",
         },
         codec: track.codec.mime_type.clone(),
         muted,
@@ -477,7 +498,7 @@ impl Session {
         match message {
             ClientMessage::Join { token, subscribe, .. } => self.join(id, &token, subscribe.unwrap_or(true)).await,
             ClientMessage::Resume { session_id, .. } => return self.resume(id, &session_id).await,
-            ClientMessage::PublishOffer { sdp, .. } => self.publish_offer(id, sdp).await,
+            ClientMessage::PublishOffer { sdp, sources, .. } => self.publish_offer(id, sdp, sources).await,
             ClientMessage::SubscribeAnswer { sdp, .. } => self.subscribe_answer(id, sdp).await,
             ClientMessage::ViewOffer { sdp, identity, .. } => self.view_offer(id, sdp, identity).await,
             ClientMessage::Trickle { target, candidate, sdp_mid, sdp_mline_index, .. } => {
@@ -617,7 +638,7 @@ impl Session {
         }
     }
 
-    async fn publish_offer(&mut self, id: Option<Value>, sdp: String) {
+    async fn publish_offer(&mut self, id: Option<Value>, sdp: String, sources: HashMap<String, Source>) {
         let Some(joined) = self.joined.as_ref() else { return };
         if !joined.grants.publish {
             return self.send(ServerMessage::error(id, ErrorCode::Forbidden, "the access token does not grant publish")).await;
@@ -625,7 +646,8 @@ impl Session {
         self.set_status(SessionStatus::Offering);
         // Recorded once applied: a refused offer is the client's junk, and its refusal is
         // recorded instead.
-        match joined.media.publisher_offer(sdp.clone()).await {
+        let sources = sources.into_iter().map(|(mid, source)| (mid, track_source(source))).collect();
+        match joined.media.publisher_offer(sdp.clone(), sources).await {
             Ok(answer) => {
                 self.note(MessageType::Offer, true, serde_json::json!({ "target": "publisher", "sdp": sdp }));
                 self.note(MessageType::Answer, false, serde_json::json!({ "target": "publisher", "sdp": answer }));

@@ -51,6 +51,7 @@ impl Engine {
                 publisher: None,
                 subscriber,
                 published: HashMap::new(),
+                sources: HashMap::new(),
                 negotiation: Negotiation::Stable,
                 viewer: None,
             },
@@ -98,7 +99,9 @@ impl Engine {
         if participant.published.contains_key(&media_track_id) {
             return; // another simulcast layer of a known track
         }
-        let info = TrackInfo { id: track, publisher: id.clone(), kind, codec: codec.clone() };
+        let mid = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(receiver_id)).and_then(|t| t.mid().clone());
+        let source = mid.and_then(|mid| participant.sources.get(&mid).copied()).unwrap_or_default();
+        let info = TrackInfo { id: track, publisher: id.clone(), kind, source, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
         self.forwarder.add_track(track, key, kind, codec.clock_rate);
         info!(participant = %id, %track, codec = %codec.mime_type, "track published");

@@ -52,7 +52,7 @@ use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{PeerRole, PeerSettings};
 use crate::schedule::first_report;
 use crate::tap::{TapEvent, Taps};
-use crate::{fault_kind, MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{fault_kind, MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo, TrackSource};
 use ice::{IceRoutes, Route};
 use participant::{peer_of, Participant, PeerKey, Subscription, MAX_EARLY_CHECKS};
 use warnings::WarningBudget;
@@ -76,6 +76,8 @@ pub(crate) enum Command {
     PublisherOffer {
         participant: ParticipantId,
         sdp: String,
+        /// What each sending section (by mid) captures.
+        sources: HashMap<String, TrackSource>,
         reply: oneshot::Sender<Result<String, SfuError>>,
     },
     SubscriberAnswer {
@@ -513,8 +515,9 @@ impl Engine {
                 self.keys.insert(joining.participant.clone(), key);
                 let _ = reply.send(self.isolated(key, |engine| engine.join(now, key, joining)));
             }
-            Command::PublisherOffer { participant, sdp, reply } => {
-                let result = self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.publisher_offer(now, key, sdp)));
+            Command::PublisherOffer { participant, sdp, sources, reply } => {
+                let result =
+                    self.known(&participant).and_then(|key| self.isolated(key, |engine| engine.publisher_offer(now, key, sdp, sources)));
                 let _ = reply.send(result);
             }
             Command::SubscriberAnswer { participant, sdp, reply } => {

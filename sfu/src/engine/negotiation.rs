@@ -9,6 +9,7 @@
 //! their track's codec where that names one format (the one-format rule: the engine reads
 //! every m-line of every answer again, at a cost that grows with the square of its codecs).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use rand::Rng;
@@ -26,7 +27,7 @@ use super::participant::{Negotiation, Subscription};
 use super::Engine;
 use crate::forwarder::{Negotiated, Removed, RtxStream};
 use crate::peer::PeerRole;
-use crate::{codec, fault_kind, MediaKind, ParticipantKey, SfuError, SfuEvent, TrackId, TrackInfo};
+use crate::{codec, fault_kind, MediaKind, ParticipantKey, SfuError, SfuEvent, TrackId, TrackInfo, TrackSource};
 
 /// A refused description: the step that failed and the kind of fault, never the text of the
 /// description (a client's 60 KB of junk would come back in the error and go to the records).
@@ -37,7 +38,13 @@ pub(super) fn invalid_sdp<E: std::fmt::Debug>(step: &'static str) -> impl FnOnce
 impl Engine {
     /// Applies the client's offer on its publisher connection (made on the first); returns
     /// the server's answer.
-    pub(super) fn publisher_offer(&mut self, now: Instant, key: ParticipantKey, sdp: String) -> Result<String, SfuError> {
+    pub(super) fn publisher_offer(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        sdp: String,
+        mut sources: HashMap<String, TrackSource>,
+    ) -> Result<String, SfuError> {
         let participant = self.participants.get(&key).ok_or(SfuError::UnknownParticipant)?;
         if !participant.grants.publish {
             return Err(SfuError::NotAllowed);
@@ -71,6 +78,10 @@ impl Engine {
             }
         };
         peer.pc.set_local_description(now, answer.clone()).map_err(|e| SfuError::Engine(e.to_string()))?;
+        // What the client said of its sending sections, and nothing else (the map is the
+        // client's, and its size too).
+        sources.retain(|mid, _| sections.iter().any(|s| s.sends && s.mid.as_ref() == Some(mid)));
+        participant.sources.extend(sources);
         self.dirty.insert((key, PeerRole::Publisher));
         // A track the client stopped (`RTCRtpTransceiver.stop()`, a rejected m-line) or
         // stopped sending leaves the room.

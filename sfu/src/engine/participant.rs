@@ -14,7 +14,7 @@ use crate::egress::Egress;
 use crate::ingress::Ingress;
 use crate::munger::RtpMunger;
 use crate::peer::PeerRole;
-use crate::{MediaGrants, MediaKind, ParticipantId, ParticipantKey, RoomId, SfuEvent, TrackId, TrackInfo};
+use crate::{MediaGrants, MediaKind, ParticipantId, ParticipantKey, RoomId, SfuEvent, TrackId, TrackInfo, TrackSource};
 
 /// Names one connection: whose, and which of the two.
 pub(crate) type PeerKey = (ParticipantKey, PeerRole);
@@ -92,6 +92,8 @@ pub(crate) struct Participant {
     pub subscriber: Option<Box<Peer>>,
     /// By the publisher connection's media track id.
     pub published: HashMap<String, Published>,
+    /// What its publisher connection's sections (by mid) capture, as its offers said.
+    pub sources: HashMap<String, TrackSource>,
     pub negotiation: Negotiation,
     /// Set when its subscriber connection is one it offered ([`Viewer`]).
     pub viewer: Option<Viewer>,

@@ -33,7 +33,7 @@ use crate::feedback_tap::FeedbackTap;
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::{Counter, Counters};
 use crate::peer::{add_host_candidates, PeerRole, PeerSettings, SrtpProfile, FEEDBACK_TAP_SLOT};
-use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId};
+use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackSource};
 
 const STEP: Duration = Duration::from_millis(2);
 
@@ -224,13 +224,18 @@ impl World {
     /// Offers `name`'s publisher connection (on `client`) as it now is and applies the
     /// server's answer.
     fn negotiate_publisher(&mut self, name: &str, client: usize) {
+        self.negotiate_publisher_saying(name, client, HashMap::new());
+    }
+
+    /// [`World::negotiate_publisher`], saying what each section (by mid) captures.
+    fn negotiate_publisher_saying(&mut self, name: &str, client: usize, sources: HashMap<String, TrackSource>) {
         let now = self.now;
         let pc = &mut self.clients[client].pc;
         let offer = pc.create_offer(None).expect("offer");
         pc.set_local_description(now, offer.clone()).expect("local offer");
         let id = self.members[name].id.clone();
         let (reply, rx) = oneshot::channel();
-        let answer = self.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, reply }, rx).expect("answer");
+        let answer = self.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, sources, reply }, rx).expect("answer");
         let pc = &mut self.clients[client].pc;
         pc.set_remote_description(now, RTCSessionDescription::answer(answer).expect("sdp")).expect("remote answer");
     }
@@ -571,7 +576,7 @@ fn an_offer_of_more_tracks_than_allowed_is_refused_and_changes_nothing() {
     pc.set_local_description(now, offer.clone()).expect("local offer");
     let id = world.members["alice"].id.clone();
     let (reply, rx) = oneshot::channel();
-    let result = world.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, reply }, rx);
+    let result = world.command(Command::PublisherOffer { participant: id, sdp: offer.sdp, sources: HashMap::new(), reply }, rx);
     assert!(matches!(result, Err(SfuError::TooManyTracks { offered: 17, max: 16 })), "{result:?}");
     let alice = &world.engine.participants[&world.engine.keys[&world.members["alice"].id]];
     assert!(alice.publisher.is_none(), "no publisher connection was made");
@@ -592,7 +597,7 @@ fn refused_descriptions_and_candidates_name_the_fault_not_the_input() {
     ];
     for sdp in offers {
         let (reply, rx) = oneshot::channel();
-        let result = world.command(Command::PublisherOffer { participant: id.clone(), sdp, reply }, rx);
+        let result = world.command(Command::PublisherOffer { participant: id.clone(), sdp, sources: HashMap::new(), reply }, rx);
         let Err(err @ SfuError::InvalidSdp(_)) = result else { panic!("refused as invalid SDP: {result:?}") };
         let text = err.to_string();
         assert!(text.len() < 120 && !text.contains(marker), "{}", &text[..text.len().min(200)]);
@@ -872,4 +877,26 @@ fn a_viewer_keeps_its_source_when_someone_who_joined_earlier_starts_publishing()
     let received = world.received("viv");
     assert_eq!(received.len(), 20, "Bob's packets, and none of Alice's");
     assert!(received.iter().zip(2..).all(|((_, p), sequence)| p.payload == payload(sequence)));
+}
+
+#[test]
+fn a_track_has_the_source_its_publisher_said_for_its_section_and_nothing_else_is_kept() {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.join("alice", true);
+    let client = world.new_client();
+    let sender = world.clients[client].pc.add_track(vp8_track("alice", "screen", 0xA1)).expect("track");
+    let said = HashMap::from([("0".to_owned(), TrackSource::ScreenShare), ("junk".to_owned(), TrackSource::Camera)]);
+    world.negotiate_publisher_saying("alice", client, said);
+    world.members.get_mut("alice").expect("member").publisher = Some(client);
+    world.run(Duration::from_millis(300));
+    world.send_rtp("alice", sender, 0xA1, 1);
+    world.run(Duration::from_millis(100));
+    let published = world.members["bob"].seen.iter().find_map(|e| match e {
+        SfuEvent::TrackPublished(info) => Some(info.source),
+        _ => None,
+    });
+    assert_eq!(published, Some(TrackSource::ScreenShare));
+    let key = world.engine.known(&world.members["alice"].id).expect("alice");
+    assert_eq!(world.engine.participants[&key].sources.len(), 1, "only the offer's sending sections are kept");
 }

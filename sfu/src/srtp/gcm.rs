@@ -394,9 +394,7 @@ mod tests {
         let key: [u8; KEY_LEN] = hex("000102030405060708090a0b0c0d0e0f").try_into().expect("key");
         let salt: [u8; SALT_LEN] = hex("517569642070726f2071756f").try_into().expect("salt");
         let session = || Session::with_session_keys(provider.crypto(), &key, salt).expect("session");
-        let clear = hex(
-            "8040f17b8041f8d35501a0b247616c6c696120657374206f6d6e69732064697669736120696e207061727465732074726573",
-        );
+        let clear = hex("8040f17b8041f8d35501a0b247616c6c696120657374206f6d6e69732064697669736120696e207061727465732074726573");
         let sealed = hex(concat!(
             "8040f17b8041f8d35501a0b2",
             "f24de3a3fb34de6cacba861c9d7e4bcabe633bd50d294e6f42a5f47a51c7d19b36de3adf8833",
