@@ -11,7 +11,9 @@
 
 port="${PORT:-7990}"
 janus_port="${JANUS_PORT:-8188}"
-# SWITCHBOARD_BIN runs a given build (an earlier commit's, say) instead of building this tree.
+# SWITCHBOARD_BIN runs a given build (an earlier commit's, say) instead of building this tree;
+# LOAD_BIN, the load generator of another (by default the server's), so that two servers can
+# be measured under the same load.
 if [[ -n "${SWITCHBOARD_BIN:-}" ]]; then
   bin=$SWITCHBOARD_BIN
 else
@@ -81,9 +83,9 @@ load() {
   local target=$1
   shift
   if [[ $target == janus ]]; then
-    "$bin" loadtest --target janus --url "ws://127.0.0.1:$janus_port" --server-pid "$theirs" --client-ip "$host_ip" "$@"
+    "${LOAD_BIN:-$bin}" loadtest --target janus --url "ws://127.0.0.1:$janus_port" --server-pid "$theirs" --client-ip "$host_ip" "$@"
   else
-    "$bin" loadtest --url "http://127.0.0.1:$port" --server-pid "$ours" --client-ip "$host_ip" "$@"
+    "${LOAD_BIN:-$bin}" loadtest --url "http://127.0.0.1:$port" --server-pid "$ours" --client-ip "$host_ip" "$@"
   fi
 }
 

@@ -58,7 +58,7 @@ async fn three_people_use_the_meeting_page_over_https() {
     ])
     .await;
     let stdout = node("meeting.mjs", vec![format!("https://127.0.0.1:{}", server.http.port()), cert_path]).await;
-    for step in ["mute and unmute seen", "camera off seen", "screen share seen and stopped", "chat delivered", "leave seen"] {
+    for step in ["mute and unmute seen", "camera off seen", "active speaker seen", "screen share seen and stopped", "chat delivered", "leave seen"] {
         assert!(stdout.contains(step), "{step}: {stdout}");
     }
     let listed = stdout.lines().find_map(|line| line.strip_prefix("recordings: ")).expect("the recordings were listed");

@@ -400,6 +400,12 @@ function enterMeeting() {
     if (figure) figure.classList.toggle('camera-off', muted);
     renderParticipants();
   });
+  room.on('active_speakers', (speakers) => {
+    const speaking = new Set(speakers.map((s) => s.participant_id));
+    for (const element of document.querySelectorAll('#videos .tile:not(.screen), #participants li')) {
+      element.classList.toggle('speaking', speaking.has(element.dataset.participant));
+    }
+  });
   room.on('chat', (m) => {
     const line = document.createElement('div');
     line.textContent = `${displayName(m.participant_id)}: ${m.text}`;

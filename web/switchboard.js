@@ -76,6 +76,8 @@ export class Switchboard {
     this.subscriber.onicecandidate = (event) => this.#trickle('subscriber', event.candidate);
     this.subscriberQueue = Promise.resolve();
     this.publisherQueue = Promise.resolve();
+    /** The room's active speakers, loudest first: `{participant_id, level}`. */
+    this.speakers = [];
     /** What each published MediaStreamTrack captures, as `publish` was told. */
     this.sources = new Map();
   }
@@ -181,6 +183,10 @@ export class Switchboard {
       }
       case 'chat':
         this.#emit('chat', message);
+        break;
+      case 'active_speakers':
+        this.speakers = message.speakers;
+        this.#emit('active_speakers', message.speakers);
         break;
       case 'recording':
         if (message.state === 'started') this.recording.set(message.recording_id, message);

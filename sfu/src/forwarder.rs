@@ -14,6 +14,7 @@ use crate::keyframe::KeyframeRequester;
 use crate::munger::RtpMunger;
 use crate::packet_cache::PacketCache;
 use crate::retransmit::{BitrateMeter, RetransmitBudget, MAX_PACKETS_PER_NACK};
+use crate::speakers::AudioLevel;
 
 /// Whether a track carries audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,8 @@ struct UpTrack<S> {
     bitrate: BitrateMeter,
     /// Muted by its publisher or an admin: its packets go nowhere.
     muted: bool,
+    /// An audio track's loudness, when its packets carry their level.
+    level: Option<AudioLevel>,
     downtracks: Vec<DownTrack<S>>,
 }
 
@@ -182,6 +185,7 @@ impl<S> Forwarder<S> {
                 keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
                 bitrate: BitrateMeter::default(),
                 muted: false,
+                level: None,
                 downtracks: Vec::new(),
             },
         );
@@ -191,6 +195,19 @@ impl<S> Forwarder<S> {
     pub fn remove_track(&mut self, track: &TrackId) -> Vec<Removed<S>> {
         let Some(up) = self.tracks.remove(track) else { return Vec::new() };
         up.downtracks.into_iter().map(DownTrack::removed).collect()
+    }
+
+    /// Reads the audio level of `track`'s packets from the header extension `extension_id`.
+    pub fn measure_level(&mut self, track: &TrackId, extension_id: u8) {
+        if let Some(up) = self.tracks.get_mut(track) {
+            up.level = Some(AudioLevel::new(extension_id));
+        }
+    }
+
+    /// The smoothed loudness of `track` at `now` (0 for a track whose level is not measured,
+    /// or muted).
+    pub fn loudness(&self, track: &TrackId, now: Instant) -> f32 {
+        self.tracks.get(track).and_then(|up| up.level.as_ref()).map_or(0.0, |level| level.loudness(now))
     }
 
     /// Number of published tracks in the table.
@@ -334,6 +351,9 @@ impl<S> Forwarder<S> {
     /// per connection.
     pub fn forward(&mut self, now: Instant, track: &TrackId, mut packet: rtp::Packet, out: &mut Vec<Outgoing>) {
         let Some(up) = self.tracks.get_mut(track).filter(|up| !up.muted) else { return };
+        if let Some(level) = up.level.as_mut() {
+            level.on_packet(now, &packet.header);
+        }
         strip_extensions(&mut packet.header);
         up.source_ssrc = Some(packet.header.ssrc);
         up.bitrate.add(now, packet_size(&packet));

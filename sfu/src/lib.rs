@@ -37,6 +37,7 @@ pub mod retransmit;
 mod round_trip;
 mod schedule;
 mod socket;
+pub mod speakers;
 pub mod srtp;
 mod stun;
 pub mod tap;
@@ -198,6 +199,9 @@ pub enum SfuEvent {
     SubscriberOffer(String),
     /// One of the participant's connections failed (ICE or DTLS).
     ConnectionFailed,
+    /// The room's active speakers changed: who speaks, loudest first, with the smoothed
+    /// loudness (0 to 1) of their loudest audio track.
+    ActiveSpeakers(Vec<(ParticipantId, f32)>),
 }
 
 /// How to run the media plane.

@@ -20,7 +20,7 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_TRANSPORT_CC};
-use rtc::sdp::extmap::TRANSPORT_CC_URI;
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, TRANSPORT_CC_URI};
 
 use crate::feedback_tap::{publisher_feedback, subscriber_feedback, FeedbackTap};
 use crate::srtp::KeyCapture;
@@ -107,6 +107,9 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut
             let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
             media.register_header_extension(extension, kind, None).map_err(engine)?;
         }
+        // The level of each audio packet, for the active speakers.
+        let extension = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };
+        media.register_header_extension(extension, RtpCodecKind::Audio, None).map_err(engine)?;
     }
     let wanted = match role {
         PeerRole::Subscriber => subscriber_feedback,

@@ -348,6 +348,15 @@ pub struct ParticipantInfo {
     pub name: Option<String>,
 }
 
+/// One of the room's active speakers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speaker {
+    /// The participant.
+    pub participant_id: String,
+    /// The smoothed loudness of its loudest audio track, 0 (silence) to 1 (0 dBov).
+    pub level: f32,
+}
+
 /// A published track as the room sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrackDescription {
@@ -439,6 +448,11 @@ pub enum ServerMessage {
     TrackUnpublished {
         /// The track.
         track_id: String,
+    },
+    /// The room's active speakers changed (at most every 300 ms).
+    ActiveSpeakers {
+        /// Who speaks, loudest first (empty: nobody).
+        speakers: Vec<Speaker>,
     },
     /// A track was muted or unmuted.
     TrackMuted {

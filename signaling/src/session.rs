@@ -19,7 +19,7 @@ use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
 use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{
-    request_id, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Source, Target, TrackDescription, PROTOCOL_VERSION,
+    request_id, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Source, Speaker, Target, TrackDescription, PROTOCOL_VERSION,
 };
 use crate::rate::TokenBucket;
 use crate::recordings::{RecordingContext, RecordingError, Recordings};
@@ -792,6 +792,9 @@ impl Session {
                 self.set_status(SessionStatus::Answering);
                 ServerMessage::SubscribeOffer { sdp }
             }
+            SfuEvent::ActiveSpeakers(speakers) => ServerMessage::ActiveSpeakers {
+                speakers: speakers.into_iter().map(|(id, level)| Speaker { participant_id: id.to_string(), level }).collect(),
+            },
             SfuEvent::ConnectionFailed => {
                 self.set_status(SessionStatus::Failed);
                 ServerMessage::error(None, ErrorCode::MediaConnectionFailed, "a media connection failed; leave and join again")

@@ -1,14 +1,35 @@
 // What the browser tests share: Debian's headless Chromium with fake camera, microphone and
 // screen, the meeting page's join screen, and the page's receive statistics.
+import { execFileSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 /**
- * Starts Chromium. With `trustCertificate` (a PEM file), it trusts that one certificate's key
- * (`--ignore-certificate-errors-spki-list`), as a user who accepted it would.
+ * A WAV file that sounds, level-wise, like someone talking: a 300 Hz tone at -10 dBFS for
+ * 400 ms of every 600 ms (Chromium's own fake microphone only beeps briefly, too little for
+ * an active speaker). Made with ffmpeg once.
  */
-export async function launch({ trustCertificate } = {}) {
+function voice() {
+  const file = join(tmpdir(), 'switchboard-voice.wav');
+  if (!existsSync(file)) {
+    const level = "volume='if(lt(mod(t,0.6),0.4),0.3,0)':eval=frame";
+    const made = `${file}.${process.pid}.wav`;
+    execFileSync('ffmpeg', ['-y', '-loglevel', 'error', '-f', 'lavfi', '-i', 'sine=frequency=300:sample_rate=48000:duration=300',
+      '-af', level, '-ac', '1', '-c:a', 'pcm_s16le', made]);
+    execFileSync('mv', [made, file]);
+  }
+  return file;
+}
+
+/**
+ * Starts Chromium. With `trustCertificate` (a PEM file), it trusts that one certificate's key
+ * (`--ignore-certificate-errors-spki-list`), as a user who accepted it would. With `talking`,
+ * every fake microphone plays `voice()` instead of Chromium's beep.
+ */
+export async function launch({ trustCertificate, talking = false } = {}) {
   const args = [
     '--use-fake-device-for-media-stream',
     '--use-fake-ui-for-media-stream',
@@ -23,6 +44,7 @@ export async function launch({ trustCertificate } = {}) {
     '--disable-sync',
     '--autoplay-policy=no-user-gesture-required',
   ];
+  if (talking) args.push(`--use-file-for-fake-audio-capture=${voice()}`);
   if (trustCertificate) {
     const spki = new X509Certificate(readFileSync(trustCertificate)).publicKey.export({ type: 'spki', format: 'der' });
     args.push(`--ignore-certificate-errors-spki-list=${createHash('sha256').update(spki).digest('base64')}`);

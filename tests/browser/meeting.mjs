@@ -2,9 +2,9 @@
 // server's self-signed certificate (trusted by its key, as a user who accepted it would):
 // they join through the join screen and see each other, one mutes and unmutes (the others'
 // lists say so), one turns the camera off (the others' tile says so), one shares a screen (a
-// second tile at the others, gone when the sharing stops), they chat, one records the room and
-// the finished recording's link answers, and one leaves (the others' lists and grids lose
-// them). A screenshot of grace's page while ada shares her screen is saved as meeting.png in
+// second tile at the others, gone when the sharing stops), the one who speaks is highlighted,
+// they chat, one records the room and the finished recording's link answers, and one leaves
+// (the others' lists and grids lose them). A screenshot of grace's page while ada shares her screen is saved as meeting.png in
 // SCREENSHOT_DIR, and the recording links are printed as `recordings: [...]` for the caller
 // to check.
 // Usage: node meeting.mjs https://127.0.0.1:PORT cert.pem
@@ -24,7 +24,7 @@ function flagsOf(page, name) {
   }, name);
 }
 
-await runInBrowser({ trustCertificate: certificate }, async (browser) => {
+await runInBrowser({ trustCertificate: certificate, talking: true }, async (browser) => {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
   const room = `meeting-${Date.now()}`;
   const url = `${base}/?room=${room}`;
@@ -66,6 +66,26 @@ await runInBrowser({ trustCertificate: certificate }, async (browser) => {
   }, 10000);
   await linus.click('#toggle-camera');
   console.log('camera off seen');
+
+  // Grace and linus mute: ada, whose fake microphone beeps, is the one speaker grace's page
+  // highlights (her tile and her name), until she mutes too.
+  await grace.click('#toggle-mic');
+  await linus.click('#toggle-mic');
+  const speakingAt = (page) => page.evaluate(() => ({
+    tiles: [...document.querySelectorAll('#videos .tile.speaking figcaption')].map((c) => c.textContent),
+    people: [...document.querySelectorAll('#participants li.speaking')].map((li) => li.firstChild.textContent),
+  }));
+  await waitFor('ada highlighted as the speaker at grace', async () => {
+    const s = await speakingAt(grace);
+    return { ok: s.tiles.length === 1 && s.tiles[0] === 'ada' && s.people.length === 1 && s.people[0].startsWith('ada'), s };
+  }, 15000);
+  await ada.click('#toggle-mic');
+  await waitFor('nobody highlighted once ada mutes', async () => {
+    const s = await speakingAt(grace);
+    return { ok: s.tiles.length === 0 && s.people.length === 0, s };
+  }, 10000);
+  for (const page of [ada, grace, linus]) await page.click('#toggle-mic');
+  console.log('active speaker seen');
 
   // Ada shares her screen: a second tile of hers at the others, decoding, gone when she stops.
   await ada.click('#share-screen');

@@ -8,7 +8,7 @@ use rand::Rng;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::TRANSPORT_CC_URI;
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, TRANSPORT_CC_URI};
 use tracing::{info, warn};
 
 use super::participant::{Negotiation, Participant, Peer, Published, Subscription};
@@ -87,12 +87,14 @@ impl Engine {
             }
             return;
         };
-        let twcc = receiver.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).map(|e| e.id);
+        let extensions = &receiver.get_parameters().rtp_parameters.header_extensions;
+        let extension_id = |uri: &str| extensions.iter().find(|e| e.uri == uri).and_then(|e| u8::try_from(e.id).ok());
+        let (twcc, audio_level) = (extension_id(TRANSPORT_CC_URI), extension_id(AUDIO_LEVEL_URI));
         let track = participant.published.get(&media_track_id).map_or_else(TrackId::next, |p| p.track);
         if let Some(ingress) = peer.ingress.as_mut() {
             let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
             ingress.add_stream(now, ssrc, track, codec.clock_rate, nack);
-            if let Some(extension_id) = twcc.and_then(|id| u8::try_from(id).ok()) {
+            if let Some(extension_id) = twcc {
                 ingress.enable_twcc(now, extension_id);
             }
         }
@@ -104,6 +106,9 @@ impl Engine {
         let info = TrackInfo { id: track, publisher: id.clone(), kind, source, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
         self.forwarder.add_track(track, key, kind, codec.clock_rate);
+        if let Some(extension_id) = audio_level.filter(|_| kind == MediaKind::Audio) {
+            self.forwarder.measure_level(&track, extension_id);
+        }
         info!(participant = %id, %track, codec = %codec.mime_type, "track published");
         let room = participant.room.clone();
         self.taps.send(&room, || TapEvent::TrackPublished(info.clone()));

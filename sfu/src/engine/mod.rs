@@ -51,8 +51,11 @@ use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{PeerRole, PeerSettings};
 use crate::schedule::first_report;
+use crate::speakers;
 use crate::tap::{TapEvent, Taps};
-use crate::{fault_kind, MediaGrants, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo, TrackSource};
+use crate::{
+    fault_kind, MediaGrants, MediaKind, ParticipantId, ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo, TrackSource,
+};
 use ice::{IceRoutes, Route};
 use participant::{peer_of, Participant, PeerKey, Subscription, MAX_EARLY_CHECKS};
 use warnings::WarningBudget;
@@ -140,6 +143,13 @@ pub(crate) struct EngineSettings {
     pub max_tracks: usize,
 }
 
+/// The rounds in which the engine ranks each room's speakers.
+struct SpeakerRounds {
+    next: Instant,
+    /// Who each room was last told speaks, loudest first.
+    told: HashMap<RoomId, Vec<ParticipantKey>>,
+}
+
 /// How long the engine may sleep when nothing asks for a deadline.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 
@@ -167,6 +177,8 @@ pub(crate) struct Engine {
     /// the OS in the worker, seeded in tests.
     rng: StdRng,
     warnings: WarningBudget,
+    /// Each room's speakers as last told, and when they are next ranked.
+    speakers: SpeakerRounds,
     /// The earliest deadline of all, kept between turns: `None` once something may have
     /// moved a deadline later (a timeout, a command, an event), so the next
     /// [`Engine::next_deadline`] walks every connection again. The packet path only brings
@@ -194,6 +206,7 @@ impl Engine {
             taps: Taps::default(),
             rng,
             warnings: WarningBudget::default(),
+            speakers: SpeakerRounds { next: now + speakers::ROUND, told: HashMap::new() },
             wakeup: None,
         }
     }
@@ -229,6 +242,7 @@ impl Engine {
             })
             .flatten()
             .chain(self.forwarder.keyframe_deadline())
+            .chain((!self.rooms.is_empty()).then_some(self.speakers.next))
             .fold(now + IDLE_WAKEUP, Instant::min)
     }
 
@@ -250,6 +264,9 @@ impl Engine {
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.forget_deadline();
         self.send_due_feedback(now);
+        if now >= self.speakers.next {
+            self.rank_speakers(now);
+        }
         let mut requests = Vec::new();
         self.forwarder.due_keyframe_requests(now, &mut requests);
         for request in requests {
@@ -568,6 +585,36 @@ impl Engine {
                 if let Some(request) = publishes.then(|| self.forwarder.set_muted(now, &track, muted)).flatten() {
                     self.send_keyframe_request(now, request);
                 }
+            }
+        }
+    }
+
+    /// Ranks every room's speakers by their audio tracks' loudness and tells the rooms whose
+    /// speakers changed (at most once a [`speakers::ROUND`]).
+    fn rank_speakers(&mut self, now: Instant) {
+        self.speakers.next = now + speakers::ROUND;
+        self.speakers.told.retain(|room, _| self.rooms.contains_key(room));
+        for (room, members) in &self.rooms {
+            let mut speaking: Vec<(ParticipantKey, f32)> = members
+                .iter()
+                .filter_map(|m| self.participants.get(m).map(|p| (*m, p)))
+                .map(|(m, p)| {
+                    let audio = p.published.values().filter(|t| t.info.kind == MediaKind::Audio);
+                    (m, audio.map(|t| self.forwarder.loudness(&t.track, now)).fold(0.0, f32::max))
+                })
+                .filter(|(_, loudness)| *loudness >= speakers::SPEAKING)
+                .collect();
+            speaking.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let order: Vec<ParticipantKey> = speaking.iter().map(|(m, _)| *m).collect();
+            let told = self.speakers.told.entry(room.clone()).or_default();
+            if *told == order {
+                continue;
+            }
+            *told = order;
+            let named: Vec<(ParticipantId, f32)> =
+                speaking.iter().filter_map(|(m, loudness)| self.participants.get(m).map(|p| (p.id.clone(), *loudness))).collect();
+            for member in members.iter().filter_map(|m| self.participants.get(m)) {
+                let _ = member.events.send(SfuEvent::ActiveSpeakers(named.clone()));
             }
         }
     }

@@ -21,10 +21,12 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
+use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
@@ -94,6 +96,9 @@ impl Client {
             rtcp_feedback: vec![],
         };
         media.register_codec(RTCRtpCodecParameters { rtp_codec: opus, payload_type: 111 }, RtpCodecKind::Audio).expect("opus");
+        // Audio levels, as browsers send them.
+        let level = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };
+        media.register_header_extension(level, RtpCodecKind::Audio, None).expect("audio level");
         let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::delivering(|_| true));
         let mut pc =
             RTCPeerConnectionBuilder::new().with_media_engine(media).with_interceptor_registry(registry).build(now).expect("client");
@@ -219,6 +224,42 @@ impl World {
         self.negotiate_publisher(name, client);
         self.members.get_mut(name).expect("member").publisher = Some(client);
         sender
+    }
+
+    /// `name` publishes one Opus track sent with `ssrc`; returns its sender.
+    fn publish_opus(&mut self, name: &'static str, ssrc: u32) -> RTCRtpSenderId {
+        let client = self.new_client();
+        let encoding = RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            active: true,
+            codec: RTCRtpCodec { mime_type: "audio/opus".into(), clock_rate: 48_000, channels: 2, ..Default::default() },
+            ..Default::default()
+        };
+        let track = MediaStreamTrack::new(name.into(), "mic".into(), "mic".into(), RtpCodecKind::Audio, vec![encoding]);
+        let sender = self.clients[client].pc.add_track(track).expect("track");
+        self.negotiate_publisher(name, client);
+        self.members.get_mut(name).expect("member").publisher = Some(client);
+        sender
+    }
+
+    /// Sends `name`'s Opus packet `sequence` with the audio level `level` (-dBov).
+    fn send_audio(&mut self, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequence: u16, level: u8) {
+        let client = self.members[name].publisher.expect("publishing");
+        let pc = &mut self.clients[client].pc;
+        let mut rtp_sender = pc.rtp_sender(sender).expect("sender");
+        let parameters = &rtp_sender.get_parameters().rtp_parameters;
+        let payload_type = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == "audio/opus").expect("opus").payload_type;
+        let extension = parameters.header_extensions.iter().find(|e| e.uri == AUDIO_LEVEL_URI).expect("negotiated").id as u8;
+        let mut header = rtp::header::Header {
+            version: 2,
+            payload_type,
+            ssrc,
+            sequence_number: sequence,
+            timestamp: u32::from(sequence) * 960,
+            ..Default::default()
+        };
+        header.set_extension(extension, Bytes::from(vec![level])).expect("extension");
+        rtp_sender.write_rtp(self.now, rtp::Packet { header, payload: Bytes::from_static(&[0xf8, 0xff, 0xfe]) }).expect("write");
     }
 
     /// Offers `name`'s publisher connection (on `client`) as it now is and applies the
@@ -899,4 +940,39 @@ fn a_track_has_the_source_its_publisher_said_for_its_section_and_nothing_else_is
     assert_eq!(published, Some(TrackSource::ScreenShare));
     let key = world.engine.known(&world.members["alice"].id).expect("alice");
     assert_eq!(world.engine.participants[&key].sources.len(), 1, "only the offer's sending sections are kept");
+}
+
+/// The speakers `name` was last told of.
+fn last_speakers(world: &World, name: &str) -> Option<Vec<String>> {
+    world.members[name].seen.iter().rev().find_map(|e| match e {
+        SfuEvent::ActiveSpeakers(speakers) => Some(speakers.iter().map(|(id, _)| id.to_string()).collect()),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_room_hears_who_speaks_and_when_they_stop_at_most_every_round() {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.join("alice", true);
+    let alice = world.publish_opus("alice", 0xA0);
+    world.join("carol", true);
+    let carol = world.publish_opus("carol", 0xC0);
+    world.run(Duration::from_millis(300));
+    // A second of Alice at -30 dBov and Carol at -70 (background noise), a packet each 20 ms.
+    for sequence in 1..50 {
+        world.send_audio("alice", alice, 0xA0, sequence, 30);
+        world.send_audio("carol", carol, 0xC0, sequence, 70);
+        world.run(Duration::from_millis(20));
+    }
+    assert_eq!(last_speakers(&world, "bob"), Some(vec!["alice".to_owned()]), "Alice speaks, Carol does not");
+    let told = world.members["bob"].seen.iter().filter(|e| matches!(e, SfuEvent::ActiveSpeakers(_))).count();
+    assert_eq!(told, 1, "told once, not every round");
+    // Alice falls silent.
+    for sequence in 50..100 {
+        world.send_audio("alice", alice, 0xA0, sequence, 127);
+        world.run(Duration::from_millis(20));
+    }
+    assert_eq!(last_speakers(&world, "bob"), Some(vec![]), "nobody speaks");
+    assert_eq!(last_speakers(&world, "alice"), Some(vec![]), "the speaker hears it too");
 }
