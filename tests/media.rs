@@ -194,11 +194,7 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
         (token.clone(), "application/json", "{}", 415),
         (token.clone(), "application/sdp", "this is no SDP", 400),
     ];
-    for (token, content_type, body, status) in others {
-        let bearer = format!("Bearer {token}");
-        let refused = http_request(addr, "POST", "/whip/whip", &[("Authorization", &bearer), ("Content-Type", content_type)], body).await;
-        assert_eq!(refused.status, status, "{content_type} {body}: {}", refused.body);
-    }
+    assert_refused(addr, "/whip/whip", others).await;
 
     let (mut viewer, _) = server.joined("whip", "viewer", &["subscribe"]).await;
     let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
@@ -250,6 +246,15 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
     assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 404, "ended");
 }
 
+/// Posts each (token, content type, body) to `path` and checks the status it is refused with.
+async fn assert_refused(addr: std::net::SocketAddr, path: &str, cases: impl IntoIterator<Item = (String, &str, &str, u16)>) {
+    for (token, content_type, body, status) in cases {
+        let bearer = format!("Bearer {token}");
+        let refused = common::http_request(addr, "POST", path, &[("Authorization", &bearer), ("Content-Type", content_type)], body).await;
+        assert_eq!(refused.status, status, "{content_type} {body}: {}", refused.body);
+    }
+}
+
 /// A WHEP player (draft-ietf-wish-whep) posts an offer to receive audio and video with a
 /// `subscribe` token and gets the room's publisher, byte-identical; the room sees it join and
 /// leave on `DELETE`. What the endpoint refuses, it refuses with WHIP's codes.
@@ -268,11 +273,7 @@ async fn a_whep_player_receives_the_rooms_publisher_byte_identical_and_leaves_on
         (token.clone(), "application/json", "{}", 415),
         (token.clone(), "application/sdp", "this is no SDP", 400),
     ];
-    for (token, content_type, body, status) in others {
-        let bearer = format!("Bearer {token}");
-        let refused = http_request(addr, "POST", "/whep/whep", &[("Authorization", &bearer), ("Content-Type", content_type)], body).await;
-        assert_eq!(refused.status, status, "{content_type} {body}: {}", refused.body);
-    }
+    assert_refused(addr, "/whep/whep", others).await;
 
     let (mut alice, _) = server.joined("whep", "alice", &["publish"]).await;
     let vp8 = rtc_client::local_track("s", "cam", "video/VP8");

@@ -632,6 +632,14 @@ impl Session {
         self.ctx.books.message(&joined.seat, message_type, from, to, payload, DeliveryStatus::Delivered);
     }
 
+    /// Records the client's offer on its `target` connection and the server's answer; the
+    /// negotiation is stable.
+    fn answered(&self, target: &str, offer: String, answer: &str) {
+        self.note(MessageType::Offer, true, serde_json::json!({ "target": target, "sdp": offer }));
+        self.note(MessageType::Answer, false, serde_json::json!({ "target": target, "sdp": answer }));
+        self.set_status(SessionStatus::Stable);
+    }
+
     fn set_status(&self, status: SessionStatus) {
         if let Some(joined) = &self.joined {
             self.ctx.books.status(&joined.seat, status);
@@ -649,9 +657,7 @@ impl Session {
         let sources = sources.into_iter().map(|(mid, source)| (mid, track_source(source))).collect();
         match joined.media.publisher_offer(sdp.clone(), sources).await {
             Ok(answer) => {
-                self.note(MessageType::Offer, true, serde_json::json!({ "target": "publisher", "sdp": sdp }));
-                self.note(MessageType::Answer, false, serde_json::json!({ "target": "publisher", "sdp": answer }));
-                self.set_status(SessionStatus::Stable);
+                self.answered("publisher", sdp, &answer);
                 self.send(ServerMessage::PublishAnswer { id, sdp: answer }).await;
             }
             Err(err) => self.send(ServerMessage::error(id, sfu_error_code(&err), err.to_string())).await,
@@ -675,9 +681,7 @@ impl Session {
         }
         match joined.media.viewer_offer(sdp.clone(), identity).await {
             Ok(answer) => {
-                self.note(MessageType::Offer, true, serde_json::json!({ "target": "subscriber", "sdp": sdp }));
-                self.note(MessageType::Answer, false, serde_json::json!({ "target": "subscriber", "sdp": answer }));
-                self.set_status(SessionStatus::Stable);
+                self.answered("subscriber", sdp, &answer);
                 self.send(ServerMessage::ViewAnswer { id, sdp: answer }).await;
             }
             Err(err) => self.send(ServerMessage::error(id, sfu_error_code(&err), err.to_string())).await,

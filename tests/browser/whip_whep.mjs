@@ -17,34 +17,64 @@ function lists(page, name) {
   return page.evaluate((who) => [...document.querySelectorAll('#participants li')].some((li) => li.firstChild.textContent === who), name);
 }
 
-await runInBrowser({}, async (browser) => {
-  const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
-  const room = `whip-${Date.now()}`;
-  const publisher = await context.newPage();
-  publisher.on('console', (m) => { if (m.type() === 'error') console.error(`[publisher] ${m.text()}`); });
-  await publisher.goto(`${base}/healthz`); // any page of the server's origin
-  const location = await publisher.evaluate(async (room) => {
-    const { token } = await (await fetch(`/dev/token?room=${room}&identity=whip-cam&grants=publish`)).json();
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+/**
+ * Opens a new page of the server's origin and starts a WHIP (publishing its fake camera and
+ * microphone) or WHEP (playing into a video element) session as `identity`, with nothing but
+ * fetch and RTCPeerConnection; the session is `window.session` in the page.
+ */
+async function startSession(context, room, endpoint, identity) {
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.error(`[${identity}] ${m.text()}`); });
+  await page.goto(`${base}/healthz`); // any page of the server's origin
+  const location = await page.evaluate(async ({ room, endpoint, identity }) => {
+    const grants = endpoint === 'whip' ? 'publish' : 'subscribe';
+    const { token } = await (await fetch(`/dev/token?room=${room}&identity=${identity}&grants=${grants}`)).json();
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-    for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    if (endpoint === 'whip') {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+      for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    } else {
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      const video = Object.assign(document.createElement('video'), { muted: true, autoplay: true });
+      document.body.append(video);
+      const stream = new MediaStream();
+      pc.ontrack = (event) => { stream.addTrack(event.track); video.srcObject = stream; };
+    }
     await pc.setLocalDescription(await pc.createOffer());
     // Without trickle: the offer goes once its candidates are gathered.
     await new Promise((resolve) => {
       if (pc.iceGatheringState === 'complete') resolve();
       pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
     });
-    const response = await fetch(`/whip/${room}`, {
+    const response = await fetch(`/${endpoint}/${room}`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${token}` },
       body: pc.localDescription.sdp,
     });
-    if (response.status !== 201) throw new Error(`WHIP POST answered ${response.status}: ${await response.text()}`);
+    if (response.status !== 201) throw new Error(`${endpoint} POST answered ${response.status}: ${await response.text()}`);
     await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
-    window.whip = { pc, token, location: response.headers.get('Location') };
-    return window.whip.location;
-  }, room);
-  console.log(`WHIP session at ${location}`);
+    window.session = { pc, token, location: response.headers.get('Location') };
+    return window.session.location;
+  }, { room, endpoint, identity });
+  console.log(`${endpoint} session at ${location}`);
+  return page;
+}
+
+/** Ends the page's session with DELETE; throws unless it answered 200. */
+async function endSession(page) {
+  const status = await page.evaluate(async () => {
+    const response = await fetch(window.session.location, { method: 'DELETE', headers: { Authorization: `Bearer ${window.session.token}` } });
+    window.session.pc.close();
+    return response.status;
+  });
+  if (status !== 200) throw new Error(`DELETE answered ${status}`);
+}
+
+await runInBrowser({}, async (browser) => {
+  const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+  const room = `whip-${Date.now()}`;
+  const publisher = await startSession(context, room, 'whip', 'whip-cam');
 
   const viewer = await joinMeeting(context, `${base}/?room=${room}`, 'viewer');
   const got = await waitFor('the viewer to decode the WHIP publisher', async () => {
@@ -54,40 +84,11 @@ await runInBrowser({}, async (browser) => {
   console.log(`viewer: ${JSON.stringify(got.s)}`);
   console.log('whip publisher seen');
 
-  const player = await context.newPage();
-  player.on('console', (m) => { if (m.type() === 'error') console.error(`[player] ${m.text()}`); });
-  await player.goto(`${base}/healthz`);
-  const playing = await player.evaluate(async (room) => {
-    const { token } = await (await fetch(`/dev/token?room=${room}&identity=whep-player&grants=subscribe`)).json();
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
-    pc.addTransceiver('audio', { direction: 'recvonly' });
-    pc.addTransceiver('video', { direction: 'recvonly' });
-    const video = document.createElement('video');
-    video.muted = true;
-    video.autoplay = true;
-    document.body.append(video);
-    const stream = new MediaStream();
-    pc.ontrack = (event) => { stream.addTrack(event.track); video.srcObject = stream; };
-    await pc.setLocalDescription(await pc.createOffer());
-    await new Promise((resolve) => {
-      if (pc.iceGatheringState === 'complete') resolve();
-      pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
-    });
-    const response = await fetch(`/whep/${room}`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${token}` },
-      body: pc.localDescription.sdp,
-    });
-    if (response.status !== 201) throw new Error(`WHEP POST answered ${response.status}: ${await response.text()}`);
-    await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
-    window.whep = { pc, token, location: response.headers.get('Location') };
-    return window.whep.location;
-  }, room);
-  console.log(`WHEP session at ${playing}`);
+  const player = await startSession(context, room, 'whep', 'whep-player');
   const played = await waitFor('the WHEP player to decode the publisher', async () => {
     const s = await player.evaluate(async () => {
       const totals = { framesDecoded: 0, frameWidth: 0, audioPackets: 0 };
-      (await window.whep.pc.getStats()).forEach((s) => {
+      (await window.session.pc.getStats()).forEach((s) => {
         if (s.type !== 'inbound-rtp') return;
         if (s.kind === 'video') { totals.framesDecoded += s.framesDecoded || 0; totals.frameWidth = s.frameWidth || 0; }
         if (s.kind === 'audio') totals.audioPackets += s.packetsReceived || 0;
@@ -98,21 +99,11 @@ await runInBrowser({}, async (browser) => {
   }, 30000);
   console.log(`player: ${JSON.stringify(played.s)}`);
   console.log('whep player decodes');
-  const ended = await player.evaluate(async () => {
-    const response = await fetch(window.whep.location, { method: 'DELETE', headers: { Authorization: `Bearer ${window.whep.token}` } });
-    window.whep.pc.close();
-    return response.status;
-  });
-  if (ended !== 200) throw new Error(`WHEP DELETE answered ${ended}`);
+  await endSession(player);
   await waitFor('the WHEP player to leave', async () => ({ ok: !(await lists(viewer, 'whep-player')) }), 10000);
   console.log('whep session ended');
 
-  const status = await publisher.evaluate(async () => {
-    const response = await fetch(window.whip.location, { method: 'DELETE', headers: { Authorization: `Bearer ${window.whip.token}` } });
-    window.whip.pc.close();
-    return response.status;
-  });
-  if (status !== 200) throw new Error(`WHIP DELETE answered ${status}`);
+  await endSession(publisher);
   await waitFor('the WHIP publisher to leave', async () => ({ ok: !(await lists(viewer, 'whip-cam')) }), 10000);
   console.log('whip session ended');
 });

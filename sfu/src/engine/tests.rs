@@ -226,6 +226,15 @@ impl World {
         sender
     }
 
+    /// [`World::publish_vp8`], then its first packet, with which the engine announces the
+    /// track.
+    fn announce_vp8(&mut self, name: &'static str, ssrc: u32) -> RTCRtpSenderId {
+        let sender = self.publish_vp8(name, ssrc);
+        self.run(Duration::from_millis(300));
+        self.send_rtp(name, sender, ssrc, 1);
+        sender
+    }
+
     /// `name` publishes one Opus track sent with `ssrc`; returns its sender.
     fn publish_opus(&mut self, name: &'static str, ssrc: u32) -> RTCRtpSenderId {
         let client = self.new_client();
@@ -446,9 +455,7 @@ fn meeting(count: u16) -> (World, RTCRtpSenderId) {
     let mut world = World::new();
     world.join("bob", false);
     world.join("alice", true);
-    let sender = world.publish_vp8("alice", 0xA1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("alice", sender, 0xA1, 1); // the engine announces the track on its first packet
+    let sender = world.announce_vp8("alice", 0xA1); // the engine announces the track on its first packet
     world.run(Duration::from_millis(300));
     world.join("carol", false);
     world.run(Duration::from_millis(300));
@@ -655,9 +662,7 @@ fn refused_descriptions_and_candidates_name_the_fault_not_the_input() {
     assert!(text.len() < 120 && !text.contains(marker), "{}", &text[..text.len().min(200)]);
     // The refused offers cost nothing: the client's next, valid, one is answered and its
     // media flows.
-    let sender = world.publish_vp8("alice", 0xA1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("alice", sender, 0xA1, 1);
+    world.announce_vp8("alice", 0xA1);
     world.run(Duration::from_millis(300));
     assert!(world.members["alice"].seen.iter().any(|e| matches!(e, SfuEvent::TrackPublished(_))), "the track was published");
 }
@@ -666,9 +671,7 @@ fn refused_descriptions_and_candidates_name_the_fault_not_the_input() {
 fn a_new_subscriber_that_never_asks_gets_a_keyframe_request_sent_for_it() {
     let mut world = World::new();
     world.join("alice", true);
-    let sender = world.publish_vp8("alice", 0xA1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("alice", sender, 0xA1, 1);
+    world.announce_vp8("alice", 0xA1);
     world.run(Duration::from_millis(600));
     let before = world.plis("alice");
     // Bob's client never sends a PLI; his answer alone makes the server ask.
@@ -789,13 +792,9 @@ fn send_run(world: &mut World, name: &str, sender: RTCRtpSenderId, ssrc: u32, se
 fn a_viewer_receives_the_first_publisher_and_then_the_next_on_one_continuous_stream() {
     let mut world = World::new();
     world.join("alice", true);
-    let alice = world.publish_vp8("alice", 0xA1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("alice", alice, 0xA1, 1);
+    let alice = world.announce_vp8("alice", 0xA1);
     world.join("bob", true);
-    let bob = world.publish_vp8("bob", 0xB1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("bob", bob, 0xB1, 1);
+    let bob = world.announce_vp8("bob", 0xB1);
     world.join_viewer("viv", None);
     world.run(Duration::from_millis(300));
     assert!(world.members["viv"].seen.iter().all(|e| !matches!(e, SfuEvent::SubscriberOffer(_))), "a viewer is never offered to");
@@ -904,15 +903,11 @@ fn a_viewer_keeps_its_source_when_someone_who_joined_earlier_starts_publishing()
     let mut world = World::new();
     world.join("alice", true);
     world.join("bob", true);
-    let bob = world.publish_vp8("bob", 0xB1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("bob", bob, 0xB1, 1);
+    let bob = world.announce_vp8("bob", 0xB1);
     world.join_viewer("viv", None);
     world.run(Duration::from_millis(300));
     send_run(&mut world, "bob", bob, 0xB1, 2..12);
-    let alice = world.publish_vp8("alice", 0xA1);
-    world.run(Duration::from_millis(300));
-    world.send_rtp("alice", alice, 0xA1, 1);
+    let alice = world.announce_vp8("alice", 0xA1);
     send_run(&mut world, "alice", alice, 0xA1, 2..12);
     send_run(&mut world, "bob", bob, 0xB1, 12..22);
     let received = world.received("viv");
