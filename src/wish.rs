@@ -13,9 +13,10 @@
 //! it joins with `subscribe: false` and sends the offer as `publish_offer` (WHIP) or
 //! `view_offer` (WHEP). A WHIP publisher is then seen, forwarded and recorded like anyone; a
 //! WHEP player receives one participant's audio and video (the identity asked for, or the
-//! room's first publisher and then the next). A session ends on `DELETE`, when its media
-//! connection fails, when the room is closed or an operator removes it, and for WHIP when no
-//! track of it reached the server within [`MEDIA_DEADLINE`].
+//! room's first publisher, kept while it is in the room and publishes, then the next). A
+//! session ends on `DELETE`, when its media connection fails, when the room is closed or an
+//! operator removes it, and for WHIP when no track of it reached the server within
+//! [`MEDIA_DEADLINE`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -384,8 +384,8 @@ impl MediaSession {
 
     /// Applies a viewer's offer (the participant joined without a subscriber connection):
     /// its connection receives `source`'s tracks (an identity; `None`: the room's first
-    /// publisher, and the next when that one leaves) and is never renegotiated. Returns the
-    /// server's answer.
+    /// publisher, kept while it is in the room and publishes, then the next) and is never
+    /// renegotiated. Returns the server's answer.
     pub async fn viewer_offer(&self, sdp: String, source: Option<String>) -> Result<String, SfuError> {
         let (reply, rx) = oneshot::channel();
         self.request(Command::ViewerOffer { participant: self.participant.clone(), sdp, source, reply }, rx).await

@@ -144,8 +144,8 @@ pub enum ClientMessage {
         id: Option<Value>,
         /// SDP offer.
         sdp: String,
-        /// Whose tracks: an identity; by default the room's first publisher, and the next
-        /// when that one leaves.
+        /// Whose tracks: an identity; by default the room's first publisher, kept while it is
+        /// in the room and publishes, then the next.
         #[serde(default)]
         identity: Option<String>,
     },

@@ -25,26 +25,28 @@ use crate::forwarder::Removed;
 use crate::peer::PeerRole;
 use crate::{MediaKind, ParticipantKey, SfuError, TrackId, TrackInfo};
 
-/// The RTP clock rate of a slot's stream until a track fills it: what every audio codec the
-/// server accepts (Opus) and every video codec uses.
-fn clock_rate(kind: MediaKind) -> u32 {
+/// The prefix of a viewer's slot's track id on its connection, by kind.
+fn slot_prefix(kind: MediaKind) -> &'static str {
     match kind {
-        MediaKind::Audio => 48_000,
-        MediaKind::Video => 90_000,
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
     }
 }
 
 /// The track id of a viewer's slot `index` on its connection (an RFC 8830 token, as a
 /// track's own id is): what its RTCP comes back with.
 fn slot_name(kind: MediaKind, index: usize) -> String {
-    format!("{}{index}", if kind == MediaKind::Audio { "audio" } else { "video" })
+    format!("{}{index}", slot_prefix(kind))
 }
 
 impl Engine {
-    /// The track a viewer's slot carries now, by the slot's track id on its connection.
+    /// The track a viewer's slot carries now, by the slot's track id on its connection: the
+    /// slot its index names, if it is of the kind the name says.
     pub(super) fn viewer_slot_track(&self, key: ParticipantKey, name: &str) -> Option<TrackId> {
-        let viewer = self.participants.get(&key)?.viewer.as_ref()?;
-        viewer.slots.iter().enumerate().find(|(index, slot)| slot_name(slot.kind, *index) == name)?.1.track
+        let slots = &self.participants.get(&key)?.viewer.as_ref()?.slots;
+        let (prefix, digits) = name.split_at(name.find(|c: char| c.is_ascii_digit())?);
+        let slot = slots.get(digits.parse::<usize>().ok()?)?;
+        (prefix == slot_prefix(slot.kind)).then_some(slot.track)?
     }
 
     /// Applies a viewer's offer: opens its receiving connection with a slot per audio and
@@ -113,11 +115,6 @@ impl Engine {
                 return Err(err);
             }
         };
-        if let Some(egress) = peer.egress.as_mut() {
-            for slot in &slots {
-                egress.add_stream(slot.ssrc, clock_rate(slot.kind));
-            }
-        }
         participant.viewer = Some(Viewer { source, current: None, slots });
         self.dirty.insert((key, PeerRole::Subscriber));
         self.fill_viewer(now, key);
