@@ -29,7 +29,8 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::egress::Egress;
 use sfu::forwarder::{Forwarder, ForwarderSettings, MediaKind, Negotiated, Outgoing};
 use sfu::ingress::{Ingress, Taken};
-use sfu::peer::{add_host_candidates, build_peer, PeerRole, PeerSettings, SrtpProfile};
+use sfu::peer::{add_host_candidates, build_peer, HostCandidate, PeerRole, PeerSettings, SrtpProfile};
+use sfu::remote::Remote;
 use sfu::{ParticipantKey, TrackId};
 
 const FAN_OUT: [usize; 3] = [1, 10, 100];
@@ -96,12 +97,12 @@ fn client(client_addr: SocketAddr) -> (RTCPeerConnection, SocketAddr) {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
     let mut pc = RTCPeerConnectionBuilder::new().with_media_engine(media).build(Instant::now()).expect("client");
-    add_host_candidates(&mut pc, &[client_addr]).expect("host candidate");
+    add_host_candidates(&mut pc, &[HostCandidate::Udp(client_addr)]).expect("host candidate");
     (pc, client_addr)
 }
 
 fn server_settings() -> PeerSettings {
-    PeerSettings { candidates: vec![addr(1, 50_000)], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] }
+    PeerSettings { worker: 0, candidates: vec![addr(1, 50_000)], tcp_candidates: vec![], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] }
 }
 
 fn track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
@@ -167,7 +168,7 @@ fn subscriber(index: usize) -> (Pair, Egress, u32, u8) {
     pair.connect();
     let mut egress = Egress::new(built.keys);
     egress.start(Instant::now(), &mut pair.server, Instant::now() + Duration::from_secs(1)).expect("egress keys");
-    egress.set_remote(client_addr);
+    egress.set_remote(Remote::Udp(client_addr));
     let pt = payload_type(&mut pair.server, sender);
     let probe = rtp::Packet {
         header: rtp::header::Header { version: 2, payload_type: pt, ssrc, sequence_number: 1, ..Default::default() },

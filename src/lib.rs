@@ -48,6 +48,7 @@ impl Settings {
             workers,
             bind_ip: media.bind_ip,
             port_base: media.port_base,
+            tcp_port: media.tcp_port,
             announced_ips: media.announced_ips.clone(),
             srtp_profiles: media
                 .srtp_profiles

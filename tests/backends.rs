@@ -317,6 +317,7 @@ async fn a_task_interrupted_by_a_crash_succeeds_exactly_once_after_the_restart()
     env.extend([
         ("SWITCHBOARD__HTTP__LISTEN".into(), format!("127.0.0.1:{http_port}")),
         ("SWITCHBOARD__MEDIA__PORT_BASE".into(), "0".into()),
+        ("SWITCHBOARD__MEDIA__TCP_PORT".into(), "0".into()),
         ("SWITCHBOARD__MEDIA__WORKERS".into(), "1".into()),
         ("SWITCHBOARD__OBJECTS__LOCAL_DIR".into(), dir.path().join("objects").display().to_string()),
         ("SWITCHBOARD__NODE__ID".into(), "crashy".into()),
@@ -408,6 +409,7 @@ async fn two_server_processes_share_room_ownership_and_the_rate_limit_through_re
         ("SWITCHBOARD__HTTP__LISTEN".to_owned(), format!("127.0.0.1:{a_port}")),
         ("SWITCHBOARD__NODE__ID".to_owned(), "node-a".to_owned()),
         ("SWITCHBOARD__MEDIA__PORT_BASE".to_owned(), "0".to_owned()),
+        ("SWITCHBOARD__MEDIA__TCP_PORT".to_owned(), "0".to_owned()),
         ("SWITCHBOARD__MEDIA__WORKERS".to_owned(), "1".to_owned()),
         ("SWITCHBOARD__DATABASE__URL".to_owned(), format!("sqlite://{}/a.db?mode=rwc", dir.path().display())),
         ("SWITCHBOARD__OBJECTS__LOCAL_DIR".to_owned(), dir.path().join("objects").display().to_string()),

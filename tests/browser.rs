@@ -3,7 +3,7 @@
 //! recorded through the HTTP API into HLS that ffprobe reads and ffmpeg decodes; three tabs
 //! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs); a
 //! page publishes over WHIP, the meeting page shows it and another page plays it over WHEP
-//! (tests/browser/whip_whep.mjs).
+//! (tests/browser/whip_whep.mjs), over UDP and again over ICE-TCP alone.
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
 
@@ -58,7 +58,9 @@ async fn three_people_use_the_meeting_page_over_https() {
     ])
     .await;
     let stdout = node("meeting.mjs", vec![format!("https://127.0.0.1:{}", server.http.port()), cert_path]).await;
-    for step in ["mute and unmute seen", "camera off seen", "active speaker seen", "screen share seen and stopped", "chat delivered", "leave seen"] {
+    for step in
+        ["mute and unmute seen", "camera off seen", "active speaker seen", "screen share seen and stopped", "chat delivered", "leave seen"]
+    {
         assert!(stdout.contains(step), "{step}: {stdout}");
     }
     let listed = stdout.lines().find_map(|line| line.strip_prefix("recordings: ")).expect("the recordings were listed");
@@ -75,7 +77,30 @@ async fn three_people_use_the_meeting_page_over_https() {
 async fn a_chromium_page_publishes_over_whip_and_another_plays_it_over_whep() {
     let server = TestServer::start(&[]).await;
     let stdout = node("whip_whep.mjs", vec![format!("http://{}", server.http)]).await;
-    for step in ["whip publisher seen", "whep player decodes", "whep session ended", "whip session ended"] {
+    for step in [
+        "whip publisher seen",
+        "whep player decodes",
+        "whep session ended",
+        "whip session ended",
+        "whip transport: udp",
+        "whep transport: udp",
+    ] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_whose_network_blocks_udp_publish_and_play_over_ice_tcp() {
+    let server = TestServer::start(&[]).await;
+    let stdout = node("whip_whep.mjs", vec![format!("http://{}", server.http), "tcp".into()]).await;
+    for step in [
+        "whip publisher seen",
+        "whep player decodes",
+        "whep session ended",
+        "whip session ended",
+        "whip transport: tcp",
+        "whep transport: tcp",
+    ] {
         assert!(stdout.contains(step), "{step}: {stdout}");
     }
 }

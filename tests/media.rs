@@ -527,11 +527,12 @@ async fn garbage_datagrams_aimed_at_a_connection_do_not_disturb_it() {
 /// the measurements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
-    use switchboard::loadtest::{LoadSettings, Scenario, Target, Video};
+    use switchboard::loadtest::{LoadSettings, Scenario, Target, Transport, Video};
     let server = TestServer::start(&[]).await;
     let authority = signaling::auth::TokenAuthority::new(server.config.auth.keys.clone(), server.config.auth.signing_key.clone());
     let video = Video { kbps: 300, fps: 30, keyframe_every: 60 };
     let settings = |scenario, participants| LoadSettings {
+        transport: Transport::Udp,
         target: Target::Switchboard,
         url: format!("http://{}", server.http),
         scenario,
@@ -580,6 +581,17 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
     assert!(churn.clients >= 12, "each of the 6 places joined at least twice: {churn:#?}");
     assert!(churn.connected + 6 >= churn.clients, "all but the last, cut short, connected: {churn:#?}");
     assert!(churn.packets_received > churn.packets_sent, "{churn:#?}");
+
+    // The meeting again, every connection over ICE-TCP.
+    let tcp_streams = server.metric("switchboard_ice_tcp_streams").await;
+    let settings = LoadSettings { transport: Transport::Tcp, ..settings(Scenario::Meeting, 3) };
+    let meeting = switchboard::loadtest::run(&settings, &authority, |_| {}).await.expect("meeting over TCP");
+    assert_eq!((meeting.connected, meeting.failed), (6, 0), "{meeting:#?}");
+    let fanned = meeting.packets_received as f64 / meeting.packets_sent as f64;
+    assert!(fanned > 1.6 && fanned <= 2.0, "received {fanned:.2}× what was sent: {meeting:#?}");
+    assert!(meeting.loss < 0.01 && meeting.subscribed_tracks == 6 * 2 * 2, "{meeting:#?}");
+    assert!(meeting.table().contains("meeting / switchboard / tcp"), "{}", meeting.table());
+    assert_eq!(tcp_streams, 0.0, "the UDP runs made no TCP stream");
 }
 
 /// The load generator's Janus dialect against a real Janus 1.1.2 VideoRoom (Debian's
@@ -589,7 +601,7 @@ async fn the_load_generator_runs_meetings_and_livestreams_against_a_server() {
 /// namespace of the test's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_runs_a_meeting_and_a_livestream_through_janus() {
-    use switchboard::loadtest::{LoadSettings, Scenario, Target, Video};
+    use switchboard::loadtest::{LoadSettings, Scenario, Target, Transport, Video};
     let Some(host_ip) = common::own_network("the_load_generator_runs_a_meeting_and_a_livestream_through_janus") else { return };
     let janus = common::Janus::start(host_ip);
     let settings = |scenario, participants| LoadSettings {
@@ -603,6 +615,7 @@ async fn the_load_generator_runs_a_meeting_and_a_livestream_through_janus() {
         lifetime: Duration::from_secs(5),
         video: Video { kbps: 300, fps: 30, keyframe_every: 60 },
         client_ip: host_ip.into(),
+        transport: Transport::Udp,
         server_pid: Some(janus.pid()),
     };
     // Tokens are not used by Janus.
@@ -620,4 +633,45 @@ async fn the_load_generator_runs_a_meeting_and_a_livestream_through_janus() {
     assert_eq!((live.connected, live.failed), (4, 0), "{live:#?}");
     let fanned = live.packets_received as f64 / live.packets_sent as f64;
     assert!(fanned > 2.4 && fanned <= 3.0, "each packet reaches the three viewers: {live:#?}");
+}
+
+/// The priority of the first candidate line of `sdp` that contains `what`.
+fn candidate_priority(sdp: &str, what: &str) -> u32 {
+    let line =
+        sdp.lines().find(|l| l.starts_with("a=candidate:") && l.contains(what)).unwrap_or_else(|| panic!("no {what} candidate:\n{sdp}"));
+    line.split(' ').nth(3).and_then(|p| p.parse().ok()).expect("priority")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_whose_network_blocks_udp_publish_and_subscribe_over_ice_tcp() {
+    let server = TestServer::start(&[]).await;
+
+    let (mut carol, _) = server.joined("no-udp", "carol", &["subscribe"]).await;
+    let mut carol_rtc = rtc_client::new_tcp_only_client().await;
+    let (mut alice, alice_id) = server.joined("no-udp", "alice", &["publish"]).await;
+    let opus = rtc_client::local_track("alice-stream", "alice-mic", "audio/opus");
+    let vp8 = rtc_client::local_track("alice-stream", "alice-cam", "video/VP8");
+    let mut answer = String::new();
+    let (signal, answered) = (&mut alice, &mut answer);
+    let (_alice_rtc, out) = rtc_client::publish_with(rtc_client::new_tcp_only_client().await, &[opus, vp8], move |offer| async move {
+        let reply = signal.request(json!({"type": "publish_offer", "sdp": offer})).await;
+        *answered = reply["sdp"].as_str().expect("publish answer").to_owned();
+        answered.clone()
+    })
+    .await;
+    // UDP first, and preferred: TCP is for the clients that have nothing else.
+    assert!(candidate_priority(&answer, " udp ") > candidate_priority(&answer, "tcptype passive"), "{answer}");
+
+    const SENT: u32 = 300;
+    let audio = tokio::spawn(rtc_client::send_packets(out[0].clone(), SENT, 960));
+    let video = tokio::spawn(rtc_client::send_packets(out[1].clone(), SENT, 3000));
+    for _ in 0..2 {
+        assert_eq!(carol.expect("track_published").await["track"]["participant_id"], alice_id.as_str());
+    }
+    assert!(answer_offers(&mut carol, &carol_rtc, Duration::from_millis(1500)).await >= 1);
+    let received = receive_streams(&mut carol_rtc, [audio, video]).await;
+    assert_identical_run(&received, "alice-mic", SENT, "audio/opus");
+    assert_identical_run(&received, "alice-cam", SENT, "video/VP8");
+    assert_eq!(server.metric("switchboard_ice_tcp_streams").await, 2.0, "both connections run on TCP streams");
+    assert_eq!(server.metric("switchboard_ice_tcp_frames_dropped_total").await, 0.0);
 }

@@ -396,6 +396,7 @@ impl Node {
         let env = [
             ("SWITCHBOARD__HTTP__LISTEN", format!("127.0.0.1:{}", self.port)),
             ("SWITCHBOARD__MEDIA__PORT_BASE", "0".to_owned()),
+            ("SWITCHBOARD__MEDIA__TCP_PORT", "0".to_owned()),
             ("SWITCHBOARD__MEDIA__WORKERS", "1".to_owned()),
             ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS", "[127.0.0.1]".to_owned()),
             ("SWITCHBOARD__DATABASE__URL", format!("sqlite://{}?mode=rwc", self.database().display())),

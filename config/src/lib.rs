@@ -342,6 +342,9 @@ pub struct MediaConfig {
     pub bind_ip: Ipv4Addr,
     /// First UDP port (0: any free ports).
     pub port_base: u16,
+    /// The node's ICE-TCP port, for clients whose network blocks UDP (0: any free port;
+    /// `null`: no TCP candidates).
+    pub tcp_port: Option<u16>,
     /// Addresses announced as host candidates (empty: interface addresses).
     pub announced_ips: Vec<Ipv4Addr>,
     /// SRTP profiles accepted from clients.

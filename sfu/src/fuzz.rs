@@ -86,7 +86,7 @@ pub fn rtcp(data: &[u8]) {
 struct Nowhere;
 
 impl Transmit for Nowhere {
-    fn transmit(&mut self, _: &[u8], _: SocketAddr) {}
+    fn transmit(&mut self, _: &[u8], _: crate::remote::Remote) {}
 }
 
 /// The server's media address in [`engine`].
@@ -104,7 +104,12 @@ impl Fixture {
     fn new() -> Self {
         let now = Instant::now();
         let settings = EngineSettings {
-            peers: PeerSettings { candidates: vec![SERVER], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] },
+            peers: PeerSettings {
+                worker: 0,
+                candidates: vec![SERVER],
+                tcp_candidates: vec![],
+                srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
+            },
             forwarder: ForwarderSettings::default(),
             max_tracks: 16,
         };
@@ -151,7 +156,7 @@ pub fn engine(data: &[u8]) {
             match kind % 5 {
                 0 => {
                     let source = SocketAddr::from(([10, 0, 0, 2], 40_000 + u16::from(kind / 5)));
-                    engine.handle_datagram(now, body, source, SERVER, &mut Nowhere);
+                    engine.handle_datagram(now, body, crate::remote::Remote::Udp(source), SERVER, &mut Nowhere);
                 }
                 1 => engine.handle_command(
                     now,

@@ -33,6 +33,7 @@ pub mod munger;
 mod outbox;
 pub mod packet_cache;
 pub mod peer;
+pub mod remote;
 pub mod retransmit;
 mod round_trip;
 mod schedule;
@@ -41,6 +42,7 @@ pub mod speakers;
 pub mod srtp;
 mod stun;
 pub mod tap;
+mod tcp;
 mod worker;
 
 use std::collections::HashMap;
@@ -104,6 +106,14 @@ pub enum SfuError {
     /// A UDP port could not be bound.
     #[error("cannot bind media port {port}: {source}")]
     Bind {
+        /// The port.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The ICE-TCP port could not be bound.
+    #[error("cannot bind ICE-TCP port {port}: {source}")]
+    TcpBind {
         /// The port.
         port: u16,
         /// Why.
@@ -214,6 +224,9 @@ pub struct SfuConfig {
     pub bind_ip: Ipv4Addr,
     /// The first worker's port; worker `i` uses `port_base + i` (0: any free ports).
     pub port_base: u16,
+    /// The node's ICE-TCP port, for clients whose network blocks UDP (0: any free port;
+    /// `None`: no TCP candidates).
+    pub tcp_port: Option<u16>,
     /// Addresses announced as host candidates (empty: every local IPv4 interface address).
     pub announced_ips: Vec<Ipv4Addr>,
     /// SRTP profiles offered to clients.
@@ -230,12 +243,38 @@ impl Default for SfuConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             bind_ip: Ipv4Addr::UNSPECIFIED,
             port_base: 50_000,
+            tcp_port: Some(7881),
             announced_ips: Vec::new(),
             srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
             forwarder: ForwarderSettings::default(),
             max_tracks_per_participant: 16,
         }
     }
+}
+
+/// Binds the ICE-TCP port, non-blocking.
+fn bind_tcp(ip: Ipv4Addr, port: u16) -> Result<(std::net::TcpListener, SocketAddr), SfuError> {
+    let bound = std::net::TcpListener::bind((ip, port)).and_then(|listener| {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok((listener, addr))
+    });
+    bound.map_err(|source| SfuError::TcpBind { port, source })
+}
+
+/// Starts the thread that accepts ICE-TCP streams and hands them to `workers`.
+fn start_tcp_listener(
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    announced: &[Ipv4Addr],
+    workers: &[Mailbox],
+) -> Result<TcpPort, SfuError> {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    let started = |source| SfuError::WorkerStart { index: workers.len(), source };
+    let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(|e| started(e.into()))?);
+    let setup = tcp::listener::ListenerSetup { listener, candidates: announced.to_vec(), workers: workers.to_vec(), stop: stop.clone() };
+    std::thread::Builder::new().name("media-tcp".into()).spawn(move || tcp::listener::run(setup)).map_err(started)?;
+    Ok(TcpPort { addr, stop })
 }
 
 /// Room placement: which worker owns each room, and how many participants and taps hold it
@@ -253,15 +292,36 @@ pub struct Sfu {
     announced: Vec<Ipv4Addr>,
     placement: Arc<Mutex<Placement>>,
     next_tap: std::sync::atomic::AtomicU64,
+    tcp: Option<TcpPort>,
+}
+
+/// The running ICE-TCP listener; stopped when dropped.
+struct TcpPort {
+    addr: SocketAddr,
+    stop: Arc<nix::sys::eventfd::EventFd>,
+}
+
+impl Drop for TcpPort {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop.write(1) {
+            tracing::warn!(%err, "ICE-TCP listener could not be stopped");
+        }
+    }
 }
 
 impl Sfu {
-    /// Binds every worker's port and starts the worker threads.
+    /// Binds every worker's port and the ICE-TCP port, and starts the worker threads and
+    /// the ICE-TCP listener.
     pub fn start(config: &SfuConfig, metrics: Arc<SfuMetrics>) -> Result<Self, SfuError> {
         let announced = if config.announced_ips.is_empty() { local_ipv4_addresses() } else { config.announced_ips.clone() };
+        let tcp_listener = match config.tcp_port {
+            Some(port) => Some(bind_tcp(config.bind_ip, port)?),
+            None => None,
+        };
+        let tcp_port = tcp_listener.as_ref().map(|(_, addr)| addr.port());
         let mut workers = Vec::new();
         let mut addrs = Vec::new();
-        for index in 0..config.workers.max(1) {
+        for index in 0..config.workers.clamp(1, peer::MAX_WORKERS) {
             let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(index as u16) };
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (tx, inbox) = mailbox::mailbox().map_err(|source| SfuError::WorkerStart { index, source })?;
@@ -278,19 +338,35 @@ impl Sfu {
                         Ok(socket) => socket,
                         Err(source) => return drop(ready_tx.send(Err(SfuError::Bind { port, source }))),
                     };
+                    let streams = match tcp::TcpStreams::new() {
+                        Ok(streams) => streams,
+                        Err(source) => return drop(ready_tx.send(Err(SfuError::WorkerStart { index, source }))),
+                    };
                     let port = socket.local_addr().port();
                     let candidates = announced_ips.iter().map(|ip| SocketAddr::from((*ip, port))).collect();
+                    let tcp_candidates = tcp_port.map(|port| announced_ips.iter().map(|ip| SocketAddr::from((*ip, port))).collect());
                     let _ = ready_tx.send(Ok(port));
-                    let engine = EngineSettings { peers: peer::PeerSettings { candidates, srtp_profiles }, forwarder, max_tracks };
-                    worker::run(WorkerSetup { index, socket, engine, metrics }, inbox);
+                    let peers =
+                        peer::PeerSettings { worker: index, candidates, tcp_candidates: tcp_candidates.unwrap_or_default(), srtp_profiles };
+                    let engine = EngineSettings { peers, forwarder, max_tracks };
+                    worker::run(WorkerSetup { index, socket, streams, engine, metrics }, inbox);
                 })
                 .map_err(|source| SfuError::WorkerStart { index, source })?;
             let port = ready_rx.recv().map_err(|_| SfuError::WorkerGone)??;
             addrs.push(SocketAddr::from((config.bind_ip, port)));
             workers.push(tx);
         }
+        let tcp = match tcp_listener {
+            Some((listener, addr)) => Some(start_tcp_listener(listener, addr, &announced, &workers)?),
+            None => None,
+        };
         let placement = Placement { rooms: HashMap::new(), rooms_per_worker: vec![0; workers.len()] };
-        Ok(Self { workers, addrs, announced, placement: Arc::new(Mutex::new(placement)), next_tap: Default::default() })
+        Ok(Self { workers, addrs, announced, placement: Arc::new(Mutex::new(placement)), next_tap: Default::default(), tcp })
+    }
+
+    /// The ICE-TCP port's address, when the node has one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|tcp| tcp.addr)
     }
 
     /// The UDP addresses the workers listen on.

@@ -1,4 +1,5 @@
-//! Commands to a media worker: a queue, and an eventfd that wakes the worker's poll.
+//! Commands to a media worker, and ICE-TCP streams for it: a queue, and an eventfd that
+//! wakes the worker's poll.
 //!
 //! The worker thread blocks in one `ppoll` on its UDP socket and this eventfd, so a command
 //! costs the sender one eventfd write and the worker nothing while none arrive. Every
@@ -13,18 +14,25 @@ use std::sync::Arc;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::engine::Command;
+use crate::tcp::TcpArrival;
+
+/// What a mailbox carries.
+enum Letter {
+    Command(Command),
+    Stream(TcpArrival),
+}
 
 /// The sending end, held by signaling sessions and taps; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Mailbox {
     /// `None` only while dropping.
-    queue: Option<mpsc::Sender<Command>>,
+    queue: Option<mpsc::Sender<Letter>>,
     bell: Arc<EventFd>,
 }
 
 /// The worker's end.
 pub(crate) struct Inbox {
-    queue: mpsc::Receiver<Command>,
+    queue: mpsc::Receiver<Letter>,
     bell: Arc<EventFd>,
 }
 
@@ -42,7 +50,16 @@ pub(crate) fn mailbox() -> io::Result<(Mailbox, Inbox)> {
 impl Mailbox {
     /// Queues a command and wakes the worker.
     pub(crate) fn send(&self, command: Command) -> Result<(), WorkerStopped> {
-        self.queue.as_ref().ok_or(WorkerStopped)?.send(command).map_err(|_| WorkerStopped)?;
+        self.post(Letter::Command(command))
+    }
+
+    /// Hands the worker an ICE-TCP stream its first check names, and wakes it.
+    pub(crate) fn hand_over(&self, stream: TcpArrival) -> Result<(), WorkerStopped> {
+        self.post(Letter::Stream(stream))
+    }
+
+    fn post(&self, letter: Letter) -> Result<(), WorkerStopped> {
+        self.queue.as_ref().ok_or(WorkerStopped)?.send(letter).map_err(|_| WorkerStopped)?;
         self.ring();
         Ok(())
     }
@@ -65,6 +82,8 @@ impl Drop for Mailbox {
 pub(crate) enum Delivery {
     /// A command to handle.
     Command(Command),
+    /// An ICE-TCP stream to serve.
+    Stream(TcpArrival),
     /// Nothing more for now.
     Empty,
     /// Every mailbox is gone: the worker should stop.
@@ -78,10 +97,11 @@ impl Inbox {
         let _ = self.bell.read();
     }
 
-    /// The next queued command, if any.
+    /// The next queued command or stream, if any.
     pub(crate) fn next(&self) -> Delivery {
         match self.queue.try_recv() {
-            Ok(command) => Delivery::Command(command),
+            Ok(Letter::Command(command)) => Delivery::Command(command),
+            Ok(Letter::Stream(stream)) => Delivery::Stream(stream),
             Err(TryRecvError::Empty) => Delivery::Empty,
             Err(TryRecvError::Disconnected) => Delivery::Closed,
         }
@@ -109,24 +129,25 @@ mod tests {
     fn a_command_wakes_the_wait_and_the_last_mailbox_closes_the_inbox() {
         let socket = MediaSocket::bind(Ipv4Addr::LOCALHOST, 0, vec![Ipv4Addr::LOCALHOST]).expect("bind");
         let (mailbox, inbox) = mailbox().expect("mailbox");
-        let idle = socket.wait(&inbox, Duration::from_millis(20)).expect("wait");
+        let streams = crate::tcp::TcpStreams::new().expect("epoll");
+        let idle = socket.wait(&inbox, &streams, Duration::from_millis(20)).expect("wait");
         assert!(!idle.commands && !idle.datagrams, "nothing rang");
 
         let second = mailbox.clone();
         second.send(leave("a")).expect("sent");
-        let rang = socket.wait(&inbox, Duration::from_secs(5)).expect("wait");
+        let rang = socket.wait(&inbox, &streams, Duration::from_secs(5)).expect("wait");
         assert!(rang.commands);
         inbox.silence();
         assert!(matches!(inbox.next(), Delivery::Command(Command::Leave { participant }) if participant.as_str() == "a"));
         assert!(matches!(inbox.next(), Delivery::Empty));
-        let quiet = socket.wait(&inbox, Duration::from_millis(20)).expect("wait");
+        let quiet = socket.wait(&inbox, &streams, Duration::from_millis(20)).expect("wait");
         assert!(!quiet.commands, "the bell was silenced");
 
         drop(second);
         inbox.silence();
         assert!(matches!(inbox.next(), Delivery::Empty), "one mailbox is left");
         drop(mailbox);
-        let closing = socket.wait(&inbox, Duration::from_secs(5)).expect("wait");
+        let closing = socket.wait(&inbox, &streams, Duration::from_secs(5)).expect("wait");
         assert!(closing.commands, "the last mailbox rang as it went");
         assert!(matches!(inbox.next(), Delivery::Closed));
     }

@@ -82,6 +82,8 @@ pub(crate) struct Gauges {
 pub(crate) struct WorkerMetrics {
     counters: [AtomicU64; COUNTERS],
     gauges: [AtomicI64; 3],
+    tcp_streams: AtomicI64,
+    tcp_frames_dropped: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -94,6 +96,13 @@ impl WorkerMetrics {
         for (slot, value) in self.gauges.iter().zip(gauges) {
             slot.store(value as i64, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes the worker's ICE-TCP figures: open streams, and frames dropped on full
+    /// queues since it started.
+    pub fn publish_tcp(&self, streams: usize, dropped: u64) {
+        self.tcp_streams.store(streams as i64, Ordering::Relaxed);
+        self.tcp_frames_dropped.store(dropped, Ordering::Relaxed);
     }
 }
 
@@ -127,6 +136,15 @@ impl SfuMetrics {
         for (index, (name, help)) in COUNTER_TEXT.into_iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter(index));
         }
+        let streams: i64 = workers.iter().map(|w| w.tcp_streams.load(Ordering::Relaxed)).sum();
+        let dropped: u64 = workers.iter().map(|w| w.tcp_frames_dropped.load(Ordering::Relaxed)).sum();
+        let name = "switchboard_ice_tcp_streams";
+        let _ = writeln!(out, "# HELP {name} Clients' ICE-TCP streams open.\n# TYPE {name} gauge\n{name} {streams}");
+        let name = "switchboard_ice_tcp_frames_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Frames dropped because a client's ICE-TCP stream had a full queue.\n# TYPE {name} counter\n{name} {dropped}"
+        );
         let name = "switchboard_subscriber_round_trip_seconds";
         let _ = writeln!(
             out,
@@ -152,6 +170,8 @@ mod tests {
         a.publish(&counters, Gauges { rooms: 1, participants: 3, tracks: 2 });
         counters.add(Counter::PacketsOut, 1);
         b.publish(&counters, Gauges { rooms: 2, participants: 1, tracks: 0 });
+        a.publish_tcp(2, 7);
+        b.publish_tcp(1, 0);
         let mut out = String::new();
         metrics.render(&mut out);
         for line in [
@@ -162,6 +182,8 @@ mod tests {
             "switchboard_rtp_packets_in_total 0",
             "switchboard_subscriber_round_trip_seconds_sum 0.006",
             "switchboard_subscriber_round_trip_seconds_count 4",
+            "switchboard_ice_tcp_streams 3",
+            "switchboard_ice_tcp_frames_dropped_total 7",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
         }

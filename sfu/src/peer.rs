@@ -1,18 +1,19 @@
 //! Construction of the server side of a peer connection on the `rtc` engine.
 //!
-//! Every connection is ICE-lite with host candidates on its worker's one UDP port, and
-//! offers the configured SRTP profiles (AEAD AES-GCM by default, see [`SrtpProfile`]). The
+//! Every connection is ICE-lite with host candidates on its worker's one UDP port, then
+//! (where the node has one) passive TCP candidates on the node's ICE-TCP port, and offers the configured SRTP profiles (AEAD AES-GCM by default, see [`SrtpProfile`]). The
 //! engine carries ICE, DTLS and RTCP; the worker opens publishers' media and sends their
 //! feedback ([`crate::ingress`]), and protects and sends subscribers' media
 //! ([`crate::egress`]), with the SRTP keys each connection's crypto provider sees.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use rand::distr::{Alphanumeric, SampleString};
 use rand::Rng;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -75,16 +76,38 @@ impl SrtpProfile {
 /// What every server-side connection of a worker shares.
 #[derive(Debug, Clone)]
 pub struct PeerSettings {
+    /// The worker's index, which every local ufrag starts with (see [`worker_of_ufrag`]).
+    pub worker: usize,
     /// Host candidates: the announced addresses with the worker's port.
     pub candidates: Vec<SocketAddr>,
+    /// Passive TCP host candidates: the announced addresses with the node's ICE-TCP port
+    /// (none without one). Their priority is below every UDP candidate's.
+    pub tcp_candidates: Vec<SocketAddr>,
     /// SRTP profiles offered to clients.
     pub srtp_profiles: Vec<SrtpProfile>,
+}
+
+/// Digits of the worker index a local ufrag starts with; workers are numbered below
+/// [`MAX_WORKERS`].
+const UFRAG_WORKER_DIGITS: usize = 3;
+/// Workers a node may run: as many as a ufrag's leading digits number.
+pub const MAX_WORKERS: usize = 1000;
+
+/// The worker whose connection a local ufrag names: the node's ICE-TCP port reads it from a
+/// stream's first connectivity check to hand the stream to that worker. (The ufrag is sent in
+/// the clear in every check anyway; the password, which authenticates them, is not.)
+pub fn worker_of_ufrag(ufrag: &str) -> Option<usize> {
+    let digits = ufrag.get(..UFRAG_WORKER_DIGITS)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Builds a server-side connection.
 /// Its ICE credentials come from `rng`, which must be a cryptographic one in production.
 pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut impl Rng) -> Result<NewPeer, SfuError> {
-    let ufrag = Alphanumeric.sample_string(rng, 16);
+    let ufrag = format!("{:0width$}{}", shared.worker % MAX_WORKERS, Alphanumeric.sample_string(rng, 13), width = UFRAG_WORKER_DIGITS);
     let password = Alphanumeric.sample_string(rng, 32);
     let keys = Arc::new(KeyCapture::new(rtc::crypto::default_provider().map_err(engine)?));
     let settings = SettingEngineBuilder::new()
@@ -123,23 +146,43 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut
         .with_interceptor_registry(registry)
         .build(now)
         .map_err(engine)?;
-    add_host_candidates(&mut pc, &shared.candidates)?;
+    let udp = shared.candidates.iter().map(|addr| HostCandidate::Udp(*addr));
+    let tcp = shared.tcp_candidates.iter().map(|addr| HostCandidate::PassiveTcp(*addr));
+    add_host_candidates(&mut pc, &udp.chain(tcp).collect::<Vec<_>>())?;
     Ok(NewPeer { pc, ufrag, password, keys })
 }
 
-/// Gives a connection UDP host candidates at `addrs` and ends its gathering (no trickle):
-/// how the server's connections, and clients on the same engine, announce themselves.
-pub fn add_host_candidates(pc: &mut RTCPeerConnection, addrs: &[SocketAddr]) -> Result<(), SfuError> {
-    for addr in addrs {
+/// A host candidate of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostCandidate {
+    /// UDP at this address.
+    Udp(SocketAddr),
+    /// TCP at this address, which the other side connects to (RFC 6544 `tcptype passive`).
+    PassiveTcp(SocketAddr),
+    /// TCP from this address, which connects to the other side's passive candidates
+    /// (`tcptype active`, announced with the discard port 9 as RFC 6544 says).
+    ActiveTcp(IpAddr),
+}
+
+/// Gives a connection host candidates, in their order, and ends its gathering (no
+/// trickle): how the server's connections, and clients on the same engine, announce
+/// themselves.
+pub fn add_host_candidates(pc: &mut RTCPeerConnection, candidates: &[HostCandidate]) -> Result<(), SfuError> {
+    for candidate in candidates {
+        let (network, addr, tcp_type) = match *candidate {
+            HostCandidate::Udp(addr) => ("udp", addr, TcpType::Unspecified),
+            HostCandidate::PassiveTcp(addr) => ("tcp", addr, TcpType::Passive),
+            HostCandidate::ActiveTcp(ip) => ("tcp", SocketAddr::new(ip, 9), TcpType::Active),
+        };
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
-                network: "udp".to_owned(),
+                network: network.to_owned(),
                 address: addr.ip().to_string(),
                 port: addr.port(),
                 component: 1,
                 ..Default::default()
             },
-            ..Default::default()
+            tcp_type,
         }
         .new_candidate_host()
         .map_err(engine)?;

@@ -2,8 +2,8 @@
 //! datagram arrived on (IP_PKTINFO) so ICE sees the candidate the client actually used.
 //!
 //! The worker thread owns it without a runtime: [`MediaSocket::wait`] blocks in one `ppoll`
-//! on the socket and the worker's mailbox bell (an eventfd) until either is ready or the
-//! deadline passes, and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
+//! on the socket, the worker's mailbox bell (an eventfd) and its ICE-TCP streams' epoll until
+//! one is ready or the deadline passes, and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
 //! one `recvmmsg`. A wake-up thus costs two system calls however many datagrams it brings.
 //! [`MediaSocket::send_trains`] sends an [`Outbox`]'s trains, each with one UDP GSO
 //! `sendmsg`; a kernel or route that refuses GSO gets its datagrams one by one from then on.
@@ -57,6 +57,8 @@ pub struct Readiness {
     pub datagrams: bool,
     /// The inbox's bell rang.
     pub commands: bool,
+    /// An ICE-TCP stream is ready.
+    pub streams: bool,
 }
 
 /// The worker's socket.
@@ -97,10 +99,15 @@ impl MediaSocket {
         self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)))
     }
 
-    /// Blocks until datagrams wait, the inbox's bell rings, or `timeout` passes (then
-    /// neither is set). A signal interrupting the wait counts as a timeout.
-    pub fn wait(&self, bell: &impl AsFd, timeout: Duration) -> io::Result<Readiness> {
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN), PollFd::new(bell.as_fd(), PollFlags::POLLIN)];
+    /// Blocks until datagrams wait, the inbox's bell rings, a TCP stream of `streams` (an
+    /// epoll) is ready, or `timeout` passes (then none is set). A signal interrupting the
+    /// wait counts as a timeout.
+    pub fn wait(&self, bell: &impl AsFd, streams: &impl AsFd, timeout: Duration) -> io::Result<Readiness> {
+        let mut fds = [
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(bell.as_fd(), PollFlags::POLLIN),
+            PollFd::new(streams.as_fd(), PollFlags::POLLIN),
+        ];
         match ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None) {
             Ok(_) => {}
             Err(Errno::EINTR) => return Ok(Readiness::default()),
@@ -108,7 +115,7 @@ impl MediaSocket {
         }
         // An error condition on the socket (an ICMP error, say) is read out by recvmmsg.
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        Ok(Readiness { datagrams: ready(&fds[0]), commands: ready(&fds[1]) })
+        Ok(Readiness { datagrams: ready(&fds[0]), commands: ready(&fds[1]), streams: ready(&fds[2]) })
     }
 
     /// Reads every datagram waiting, up to [`RECV_BATCH`]; returns how many, each then
@@ -223,7 +230,8 @@ mod tests {
             client.send_to(&vec![i; 100 + usize::from(i)], local(&server)).expect("send");
         }
         let (_mailbox, inbox) = crate::mailbox::mailbox().expect("mailbox");
-        assert!(server.wait(&inbox, Duration::from_secs(5)).expect("wait").datagrams);
+        let streams = crate::tcp::TcpStreams::new().expect("epoll");
+        assert!(server.wait(&inbox, &streams, Duration::from_secs(5)).expect("wait").datagrams);
         // Loopback delivers each datagram within its send, so all three wait by now.
         assert_eq!(server.recv_batch().expect("recv"), 3);
         let read: Vec<_> = (0..3).filter_map(|i| server.datagram(i)).map(|d| (d.payload.to_vec(), d.peer, d.local)).collect();

@@ -36,15 +36,17 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
+use rtc::shared::tcp_framing::{frame_packet, TcpFrameDecoder};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
-use tokio::net::UdpSocket;
+use sfu::peer::HostCandidate;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::report::Counters;
-use super::Media;
+use super::{Media, Transport};
 
 /// Why a client stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,8 @@ pub struct ClientPlan {
     pub ws_url: String,
     /// The address its media sockets bind to (its ICE host candidate).
     pub ip: IpAddr,
+    /// How its media reaches the server.
+    pub transport: Transport,
     /// What it publishes (`None`: it only listens).
     pub publish: Option<Media>,
     /// Whether it receives the room's media.
@@ -79,20 +83,89 @@ pub struct ClientPlan {
     pub until: Instant,
 }
 
-/// One of the client's connections and its socket.
+/// How a connection's datagrams travel.
+enum Link {
+    /// Its own UDP socket.
+    Udp(UdpSocket),
+    /// ICE-TCP: a stream to the server's passive candidate (made once the server's
+    /// description names it), carrying RFC 4571 frames.
+    Tcp { stream: Option<TcpStream>, frames: TcpFrameDecoder, unsent: Vec<u8> },
+}
+
+/// Framed bytes a TCP link holds back for a full socket at most; past it, frames are
+/// dropped as a full UDP socket drops datagrams.
+const MAX_UNSENT: usize = 1 << 20;
+
+impl Link {
+    /// Sends one datagram to `to`.
+    fn send(&mut self, datagram: &[u8], to: SocketAddr) {
+        match self {
+            Self::Udp(socket) => drop(socket.try_send_to(datagram, to)),
+            Self::Tcp { stream: Some(stream), unsent, .. } => {
+                if unsent.len() + datagram.len() <= MAX_UNSENT {
+                    unsent.extend_from_slice(&frame_packet(datagram));
+                }
+                Self::write_unsent(stream, unsent);
+            }
+            Self::Tcp { stream: None, .. } => {}
+        }
+    }
+
+    /// Writes what a TCP link holds back, as far as its socket takes it.
+    fn write_unsent(stream: &TcpStream, unsent: &mut Vec<u8>) {
+        while !unsent.is_empty() {
+            match stream.try_write(unsent) {
+                Ok(n) => drop(unsent.drain(..n)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Connects a TCP link to the first passive TCP candidate of the server's `sdp`.
+    fn connect(&mut self, sdp: &str) -> Result<(), ClientError> {
+        let Self::Tcp { stream: stream @ None, .. } = self else { return Ok(()) };
+        let passive = sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:") && l.contains(" tcp ") && l.contains("tcptype passive"))
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                Some(SocketAddr::new(fields.get(4)?.parse().ok()?, fields.get(5)?.parse().ok()?))
+            });
+        let addr = passive.ok_or_else(|| ClientError::Engine("the server offers no passive TCP candidate".into()))?;
+        // Inside the namespace or on loopback, connecting takes a round trip.
+        let connected = std::net::TcpStream::connect(addr)?;
+        connected.set_nodelay(true)?;
+        connected.set_nonblocking(true)?;
+        *stream = Some(TcpStream::from_std(connected)?);
+        Ok(())
+    }
+}
+
+/// One of the client's connections and its link.
 struct Connection {
     pc: RTCPeerConnection,
-    socket: UdpSocket,
+    link: Link,
+    /// Its candidate's address (an active TCP candidate's port is the placeholder 9).
     local: SocketAddr,
     connected: bool,
 }
 
 impl Connection {
-    /// A connection on a socket of its own; `receives` gives it receiver reports, which a
+    /// A connection on a socket of its own (or, over TCP, a stream once the server's
+    /// description names its candidate); `receives` gives it receiver reports, which a
     /// browser's receiving connection sends and an SFU reads round-trip times from.
-    async fn new(ip: IpAddr, answering_role: RTCDtlsRole, receives: bool) -> Result<Self, ClientError> {
-        let socket = UdpSocket::bind((ip, 0)).await?;
-        let local = socket.local_addr()?;
+    async fn new(ip: IpAddr, transport: Transport, answering_role: RTCDtlsRole, receives: bool) -> Result<Self, ClientError> {
+        let (link, local, candidate) = match transport {
+            Transport::Udp => {
+                let socket = UdpSocket::bind((ip, 0)).await?;
+                let local = socket.local_addr()?;
+                (Link::Udp(socket), local, HostCandidate::Udp(local))
+            }
+            Transport::Tcp => {
+                let link = Link::Tcp { stream: None, frames: TcpFrameDecoder::new(), unsent: Vec::new() };
+                (link, SocketAddr::new(ip, 9), HostCandidate::ActiveTcp(ip))
+            }
+        };
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(engine)?;
         // Audio packets carry their level, as browsers' do.
@@ -109,13 +182,38 @@ impl Connection {
             .with_interceptor_registry(registry)
             .build(Instant::now())
             .map_err(engine)?;
-        sfu::peer::add_host_candidates(&mut pc, &[local]).map_err(engine)?;
-        Ok(Self { pc, socket, local, connected: false })
+        sfu::peer::add_host_candidates(&mut pc, &[candidate]).map_err(engine)?;
+        Ok(Self { pc, link, local, connected: false })
     }
 
-    fn deliver(&mut self, datagram: &[u8], from: SocketAddr) {
-        let transport = TransportContext { local_addr: self.local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
-        let _ = self.pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(datagram) });
+    /// Applies the server's description, and connects a TCP link to its candidate.
+    fn set_remote(&mut self, description: RTCSessionDescription) -> Result<(), ClientError> {
+        let sdp = description.sdp.clone();
+        self.pc.set_remote_description(Instant::now(), description).map_err(engine)?;
+        self.link.connect(&sdp)
+    }
+
+    /// Takes what the link received from `from`: a datagram, or a TCP stream's bytes (none:
+    /// the stream ended).
+    fn deliver(&mut self, received: &[u8], from: SocketAddr) {
+        let now = Instant::now();
+        let udp = TransportContext { local_addr: self.local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
+        match &mut self.link {
+            Link::Udp(_) => {
+                let _ = self.pc.handle_read(TaggedBytesMut { now, transport: udp, message: BytesMut::from(received) });
+            }
+            Link::Tcp { stream, frames, .. } => {
+                if received.is_empty() {
+                    *stream = None;
+                    return;
+                }
+                frames.extend_from_slice(received);
+                let transport = TransportContext { transport_protocol: TransportProtocol::TCP, ..udp };
+                while let Some(frame) = frames.next_packet() {
+                    let _ = self.pc.handle_read(TaggedBytesMut { now, transport, message: BytesMut::from(&frame[..]) });
+                }
+            }
+        }
     }
 
     /// Runs the engine's due timers, sends what it wrote and notes its state changes.
@@ -126,7 +224,10 @@ impl Connection {
         }
         loop {
             while let Some(out) = self.pc.poll_write() {
-                let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+                self.link.send(&out.message, out.transport.peer_addr);
+            }
+            if let Link::Tcp { stream: Some(stream), unsent, .. } = &mut self.link {
+                Link::write_unsent(stream, unsent);
             }
             let mut ice_connected = false;
             while let Some(event) = self.pc.poll_event() {
@@ -206,7 +307,7 @@ pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(signaling)?;
     let joined_at = Instant::now();
     send_all(&mut ws, dialect.opening()).await?;
-    let mut peers = Peers::new(plan.ip, dialect.answering_dtls_role(), plan.publish, plan.subscribe).await?;
+    let mut peers = Peers::new(&plan, dialect.answering_dtls_role()).await?;
     // Remote tracks seen, and their sequences in the measurement window (for loss).
     let mut tracks: HashSet<u32> = HashSet::new();
     let mut measured: HashMap<u32, Inbound> = HashMap::new();
@@ -240,12 +341,12 @@ pub async fn run(plan: ClientPlan, mut dialect: Box<dyn Dialect>, epoch: Instant
                 Some(Err(err)) => return Err(signaling(err)),
                 None => return Err(ClientError::Signaling("the server closed the connection".into())),
             },
-            received = recv(peers.publisher.as_ref().map(|c| &c.socket), pub_buffer) => {
+            received = recv(peers.publisher.as_ref().map(|c| &c.link), pub_buffer) => {
                 if let (Ok((len, from)), Some(p)) = (received, peers.publisher.as_mut()) {
                     p.deliver(&pub_buffer[..len], from);
                 }
             },
-            received = recv(peers.subscriber.as_ref().map(|c| &c.socket), sub_buffer) => {
+            received = recv(peers.subscriber.as_ref().map(|c| &c.link), sub_buffer) => {
                 if let (Ok((len, from)), Some(s)) = (received, peers.subscriber.as_mut()) {
                     s.deliver(&sub_buffer[..len], from);
                 }
@@ -309,11 +410,20 @@ async fn send_all(ws: &mut Ws, messages: Vec<Value>) -> Result<(), ClientError> 
     Ok(())
 }
 
-/// Waits for a datagram on a connection's socket (forever when there is none).
-async fn recv(socket: Option<&UdpSocket>, buffer: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    match socket {
-        Some(socket) => socket.recv_from(buffer).await,
-        None => std::future::pending().await,
+/// Waits for a datagram on a connection's socket, or for bytes on its TCP stream (none
+/// when it ended); forever when there is neither.
+async fn recv(link: Option<&Link>, buffer: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match link {
+        Some(Link::Udp(socket)) => socket.recv_from(buffer).await,
+        Some(Link::Tcp { stream: Some(stream), .. }) => loop {
+            stream.readable().await?;
+            match stream.try_read(buffer) {
+                Ok(n) => return Ok((n, stream.peer_addr()?)),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        },
+        _ => std::future::pending().await,
     }
 }
 
@@ -366,12 +476,13 @@ pub struct Peers {
 }
 
 impl Peers {
-    async fn new(ip: IpAddr, answering_role: RTCDtlsRole, publish: Option<Media>, subscribe: bool) -> Result<Self, ClientError> {
+    async fn new(plan: &ClientPlan, answering_role: RTCDtlsRole) -> Result<Self, ClientError> {
+        let (ip, transport, publish) = (plan.ip, plan.transport, plan.publish);
         let publisher = match publish {
-            Some(_) => Some(Connection::new(ip, answering_role, false).await?),
+            Some(_) => Some(Connection::new(ip, transport, answering_role, false).await?),
             None => None,
         };
-        let subscriber = if subscribe { Some(Connection::new(ip, answering_role, true).await?) } else { None };
+        let subscriber = if plan.subscribe { Some(Connection::new(ip, transport, answering_role, true).await?) } else { None };
         Ok(Self { publish, publisher, subscriber, outbound: Vec::new() })
     }
 
@@ -403,8 +514,7 @@ impl Peers {
     /// Applies the server's answer to the publisher connection and readies its streams.
     pub fn accept_publish_answer(&mut self, sdp: &str) -> Result<(), ClientError> {
         let Some(p) = self.publisher.as_mut() else { return Ok(()) };
-        let answer = RTCSessionDescription::answer(sdp.to_owned()).map_err(engine)?;
-        p.pc.set_remote_description(Instant::now(), answer).map_err(engine)?;
+        p.set_remote(RTCSessionDescription::answer(sdp.to_owned()).map_err(engine)?)?;
         let senders: Vec<RTCRtpSenderId> = p.pc.get_senders().collect();
         for id in senders {
             let Some(mut sender) = p.pc.rtp_sender(id) else { continue };
@@ -432,7 +542,7 @@ impl Peers {
     /// does not receive.
     pub fn answer_subscription(&mut self, sdp: &str) -> Result<Option<String>, ClientError> {
         let Some(s) = self.subscriber.as_mut() else { return Ok(None) };
-        s.pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp.to_owned()).map_err(engine)?).map_err(engine)?;
+        s.set_remote(RTCSessionDescription::offer(sdp.to_owned()).map_err(engine)?)?;
         let answer = s.pc.create_answer(None).map_err(engine)?;
         s.pc.set_local_description(Instant::now(), answer.clone()).map_err(engine)?;
         Ok(Some(answer.sdp))

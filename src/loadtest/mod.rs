@@ -8,7 +8,8 @@
 //! listeners, audio only), `churn` (meeting participants who leave after `lifetime` and are
 //! replaced at once: `participants / lifetime` joins and leaves per second per room).
 //! The clients speak Switchboard's signaling, or Janus VideoRoom's (`--target janus`), so the
-//! same load runs against both servers. Loopback only; it stops by itself after `seconds`.
+//! same load runs against both servers; their media goes over UDP, or over ICE-TCP only
+//! (`--transport tcp`), to compare the two paths' cost per packet. Loopback only; it stops by itself after `seconds`.
 
 mod client;
 mod janus;
@@ -52,6 +53,18 @@ pub enum Target {
     Janus,
 }
 
+/// How the clients' media reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP, as almost every client.
+    #[default]
+    Udp,
+    /// ICE-TCP only (RFC 6544): each connection is one TCP stream to the server's passive
+    /// candidate, as for a client whose network blocks UDP.
+    Tcp,
+}
+
 /// A load test as given on the command line or in a YAML file (the same names, in
 /// snake_case); what neither gives takes the defaults of [`LoadSpec::settings`].
 #[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
@@ -92,6 +105,9 @@ pub struct LoadSpec {
     /// offers no loopback candidates, so against it use the machine's own address).
     #[arg(long)]
     pub client_ip: Option<IpAddr>,
+    /// How media reaches the server: udp (default) or tcp (ICE-TCP only).
+    #[arg(long, value_enum)]
+    pub transport: Option<Transport>,
 }
 
 impl LoadSpec {
@@ -115,6 +131,7 @@ impl LoadSpec {
             video_kbps: self.video_kbps.or(other.video_kbps),
             fps: self.fps.or(other.fps),
             client_ip: self.client_ip.or(other.client_ip),
+            transport: self.transport.or(other.transport),
         }
     }
 
@@ -140,6 +157,7 @@ impl LoadSpec {
             lifetime: Duration::from_secs(self.lifetime.unwrap_or(5).max(1)),
             video: Video { kbps: self.video_kbps.unwrap_or(800), fps, keyframe_every: fps * 2 },
             client_ip: self.client_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            transport: self.transport.unwrap_or_default(),
             server_pid,
         }
     }
@@ -209,6 +227,8 @@ pub struct LoadSettings {
     pub video: Video,
     /// The address the clients' media sockets bind to.
     pub client_ip: IpAddr,
+    /// How the clients' media reaches the server.
+    pub transport: Transport,
     /// The server process, for its CPU and memory (`/proc/<pid>`).
     pub server_pid: Option<u32>,
 }
@@ -243,6 +263,7 @@ pub async fn run(settings: &LoadSettings, authority: &TokenAuthority, progress: 
         target: settings.target,
         ws_url,
         client_ip: settings.client_ip,
+        transport: settings.transport,
         room_base: rand::random::<u32>() as u64 % 1_000_000 * 1000,
         max_publishers: settings.participants,
         until,
@@ -310,6 +331,7 @@ struct SlotContext {
     target: Target,
     ws_url: String,
     client_ip: IpAddr,
+    transport: Transport,
     /// Room numbers are this plus the room's index: fresh rooms each run, on either server.
     room_base: u64,
     max_publishers: usize,
@@ -350,7 +372,14 @@ impl Slot {
                 }
             };
             let until = lifetime.map_or(context.until, |l| (Instant::now() + l).min(context.until));
-            let plan = ClientPlan { ws_url: context.ws_url.clone(), ip: context.client_ip, publish, subscribe, until };
+            let plan = ClientPlan {
+                ws_url: context.ws_url.clone(),
+                ip: context.client_ip,
+                transport: context.transport,
+                publish,
+                subscribe,
+                until,
+            };
             Counters::add(&context.counters.started, 1);
             if let Err(err) = client::run(plan, dialect, context.epoch, context.counters.clone()).await {
                 tracing::warn!(%identity, %err, "load client failed");
@@ -394,6 +423,7 @@ fn report(settings: &LoadSettings, counters: &Counters, idle: Snapshot, start: S
     Report {
         scenario: format!("{:?}", settings.scenario).to_lowercase(),
         target: format!("{:?}", settings.target).to_lowercase(),
+        transport: settings.transport,
         clients: load(&counters.started),
         connected: load(&counters.connected),
         failed: load(&counters.failed),

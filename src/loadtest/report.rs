@@ -123,6 +123,8 @@ pub struct Report {
     pub scenario: String,
     /// The server's kind (switchboard, janus).
     pub target: String,
+    /// How the clients' media reached the server.
+    pub transport: super::Transport,
     /// Clients started (joins).
     pub clients: u64,
     /// Clients whose connections came up.
@@ -172,7 +174,7 @@ impl Report {
     /// The report as a table.
     pub fn table(&self) -> String {
         let mut rows = vec![
-            ("scenario / server", format!("{} / {}", self.scenario, self.target)),
+            ("scenario / server / transport", format!("{} / {} / {:?}", self.scenario, self.target, self.transport).to_lowercase()),
             ("clients (connected / failed)", format!("{} ({} / {})", self.clients, self.connected, self.failed)),
             ("packets sent / received", format!("{} / {}", self.packets_sent, self.packets_received)),
             ("bytes sent / received", format!("{} / {}", self.bytes_sent, self.bytes_received)),

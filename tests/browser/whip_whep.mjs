@@ -3,12 +3,16 @@
 // page, lists the WHIP publisher and decodes its video; a third plays the room over WHEP
 // (draft-ietf-wish-whep) the same way, decodes the publisher's video and audio, and ends its
 // session with DELETE; the publisher's DELETE ends its session, and the tab sees it leave.
-// Usage: node whip_whep.mjs http://127.0.0.1:PORT
+// With `tcp`, the WHIP and WHEP pages act as if their network blocked UDP: they drop the
+// answer's UDP candidates, so ICE-TCP is all they have, and check that their media went
+// over TCP.
+// Usage: node whip_whep.mjs http://127.0.0.1:PORT [tcp]
 import { inbound, joinMeeting, runInBrowser, waitFor } from './chromium.mjs';
 
 const base = process.argv[2];
+const tcpOnly = process.argv[3] === 'tcp';
 if (!base) {
-  console.error('usage: node whip_whep.mjs <server url>');
+  console.error('usage: node whip_whep.mjs <server url> [tcp]');
   process.exit(2);
 }
 
@@ -26,7 +30,7 @@ async function startSession(context, room, endpoint, identity) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.error(`[${identity}] ${m.text()}`); });
   await page.goto(`${base}/healthz`); // any page of the server's origin
-  const location = await page.evaluate(async ({ room, endpoint, identity }) => {
+  const location = await page.evaluate(async ({ room, endpoint, identity, tcpOnly }) => {
     const grants = endpoint === 'whip' ? 'publish' : 'subscribe';
     const { token } = await (await fetch(`/dev/token?room=${room}&identity=${identity}&grants=${grants}`)).json();
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
@@ -53,12 +57,26 @@ async function startSession(context, room, endpoint, identity) {
       body: pc.localDescription.sdp,
     });
     if (response.status !== 201) throw new Error(`${endpoint} POST answered ${response.status}: ${await response.text()}`);
-    await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+    let answer = await response.text();
+    if (tcpOnly) answer = answer.split('\r\n').filter((line) => !(line.startsWith('a=candidate:') && / udp /i.test(line))).join('\r\n');
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer });
     window.session = { pc, token, location: response.headers.get('Location') };
     return window.session.location;
-  }, { room, endpoint, identity });
+  }, { room, endpoint, identity, tcpOnly });
   console.log(`${endpoint} session at ${location}`);
   return page;
+}
+
+/** The protocol of the candidate pair the page's session sends and receives on. */
+function sessionTransport(page) {
+  return page.evaluate(async () => {
+    const stats = await window.session.pc.getStats();
+    let protocol = 'none';
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') protocol = stats.get(s.localCandidateId)?.protocol ?? 'unknown';
+    });
+    return protocol;
+  });
 }
 
 /** Ends the page's session with DELETE; throws unless it answered 200. */
@@ -83,6 +101,7 @@ await runInBrowser({}, async (browser) => {
   }, 30000);
   console.log(`viewer: ${JSON.stringify(got.s)}`);
   console.log('whip publisher seen');
+  console.log(`whip transport: ${await sessionTransport(publisher)}`);
 
   const player = await startSession(context, room, 'whep', 'whep-player');
   const played = await waitFor('the WHEP player to decode the publisher', async () => {
@@ -99,6 +118,7 @@ await runInBrowser({}, async (browser) => {
   }, 30000);
   console.log(`player: ${JSON.stringify(played.s)}`);
   console.log('whep player decodes');
+  console.log(`whep transport: ${await sessionTransport(player)}`);
   await endSession(player);
   await waitFor('the WHEP player to leave', async () => ({ ok: !(await lists(viewer, 'whep-player')) }), 10000);
   console.log('whep session ended');

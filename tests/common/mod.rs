@@ -24,6 +24,7 @@ pub fn test_config(overrides: &[(&str, &str)]) -> sb_config::Config {
     let mut env: Vec<(String, String)> = vec![
         ("SWITCHBOARD__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
         ("SWITCHBOARD__MEDIA__PORT_BASE".into(), "0".into()),
+        ("SWITCHBOARD__MEDIA__TCP_PORT".into(), "0".into()),
         ("SWITCHBOARD__MEDIA__WORKERS".into(), "2".into()),
         ("SWITCHBOARD__MEDIA__ANNOUNCED_IPS".into(), "[127.0.0.1]".into()),
         // Dropped connections leave the room quickly unless a test resumes them.
@@ -565,6 +566,10 @@ pub mod rtc_client {
     /// One client-side peer connection with the channels its handler feeds.
     pub struct Client {
         pub pc: Box<dyn PeerConnection>,
+        /// It has no UDP: it gathers only a TCP candidate and connects to the server's passive
+        /// TCP candidates, which the `webrtc` crate connects to only when they are added as
+        /// trickled candidates (see [`Client::set_remote`]).
+        pub tcp_only: bool,
         pub received: mpsc::UnboundedReceiver<Received>,
         /// Remote tracks as they open, to send RTCP feedback on.
         pub remote_tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
@@ -573,6 +578,11 @@ pub mod rtc_client {
 
     pub async fn new_client() -> Client {
         client_with(SettingEngine::default(), false).await.0
+    }
+
+    /// A client whose network blocks UDP: it reaches the server over ICE-TCP or not at all.
+    pub async fn new_tcp_only_client() -> Client {
+        client_on(SettingEngine::default(), false, true).await.0
     }
 
     /// The RTCP a client connection received, every packet as its interceptors saw it.
@@ -636,6 +646,10 @@ pub mod rtc_client {
     }
 
     async fn client_with(settings: SettingEngine, seeing_feedback: bool) -> (Client, Option<SeenRtcp>) {
+        client_on(settings, seeing_feedback, false).await
+    }
+
+    async fn client_on(settings: SettingEngine, seeing_feedback: bool, tcp_only: bool) -> (Client, Option<SeenRtcp>) {
         let (received_tx, received) = mpsc::unbounded_channel();
         let (state_tx, states) = mpsc::unbounded_channel();
         let (tracks_tx, remote_tracks) = mpsc::unbounded_channel();
@@ -651,16 +665,18 @@ pub mod rtc_client {
             let recorder = RtcpRecorder { seen: seen.clone(), reads: VecDeque::new(), writes: VecDeque::new() };
             registry = registry.with(Slot::Custom(1), recorder);
         }
-        let pc = PeerConnectionBuilder::new()
+        let builder = PeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler { received: received_tx, remote_tracks: tracks_tx, connected: state_tx }))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-            .build()
-            .await
-            .expect("client peer connection");
-        (Client { pc: Box::new(pc), received, remote_tracks, states }, seen)
+            .with_handler(Arc::new(Handler { received: received_tx, remote_tracks: tracks_tx, connected: state_tx }));
+        let builder = if tcp_only {
+            builder.with_tcp_addrs(vec!["127.0.0.1:0"]).with_udp_addrs(Vec::<&str>::new())
+        } else {
+            builder.with_udp_addrs(vec!["127.0.0.1:0"])
+        };
+        let pc = builder.build().await.expect("client peer connection");
+        (Client { pc: Box::new(pc), tcp_only, received, remote_tracks, states }, seen)
     }
 
     impl Client {
@@ -674,9 +690,28 @@ pub mod rtc_client {
             }
         }
 
+        /// Applies the server's description; a TCP-only client then adds the server's passive
+        /// TCP candidates as trickled ones, which makes it connect to them.
+        pub async fn set_remote(&self, description: RTCSessionDescription) {
+            let sdp = description.sdp.clone();
+            self.pc.set_remote_description(description).await.expect("apply the server's description");
+            if !self.tcp_only {
+                return;
+            }
+            for line in sdp.lines().filter(|l| l.starts_with("a=candidate:") && l.contains(" tcp ") && l.contains("tcptype passive")) {
+                let candidate = webrtc::peer_connection::RTCIceCandidateInit {
+                    candidate: line.trim_start_matches("a=").to_owned(),
+                    sdp_mid: Some("0".to_owned()),
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                };
+                self.pc.add_ice_candidate(candidate).await.expect("the server's TCP candidate");
+            }
+        }
+
         /// Answers a server offer on this (subscriber) connection.
         pub async fn answer(&self, offer_sdp: &str) -> String {
-            self.pc.set_remote_description(RTCSessionDescription::offer(offer_sdp.to_owned()).expect("offer")).await.expect("apply offer");
+            self.set_remote(RTCSessionDescription::offer(offer_sdp.to_owned()).expect("offer")).await;
             let answer = self.pc.create_answer(None).await.expect("answer");
             self.pc.set_local_description(answer.clone()).await.expect("apply answer");
             answer.sdp
@@ -768,7 +803,7 @@ pub mod rtc_client {
         let offer = client.pc.create_offer(None).await.expect("offer");
         client.pc.set_local_description(offer.clone()).await.expect("apply offer");
         let answer = RTCSessionDescription::answer(exchange(offer.sdp).await).expect("answer");
-        client.pc.set_remote_description(answer).await.expect("apply answer");
+        client.set_remote(answer).await;
     }
 
     /// Publishes tracks over signaling and waits until the publisher connection is up.
@@ -800,7 +835,7 @@ pub mod rtc_client {
         let offer = client.pc.create_offer(None).await.expect("offer");
         client.pc.set_local_description(offer.clone()).await.expect("apply offer");
         let answer = RTCSessionDescription::answer(exchange(offer.sdp).await).expect("answer");
-        client.pc.set_remote_description(answer).await.expect("apply answer");
+        client.set_remote(answer).await;
         client.wait_connected().await;
         let mut outbound = Vec::new();
         for (track, sender) in tracks.iter().zip(senders) {

@@ -12,7 +12,6 @@
 
 mod reports;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -23,6 +22,7 @@ use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
+use crate::remote::Remote;
 use crate::schedule::REPORT_INTERVAL;
 use crate::srtp::gcm::GcmSender;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
@@ -32,7 +32,7 @@ use reports::SentStream;
 pub struct Egress {
     keys: Arc<KeyCapture>,
     protection: Option<Protection>,
-    remote: Option<SocketAddr>,
+    remote: Option<Remote>,
     /// The datagram being sent: kept to save an allocation per packet.
     datagram: Vec<u8>,
     streams: Vec<SentStream>,
@@ -69,8 +69,8 @@ impl Egress {
 
     /// Where the client receives: the address of its last authenticated connectivity check
     /// that nominated the pair (see `engine/ice.rs`).
-    pub fn set_remote(&mut self, addr: SocketAddr) {
-        self.remote = Some(addr);
+    pub fn set_remote(&mut self, remote: Remote) {
+        self.remote = Some(remote);
     }
 
     /// Reports on the stream of `ssrc` from now on, at `clock_rate` (a stream reported on
@@ -91,7 +91,7 @@ impl Egress {
     }
 
     /// Encrypts `packet` for the client and counts it; returns the datagram and where it goes.
-    pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], SocketAddr), SrtpError> {
+    pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], Remote), SrtpError> {
         let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(SrtpError::NotConnected) };
         match protection {
             Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram)?,

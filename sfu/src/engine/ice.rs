@@ -1,19 +1,18 @@
 //! Which connection a datagram belongs to, and which sources may speak for one.
 //!
-//! Every connection on a worker shares its UDP port. A STUN binding request names its
-//! connection by the local ICE ufrag in its USERNAME; anything else is known only by its
-//! source address. An address is bound to a connection only once a binding request from it
+//! Every connection on a worker shares its UDP port (and the node's ICE-TCP port). A STUN
+//! binding request names its connection by the local ICE ufrag in its USERNAME; anything
+//! else is known only by its source ([`Remote`]: a UDP address or a TCP stream). An address is bound to a connection only once a binding request from it
 //! passes MESSAGE-INTEGRITY under the connection's password (which never leaves signaling's
 //! TLS or the answer), so whoever merely sniffed the ufrag can neither attach a source of
 //! theirs nor make the server answer one. Non-STUN datagrams are taken only from bound
 //! addresses; a connection keeps at most [`MAX_ADDRESSES`] of them (the latest win).
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-
 use ring::hmac;
+use std::collections::{HashMap, VecDeque};
 
 use super::participant::PeerKey;
+use crate::remote::Remote;
 use crate::stun;
 
 /// Source addresses one connection keeps bound: a client checks from each of its
@@ -40,7 +39,7 @@ struct Connection {
     key: PeerKey,
     integrity: hmac::Key,
     /// Oldest first.
-    addresses: VecDeque<SocketAddr>,
+    addresses: VecDeque<Remote>,
 }
 
 /// A bound address: the connection it speaks for, found with one lookup on the packet path,
@@ -54,7 +53,7 @@ struct Bound {
 #[derive(Default)]
 pub(crate) struct IceRoutes {
     by_ufrag: HashMap<String, Connection>,
-    by_addr: HashMap<SocketAddr, Bound>,
+    by_addr: HashMap<Remote, Bound>,
 }
 
 impl IceRoutes {
@@ -76,7 +75,7 @@ impl IceRoutes {
 
     /// Routes a datagram from `from`, binding `from` to its connection when it is an
     /// authenticated check.
-    pub fn route(&mut self, datagram: &[u8], from: SocketAddr) -> Route {
+    pub fn route(&mut self, datagram: &[u8], from: Remote) -> Route {
         if let Some(ufrag) = stun::local_ufrag(datagram) {
             let Some(connection) = self.by_ufrag.get_mut(ufrag) else { return Route::Unknown };
             if !stun::integrity_holds(datagram, &connection.integrity) {
@@ -95,7 +94,7 @@ impl IceRoutes {
 
     /// Binds `from` to the connection of `ufrag` (moving it from another connection),
     /// unbinding the connection's oldest address past [`MAX_ADDRESSES`].
-    fn bind(&mut self, ufrag: &str, from: SocketAddr) {
+    fn bind(&mut self, ufrag: &str, from: Remote) {
         if let Some(previous) = self.by_addr.get(&from) {
             if previous.ufrag == ufrag {
                 return;
@@ -140,8 +139,8 @@ mod tests {
         (*ALICE.get_or_init(ParticipantKey::next), PeerRole::Subscriber)
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 1], port))
+    fn addr(port: u16) -> Remote {
+        Remote::Udp(std::net::SocketAddr::from(([192, 0, 2, 1], port)))
     }
 
     #[test]
@@ -158,6 +157,16 @@ mod tests {
         routes.remove("srv");
         assert_eq!(routes.route(b"\x80\x60media", addr(2)), Route::Unknown);
         assert_eq!(routes.bound_addresses(), 0);
+    }
+
+    #[test]
+    fn a_udp_address_and_a_tcp_stream_from_the_same_address_are_bound_apart() {
+        let mut routes = IceRoutes::default();
+        routes.add("srv".into(), "pw", key());
+        let tcp = Remote::Tcp(addr(7).addr());
+        assert_eq!(routes.route(&binding_request(b"srv:cli", "pw", true), tcp), Route::Check { key: key(), nominated: true });
+        assert_eq!(routes.route(b"\x80\x60media", tcp), Route::Bound(key()));
+        assert_eq!(routes.route(b"\x80\x60media", addr(7)), Route::Unknown, "the UDP address was never checked");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::egress::Egress;
 use crate::forwarder::{MediaKind, Removed};
 use crate::ingress::Ingress;
 use crate::peer::{build_peer, PeerRole};
+use crate::remote::Remote;
 use crate::tap::TapEvent;
 use crate::{ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 
@@ -227,7 +228,7 @@ impl Engine {
         self.ice.remove(&peer.ufrag);
         if peer.pc.close().is_ok() {
             while let Some(written) = peer.pc.poll_write() {
-                out.transmit(&written.message, written.transport.peer_addr);
+                out.transmit(&written.message, Remote::peer_of(&written.transport));
             }
         }
     }

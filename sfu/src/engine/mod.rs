@@ -41,7 +41,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -50,6 +50,7 @@ use crate::forwarder::{Forwarder, ForwarderSettings, Outgoing};
 use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{PeerRole, PeerSettings};
+use crate::remote::Remote;
 use crate::schedule::first_report;
 use crate::speakers;
 use crate::tap::{TapEvent, Taps};
@@ -127,10 +128,11 @@ pub(crate) enum Command {
     },
 }
 
-/// Where the engine's datagrams go: the worker's outbox and socket, or a test's list.
+/// Where the engine's datagrams go: the worker's outbox and socket (or TCP streams), or a
+/// test's list.
 pub(crate) trait Transmit {
     /// Sends (or queues) one datagram to `to`.
-    fn transmit(&mut self, datagram: &[u8], to: SocketAddr);
+    fn transmit(&mut self, datagram: &[u8], to: Remote);
 }
 
 /// What an engine needs to run.
@@ -288,10 +290,19 @@ impl Engine {
         }
     }
 
-    /// Takes one datagram received from `source` on the local address `local`. A
-    /// publisher's media of a known stream is forwarded at once; anything else goes to its
-    /// connection, drained by the next [`Engine::flush`].
-    pub(crate) fn handle_datagram(&mut self, now: Instant, payload: &[u8], source: SocketAddr, local: SocketAddr, out: &mut dyn Transmit) {
+    /// Takes one datagram received from `source` on the local address `local` (the
+    /// candidate it was sent to). A publisher's media of a known stream is forwarded at
+    /// once; anything else goes to its connection, drained by the next [`Engine::flush`].
+    /// Returns whether it came from a connection: an authenticated check, or a source one
+    /// bound.
+    pub(crate) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        source: Remote,
+        local: SocketAddr,
+        out: &mut dyn Transmit,
+    ) -> bool {
         let key = match self.ice.route(payload, source) {
             Route::Check { key, nominated } => {
                 if nominated {
@@ -303,11 +314,17 @@ impl Engine {
                 key
             }
             Route::Bound(key) => key,
-            Route::Forged => return self.counters.add(Counter::ForgedChecks, 1),
-            Route::Unknown => return self.counters.add(Counter::Unroutable, 1),
+            Route::Forged => {
+                self.counters.add(Counter::ForgedChecks, 1);
+                return false;
+            }
+            Route::Unknown => {
+                self.counters.add(Counter::Unroutable, 1);
+                return false;
+            }
         };
-        let Some(participant) = self.participants.get_mut(&key.0) else { return };
-        let Some(peer) = participant.peer_mut(key.1) else { return };
+        let Some(participant) = self.participants.get_mut(&key.0) else { return true };
+        let Some(peer) = participant.peer_mut(key.1) else { return true };
         let message = BytesMut::from(payload);
         let taken = match peer.ingress.as_mut() {
             Some(ingress) => ingress.take(now, message),
@@ -319,20 +336,22 @@ impl Engine {
                 let feedback_due = peer.ingress.as_ref().and_then(Ingress::deadline);
                 let room = (!self.taps.is_empty()).then(|| participant.room.clone());
                 self.sooner(feedback_due);
-                return self.forward_published(now, room.as_ref(), &track, packet, out);
+                self.forward_published(now, room.as_ref(), &track, packet, out);
+                return true;
             }
             Taken::Refused(err) => {
                 self.counters.add(Counter::SrtpRefused, 1);
-                return debug!(participant = %key.0, %err, "media refused");
+                debug!(participant = %key.0, %err, "media refused");
+                return true;
             }
         };
-        let transport = TransportContext { local_addr: local, peer_addr: source, ecn: None, transport_protocol: TransportProtocol::UDP };
+        let transport = TransportContext { local_addr: local, peer_addr: source.addr(), ecn: None, transport_protocol: source.protocol() };
         let input = TaggedBytesMut { now, transport, message };
         if peer.pc.remote_description().is_none() {
             if crate::stun::is_stun(&input.message) && peer.early_checks.len() < MAX_EARLY_CHECKS {
                 peer.early_checks.push(input);
             }
-            return;
+            return true;
         }
         match isolate(|| peer.pc.handle_read(input)) {
             Some(Ok(())) => {}
@@ -340,6 +359,7 @@ impl Engine {
             None => self.poisoned.push(key.0),
         }
         self.dirty.insert(key);
+        true
     }
 
     /// Drains every connection with pending work until none has any, then takes out of
@@ -379,7 +399,7 @@ impl Engine {
         let Some(peer) = peer_of(&mut self.participants, key) else { return };
         let flushed = isolate(|| {
             while let Some(written) = peer.pc.poll_write() {
-                out.transmit(&written.message, written.transport.peer_addr);
+                out.transmit(&written.message, Remote::peer_of(&written.transport));
             }
             peer.pc.poll_timeout()
         });

@@ -27,20 +27,34 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Engine, EngineSettings, Joining, Transmit};
 use crate::feedback_tap::FeedbackTap;
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::{Counter, Counters};
-use crate::peer::{add_host_candidates, PeerRole, PeerSettings, SrtpProfile, FEEDBACK_TAP_SLOT};
+use crate::peer::{add_host_candidates, HostCandidate, PeerRole, PeerSettings, SrtpProfile, FEEDBACK_TAP_SLOT};
+use crate::remote::Remote;
 use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackSource};
 
 const STEP: Duration = Duration::from_millis(2);
 
 fn server_addr() -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 50_000))
+}
+
+/// The server's passive ICE-TCP candidate.
+fn server_tcp_addr() -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 7881))
+}
+
+/// The server's candidate a client's datagrams of `remote`'s transport go to.
+fn server_candidate(remote: Remote) -> SocketAddr {
+    match remote {
+        Remote::Udp(_) => server_addr(),
+        Remote::Tcp(_) => server_tcp_addr(),
+    }
 }
 
 fn vp8() -> RTCRtpCodec {
@@ -61,11 +75,11 @@ fn vp8_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
 /// The datagrams the engine sent, in order.
 #[derive(Default)]
 struct Wire {
-    sent: Vec<(Vec<u8>, SocketAddr)>,
+    sent: Vec<(Vec<u8>, Remote)>,
 }
 
 impl Transmit for Wire {
-    fn transmit(&mut self, datagram: &[u8], to: SocketAddr) {
+    fn transmit(&mut self, datagram: &[u8], to: Remote) {
         self.sent.push((datagram.to_vec(), to));
     }
 }
@@ -73,7 +87,8 @@ impl Transmit for Wire {
 /// A client connection: an `rtc` peer connection at an address of its own.
 struct Client {
     pc: RTCPeerConnection,
-    addr: SocketAddr,
+    /// Its UDP address, or the address its TCP stream to the server comes from.
+    addr: Remote,
     /// RTP the client decrypted, with the track id it came on.
     received: Vec<(String, rtp::Packet)>,
     /// RTCP the client received.
@@ -81,7 +96,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(addr: SocketAddr, now: Instant) -> Self {
+    fn new(addr: Remote, now: Instant) -> Self {
         // VP8 and Opus, without RTX: the `rtc` client does not hand RTX packets to the
         // application, so retransmissions come on the media stream.
         let mut media = MediaEngine::default();
@@ -102,7 +117,11 @@ impl Client {
         let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::delivering(|_| true));
         let mut pc =
             RTCPeerConnectionBuilder::new().with_media_engine(media).with_interceptor_registry(registry).build(now).expect("client");
-        add_host_candidates(&mut pc, &[addr]).expect("host candidate");
+        let candidate = match addr {
+            Remote::Udp(addr) => HostCandidate::Udp(addr),
+            Remote::Tcp(addr) => HostCandidate::ActiveTcp(addr.ip()),
+        };
+        add_host_candidates(&mut pc, &[candidate]).expect("host candidate");
         Self { pc, addr, received: Vec::new(), rtcp: Vec::new() }
     }
 
@@ -130,17 +149,24 @@ struct World {
     clients: Vec<Client>,
     members: HashMap<&'static str, Member>,
     /// Datagrams the engine sent to addresses no client has.
-    strays: Vec<(Vec<u8>, SocketAddr)>,
+    strays: Vec<(Vec<u8>, Remote)>,
     next_port: u16,
     /// RTP from the server to this address is lost with this probability, reproducibly.
-    lossy: Option<(SocketAddr, StdRng, f64)>,
+    lossy: Option<(Remote, StdRng, f64)>,
+    /// New clients reach the server over TCP only (ICE-TCP, an active candidate).
+    over_tcp: bool,
 }
 
 impl World {
     fn new() -> Self {
         let now = Instant::now();
         let settings = EngineSettings {
-            peers: PeerSettings { candidates: vec![server_addr()], srtp_profiles: vec![SrtpProfile::AeadAes128Gcm] },
+            peers: PeerSettings {
+                worker: 0,
+                candidates: vec![server_addr()],
+                tcp_candidates: vec![server_tcp_addr()],
+                srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
+            },
             forwarder: ForwarderSettings::default(),
             max_tracks: 16,
         };
@@ -155,12 +181,15 @@ impl World {
             strays: Vec::new(),
             next_port: 40_000,
             lossy: None,
+            over_tcp: false,
         }
     }
 
     fn new_client(&mut self) -> usize {
         self.next_port += 1;
-        self.clients.push(Client::new(SocketAddr::from(([10, 0, 0, 2], self.next_port)), self.now));
+        let addr = SocketAddr::from(([10, 0, 0, 2], self.next_port));
+        let addr = if self.over_tcp { Remote::Tcp(addr) } else { Remote::Udp(addr) };
+        self.clients.push(Client::new(addr, self.now));
         self.clients.len() - 1
     }
 
@@ -335,7 +364,8 @@ impl World {
                 let _ = client.pc.handle_timeout(now);
             }
             while let Some(out) = client.pc.poll_write() {
-                self.engine.handle_datagram(now, &out.message, client.addr, server_addr(), &mut self.wire);
+                assert_eq!(out.transport.transport_protocol, client.addr.protocol(), "the client uses its own transport");
+                self.engine.handle_datagram(now, &out.message, client.addr, server_candidate(client.addr), &mut self.wire);
             }
         }
         // The deadline the engine keeps between turns is never later than a fresh walk of
@@ -358,7 +388,7 @@ impl World {
                 }
             }
             let transport =
-                TransportContext { local_addr: to, peer_addr: server_addr(), ecn: None, transport_protocol: TransportProtocol::UDP };
+                TransportContext { local_addr: to.addr(), peer_addr: server_candidate(to), ecn: None, transport_protocol: to.protocol() };
             let _ = client.pc.handle_read(TaggedBytesMut { now, transport, message: BytesMut::from(&datagram[..]) });
         }
         for client in &mut self.clients {
@@ -468,6 +498,29 @@ fn meeting(count: u16) -> (World, RTCRtpSenderId) {
 }
 
 #[test]
+fn clients_that_reach_the_server_over_tcp_only_publish_and_subscribe_like_the_rest() {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.over_tcp = true;
+    world.join("carol", false);
+    world.join("alice", true);
+    let sender = world.announce_vp8("alice", 0xA1);
+    assert!(matches!(world.clients[world.members["alice"].publisher.expect("publishing")].addr, Remote::Tcp(_)));
+    world.run(Duration::from_millis(300));
+    for sequence in 2..52 {
+        world.send_rtp("alice", sender, 0xA1, sequence);
+        world.run(STEP * 5);
+    }
+    world.run(Duration::from_millis(50));
+    // Bob over UDP, Carol over TCP, from Alice over TCP.
+    for name in ["bob", "carol"] {
+        let payloads: Vec<Bytes> = world.received(name).iter().map(|(_, p)| p.payload.clone()).collect();
+        assert_eq!(payloads, (2..52).map(payload).collect::<Vec<_>>(), "{name} got every packet, byte-identical");
+    }
+    assert!(world.strays.is_empty(), "every datagram went to a client on the transport it used");
+}
+
+#[test]
 fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes() {
     let (mut world, _) = meeting(50);
     for name in ["bob", "carol"] {
@@ -507,7 +560,7 @@ fn an_attacker_who_knows_a_ufrag_but_not_the_password_gets_nothing() {
     let (mut world, sender) = meeting(5);
     let ufrag = world.subscriber_ufrag("bob");
     let before = world.received("bob").len();
-    let attacker = SocketAddr::from(([203, 0, 113, 9], 6666));
+    let attacker = Remote::Udp(SocketAddr::from(([203, 0, 113, 9], 6666)));
     let forged = crate::stun::tests::binding_request(format!("{ufrag}:evil").as_bytes(), "not-the-password", true);
     for round in 0..20u16 {
         world.engine.handle_datagram(world.now, &forged, attacker, server_addr(), &mut world.wire);
@@ -528,7 +581,7 @@ fn spoofed_checks_from_many_sources_leave_no_state_behind() {
     let bound = world.engine.ice.bound_addresses();
     let forged = crate::stun::tests::binding_request(format!("{ufrag}:evil").as_bytes(), "guess", false);
     for i in 0..20_000u32 {
-        let source = SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 1000 + (i % 50_000) as u16));
+        let source = Remote::Udp(SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 1000 + (i % 50_000) as u16)));
         world.engine.handle_datagram(world.now, &forged, source, server_addr(), &mut world.wire);
     }
     world.engine.flush(world.now, &mut world.wire);
