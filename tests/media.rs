@@ -674,4 +674,12 @@ async fn clients_whose_network_blocks_udp_publish_and_subscribe_over_ice_tcp() {
     assert_identical_run(&received, "alice-cam", SENT, "video/VP8");
     assert_eq!(server.metric("switchboard_ice_tcp_streams").await, 2.0, "both connections run on TCP streams");
     assert_eq!(server.metric("switchboard_ice_tcp_frames_dropped_total").await, 0.0);
+
+    // Alice leaves: the server closes her stream, whatever her client does with it.
+    assert_eq!(alice.request(json!({"type": "leave"})).await["type"], "ack");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.metric("switchboard_ice_tcp_streams").await != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "Alice's stream is still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

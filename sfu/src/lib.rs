@@ -111,9 +111,9 @@ pub enum SfuError {
         /// Why.
         source: std::io::Error,
     },
-    /// The ICE-TCP port could not be bound.
-    #[error("cannot bind ICE-TCP port {port}: {source}")]
-    TcpBind {
+    /// The ICE-TCP port could not be bound, or its listener started.
+    #[error("cannot start ICE-TCP port {port}: {source}")]
+    TcpStart {
         /// The port.
         port: u16,
         /// Why.
@@ -259,7 +259,7 @@ fn bind_tcp(ip: Ipv4Addr, port: u16) -> Result<(std::net::TcpListener, SocketAdd
         let addr = listener.local_addr()?;
         Ok((listener, addr))
     });
-    bound.map_err(|source| SfuError::TcpBind { port, source })
+    bound.map_err(|source| SfuError::TcpStart { port, source })
 }
 
 /// Starts the thread that accepts ICE-TCP streams and hands them to `workers`.
@@ -270,7 +270,7 @@ fn start_tcp_listener(
     workers: &[Mailbox],
 ) -> Result<TcpPort, SfuError> {
     use nix::sys::eventfd::{EfdFlags, EventFd};
-    let started = |source| SfuError::WorkerStart { index: workers.len(), source };
+    let started = |source| SfuError::TcpStart { port: addr.port(), source };
     let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(|e| started(e.into()))?);
     let setup = tcp::listener::ListenerSetup { listener, candidates: announced.to_vec(), workers: workers.to_vec(), stop: stop.clone() };
     std::thread::Builder::new().name("media-tcp".into()).spawn(move || tcp::listener::run(setup)).map_err(started)?;

@@ -4,7 +4,8 @@
 //! The worker thread owns it without a runtime: [`MediaSocket::wait`] blocks in one `ppoll`
 //! on the socket, the worker's mailbox bell (an eventfd) and its ICE-TCP streams' epoll until
 //! one is ready or the deadline passes, and [`MediaSocket::recv_batch`] takes every queued datagram (up to [`RECV_BATCH`]) with
-//! one `recvmmsg`. A wake-up thus costs two system calls however many datagrams it brings.
+//! one `recvmmsg`. A wake-up thus costs two system calls however many datagrams it brings
+//! (a third, `epoll_wait`, when TCP streams are ready).
 //! [`MediaSocket::send_trains`] sends an [`Outbox`]'s trains, each with one UDP GSO
 //! `sendmsg`; a kernel or route that refuses GSO gets its datagrams one by one from then on.
 

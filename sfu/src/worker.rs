@@ -149,11 +149,9 @@ const BATCHES_PER_TURN: usize = 4;
 /// until `command_budget` is spent; `commands_waiting` says that a turn left some in the
 /// inbox, and the next one then does not wait.
 fn turn(engine: &mut Engine, io: &mut WorkerIo, inbox: &Inbox, command_budget: Duration, commands_waiting: &mut bool) -> bool {
-    let mut deadline = engine.next_deadline(Instant::now());
-    if io.streams.len() > 0 {
-        deadline = deadline.min(io.next_sweep);
-    }
-    let timeout = if *commands_waiting { Duration::ZERO } else { deadline.saturating_duration_since(Instant::now()) };
+    let deadline = engine.next_deadline(Instant::now());
+    let wake = if io.streams.len() > 0 { deadline.min(io.next_sweep) } else { deadline };
+    let timeout = if *commands_waiting { Duration::ZERO } else { wake.saturating_duration_since(Instant::now()) };
     let ready = match io.socket.wait(inbox, &io.streams, timeout) {
         Ok(ready) => ready,
         Err(err) => {
@@ -221,6 +219,9 @@ fn turn(engine: &mut Engine, io: &mut WorkerIo, inbox: &Inbox, command_budget: D
     let mut sending = io.sending();
     engine.flush(Instant::now(), &mut sending);
     sending.send();
+    for peer in engine.take_unbound_streams() {
+        io.streams.close(peer);
+    }
     io.streams.write_queued();
     true
 }
@@ -294,7 +295,8 @@ mod tests {
         let check = crate::stun::tests::binding_request(b"000abcdefghijklm:client", "guessed", true);
         let received = crate::tcp::listener::tests::framed(&check);
         let local = listener.local_addr().expect("addr");
-        mailbox.hand_over(crate::tcp::TcpArrival { stream, peer, local, received }).expect("handed over");
+        let place = crate::tcp::HandOver::take(&Arc::default()).expect("a free place");
+        mailbox.hand_over(crate::tcp::TcpArrival { stream, peer, local, received, place }).expect("handed over");
         let mut waiting = false;
         assert!(turn(&mut engine, &mut io, &inbox, COMMAND_BUDGET, &mut waiting));
         assert_eq!(engine.counters().get(Counter::Unroutable), 1, "the check named no connection");

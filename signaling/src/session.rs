@@ -361,7 +361,7 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
         | SfuError::WorkerGone
         | SfuError::Engine(_)
         | SfuError::Bind { .. }
-        | SfuError::TcpBind { .. }
+        | SfuError::TcpStart { .. }
         | SfuError::WorkerStart { .. } => ErrorCode::Internal,
     }
 }

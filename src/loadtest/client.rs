@@ -101,29 +101,40 @@ impl Link {
     fn send(&mut self, datagram: &[u8], to: SocketAddr) {
         match self {
             Self::Udp(socket) => drop(socket.try_send_to(datagram, to)),
-            Self::Tcp { stream: Some(stream), unsent, .. } => {
-                if unsent.len() + datagram.len() <= MAX_UNSENT {
-                    unsent.extend_from_slice(&frame_packet(datagram));
+            Self::Tcp { stream: Some(_), unsent, .. } => {
+                let framed = frame_packet(datagram);
+                if unsent.len() + framed.len() <= MAX_UNSENT {
+                    unsent.extend_from_slice(&framed);
                 }
-                Self::write_unsent(stream, unsent);
+                self.write_unsent();
             }
             Self::Tcp { stream: None, .. } => {}
         }
     }
 
-    /// Writes what a TCP link holds back, as far as its socket takes it.
-    fn write_unsent(stream: &TcpStream, unsent: &mut Vec<u8>) {
+    /// Writes what a TCP link holds back, as far as its socket takes it; a stream that
+    /// failed is dropped with it.
+    fn write_unsent(&mut self) {
+        let Self::Tcp { stream: stream @ Some(_), unsent, .. } = self else { return };
         while !unsent.is_empty() {
-            match stream.try_write(unsent) {
-                Ok(n) => drop(unsent.drain(..n)),
-                Err(_) => break,
+            match stream.as_ref().map(|s| s.try_write(unsent)) {
+                Some(Ok(n)) if n > 0 => drop(unsent.drain(..n)),
+                Some(Err(err)) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                _ => {
+                    *stream = None;
+                    unsent.clear();
+                    break;
+                }
             }
         }
     }
 
-    /// Connects a TCP link to the first passive TCP candidate of the server's `sdp`.
+    /// Connects a TCP link to the first passive TCP candidate of the server's `sdp`, afresh
+    /// when its stream ended.
     fn connect(&mut self, sdp: &str) -> Result<(), ClientError> {
-        let Self::Tcp { stream: stream @ None, .. } = self else { return Ok(()) };
+        let Self::Tcp { stream: stream @ None, frames, unsent } = self else { return Ok(()) };
+        frames.clear();
+        unsent.clear();
         let passive = sdp
             .lines()
             .filter(|l| l.starts_with("a=candidate:") && l.contains(" tcp ") && l.contains("tcptype passive"))
@@ -133,7 +144,7 @@ impl Link {
             });
         let addr = passive.ok_or_else(|| ClientError::Engine("the server offers no passive TCP candidate".into()))?;
         // Inside the namespace or on loopback, connecting takes a round trip.
-        let connected = std::net::TcpStream::connect(addr)?;
+        let connected = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         connected.set_nodelay(true)?;
         connected.set_nonblocking(true)?;
         *stream = Some(TcpStream::from_std(connected)?);
@@ -226,9 +237,7 @@ impl Connection {
             while let Some(out) = self.pc.poll_write() {
                 self.link.send(&out.message, out.transport.peer_addr);
             }
-            if let Link::Tcp { stream: Some(stream), unsent, .. } = &mut self.link {
-                Link::write_unsent(stream, unsent);
-            }
+            self.link.write_unsent();
             let mut ice_connected = false;
             while let Some(event) = self.pc.poll_event() {
                 match event {

@@ -54,6 +54,9 @@ struct Bound {
 pub(crate) struct IceRoutes {
     by_ufrag: HashMap<String, Connection>,
     by_addr: HashMap<Remote, Bound>,
+    /// TCP streams no longer bound to any connection (it closed, or their address was pushed
+    /// out), for the worker to close: see [`IceRoutes::take_unbound_streams`].
+    unbound_streams: Vec<std::net::SocketAddr>,
 }
 
 impl IceRoutes {
@@ -68,8 +71,21 @@ impl IceRoutes {
     pub fn remove(&mut self, ufrag: &str) {
         if let Some(connection) = self.by_ufrag.remove(ufrag) {
             for addr in connection.addresses {
-                self.by_addr.remove(&addr);
+                self.unbind(addr);
             }
+        }
+    }
+
+    /// The TCP streams (by client address) unbound since the last call, which nothing
+    /// routes to any more.
+    pub fn take_unbound_streams(&mut self) -> std::vec::Drain<'_, std::net::SocketAddr> {
+        self.unbound_streams.drain(..)
+    }
+
+    fn unbind(&mut self, addr: Remote) {
+        self.by_addr.remove(&addr);
+        if let Remote::Tcp(peer) = addr {
+            self.unbound_streams.push(peer);
         }
     }
 
@@ -105,12 +121,11 @@ impl IceRoutes {
         }
         let Some(connection) = self.by_ufrag.get_mut(ufrag) else { return };
         connection.addresses.push_back(from);
-        if connection.addresses.len() > MAX_ADDRESSES {
-            if let Some(oldest) = connection.addresses.pop_front() {
-                self.by_addr.remove(&oldest);
-            }
-        }
         let key = connection.key;
+        let pushed_out = if connection.addresses.len() > MAX_ADDRESSES { connection.addresses.pop_front() } else { None };
+        if let Some(oldest) = pushed_out {
+            self.unbind(oldest);
+        }
         self.by_addr.insert(from, Bound { key, ufrag: ufrag.to_owned() });
     }
 
@@ -167,6 +182,9 @@ mod tests {
         assert_eq!(routes.route(&binding_request(b"srv:cli", "pw", true), tcp), Route::Check { key: key(), nominated: true });
         assert_eq!(routes.route(b"\x80\x60media", tcp), Route::Bound(key()));
         assert_eq!(routes.route(b"\x80\x60media", addr(7)), Route::Unknown, "the UDP address was never checked");
+        assert_eq!(routes.take_unbound_streams().count(), 0);
+        routes.remove("srv");
+        assert_eq!(routes.take_unbound_streams().collect::<Vec<_>>(), vec![addr(7).addr()], "the stream is to be closed");
     }
 
     #[test]
@@ -180,5 +198,10 @@ mod tests {
         assert_eq!(routes.bound_addresses(), MAX_ADDRESSES);
         assert_eq!(routes.route(b"\x80\x60media", addr(99)), Route::Bound(key()));
         assert_eq!(routes.route(b"\x80\x60media", addr(0)), Route::Unknown);
+        assert_eq!(routes.take_unbound_streams().count(), 0, "UDP addresses have no stream to close");
+        for port in 0..=MAX_ADDRESSES as u16 {
+            routes.route(&check, Remote::Tcp(addr(port).addr()));
+        }
+        assert_eq!(routes.take_unbound_streams().collect::<Vec<_>>(), vec![addr(0).addr()], "the oldest stream was pushed out");
     }
 }

@@ -13,6 +13,9 @@ pub(crate) const MAX_FRAME: usize = 1500;
 /// socket drops a datagram.
 pub(crate) const MAX_QUEUED: usize = 256 * 1024;
 
+/// Bytes of an empty queue's buffer kept for the next frames.
+const KEPT_CAPACITY: usize = 16 * 1024;
+
 /// A frame's announced length past [`MAX_FRAME`].
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a frame of {0} bytes, more than {MAX_FRAME}")]
@@ -106,6 +109,8 @@ impl FrameWriter {
         if self.is_empty() {
             self.queued.clear();
             self.written = 0;
+            // A backlog's buffer is not kept past it.
+            self.queued.shrink_to(KEPT_CAPACITY);
         } else if self.written > MAX_QUEUED {
             // Keep the buffer from growing past twice the bound: drop the written part.
             self.queued.drain(..self.written);

@@ -4,11 +4,13 @@
 //!
 //! Until then a stream is a stranger's: at most [`MAX_PENDING`] wait at once (a new one
 //! pushes out the oldest), each for [`FIRST_FRAME_TIMEOUT`] and at most one frame's bytes,
-//! and none is ever sent a byte. The worker checks the frame's integrity.
+//! and none is ever sent a byte. The worker checks the frame's integrity; at most
+//! [`MAX_HANDED_OVER`](super::streams::MAX_HANDED_OVER) streams wait for it to take them.
 
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +21,7 @@ use nix::sys::time::TimeSpec;
 use tracing::{debug, info};
 
 use super::frames::{frame_len, HEADER};
-use super::TcpArrival;
+use super::{HandOver, TcpArrival};
 use crate::mailbox::Mailbox;
 use crate::peer::worker_of_ufrag;
 use crate::stun;
@@ -28,9 +30,12 @@ use crate::stun;
 pub(crate) const MAX_PENDING: usize = 128;
 /// How long a stream may take to send its first frame.
 pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the listener waits after an accept failed for want of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the listener needs to run.
 pub(crate) struct ListenerSetup {
+    /// The node's ICE-TCP port, bound and non-blocking.
     pub listener: TcpListener,
     /// Announced addresses; a stream accepted on another (behind a NAT) is attributed to
     /// the first, as UDP datagrams are.
@@ -62,14 +67,16 @@ impl Pending {
     fn read(&mut self) -> Progress {
         loop {
             let whole = match frame_len(&self.received) {
+                // A check is never empty.
+                Ok(Some(0)) | Err(_) => return Progress::Failed,
                 Ok(len) => len.map_or(HEADER, |len| HEADER + len),
-                Err(_) => return Progress::Failed,
             };
-            if self.received.len() == whole && whole > HEADER {
+            let Some(missing) = whole.checked_sub(self.received.len()) else { return Progress::Failed };
+            if missing == 0 && whole > HEADER {
                 return Progress::Complete;
             }
             let mut buffer = [0; 1024];
-            let want = (whole - self.received.len()).clamp(1, buffer.len());
+            let want = missing.clamp(1, buffer.len());
             match self.stream.read(&mut buffer[..want]) {
                 Ok(0) => return Progress::Failed,
                 Ok(n) => self.received.extend_from_slice(&buffer[..n]),
@@ -84,6 +91,7 @@ impl Pending {
 /// Runs the listener on the calling thread until `stop` rings.
 pub(crate) fn run(setup: ListenerSetup) {
     let ListenerSetup { listener, candidates, workers, stop } = setup;
+    let workers: Vec<(Mailbox, Arc<AtomicUsize>)> = workers.into_iter().map(|mailbox| (mailbox, Arc::default())).collect();
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     info!(port, "ICE-TCP listener started");
     let mut pending: Vec<Pending> = Vec::new();
@@ -128,7 +136,14 @@ fn accept_waiting(listener: &TcpListener, port: u16, candidates: &[Ipv4Addr], pe
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-            Err(err) => return debug!(%err, "ICE-TCP accept failed"),
+            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted || err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                // Out of file descriptors, say: the backlog stays readable, so wait a little
+                // instead of spinning on it.
+                debug!(%err, "ICE-TCP accept failed");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                return;
+            }
         };
         if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
             continue;
@@ -139,20 +154,25 @@ fn accept_waiting(listener: &TcpListener, port: u16, candidates: &[Ipv4Addr], pe
         };
         let ip = accepted_on.filter(|ip| candidates.contains(ip)).or_else(|| candidates.first().copied()).unwrap_or(Ipv4Addr::UNSPECIFIED);
         if pending.len() >= MAX_PENDING {
-            pending.remove(0);
+            // The oldest: the one whose time runs out first.
+            if let Some(oldest) = pending.iter().enumerate().min_by_key(|(_, p)| p.deadline).map(|(index, _)| index) {
+                pending.swap_remove(oldest);
+            }
         }
         let deadline = Instant::now() + FIRST_FRAME_TIMEOUT;
         pending.push(Pending { stream, peer, local: SocketAddr::from((ip, port)), received: Vec::with_capacity(256), deadline });
     }
 }
 
-/// Hands a stream whose first frame names a worker's connection to that worker; any
-/// other stream is closed.
-fn hand_over(pending: Pending, workers: &[Mailbox]) {
+/// Hands a stream whose first frame names a worker's connection to that worker, while
+/// fewer than [`MAX_HANDED_OVER`](super::streams::MAX_HANDED_OVER) wait for it; any other
+/// stream is closed.
+fn hand_over(pending: Pending, workers: &[(Mailbox, Arc<AtomicUsize>)]) {
     let Pending { stream, peer, local, received, .. } = pending;
-    let worker = stun::local_ufrag(&received[HEADER..]).and_then(worker_of_ufrag).and_then(|index| workers.get(index));
-    if let Some(worker) = worker {
-        let _ = worker.hand_over(TcpArrival { stream, peer, local, received });
+    let ufrag = received.get(HEADER..).and_then(stun::local_ufrag);
+    let Some((worker, handed)) = ufrag.and_then(worker_of_ufrag).and_then(|index| workers.get(index)) else { return };
+    if let Some(place) = HandOver::take(handed) {
+        let _ = worker.hand_over(TcpArrival { stream, peer, local, received, place });
     }
 }
 
@@ -219,9 +239,13 @@ pub(crate) mod tests {
         assert_eq!(arrival.local, addr);
         assert!(matches!(first_inbox.next(), Delivery::Empty));
 
-        // Not STUN; too long a frame; a worker the node does not have.
-        let strangers: [&[u8]; 3] =
-            [&framed(b"\x80\x60 media with no check"), &[0xff, 0xff, 0, 0], &framed(&binding_request(b"007abcdefghijklm:c", "any", true))];
+        // Not STUN; too long a frame; an empty one; a worker the node does not have.
+        let strangers: [&[u8]; 4] = [
+            &framed(b"\x80\x60 media with no check"),
+            &[0xff, 0xff, 0, 0],
+            &[0, 0, 1, 2, 3],
+            &framed(&binding_request(b"007abcdefghijklm:c", "any", true)),
+        ];
         for bytes in strangers {
             let mut stranger = TcpStream::connect(addr).expect("connect");
             stranger.write_all(bytes).expect("send");
@@ -244,13 +268,24 @@ pub(crate) mod tests {
         let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd"));
         let setup = ListenerSetup { listener, candidates: vec![Ipv4Addr::LOCALHOST], workers: vec![worker], stop: stop.clone() };
         let running = std::thread::spawn(move || run(setup));
-        let silent: Vec<TcpStream> = (0..MAX_PENDING + 1).map(|_| TcpStream::connect(addr).expect("connect")).collect();
-        let mut silent = silent.into_iter();
-        assert!(closed_unanswered(silent.next().expect("first")), "the oldest silent stream made room for the newest");
-        // The rest still wait, and a client that checks still gets through.
+        // A client connects first and checks only once the listener is full of silent
+        // streams, so its place goes to the newest of them.
         let mut client = TcpStream::connect(addr).expect("connect");
+        let mut silent: Vec<TcpStream> = (0..MAX_PENDING - 1).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+        std::thread::sleep(Duration::from_millis(100));
         client.write_all(&framed(&binding_request(b"000abcdefghijklm:client", "any", true))).expect("send");
-        assert_eq!(next_stream(&inbox).peer, client.local_addr().expect("addr"));
+        assert_eq!(next_stream(&inbox).peer, client.local_addr().expect("addr"), "a client that checks gets through");
+        silent.push(TcpStream::connect(addr).expect("connect"));
+        std::thread::sleep(Duration::from_millis(100));
+        // Full: the next one pushes out the oldest silent stream, and only that one.
+        silent.push(TcpStream::connect(addr).expect("connect"));
+        let oldest = silent.remove(0);
+        assert!(closed_unanswered(oldest), "the oldest silent stream made room for the newest");
+        for stream in &silent {
+            stream.set_nonblocking(true).expect("non-blocking");
+            let still_open = matches!((&*stream).read(&mut [0; 8]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            assert!(still_open, "a newer silent stream still waits");
+        }
         stop.write(1).expect("stop");
         running.join().expect("the listener stops");
     }

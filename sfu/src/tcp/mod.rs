@@ -9,4 +9,4 @@ mod frames;
 pub(crate) mod listener;
 mod streams;
 
-pub(crate) use streams::{TcpArrival, TcpFrames, TcpStreams};
+pub(crate) use streams::{HandOver, TcpArrival, TcpFrames, TcpStreams};

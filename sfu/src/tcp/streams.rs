@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::PollTimeout;
@@ -27,9 +29,37 @@ pub(crate) const MAX_STREAMS: usize = 4096;
 /// pair every few seconds (consent freshness), so only an abandoned stream stays silent.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read from one stream per turn at most, so one busy stream cannot hold up the rest.
-const READ_PER_TURN: usize = 64 * 1024;
+const READ_PER_STREAM: usize = 64 * 1024;
+/// Bytes read from all streams per turn at most, so the streams cannot hold up the UDP
+/// socket; the rest stay ready for the next turn.
+const READ_PER_TURN: usize = 256 * 1024;
 /// Readiness events taken per wait.
 const EVENTS: usize = 256;
+
+/// Streams handed to one worker and not yet taken at most; the listener closes the rest,
+/// so a flood of first frames that merely name a worker holds no more than this.
+pub(crate) const MAX_HANDED_OVER: usize = 256;
+
+/// A stream's place among those handed to a worker and not yet taken (or dropped by it),
+/// given back when the arrival is gone.
+pub(crate) struct HandOver(Arc<AtomicUsize>);
+
+impl HandOver {
+    /// A place among the worker's `handed` ones, if one is free.
+    pub fn take(handed: &Arc<AtomicUsize>) -> Option<Self> {
+        if handed.fetch_add(1, Ordering::Relaxed) >= MAX_HANDED_OVER {
+            handed.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(handed.clone()))
+    }
+}
+
+impl Drop for HandOver {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A stream the listener accepted, on its way to the worker its first check names.
 pub(crate) struct TcpArrival {
@@ -41,6 +71,8 @@ pub(crate) struct TcpArrival {
     pub local: SocketAddr,
     /// What the listener read: the first frame, with its length.
     pub received: Vec<u8>,
+    /// Its place among the worker's streams handed over.
+    pub place: HandOver,
 }
 
 /// One frame read, and which stream carried it.
@@ -139,7 +171,9 @@ impl TcpStreams {
         if self.len() >= MAX_STREAMS {
             return;
         }
-        let TcpArrival { stream, peer, local, received } = arrival;
+        let TcpArrival { stream, peer, local, received, place } = arrival;
+        // Taken: its place is free for the next.
+        drop(place);
         let mut reader = FrameReader::default();
         if reader.push(&received, &mut |frame| frames.push(frame, peer, local)).is_err() {
             return;
@@ -167,6 +201,10 @@ impl TcpStreams {
             Err(err) => return tracing::warn!(%err, "ICE-TCP streams cannot be polled"),
         };
         for index in 0..ready {
+            if frames.arena.len() >= READ_PER_TURN {
+                // The rest stay ready (level-triggered) and are taken next turn.
+                break;
+            }
             let event = self.events[index];
             let slot = event.data() as usize;
             let flags = event.events();
@@ -180,11 +218,11 @@ impl TcpStreams {
         }
     }
 
-    /// Reads what `slot`'s stream holds, up to [`READ_PER_TURN`]; `false` when it ended or
-    /// broke the framing.
+    /// Reads what `slot`'s stream holds, up to [`READ_PER_STREAM`]; `false` when it ended
+    /// or broke the framing.
     fn read(&mut self, now: Instant, slot: usize, frames: &mut TcpFrames) -> bool {
         let Some(stream) = self.slots.get_mut(slot).and_then(Option::as_mut) else { return true };
-        let mut budget = READ_PER_TURN;
+        let mut budget = READ_PER_STREAM;
         while budget > 0 {
             let n = match stream.socket.read(&mut self.scratch) {
                 Ok(0) => return false,
@@ -286,5 +324,19 @@ impl AsFd for TcpStreams {
     /// The epoll's fd: readable when a stream is.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.epoll.0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_handed_at_most_its_share_of_streams_until_it_takes_them() {
+        let handed = Arc::default();
+        let mut places: Vec<HandOver> = (0..MAX_HANDED_OVER).map(|_| HandOver::take(&handed).expect("a free place")).collect();
+        assert!(HandOver::take(&handed).is_none(), "every place is taken");
+        places.pop();
+        assert!(HandOver::take(&handed).is_some(), "a stream taken frees its place");
     }
 }
