@@ -6,6 +6,7 @@
 #   benches/load.sh                    # every scenario
 #   benches/load.sh meeting churn      # some of them
 #   SECONDS_EACH=30 benches/load.sh
+#   TRANSPORT=tcp benches/load.sh      # the clients' media over ICE-TCP only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-target/load}"
@@ -19,6 +20,7 @@ for name in "${scenarios[@]}"; do
   echo "== $name"
   extra=()
   [[ -n "${SECONDS_EACH:-}" ]] && extra=(--seconds "$SECONDS_EACH")
+  [[ -n "${TRANSPORT:-}" ]] && extra+=(--transport "$TRANSPORT")
   load switchboard --file "benches/scenarios/$name.yaml" "${extra[@]}" --json "$out/$name.json"
 done
 echo "reports in $out"

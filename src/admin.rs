@@ -81,7 +81,12 @@ struct ReasonBody {
 
 /// The admin's identity and the optional reason of a close or a removal: the token is
 /// checked before the body is read.
-async fn admin_and_reason(state: &AppState, headers: &HeaderMap, room: &str, body: axum::body::Body) -> Result<(String, Option<String>), Refusal> {
+async fn admin_and_reason(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    body: axum::body::Body,
+) -> Result<(String, Option<String>), Refusal> {
     let admin = admin_of(state, headers, room)?;
     let body: ReasonBody = optional_json(body).await?;
     Ok((admin, body.reason))

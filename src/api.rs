@@ -57,6 +57,8 @@ pub struct AppState {
     pub downloads: Arc<tokio::sync::Semaphore>,
     /// The WHIP sessions of this node.
     pub wish: crate::wish::HttpSessions,
+    /// How long a WHIP session has for a track of it to arrive.
+    pub whip_media_deadline: std::time::Duration,
 }
 
 /// The query of a signed download link.

@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::distr::{Alphanumeric, SampleString};
+use recorder::upload::SpoolBudget;
 use sb_config::{Config, Mode};
 use sfu::{ForwarderSettings, Sfu, SfuConfig, SfuMetrics, SrtpProfile};
 use signaling::auth::TokenAuthority;
 use signaling::bookkeeping::Bookkeeping;
 use signaling::journal::{Journal, JournalLimits};
 use signaling::metrics::SignalingMetrics;
-use recorder::upload::SpoolBudget;
 use signaling::recordings::{Formats, RecordingConfig, RecordingContext, Recordings};
 use signaling::rooms::Rooms;
 use signaling::session::{SessionLimits, SignalingContext};
@@ -148,6 +148,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         resumable: Default::default(),
         books,
         recordings: Recordings::new(recording, objects, context.clone() as Weak<dyn RecordingContext>),
+        ice_servers: config
+            .media
+            .ice_servers
+            .iter()
+            .map(|s| signaling::protocol::IceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect(),
     });
     context.recordings.recover_crashed();
     if let Some(kafka) = &backends.kafka {
@@ -180,6 +190,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<Server> {
         origins: origins::OriginPolicy::new(config.mode, &config.http.allowed_origins),
         downloads: Arc::new(tokio::sync::Semaphore::new(config.http.max_concurrent_downloads)),
         wish: Default::default(),
+        whip_media_deadline: Duration::from_secs(config.signaling.whip_media_timeout_secs),
     };
     let router = http::router(Arc::new(state));
     let listener = tls::HttpListener::new(listener, tls)?;

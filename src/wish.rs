@@ -16,7 +16,7 @@
 //! room's first publisher, kept while it is in the room and publishes, then the next). A
 //! session ends on `DELETE`, when its media connection fails, when the room is closed or an
 //! operator removes it, and for WHIP when no track of it reached the server within
-//! [`MEDIA_DEADLINE`].
+//! `signaling.whip_media_timeout_secs` (30 s).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,8 +43,6 @@ use crate::tls::ClientAddr;
 const SDP: &str = "application/sdp";
 /// The content type of trickled candidates and ICE restarts (RFC 8840).
 const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
-/// How long a new session has for a track of it to reach the server.
-pub const MEDIA_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the session takes to answer a request before the request fails.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server messages queued for a session's driver.
@@ -339,7 +337,7 @@ async fn create(
     let session = HttpSession { endpoint, room: room.clone(), etag: etag.clone(), frames: driver.frames.clone() };
     state.wish.lock().insert(resource.clone(), session);
     tracing::info!(%room, %participant, %resource, ?endpoint, "HTTP media session started");
-    let media_deadline = (endpoint == Endpoint::Whip).then_some(MEDIA_DEADLINE);
+    let media_deadline = (endpoint == Endpoint::Whip).then_some(state.whip_media_deadline);
     tokio::spawn(watch(state.clone(), resource.clone(), participant, driver, media_deadline, closed, slot));
     let location = format!("/{}/{room}/{resource}", endpoint.path());
     let headers = [
@@ -348,7 +346,32 @@ async fn create(
         (header::ETAG, HeaderValue::from_str(&format!("\"{etag}\"")).unwrap_or(HeaderValue::from_static("\"\""))),
         (header::HeaderName::from_static("accept-patch"), HeaderValue::from_static(SDP_FRAGMENT)),
     ];
-    (StatusCode::CREATED, headers, answer).into_response()
+    let mut response = (StatusCode::CREATED, headers, answer).into_response();
+    for link in ice_server_links(&joined["ice_servers"]) {
+        response.headers_mut().append(header::LINK, link);
+    }
+    response
+}
+
+/// The `Link` header values (RFC 9725 §4.6) of the ICE servers a session's `joined` named:
+/// one per URL, with the TURN credentials where there are some. (The configuration refuses
+/// the characters that would need quoting.)
+fn ice_server_links(servers: &Value) -> Vec<HeaderValue> {
+    let mut links = Vec::new();
+    for server in servers.as_array().into_iter().flatten() {
+        let credentials = match (server["username"].as_str(), server["credential"].as_str()) {
+            (Some(username), Some(credential)) => {
+                format!("; username=\"{username}\"; credential=\"{credential}\"; credential-type=\"password\"")
+            }
+            _ => String::new(),
+        };
+        for url in server["urls"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if let Ok(link) = HeaderValue::from_str(&format!("<{url}>; rel=\"ice-server\"{credentials}")) {
+                links.push(link);
+            }
+        }
+    }
+    links
 }
 
 /// Keeps a session going until it ends: answers its pings, ends it when its media fails or
@@ -494,6 +517,24 @@ async fn end(state: Arc<AppState>, endpoint: Endpoint, room: String, resource: S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ice_servers_become_one_link_per_url_with_turn_credentials() {
+        let servers = json!([
+            {"urls": ["stun:stun.example.net"]},
+            {"urls": ["turn:turn.example.net?transport=udp", "turns:turn.example.net"], "username": "u", "credential": "p"},
+        ]);
+        let links: Vec<String> = ice_server_links(&servers).iter().map(|l| l.to_str().expect("ascii").to_owned()).collect();
+        assert_eq!(
+            links,
+            [
+                r#"<stun:stun.example.net>; rel="ice-server""#,
+                r#"<turn:turn.example.net?transport=udp>; rel="ice-server"; username="u"; credential="p"; credential-type="password""#,
+                r#"<turns:turn.example.net>; rel="ice-server"; username="u"; credential="p"; credential-type="password""#,
+            ]
+        );
+        assert!(ice_server_links(&json!([])).is_empty());
+    }
 
     #[test]
     fn trickle_fragments_give_their_candidates_with_their_mid_and_refuse_ice_restarts() {

@@ -174,7 +174,8 @@ async fn late_joiner_receives_tracks_already_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
     use common::http_request;
-    let server = TestServer::start(&[]).await;
+    let ice_servers = "[{urls: [stun:stun.example.net]}, {urls: [turns:turn.example.net], username: obs, credential: secret}]";
+    let server = TestServer::start(&[("SWITCHBOARD__MEDIA__ICE_SERVERS", ice_servers)]).await;
     let addr = server.http;
     let token = server.token("whip", "obs", &["publish"]);
     let bearer = format!("Bearer {token}");
@@ -209,6 +210,15 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
         let etag = created.header("etag").expect("ETag").to_owned();
         assert!(location.starts_with("/whip/whip/") && etag.starts_with('"'), "{location} {etag}");
         assert!(created.header("access-control-expose-headers").is_some_and(|h| h.contains("Location") && h.contains("ETag")));
+        // The configured ICE servers, as RFC 9725 §4.6 links.
+        let links: Vec<&str> = created.headers.iter().filter(|(name, _)| name == "link").map(|(_, value)| value.as_str()).collect();
+        assert_eq!(
+            links,
+            [
+                r#"<stun:stun.example.net>; rel="ice-server""#,
+                r#"<turns:turn.example.net>; rel="ice-server"; username="obs"; credential="secret"; credential-type="password""#
+            ]
+        );
         *created_session = Some((location, etag));
         created.body
     };
@@ -244,6 +254,40 @@ async fn a_whip_publisher_is_forwarded_like_anyone_and_leaves_on_delete() {
     assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 200);
     viewer.expect("participant_left").await;
     assert_eq!(http_request(addr, "DELETE", &location, &auth, "").await.status, 404, "ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_whose_media_never_arrives_ends_at_the_deadline() {
+    use common::http_request;
+    let server = TestServer::start(&[("SWITCHBOARD__SIGNALING__WHIP_MEDIA_TIMEOUT_SECS", "1")]).await;
+    let addr = server.http;
+    let (mut viewer, _) = server.joined("silent", "viewer", &["subscribe"]).await;
+    let bearer = format!("Bearer {}", server.token("silent", "obs", &["publish"]));
+    let mut location = String::new();
+    let (created_at, authorization) = (&mut location, bearer.as_str());
+    // The publisher connects, and never sends a packet.
+    let vp8 = rtc_client::local_track("s", "cam", "video/VP8");
+    let (_obs, _never_sent) = rtc_client::publish_with(rtc_client::new_client().await, &[vp8], move |offer| async move {
+        let headers = [("Authorization", authorization), ("Content-Type", "application/sdp")];
+        let created = http_request(addr, "POST", "/whip/silent", &headers, &offer).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        *created_at = created.header("location").expect("Location").to_owned();
+        created.body
+    })
+    .await;
+    assert_eq!(viewer.expect("participant_joined").await["participant"]["identity"], "obs");
+    assert_eq!(viewer.expect("participant_left").await["participant_id"].as_str().map(str::is_empty), Some(false));
+    // The session is gone with it: a PATCH that changes nothing no longer finds it.
+    let probe = [("Authorization", authorization), ("Content-Type", "application/trickle-ice-sdpfrag"), ("If-Match", "*")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let patched = http_request(addr, "PATCH", &location, &probe, "a=mid:0\r\n").await;
+        if patched.status == 404 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the session outlived its participant: PATCH answered {}", patched.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Posts each (token, content type, body) to `path` and checks the status it is refused with.

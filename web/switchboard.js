@@ -54,6 +54,9 @@ export class Switchboard {
     room.participants = new Map(joined.participants.map((p) => [p.participant_id, p]));
     room.tracks = new Map(joined.tracks.map((t) => [t.track_id, t]));
     room.recording = new Map((joined.recordings || []).map((r) => [r.recording_id, r]));
+    // STUN/TURN servers the node hands out, if any (none is needed to reach it).
+    room.iceServers = joined.ice_servers || [];
+    if (room.iceServers.length) room.subscriber.setConfiguration({ ...room.subscriber.getConfiguration(), iceServers: room.iceServers });
     return room;
   }
 
@@ -67,6 +70,7 @@ export class Switchboard {
     this.publisher = null;
     this.leaving = false;
     this.midTracks = new Map();
+    this.iceServers = [];
     this.subscriber = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
     this.subscriber.ontrack = (event) => {
       const stream = event.streams[0];
@@ -241,7 +245,7 @@ export class Switchboard {
    */
   async publish(stream, { screen = false } = {}) {
     if (!this.publisher) {
-      this.publisher = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      this.publisher = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
       this.publisher.onicecandidate = (event) => this.#trickle('publisher', event.candidate);
     }
     for (const track of stream.getTracks()) {

@@ -66,6 +66,20 @@ pub enum SrtpProfile {
     Aes128CmHmacSha1_80,
 }
 
+/// A STUN or TURN server clients may use (the WebRTC `RTCIceServer`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:`, `stuns:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// The TURN username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The TURN password.
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +361,10 @@ pub struct MediaConfig {
     pub tcp_port: Option<u16>,
     /// Addresses announced as host candidates (empty: interface addresses).
     pub announced_ips: Vec<Ipv4Addr>,
+    /// STUN/TURN servers handed to clients (`joined`, WHIP/WHEP `Link` headers); none are
+    /// needed to reach this node, which is ICE-lite on the announced addresses.
+    #[serde(default)]
+    pub ice_servers: Vec<IceServer>,
     /// SRTP profiles accepted from clients.
     pub srtp_profiles: Vec<SrtpProfile>,
     /// Most packets kept per video track for NACKs.
@@ -418,10 +436,17 @@ pub struct SignalingConfig {
     /// Seconds a new connection has to `join` (or `resume`); pings do not extend it.
     #[serde(default = "default_join_timeout_secs")]
     pub join_timeout_secs: u64,
+    /// Seconds a WHIP session has for a track of it to reach the server before it ends.
+    #[serde(default = "default_whip_media_timeout_secs")]
+    pub whip_media_timeout_secs: u64,
 }
 
 fn default_join_timeout_secs() -> u64 {
     10
+}
+
+fn default_whip_media_timeout_secs() -> u64 {
+    30
 }
 
 impl Config {
@@ -495,6 +520,16 @@ impl Config {
         }
         if self.media.announced_ips.iter().any(|ip| ip.is_unspecified() || ip.is_multicast()) {
             return bad("media.announced_ips", "must be unicast addresses clients can reach");
+        }
+        for server in &self.media.ice_servers {
+            let schemes = ["stun:", "stuns:", "turn:", "turns:"];
+            if server.urls.is_empty() || !server.urls.iter().all(|url| schemes.iter().any(|s| url.starts_with(s))) {
+                return bad("media.ice_servers", "each needs urls, every one stun:, stuns:, turn: or turns:");
+            }
+            let text = server.urls.iter().chain(&server.username).chain(&server.credential);
+            if text.clone().any(|t| t.chars().any(|c| c.is_control() || c == '"' || c == '\\' || c == '>')) {
+                return bad("media.ice_servers", "URLs, usernames and credentials may not hold control characters, quotes, backslashes or '>'");
+            }
         }
         if self.state.heartbeat_secs == 0 || self.state.session_ttl_secs <= self.state.heartbeat_secs {
             return bad("state.session_ttl_secs", "must be longer than state.heartbeat_secs, which must be positive");
@@ -583,6 +618,23 @@ mod tests {
         );
         let half = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__HTTP__TLS__CERT", "/etc/sb/cert.pem")])).unwrap_err();
         assert!(half.to_string().contains("http.tls"), "{half}");
+    }
+
+    #[test]
+    fn ice_servers_and_the_tcp_port_are_optional_and_checked() {
+        let config = Config::from_yaml_and_env(DEFAULT_YAML, env(&[])).unwrap();
+        assert_eq!((config.media.ice_servers.len(), config.media.tcp_port), (0, Some(7881)));
+        let servers = "[{urls: [stun:stun.example.net]}, {urls: ['turn:turn.example.net?transport=udp'], username: u, credential: p}]";
+        let config =
+            Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__ICE_SERVERS", servers), ("SWITCHBOARD__MEDIA__TCP_PORT", "null")]))
+                .unwrap();
+        assert_eq!(config.media.tcp_port, None);
+        assert_eq!(config.media.ice_servers[1].urls, vec!["turn:turn.example.net?transport=udp".to_owned()]);
+        assert_eq!((config.media.ice_servers[1].username.as_deref(), config.media.ice_servers[1].credential.as_deref()), (Some("u"), Some("p")));
+        for bad in ["[{urls: ['http://example.net']}]", "[{urls: []}]", r#"[{urls: [stun:a.example], username: 'a"b'}]"#] {
+            let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__ICE_SERVERS", bad)])).unwrap_err();
+            assert!(err.to_string().contains("media.ice_servers"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -375,6 +375,19 @@ pub struct TrackDescription {
     pub muted: bool,
 }
 
+/// A STUN or TURN server a client may use, as the WebRTC `RTCIceServer` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServer {
+    /// `stun:`, `stuns:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// The TURN username.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The TURN password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// A message from the server.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -399,9 +412,9 @@ pub enum ServerMessage {
         tracks: Vec<TrackDescription>,
         /// Recordings running in the room.
         recordings: Vec<RecordingSummary>,
-        /// ICE servers for the client's connections (none needed: the SFU is ICE-lite on
-        /// reachable addresses).
-        ice_servers: Vec<Value>,
+        /// STUN/TURN servers for the client's connections, as configured (none is needed:
+        /// the SFU is ICE-lite on reachable addresses).
+        ice_servers: Vec<IceServer>,
     },
     /// The session was taken over by this connection; messages queued meanwhile follow.
     Resumed {

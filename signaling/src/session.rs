@@ -19,7 +19,8 @@ use crate::bookkeeping::{Bookkeeping, Seat, StreamInfo};
 use crate::journal::{DeliveryStatus, MessageType, ParticipantStatus, SessionStatus, StreamStatus, StreamType};
 use crate::metrics::SignalingMetrics;
 use crate::protocol::{
-    request_id, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage, Source, Speaker, Target, TrackDescription, PROTOCOL_VERSION,
+    request_id, ClientMessage, ErrorCode, IceServer, ParticipantInfo, ServerMessage, Source, Speaker, Target, TrackDescription,
+    PROTOCOL_VERSION,
 };
 use crate::rate::TokenBucket;
 use crate::recordings::{RecordingContext, RecordingError, Recordings};
@@ -85,6 +86,8 @@ pub struct SignalingContext {
     pub books: Bookkeeping,
     /// This node's recordings.
     pub recordings: Recordings,
+    /// STUN/TURN servers handed to clients in `joined`.
+    pub ice_servers: Vec<IceServer>,
 }
 
 impl RecordingContext for SignalingContext {
@@ -620,7 +623,7 @@ impl Session {
             participants: admitted.others,
             tracks,
             recordings,
-            ice_servers: Vec::new(),
+            ice_servers: self.ctx.ice_servers.clone(),
         })
         .await;
     }
