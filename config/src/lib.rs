@@ -526,9 +526,15 @@ impl Config {
             if server.urls.is_empty() || !server.urls.iter().all(|url| schemes.iter().any(|s| url.starts_with(s))) {
                 return bad("media.ice_servers", "each needs urls, every one stun:, stuns:, turn: or turns:");
             }
+            let turn = server.urls.iter().any(|url| url.starts_with("turn"));
+            if turn != server.username.is_some() || turn != server.credential.is_some() {
+                return bad("media.ice_servers", "a TURN server needs a username and a credential, a STUN server neither");
+            }
+            // What a Link header would have to quote, or where one URL would end.
+            let unsafe_char = |c: char| c.is_control() || c.is_whitespace() || "\"\\<>,;".contains(c);
             let text = server.urls.iter().chain(&server.username).chain(&server.credential);
-            if text.clone().any(|t| t.chars().any(|c| c.is_control() || c == '"' || c == '\\' || c == '>')) {
-                return bad("media.ice_servers", "URLs, usernames and credentials may not hold control characters, quotes, backslashes or '>'");
+            if text.clone().any(|t| t.chars().any(unsafe_char)) {
+                return bad("media.ice_servers", "URLs, usernames and credentials may not hold spaces, control characters or any of \" \\ < > , ;");
             }
         }
         if self.state.heartbeat_secs == 0 || self.state.session_ttl_secs <= self.state.heartbeat_secs {
@@ -557,6 +563,9 @@ impl Config {
         }
         if self.signaling.join_timeout_secs == 0 {
             return bad("signaling.join_timeout_secs", "must be positive");
+        }
+        if self.signaling.whip_media_timeout_secs == 0 {
+            return bad("signaling.whip_media_timeout_secs", "must be positive");
         }
         if self.signaling.ping_interval_secs == 0 {
             return bad("signaling.ping_interval_secs", "must be positive");
@@ -621,7 +630,7 @@ mod tests {
     }
 
     #[test]
-    fn ice_servers_and_the_tcp_port_are_optional_and_checked() {
+    fn ice_servers_the_tcp_port_and_the_whip_deadline_are_checked() {
         let config = Config::from_yaml_and_env(DEFAULT_YAML, env(&[])).unwrap();
         assert_eq!((config.media.ice_servers.len(), config.media.tcp_port), (0, Some(7881)));
         let servers = "[{urls: [stun:stun.example.net]}, {urls: ['turn:turn.example.net?transport=udp'], username: u, credential: p}]";
@@ -631,10 +640,19 @@ mod tests {
         assert_eq!(config.media.tcp_port, None);
         assert_eq!(config.media.ice_servers[1].urls, vec!["turn:turn.example.net?transport=udp".to_owned()]);
         assert_eq!((config.media.ice_servers[1].username.as_deref(), config.media.ice_servers[1].credential.as_deref()), (Some("u"), Some("p")));
-        for bad in ["[{urls: ['http://example.net']}]", "[{urls: []}]", r#"[{urls: [stun:a.example], username: 'a"b'}]"#] {
+        for bad in [
+            "[{urls: ['http://example.net']}]",
+            "[{urls: []}]",
+            r#"[{urls: [turn:a.example], username: 'a"b', credential: c}]"#,
+            "[{urls: [turn:a.example], username: u}]",
+            "[{urls: [stun:a.example], credential: c}]",
+            "[{urls: ['stun:a.example, <x>']}]",
+        ] {
             let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__MEDIA__ICE_SERVERS", bad)])).unwrap_err();
             assert!(err.to_string().contains("media.ice_servers"), "{bad}: {err}");
         }
+        let err = Config::from_yaml_and_env(DEFAULT_YAML, env(&[("SWITCHBOARD__SIGNALING__WHIP_MEDIA_TIMEOUT_SECS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("signaling.whip_media_timeout_secs"), "{err}");
     }
 
     #[test]

@@ -219,10 +219,12 @@ fn turn(engine: &mut Engine, io: &mut WorkerIo, inbox: &Inbox, command_budget: D
     let mut sending = io.sending();
     engine.flush(Instant::now(), &mut sending);
     sending.send();
+    // What was queued for a stream goes out before the stream is closed (a leaving
+    // connection's DTLS close_notify).
+    io.streams.write_queued();
     for peer in engine.take_unbound_streams() {
         io.streams.close(peer);
     }
-    io.streams.write_queued();
     true
 }
 

@@ -17,7 +17,7 @@ use crate::stun;
 
 /// Source addresses one connection keeps bound: a client checks from each of its
 /// candidates (host, reflexive, relayed, both address families), and a roaming one from
-/// new ones.
+/// new ones. Past it, the one that checked least recently is unbound.
 pub(crate) const MAX_ADDRESSES: usize = 8;
 
 /// What a received datagram is, as far as routing goes.
@@ -111,12 +111,21 @@ impl IceRoutes {
     /// Binds `from` to the connection of `ufrag` (moving it from another connection),
     /// unbinding the connection's oldest address past [`MAX_ADDRESSES`].
     fn bind(&mut self, ufrag: &str, from: Remote) {
+        if let Remote::Tcp(peer) = from {
+            // Bound again before the worker closed it: it stays open.
+            self.unbound_streams.retain(|unbound| *unbound != peer);
+        }
         if let Some(previous) = self.by_addr.get(&from) {
-            if previous.ufrag == ufrag {
-                return;
-            }
+            // Moved to the back, as the latest used (the nominated pair checks on, so it is
+            // never the one pushed out).
             if let Some(other) = self.by_ufrag.get_mut(&previous.ufrag) {
                 other.addresses.retain(|a| *a != from);
+            }
+            if previous.ufrag == ufrag {
+                if let Some(connection) = self.by_ufrag.get_mut(ufrag) {
+                    connection.addresses.push_back(from);
+                }
+                return;
             }
         }
         let Some(connection) = self.by_ufrag.get_mut(ufrag) else { return };
@@ -203,5 +212,15 @@ mod tests {
             routes.route(&check, Remote::Tcp(addr(port).addr()));
         }
         assert_eq!(routes.take_unbound_streams().collect::<Vec<_>>(), vec![addr(0).addr()], "the oldest stream was pushed out");
+        // A source that checks again is the latest: the next one pushes out another.
+        routes.route(&check, Remote::Tcp(addr(1).addr()));
+        routes.route(&check, Remote::Tcp(addr(50).addr()));
+        assert_eq!(routes.take_unbound_streams().collect::<Vec<_>>(), vec![addr(2).addr()]);
+        assert_eq!(routes.route(b"\x80\x60media", Remote::Tcp(addr(1).addr())), Route::Bound(key()));
+        // A stream pushed out and checked again before the worker closed it stays.
+        routes.route(&check, Remote::Tcp(addr(51).addr()));
+        routes.route(&check, Remote::Tcp(addr(3).addr()));
+        let unbound: Vec<_> = routes.take_unbound_streams().collect();
+        assert_eq!(unbound, vec![addr(4).addr()], "the stream checked again stays; the next oldest goes");
     }
 }

@@ -656,13 +656,13 @@ impl Engine {
         }
     }
 
-    /// What the engine counted so far.
     /// The clients' TCP streams no connection is bound to any more (it closed, or the
     /// stream was pushed out by newer sources), for the worker to close.
     pub(crate) fn take_unbound_streams(&mut self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.ice.take_unbound_streams()
     }
 
+    /// What the engine counted so far.
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }

@@ -134,6 +134,8 @@ pub(crate) struct TcpStreams {
     scratch: Box<[u8]>,
     /// Frames dropped on full queues, since the worker started.
     dropped: u64,
+    /// Where in the ready list reading starts this turn.
+    first: usize,
 }
 
 impl TcpStreams {
@@ -148,6 +150,7 @@ impl TcpStreams {
             events: vec![EpollEvent::empty(); EVENTS],
             scratch: vec![0; 16 * 1024].into_boxed_slice(),
             dropped: 0,
+            first: 0,
         })
     }
 
@@ -200,12 +203,15 @@ impl TcpStreams {
             Ok(ready) => ready,
             Err(err) => return tracing::warn!(%err, "ICE-TCP streams cannot be polled"),
         };
-        for index in 0..ready {
+        // Start one further along each turn: the epoll reports ready streams in the same
+        // order turn after turn, and those past the budget must not always be the same.
+        self.first = self.first.wrapping_add(1);
+        for k in 0..ready {
             if frames.arena.len() >= READ_PER_TURN {
                 // The rest stay ready (level-triggered) and are taken next turn.
                 break;
             }
-            let event = self.events[index];
+            let event = self.events[(self.first % ready + k) % ready];
             let slot = event.data() as usize;
             let flags = event.events();
             if flags.contains(EpollFlags::EPOLLOUT) && !self.write(slot) {
