@@ -205,6 +205,29 @@ pub(crate) mod tests {
         }
     }
 
+    /// A listener on a free loopback port, running on a thread of its own.
+    struct Listening {
+        addr: SocketAddr,
+        stop: Arc<EventFd>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Listening {
+        fn start(workers: Vec<Mailbox>) -> Self {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+            listener.set_nonblocking(true).expect("non-blocking");
+            let addr = listener.local_addr().expect("addr");
+            let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd"));
+            let setup = ListenerSetup { listener, candidates: vec![Ipv4Addr::LOCALHOST], workers, stop: stop.clone() };
+            Self { addr, stop, thread: std::thread::spawn(move || run(setup)) }
+        }
+
+        fn stop(self) {
+            self.stop.write(1).expect("stop");
+            self.thread.join().expect("the listener stops");
+        }
+    }
+
     /// Whether the server closed `client` without sending it a byte.
     pub(crate) fn closed_unanswered(mut client: TcpStream) -> bool {
         client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -217,14 +240,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_stream_goes_to_the_worker_its_first_check_names_and_any_other_is_closed_unanswered() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let addr = listener.local_addr().expect("addr");
         let (first, first_inbox) = mailbox().expect("mailbox");
         let (second, second_inbox) = mailbox().expect("mailbox");
-        let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd"));
-        let setup = ListenerSetup { listener, candidates: vec![Ipv4Addr::LOCALHOST], workers: vec![first, second], stop: stop.clone() };
-        let running = std::thread::spawn(move || run(setup));
+        let listening = Listening::start(vec![first, second]);
+        let addr = listening.addr;
 
         // A check for worker 1's connection, sent in two pieces, and media after it.
         let check = framed(&binding_request(b"001abcdefghijklm:client", "any", true));
@@ -253,21 +272,16 @@ pub(crate) mod tests {
         }
         assert!(matches!(first_inbox.next(), Delivery::Empty) && matches!(second_inbox.next(), Delivery::Empty));
 
-        stop.write(1).expect("stop");
-        running.join().expect("the listener stops");
+        listening.stop();
         drop(arrival);
         assert!(matches!(first_inbox.next(), Delivery::Closed), "the stopped listener let go of the workers' mailboxes");
     }
 
     #[test]
     fn streams_that_send_nothing_are_dropped_oldest_first_past_the_limit() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let addr = listener.local_addr().expect("addr");
         let (worker, inbox) = mailbox().expect("mailbox");
-        let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd"));
-        let setup = ListenerSetup { listener, candidates: vec![Ipv4Addr::LOCALHOST], workers: vec![worker], stop: stop.clone() };
-        let running = std::thread::spawn(move || run(setup));
+        let listening = Listening::start(vec![worker]);
+        let addr = listening.addr;
         // A client connects first and checks only once the listener is full of silent
         // streams, so its place goes to the newest of them.
         let mut client = TcpStream::connect(addr).expect("connect");
@@ -286,7 +300,6 @@ pub(crate) mod tests {
             let still_open = matches!((&*stream).read(&mut [0; 8]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             assert!(still_open, "a newer silent stream still waits");
         }
-        stop.write(1).expect("stop");
-        running.join().expect("the listener stops");
+        listening.stop();
     }
 }
