@@ -489,11 +489,7 @@ fn meeting(count: u16) -> (World, RTCRtpSenderId) {
     world.run(Duration::from_millis(300));
     world.join("carol", false);
     world.run(Duration::from_millis(300));
-    for sequence in 2..2 + count {
-        world.send_rtp("alice", sender, 0xA1, sequence);
-        world.run(STEP * 5);
-    }
-    world.run(Duration::from_millis(50));
+    send_run(&mut world, "alice", sender, 0xA1, 2..2 + count);
     (world, sender)
 }
 
@@ -507,11 +503,7 @@ fn clients_that_reach_the_server_over_tcp_only_publish_and_subscribe_like_the_re
     let sender = world.announce_vp8("alice", 0xA1);
     assert!(matches!(world.clients[world.members["alice"].publisher.expect("publishing")].addr, Remote::Tcp(_)));
     world.run(Duration::from_millis(300));
-    for sequence in 2..52 {
-        world.send_rtp("alice", sender, 0xA1, sequence);
-        world.run(STEP * 5);
-    }
-    world.run(Duration::from_millis(50));
+    send_run(&mut world, "alice", sender, 0xA1, 2..52);
     // Bob over UDP, Carol over TCP, from Alice over TCP.
     for name in ["bob", "carol"] {
         let payloads: Vec<Bytes> = world.received(name).iter().map(|(_, p)| p.payload.clone()).collect();
