@@ -147,7 +147,7 @@ fn publisher(track_id: &TrackId) -> (Pair, RTCRtpSenderId, Ingress) {
     pair.connect();
     let mut ingress = Ingress::new(built.keys, 1);
     ingress.start(Instant::now(), &mut pair.server, Instant::now() + Duration::from_secs(1)).expect("ingress keys");
-    ingress.add_stream(Instant::now(), PUBLISHER_SSRC, *track_id, 90_000, true);
+    ingress.add_stream(Instant::now(), PUBLISHER_SSRC, None, *track_id, 90_000, true);
     (pair, sender, ingress)
 }
 
@@ -174,7 +174,7 @@ fn subscriber(index: usize) -> (Pair, Egress, u32, u8) {
         header: rtp::header::Header { version: 2, payload_type: pt, ssrc, sequence_number: 1, ..Default::default() },
         payload: Bytes::from_static(b"probe"),
     };
-    let (datagram, _) = egress.protect(Instant::now(), &probe).expect("protect");
+    let (datagram, _) = egress.protect(Instant::now(), &probe, None).expect("protect");
     let transport =
         TransportContext { local_addr: client_addr, peer_addr: pair.server_addr, ecn: None, transport_protocol: TransportProtocol::UDP };
     pair.client.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(datagram) }).expect("client reads");
@@ -234,12 +234,12 @@ fn pipeline(c: &mut Criterion) {
                     for datagram in datagrams {
                         match ingress.take(now, datagram) {
                             Taken::Media(track, packet) => forwarder.forward(now, &track, packet, &mut out),
-                            Taken::Engine(_) => panic!("the track's SSRC is the ingress's"),
+                            Taken::Engine(_) | Taken::Padding => panic!("the track's SSRC is the ingress's"),
                             Taken::Refused(err) => panic!("refused: {err}"),
                         }
                     }
                     for (outgoing, (_, egress)) in out.drain(..).zip(subscribers.iter_mut()) {
-                        let (datagram, to) = egress.protect(now, &outgoing.packet).expect("forward");
+                        let (datagram, to) = egress.protect(now, &outgoing.packet, outgoing.patch.as_ref()).expect("forward");
                         black_box((datagram.len(), to));
                     }
                     if ingress.deadline().is_some_and(|due| due <= now) {

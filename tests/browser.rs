@@ -3,7 +3,9 @@
 //! recorded through the HTTP API into HLS that ffprobe reads and ffmpeg decodes; three tabs
 //! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs); a
 //! page publishes over WHIP, the meeting page shows it and another page plays it over WHEP
-//! (tests/browser/whip_whep.mjs), over UDP and again over ICE-TCP alone.
+//! (tests/browser/whip_whep.mjs), over UDP and again over ICE-TCP alone; a page publishes
+//! simulcast and another follows its layers as the full one stops and resumes
+//! (tests/browser/simulcast.mjs).
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
 
@@ -42,6 +44,15 @@ async fn two_chromium_tabs_see_and_hear_each_other() {
     for recording in recordings.as_array().expect("a list") {
         let url = recording["hls_url"].as_str().unwrap_or_else(|| panic!("HLS link: {recording}"));
         check_hls(url, recording["duration_secs"].as_f64().unwrap_or(0.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chromium_subscriber_follows_the_simulcast_layers_a_chromium_publisher_sends() {
+    let server = TestServer::start(&[]).await;
+    let stdout = node("simulcast.mjs", vec![format!("http://{}", server.http)]).await;
+    for phase in ["full: ", "half: ", "back to full: "] {
+        assert!(stdout.lines().any(|line| line.starts_with(phase)), "the {phase} phase ran");
     }
 }
 

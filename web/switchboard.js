@@ -19,6 +19,16 @@ export function claimsOf(token) {
   }
 }
 
+/**
+ * The simulcast layers of camera video, lowest first (the order the server ranks them in):
+ * RIDs, size and most bits per second.
+ */
+const SIMULCAST_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
 /** `mid` → track id of each media section of an SDP that names its track (`a=msid`). */
 function tracksByMid(sdp) {
   const found = new Map();
@@ -241,9 +251,11 @@ export class Switchboard {
   /**
    * Sends every track of `stream`; resolves once the server has answered. `screen`: the
    * stream is a screen share (its tracks' `source` is `screen_share` and
-   * `screen_share_audio`, else `camera` and `microphone`).
+   * `screen_share_audio`, else `camera` and `microphone`). `simulcast`: camera video of
+   * 360 lines or more is sent as three layers (quarter, half and full size), of which each
+   * subscriber gets the one that suits it.
    */
-  async publish(stream, { screen = false } = {}) {
+  async publish(stream, { screen = false, simulcast = true } = {}) {
     if (!this.publisher) {
       this.publisher = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
       this.publisher.onicecandidate = (event) => this.#trickle('publisher', event.candidate);
@@ -251,7 +263,9 @@ export class Switchboard {
     for (const track of stream.getTracks()) {
       const video = track.kind === 'video';
       this.sources.set(track, screen ? (video ? 'screen_share' : 'screen_share_audio') : (video ? 'camera' : 'microphone'));
-      this.publisher.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      const layered = simulcast && video && !screen && (track.getSettings().height || 0) >= 360;
+      const sendEncodings = layered ? SIMULCAST_LAYERS.map((layer) => ({ ...layer })) : undefined;
+      this.publisher.addTransceiver(track, { direction: 'sendonly', streams: [stream], sendEncodings });
     }
     await this.#negotiatePublisher();
   }

@@ -14,7 +14,9 @@ use crate::keyframe::KeyframeRequester;
 use crate::munger::RtpMunger;
 use crate::packet_cache::PacketCache;
 use crate::retransmit::{BitrateMeter, RetransmitBudget, MAX_PACKETS_PER_NACK};
+use crate::simulcast::{Decision, LayerSelector, LiveLayers, PayloadFormat};
 use crate::speakers::AudioLevel;
+use crate::vp8::{Descriptor, PictureNumbering, Vp8Patch};
 
 /// Whether a track carries audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +89,23 @@ struct DownTrack<S> {
     round_trip: Duration,
     /// What it may still have retransmitted.
     budget: RetransmitBudget,
+    /// The simulcast layer it is sent.
+    selector: LayerSelector,
+    /// Its VP8 picture numbers, continued across layer switches.
+    pictures: PictureNumbering,
     /// What the caller keeps with the subscription.
     link: S,
+}
+
+/// One stream of a published track: its only one, or one of its simulcast layers.
+#[derive(Debug)]
+struct Layer {
+    /// The SSRC it is sent on, once known: a simulcast layer's is bound when it opens, a
+    /// single-stream track's is whichever sends (a restarted encoder picks another).
+    ssrc: Option<u32>,
+    /// Its recent packets, for NACKs (video only).
+    cache: Option<PacketCache>,
+    keyframes: KeyframeRequester,
 }
 
 /// A published track with its subscribers.
@@ -97,10 +114,11 @@ struct UpTrack<S> {
     publisher: ParticipantKey,
     kind: MediaKind,
     clock_rate: u32,
-    /// The SSRC the publisher currently sends, for keyframe requests.
-    source_ssrc: Option<u32>,
-    cache: Option<PacketCache>,
-    keyframes: KeyframeRequester,
+    format: PayloadFormat,
+    /// Its streams, lowest simulcast layer first.
+    layers: Vec<Layer>,
+    /// Which layers send: simulcast tracks only.
+    live: Option<LiveLayers>,
     /// What the publisher sends, which bounds what a subscriber may have retransmitted.
     bitrate: BitrateMeter,
     /// Muted by its publisher or an admin: its packets go nowhere.
@@ -119,6 +137,9 @@ pub struct Outgoing {
     pub track: TrackId,
     /// The rewritten packet (payload shared with the source packet, except for RTX).
     pub packet: rtp::Packet,
+    /// New VP8 picture numbers, to write into the payload as it is sent (a subscriber
+    /// switched between simulcast layers).
+    pub patch: Option<Vp8Patch>,
     /// Whether this is a retransmission on the RTX stream rather than on the track's SSRC.
     pub rtx: bool,
 }
@@ -162,33 +183,72 @@ impl<S> DownTrack<S> {
 pub struct Forwarder<S = ()> {
     settings: ForwarderSettings,
     tracks: HashMap<TrackId, UpTrack<S>>,
+    /// Keyframe requests the packet path made (for subscribers waiting to switch layers).
+    requests: Vec<KeyframeRequest>,
 }
 
 impl<S> Forwarder<S> {
     /// An empty forwarding table.
     pub fn new(settings: ForwarderSettings) -> Self {
-        Self { settings, tracks: HashMap::new() }
+        Self { settings, tracks: HashMap::new(), requests: Vec::new() }
     }
 
-    /// Registers a published track. Video tracks get a NACK cache.
+    /// Registers a published track of one stream. Video tracks get a NACK cache.
     pub fn add_track(&mut self, track: TrackId, publisher: ParticipantKey, kind: MediaKind, clock_rate: u32) {
-        let cache =
-            (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_min_age));
-        self.tracks.insert(
-            track,
-            UpTrack {
-                publisher,
-                kind,
-                clock_rate,
-                source_ssrc: None,
-                cache,
-                keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
-                bitrate: BitrateMeter::default(),
-                muted: false,
-                level: None,
-                downtracks: Vec::new(),
-            },
-        );
+        self.insert_track(track, publisher, kind, clock_rate, PayloadFormat::Other, 1);
+    }
+
+    /// Registers a simulcast video track of `layers` layers (lowest first), whose SSRCs
+    /// [`Forwarder::bind_layer`] gives as they open. Each subscriber gets one layer: the
+    /// highest that sends, switched at `format`'s keyframes.
+    pub fn add_simulcast_track(
+        &mut self,
+        track: TrackId,
+        publisher: ParticipantKey,
+        clock_rate: u32,
+        format: PayloadFormat,
+        layers: usize,
+    ) {
+        self.insert_track(track, publisher, MediaKind::Video, clock_rate, format, layers.max(1));
+        if let Some(up) = self.tracks.get_mut(&track) {
+            up.live = Some(LiveLayers::new(layers));
+        }
+    }
+
+    fn insert_track(
+        &mut self,
+        track: TrackId,
+        publisher: ParticipantKey,
+        kind: MediaKind,
+        clock_rate: u32,
+        format: PayloadFormat,
+        layers: usize,
+    ) {
+        let layer = || Layer {
+            ssrc: None,
+            cache: (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_min_age)),
+            keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
+        };
+        let up = UpTrack {
+            publisher,
+            kind,
+            clock_rate,
+            format,
+            layers: (0..layers).map(|_| layer()).collect(),
+            live: None,
+            bitrate: BitrateMeter::default(),
+            muted: false,
+            level: None,
+            downtracks: Vec::new(),
+        };
+        self.tracks.insert(track, up);
+    }
+
+    /// Gives a simulcast track's layer its SSRC (the stream of that RID opened).
+    pub fn bind_layer(&mut self, track: &TrackId, layer: usize, ssrc: u32) {
+        if let Some(layer) = self.tracks.get_mut(track).filter(|up| up.live.is_some()).and_then(|up| up.layers.get_mut(layer)) {
+            layer.ssrc = Some(ssrc);
+        }
     }
 
     /// Removes a published track; returns its subscriptions, whose senders must be removed.
@@ -263,6 +323,8 @@ impl<S> Forwarder<S> {
             munger,
             round_trip: Duration::ZERO,
             budget: RetransmitBudget::default(),
+            selector: LayerSelector::default(),
+            pictures: PictureNumbering::default(),
             link,
         });
         Ok(())
@@ -289,7 +351,7 @@ impl<S> Forwarder<S> {
         let down = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber)?;
         let was_waiting = down.negotiated.replace(negotiated).is_none();
         if was_waiting {
-            self.keyframe_request(now, track)
+            self.keyframe_request(now, track, Some(subscriber))
         } else {
             None
         }
@@ -305,7 +367,7 @@ impl<S> Forwarder<S> {
             let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { continue };
             down.round_trip = round_trip;
             let slowest = up.downtracks.iter().map(|d| d.round_trip).max().unwrap_or_default();
-            if let Some(cache) = up.cache.as_mut() {
+            for cache in up.layers.iter_mut().filter_map(|l| l.cache.as_mut()) {
                 cache.set_max_age(slowest.saturating_mul(NACK_ROUND_TRIPS).clamp(least, most));
             }
         }
@@ -329,42 +391,86 @@ impl<S> Forwarder<S> {
     }
 
     /// Mutes or unmutes a track: a muted track's packets are dropped here. Returns the
-    /// keyframe request that lets its subscribers resume at once on unmute.
+    /// keyframe request that lets its subscribers (and taps) resume at once on unmute; the
+    /// subscribers of a simulcast track wait for a keyframe of their layer, which the packet
+    /// path asks for.
     pub fn set_muted(&mut self, now: Instant, track: &TrackId, muted: bool) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
         let unmuted = up.muted && !muted;
         up.muted = muted;
-        if unmuted {
-            self.keyframe_request(now, track)
-        } else {
-            None
+        if !unmuted {
+            return None;
         }
+        for down in &mut up.downtracks {
+            down.selector.restart();
+        }
+        self.keyframe_request(now, track, None)
     }
 
-    /// Whether a track is muted (an unknown one is not).
-    pub fn is_muted(&self, track: &TrackId) -> bool {
-        self.tracks.get(track).is_some_and(|up| up.muted)
+    /// Whether the taps get this packet of a track: it is not muted, and it is the track's
+    /// only stream or its highest simulcast layer (what a recording keeps).
+    pub fn is_tapped(&self, track: &TrackId, ssrc: u32) -> bool {
+        self.tracks.get(track).is_some_and(|up| !up.muted && (up.live.is_none() || up.layers.last().is_some_and(|l| l.ssrc == Some(ssrc))))
     }
 
     /// Fans one packet of a published track out to its subscribers, appending to `out`;
     /// nothing for a muted track. Header extensions are stripped: their ids are negotiated
-    /// per connection.
+    /// per connection. Each subscriber of a simulcast track gets the packets of its layer
+    /// only; the keyframe requests this makes for subscribers waiting to switch are taken
+    /// with [`Forwarder::take_request`].
     pub fn forward(&mut self, now: Instant, track: &TrackId, mut packet: rtp::Packet, out: &mut Vec<Outgoing>) {
         let Some(up) = self.tracks.get_mut(track).filter(|up| !up.muted) else { return };
         if let Some(level) = up.level.as_mut() {
             level.on_packet(now, &packet.header);
         }
         strip_extensions(&mut packet.header);
-        up.source_ssrc = Some(packet.header.ssrc);
+        let Some(layer) = up.layer_of(packet.header.ssrc) else { return };
         up.bitrate.add(now, packet_size(&packet));
-        if let Some(cache) = up.cache.as_mut() {
+        if let Some(cache) = up.layers[layer].cache.as_mut() {
             cache.insert(now, &packet);
         }
-        for down in &mut up.downtracks {
-            if let Some(rewritten) = rewrite(now, down, &packet) {
-                out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, rtx: false });
+        let Some(live) = up.live.as_mut() else {
+            for down in &mut up.downtracks {
+                if let Some(rewritten) = rewrite(now, down, &packet) {
+                    out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, patch: None, rtx: false });
+                }
+            }
+            return;
+        };
+        let target = live.on_packet(now, layer);
+        let format = up.format;
+        let descriptor = (format == PayloadFormat::Vp8).then(|| Descriptor::parse(&packet.payload)).flatten();
+        let mut keyframe = None;
+        let mut waiting = false;
+        for down in up.downtracks.iter_mut().filter(|d| d.negotiated.is_some()) {
+            let decision =
+                down.selector.decide(layer, target, || *keyframe.get_or_insert_with(|| format.is_keyframe_start(&packet.payload)));
+            waiting |= down.selector.waits_for(target);
+            match decision {
+                Decision::Drop => continue,
+                Decision::Forward => {}
+                Decision::Switch => {
+                    down.munger.switch_source();
+                    if let Some(descriptor) = &descriptor {
+                        down.pictures.switch(descriptor);
+                    }
+                }
+            }
+            let Some(rewritten) = rewrite(now, down, &packet) else { continue };
+            let patch = descriptor.as_ref().and_then(|d| down.pictures.renumber(d));
+            out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, patch, rtx: false });
+        }
+        // A delta frame of the layer some subscribers wait for: ask for its keyframe.
+        if waiting && layer == target {
+            if let Some(request) = up.layer_keyframe_request(now, track, target) {
+                self.requests.push(request);
             }
         }
+    }
+
+    /// A keyframe request the packet path made, to send.
+    pub fn take_request(&mut self) -> Option<KeyframeRequest> {
+        self.requests.pop()
     }
 
     /// Answers a subscriber's NACK for the given outgoing sequence numbers from the cache,
@@ -380,8 +486,8 @@ impl<S> Forwarder<S> {
         out: &mut Vec<Outgoing>,
     ) -> usize {
         let Some(up) = self.tracks.get_mut(track) else { return 0 };
-        let Some(cache) = up.cache.as_ref() else { return 0 };
         let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { return 0 };
+        let renumbered = up.live.is_some() && up.format == PayloadFormat::Vp8;
         let track_rate = up.bitrate.bytes_per_second();
         let mut asked: Vec<u16> = Vec::new();
         for out_seq in lost {
@@ -395,49 +501,81 @@ impl<S> Forwarder<S> {
         let mut found = 0;
         for out_seq in asked {
             let Some((ssrc, seq)) = down.munger.source_sequence(out_seq) else { continue };
-            let Some(cached) = cache.get(ssrc, seq) else { continue };
+            let layer = up.layers.iter().find(|l| l.ssrc == Some(ssrc));
+            let Some(cached) = layer.and_then(|l| l.cache.as_ref()).and_then(|cache| cache.get(ssrc, seq)) else { continue };
             if !down.budget.spend(now, packet_size(cached), track_rate) {
                 break;
             }
             let Some(rewritten) = rewrite(now, down, cached) else { continue };
+            let patch = renumbered.then(|| Descriptor::parse(&cached.payload)).flatten().and_then(|d| down.pictures.renumber(&d));
             let rtx = down.negotiated.and_then(|n| n.rtx);
-            let packet = match rtx {
+            let (packet, patch) = match rtx {
                 Some(stream) => {
                     let sequence = down.rtx_sequence;
                     down.rtx_sequence = sequence.wrapping_add(1);
-                    rtx_packet(rewritten, stream, sequence)
+                    (rtx_packet(rewritten, stream, sequence, patch), None)
                 }
-                None => rewritten,
+                None => (rewritten, patch),
             };
-            out.push(Outgoing { subscriber: *subscriber, track: *track, packet, rtx: rtx.is_some() });
+            out.push(Outgoing { subscriber: *subscriber, track: *track, packet, patch, rtx: rtx.is_some() });
             found += 1;
         }
         found
     }
 
-    /// A subscriber asked for a keyframe (PLI/FIR): returns the request to relay to the
-    /// publisher, or `None` while throttled (the request is deferred to the end of the
-    /// interval, see [`Forwarder::due_keyframe_requests`]) or before the publisher sent
-    /// anything.
-    pub fn keyframe_request(&mut self, now: Instant, track: &TrackId) -> Option<KeyframeRequest> {
+    /// A keyframe is wanted for `subscriber` (its PLI or FIR, or it just negotiated) or,
+    /// with `None`, for the taps: returns the request to relay to the publisher, for the
+    /// layer the subscriber gets (the taps get the highest), or `None` while throttled (the
+    /// request is deferred to the end of the interval, see
+    /// [`Forwarder::due_keyframe_requests`]) or before the publisher sent anything.
+    pub fn keyframe_request(&mut self, now: Instant, track: &TrackId, subscriber: Option<&ParticipantKey>) -> Option<KeyframeRequest> {
         let up = self.tracks.get_mut(track)?;
-        if up.kind != MediaKind::Video {
-            return None;
-        }
-        let media_ssrc = up.source_ssrc?;
-        up.keyframes.should_request(now).then_some(KeyframeRequest { publisher: up.publisher, track: *track, media_ssrc })
+        let layer = match (&up.live, subscriber) {
+            (None, _) => 0,
+            // One still waiting for its first keyframe has it asked for by the packet path,
+            // of the layer it waits for.
+            (Some(_), Some(subscriber)) => up.downtracks.iter().find(|d| &d.subscriber == subscriber)?.selector.current()?,
+            (Some(_), None) => up.layers.len() - 1,
+        };
+        up.layer_keyframe_request(now, track, layer)
     }
 
     /// When the next deferred keyframe request may go out.
     pub fn keyframe_deadline(&self) -> Option<Instant> {
-        self.tracks.values().filter_map(|up| up.keyframes.deferred_until()).min()
+        self.tracks.values().flat_map(|up| &up.layers).filter_map(|layer| layer.keyframes.deferred_until()).min()
     }
 
     /// Appends to `out` the deferred keyframe requests due at `now`.
     pub fn due_keyframe_requests(&mut self, now: Instant, out: &mut Vec<KeyframeRequest>) {
-        let due: Vec<TrackId> =
-            self.tracks.iter().filter(|(_, up)| up.keyframes.deferred_until().is_some_and(|at| at <= now)).map(|(id, _)| *id).collect();
-        out.extend(due.iter().filter_map(|track| self.keyframe_request(now, track)));
+        for (track, up) in &mut self.tracks {
+            for layer in 0..up.layers.len() {
+                if up.layers[layer].keyframes.deferred_until().is_some_and(|at| at <= now) {
+                    out.extend(up.layer_keyframe_request(now, track, layer));
+                }
+            }
+        }
+    }
+}
+
+impl<S> UpTrack<S> {
+    /// The layer a packet of `ssrc` belongs to: a single-stream track's one, whatever the
+    /// SSRC; a simulcast track's by the SSRCs bound.
+    fn layer_of(&mut self, ssrc: u32) -> Option<usize> {
+        if self.live.is_none() {
+            self.layers[0].ssrc = Some(ssrc);
+            return Some(0);
+        }
+        self.layers.iter().position(|l| l.ssrc == Some(ssrc))
+    }
+
+    /// A keyframe request for `layer`, unless throttled or not video.
+    fn layer_keyframe_request(&mut self, now: Instant, track: &TrackId, layer: usize) -> Option<KeyframeRequest> {
+        if self.kind != MediaKind::Video {
+            return None;
+        }
+        let layer = self.layers.get_mut(layer)?;
+        let media_ssrc = layer.ssrc?;
+        layer.keyframes.should_request(now).then_some(KeyframeRequest { publisher: self.publisher, track: *track, media_ssrc })
     }
 }
 
@@ -466,11 +604,14 @@ fn rewrite<S>(now: Instant, down: &mut DownTrack<S>, source: &rtp::Packet) -> Op
 }
 
 /// Wraps a rewritten packet for the RTX stream (RFC 4588): the original sequence number
-/// leads the payload, header fields come from the repair stream.
-fn rtx_packet(original: rtp::Packet, stream: RtxStream, sequence: u16) -> rtp::Packet {
+/// leads the payload (renumbered by `patch`), header fields come from the repair stream.
+fn rtx_packet(original: rtp::Packet, stream: RtxStream, sequence: u16, patch: Option<Vp8Patch>) -> rtp::Packet {
     let mut payload = bytes::BytesMut::with_capacity(2 + original.payload.len());
     payload.extend_from_slice(&original.header.sequence_number.to_be_bytes());
     payload.extend_from_slice(&original.payload);
+    if let Some(patch) = patch {
+        patch.apply(&mut payload[2..]);
+    }
     let mut header = original.header;
     header.ssrc = stream.ssrc;
     header.payload_type = stream.payload_type;

@@ -54,7 +54,7 @@ pub fn srtp(data: &[u8]) {
     }
     let Ok(clear) = packet.marshal() else { return };
     let mut sealed = Vec::new();
-    if sender.protect(&packet, &mut sealed).is_ok() {
+    if sender.protect(&packet, &mut sealed, |_| {}).is_ok() {
         let opened = receiver.open(&mut sealed).expect("what the sender sealed opens");
         assert_eq!(&sealed[..opened.end], &clear[..], "and is the packet sealed");
     }

@@ -73,6 +73,14 @@ impl RtpMunger {
         Some(out)
     }
 
+    /// Starts a new epoch with the next packet, whatever its SSRC: the forwarder switched
+    /// the subscriber to another simulcast layer (perhaps one it had left before, whose late
+    /// packets would otherwise be dropped).
+    pub fn switch_source(&mut self) {
+        self.epoch = None;
+        self.retired_ssrc = None;
+    }
+
     /// The incoming sequence number that was sent as `out_seq` in the current epoch, used to
     /// answer a subscriber's NACK from the publisher's packet cache.
     pub fn source_sequence(&self, out_seq: u16) -> Option<(u32, u16)> {
@@ -141,6 +149,18 @@ mod tests {
         // A late packet from the old source is not placed.
         assert!(m.munge(t1, 1, 65_535, 16_000).is_none());
         assert_eq!(m.munge(t1, 2, 779, 123 + 6000).unwrap().sequence_number, 6);
+    }
+
+    #[test]
+    fn a_switch_back_to_an_earlier_source_continues_the_numbers() {
+        let t0 = Instant::now();
+        let mut m = RtpMunger::new(90_000);
+        m.munge(t0, 1, 10, 1000);
+        m.switch_source();
+        assert_eq!(m.munge(t0, 2, 500, 7).unwrap().sequence_number, 11);
+        m.switch_source();
+        let back = m.munge(t0 + Duration::from_millis(10), 1, 20, 2000).unwrap();
+        assert_eq!(back, Munged { sequence_number: 12, timestamp: 1000 + 1 + 900 });
     }
 
     #[test]

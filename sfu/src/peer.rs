@@ -21,7 +21,7 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_TRANSPORT_CC};
-use rtc::sdp::extmap::{AUDIO_LEVEL_URI, TRANSPORT_CC_URI};
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 
 use crate::feedback_tap::{publisher_feedback, subscriber_feedback, FeedbackTap};
 use crate::srtp::KeyCapture;
@@ -129,6 +129,12 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut
             media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
             let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
             media.register_header_extension(extension, kind, None).map_err(engine)?;
+        }
+        // Simulcast layers are told apart by their RID (RFC 8852); rtc binds a layer's SSRC
+        // to its RID from these extensions on its first packets.
+        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, SDES_REPAIR_RTP_STREAM_ID_URI] {
+            let extension = RTCRtpHeaderExtensionCapability { uri: uri.to_owned() };
+            media.register_header_extension(extension, RtpCodecKind::Video, None).map_err(engine)?;
         }
         // The level of each audio packet, for the active speakers.
         let extension = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };

@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
 use rtc::rtp::packet::Packet;
-use rtc::shared::marshal::Marshal;
+use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
@@ -26,6 +26,7 @@ use crate::remote::Remote;
 use crate::schedule::REPORT_INTERVAL;
 use crate::srtp::gcm::GcmSender;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
+use crate::vp8::Vp8Patch;
 use reports::SentStream;
 
 /// The send side of one subscriber connection.
@@ -90,13 +91,23 @@ impl Egress {
         }
     }
 
-    /// Encrypts `packet` for the client and counts it; returns the datagram and where it goes.
-    pub fn protect(&mut self, now: Instant, packet: &Packet) -> Result<(&[u8], Remote), SrtpError> {
+    /// Encrypts `packet` for the client, its payload renumbered by `patch`, and counts it;
+    /// returns the datagram and where it goes.
+    pub fn protect(&mut self, now: Instant, packet: &Packet, patch: Option<&Vp8Patch>) -> Result<(&[u8], Remote), SrtpError> {
         let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(SrtpError::NotConnected) };
         match protection {
-            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram)?,
+            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram, |payload| {
+                if let Some(patch) = patch {
+                    patch.apply(payload);
+                }
+            })?,
             Protection::Context(context) => {
-                let clear = packet.marshal().map_err(srtp)?;
+                let mut clear = packet.marshal().map_err(srtp)?;
+                if let Some(patch) = patch {
+                    let mut edited = clear.to_vec();
+                    patch.apply(&mut edited[packet.header.marshal_size()..]);
+                    clear = edited.as_slice().into();
+                }
                 let protected = context.encrypt_rtp_with_header(&clear, &packet.header).map_err(srtp)?;
                 self.datagram.clear();
                 self.datagram.extend_from_slice(&protected);

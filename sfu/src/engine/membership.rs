@@ -8,7 +8,7 @@ use rand::Rng;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{AUDIO_LEVEL_URI, TRANSPORT_CC_URI};
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_REPAIR_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 use tracing::{info, warn};
 
 use super::participant::{Negotiation, Participant, Peer, Published, Subscription};
@@ -18,6 +18,7 @@ use crate::forwarder::{MediaKind, Removed};
 use crate::ingress::Ingress;
 use crate::peer::{build_peer, PeerRole};
 use crate::remote::Remote;
+use crate::simulcast::PayloadFormat;
 use crate::tap::TapEvent;
 use crate::{ParticipantKey, RoomId, SfuError, SfuEvent, TrackId, TrackInfo};
 
@@ -73,6 +74,7 @@ impl Engine {
         media_track_id: String,
         receiver_id: RTCRtpReceiverId,
         ssrc: u32,
+        rid: Option<String>,
     ) {
         let Some(participant) = self.participants.get_mut(&key) else { return };
         let id = &participant.id;
@@ -91,22 +93,43 @@ impl Engine {
         let extensions = &receiver.get_parameters().rtp_parameters.header_extensions;
         let extension_id = |uri: &str| extensions.iter().find(|e| e.uri == uri).and_then(|e| u8::try_from(e.id).ok());
         let (twcc, audio_level) = (extension_id(TRANSPORT_CC_URI), extension_id(AUDIO_LEVEL_URI));
+        let repaired_rid = extension_id(SDES_REPAIR_RTP_STREAM_ID_URI);
         let track = participant.published.get(&media_track_id).map_or_else(TrackId::next, |p| p.track);
+        // A simulcast layer: its place among the track's RIDs, as the offer lists them
+        // (lowest first), and how many there are.
+        let layer = rid.as_ref().and_then(|rid| {
+            let rids: Vec<&str> =
+                receiver.track().codings().iter().map(|c| c.rtp_coding_parameters.rid.as_str()).filter(|r| !r.is_empty()).collect();
+            rids.iter().position(|r| r == rid).map(|index| (index, rids.len()))
+        });
         if let Some(ingress) = peer.ingress.as_mut() {
             let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
-            ingress.add_stream(now, ssrc, track, codec.clock_rate, nack);
+            ingress.add_stream(now, ssrc, rid, track, codec.clock_rate, nack);
             if let Some(extension_id) = twcc {
                 ingress.enable_twcc(now, extension_id);
             }
+            if let Some(extension_id) = repaired_rid.filter(|_| layer.is_some()) {
+                ingress.enable_repaired_rid(extension_id);
+            }
         }
         if participant.published.contains_key(&media_track_id) {
-            return; // another simulcast layer of a known track
+            // Another simulcast layer of a known track, or its stream restarted.
+            if let Some((index, _)) = layer {
+                self.forwarder.bind_layer(&track, index, ssrc);
+            }
+            return;
         }
         let mid = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(receiver_id)).and_then(|t| t.mid().clone());
         let source = mid.and_then(|mid| participant.sources.get(&mid).copied()).unwrap_or_default();
         let info = TrackInfo { id: track, publisher: id.clone(), kind, source, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
-        self.forwarder.add_track(track, key, kind, codec.clock_rate);
+        match layer {
+            Some((index, count)) if kind == MediaKind::Video => {
+                self.forwarder.add_simulcast_track(track, key, codec.clock_rate, PayloadFormat::of(&codec.mime_type), count);
+                self.forwarder.bind_layer(&track, index, ssrc);
+            }
+            _ => self.forwarder.add_track(track, key, kind, codec.clock_rate),
+        }
         if let Some(extension_id) = audio_level.filter(|_| kind == MediaKind::Audio) {
             self.forwarder.measure_level(&track, extension_id);
         }

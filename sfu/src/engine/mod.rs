@@ -339,6 +339,11 @@ impl Engine {
                 self.forward_published(now, room.as_ref(), &track, packet, out);
                 return true;
             }
+            Taken::Padding => {
+                let feedback_due = peer.ingress.as_ref().and_then(Ingress::deadline);
+                self.sooner(feedback_due);
+                return true;
+            }
             Taken::Refused(err) => {
                 self.counters.add(Counter::SrtpRefused, 1);
                 debug!(participant = %key.0, %err, "media refused");
@@ -427,7 +432,7 @@ impl Engine {
     fn handle_event(&mut self, now: Instant, key: &PeerKey, event: RTCPeerConnectionEvent) {
         match event {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if key.1 == PeerRole::Publisher => {
-                self.publish_track(now, key.0, init.track_id, init.receiver_id, init.ssrc);
+                self.publish_track(now, key.0, init.track_id, init.receiver_id, init.ssrc, init.rid);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(media_track_id)) if key.1 == PeerRole::Publisher => {
                 self.unpublish(now, key.0, &media_track_id);
@@ -486,7 +491,7 @@ impl Engine {
         packet: rtc::rtp::packet::Packet,
         out: &mut dyn Transmit,
     ) {
-        if let Some(room) = room.filter(|_| !self.forwarder.is_muted(track)) {
+        if let Some(room) = room.filter(|_| self.forwarder.is_tapped(track, packet.header.ssrc)) {
             self.taps.send_rtp(&mut self.counters, room, track, now, &packet);
         }
         self.counters.add(Counter::PacketsIn, 1);
@@ -495,6 +500,9 @@ impl Engine {
         self.forwarder.forward(now, track, packet, &mut outgoing);
         self.send_outgoing(now, &mut outgoing, out);
         self.outgoing = outgoing;
+        while let Some(request) = self.forwarder.take_request() {
+            self.send_keyframe_request(now, request);
+        }
     }
 
     /// Protects rewritten packets for their subscribers and transmits them.
@@ -502,7 +510,7 @@ impl Engine {
         for packet in outgoing.drain(..) {
             let Some(subscriber) = self.participants.get_mut(&packet.subscriber) else { continue };
             let Some(egress) = subscriber.subscriber.as_mut().and_then(|peer| peer.egress.as_mut()) else { continue };
-            match egress.protect(now, &packet.packet) {
+            match egress.protect(now, &packet.packet, packet.patch.as_ref()) {
                 Ok((datagram, to)) => {
                     out.transmit(datagram, to);
                     if packet.rtx {
@@ -593,7 +601,7 @@ impl Engine {
             }
             Command::DetachTap { room, tap } => self.taps.detach(&room, tap),
             Command::TapKeyframeRequest { track } => {
-                if let Some(request) = self.forwarder.keyframe_request(now, &track) {
+                if let Some(request) = self.forwarder.keyframe_request(now, &track, None) {
                     self.send_keyframe_request(now, request);
                 }
             }

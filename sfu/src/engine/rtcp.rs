@@ -48,7 +48,7 @@ impl Engine {
                 self.counters.add(Counter::KeyframeRequests, 1);
                 // A throttled request is deferred: a deadline of the forwarder's.
                 self.forget_deadline();
-                if let Some(request) = self.forwarder.keyframe_request(now, track) {
+                if let Some(request) = self.forwarder.keyframe_request(now, track, Some(&subscriber)) {
                     self.send_keyframe_request(now, request);
                 }
             } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {

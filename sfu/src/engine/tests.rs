@@ -26,7 +26,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::AUDIO_LEVEL_URI;
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_RTP_STREAM_ID_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 
@@ -114,6 +114,11 @@ impl Client {
         // Audio levels, as browsers send them.
         let level = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };
         media.register_header_extension(level, RtpCodecKind::Audio, None).expect("audio level");
+        // Simulcast layers, named by their RIDs.
+        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI] {
+            let extension = RTCRtpHeaderExtensionCapability { uri: uri.to_owned() };
+            media.register_header_extension(extension, RtpCodecKind::Video, None).expect("simulcast extensions");
+        }
         let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::delivering(|_| true));
         let mut pc =
             RTCPeerConnectionBuilder::new().with_media_engine(media).with_interceptor_registry(registry).build(now).expect("client");
@@ -255,6 +260,27 @@ impl World {
         sender
     }
 
+    /// `name` publishes one VP8 track of three simulcast layers, RIDs `q`, `h` and `f`
+    /// (lowest first) sent with `ssrcs`; returns its sender.
+    fn publish_simulcast(&mut self, name: &'static str, ssrcs: [u32; 3]) -> RTCRtpSenderId {
+        let client = self.new_client();
+        let encodings = SIMULCAST_RIDS
+            .iter()
+            .zip(ssrcs)
+            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { rid: (*rid).to_owned(), ssrc: Some(ssrc), ..Default::default() },
+                active: true,
+                codec: vp8(),
+                ..Default::default()
+            })
+            .collect();
+        let track = MediaStreamTrack::new(name.into(), "cam".into(), "cam".into(), RtpCodecKind::Video, encodings);
+        let sender = self.clients[client].pc.add_track(track).expect("track");
+        self.negotiate_publisher(name, client);
+        self.members.get_mut(name).expect("member").publisher = Some(client);
+        sender
+    }
+
     /// [`World::publish_vp8`], then its first packet, with which the engine announces the
     /// track.
     fn announce_vp8(&mut self, name: &'static str, ssrc: u32) -> RTCRtpSenderId {
@@ -321,30 +347,34 @@ impl World {
 
     /// Sends the publisher's packet `sequence` of the track on `sender`.
     fn send_rtp(&mut self, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequence: u16) {
+        self.send_vp8(name, sender, ssrc, sequence, None, payload(sequence));
+    }
+
+    /// Sends the publisher's VP8 packet `sequence` with `payload` on `sender`, of the
+    /// simulcast layer `rid` (named in the MID and RID header extensions, as browsers do).
+    fn send_vp8(&mut self, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequence: u16, rid: Option<&str>, payload: Bytes) {
         let client = self.members[name].publisher.expect("publishing");
         let pc = &mut self.clients[client].pc;
+        let mid = pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)).and_then(|t| t.mid().clone());
         let mut rtp_sender = pc.rtp_sender(sender).expect("sender");
-        let payload_type = rtp_sender
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type == "video/VP8")
-            .expect("vp8")
-            .payload_type;
-        let packet = rtp::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                payload_type,
-                ssrc,
-                sequence_number: sequence,
-                timestamp: u32::from(sequence) * 3000,
-                marker: true,
-                ..Default::default()
-            },
-            payload: payload(sequence),
+        let parameters = &rtp_sender.get_parameters().rtp_parameters;
+        let payload_type = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == "video/VP8").expect("vp8").payload_type;
+        let extension = |uri: &str| parameters.header_extensions.iter().find(|e| e.uri == uri).expect("negotiated").id as u8;
+        let mut header = rtp::header::Header {
+            version: 2,
+            payload_type,
+            ssrc,
+            sequence_number: sequence,
+            timestamp: u32::from(sequence) * 3000,
+            marker: true,
+            ..Default::default()
         };
-        rtp_sender.write_rtp(self.now, packet).expect("write");
+        if let Some(rid) = rid {
+            let mid = mid.expect("a mid");
+            header.set_extension(extension(SDES_MID_URI), Bytes::from(mid.into_bytes())).expect("mid");
+            header.set_extension(extension(SDES_RTP_STREAM_ID_URI), Bytes::from(rid.to_owned())).expect("rid");
+        }
+        rtp_sender.write_rtp(self.now, rtp::Packet { header, payload }).expect("write");
     }
 
     /// Moves time on by `duration` in steps, carrying datagrams both ways, answering the
@@ -1015,4 +1045,90 @@ fn the_room_hears_who_speaks_and_when_they_stop_at_most_every_round() {
     }
     assert_eq!(last_speakers(&world, "bob"), Some(vec![]), "nobody speaks");
     assert_eq!(last_speakers(&world, "alice"), Some(vec![]), "the speaker hears it too");
+}
+
+/// The RIDs of [`World::publish_simulcast`]'s layers, lowest first.
+const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// Sends frame `frame` of each of `layers` (one packet each, 33 ms apart), starting a
+/// keyframe on those `keyframe` names, and lets 33 ms pass. Each layer numbers its packets
+/// and pictures from a base of its own.
+fn send_layers(world: &mut World, sender: RTCRtpSenderId, ssrcs: [u32; 3], frame: u16, layers: &[usize], keyframe: &[usize]) {
+    for &layer in layers {
+        let number = 1000 * layer as u16 + frame;
+        let payload = Bytes::from(crate::vp8::tests::payload(number, number as u8, true, keyframe.contains(&layer)));
+        world.send_vp8("alice", sender, ssrcs[layer], number, Some(SIMULCAST_RIDS[layer]), payload);
+    }
+    world.run(Duration::from_millis(33));
+}
+
+/// The PLIs `name`'s publisher connection received for the stream `ssrc`.
+fn plis_for(world: &World, name: &str, ssrc: u32) -> usize {
+    let client = &world.clients[world.members[name].publisher.expect("publishing")];
+    client.rtcp_of::<PictureLossIndication>().filter(|pli| pli.media_ssrc == ssrc).count()
+}
+
+/// What Bob received since `from`: outgoing sequence number, VP8 picture ID and TL0PICIDX,
+/// and whether the packet starts a keyframe.
+fn received_pictures(world: &World, from: usize) -> Vec<(u16, u16, u8, bool)> {
+    world.received("bob")[from..]
+        .iter()
+        .map(|(_, packet)| {
+            let descriptor = crate::vp8::Descriptor::parse(&packet.payload).expect("VP8");
+            let picture = descriptor.picture_id.expect("picture id").value;
+            (packet.header.sequence_number, picture, descriptor.tl0_pic_idx.expect("TL0PICIDX").1, descriptor.keyframe_start)
+        })
+        .collect()
+}
+
+#[test]
+fn a_simulcast_subscriber_gets_one_layer_switched_at_keyframes_with_its_numbers_continued() {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.join("alice", true);
+    let ssrcs = [0x51, 0x52, 0x53];
+    let sender = world.publish_simulcast("alice", ssrcs);
+    world.run(Duration::from_millis(300));
+    let all = [0, 1, 2];
+    // Every layer sends; the browser's first keyframes went before Bob's subscription was
+    // negotiated, so the server asks for one of the top layer.
+    for frame in 1..=30 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 1 { &all } else { &[] });
+    }
+    assert!(world.received("bob").is_empty(), "nothing before a keyframe of the layer Bob is to get");
+    assert!(plis_for(&world, "alice", ssrcs[2]) >= 1, "a keyframe of the top layer was asked for");
+    assert_eq!(plis_for(&world, "alice", ssrcs[0]) + plis_for(&world, "alice", ssrcs[1]), 0, "and of no other");
+    for frame in 31..=40 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 31 { &[2] } else { &[] });
+    }
+    let top = received_pictures(&world, 0);
+    let expected: Vec<_> = (2031..=2040u16).map(|n| (n, n, n as u8, n == 2031)).collect();
+    assert_eq!(top, expected, "the top layer from its keyframe, as sent");
+    assert!(world.received("bob").iter().all(|(_, p)| p.header.ssrc == world.received("bob")[0].1.header.ssrc), "one stream");
+
+    // The top layer stops (the browser's uplink shrank): Bob moves to the middle one at its
+    // next keyframe, which the server asks for.
+    let plis_before = plis_for(&world, "alice", ssrcs[1]);
+    for frame in 41..=60 {
+        send_layers(&mut world, sender, ssrcs, frame, &[0, 1], &[]);
+    }
+    assert!(plis_for(&world, "alice", ssrcs[1]) > plis_before, "a keyframe of the middle layer was asked for");
+    let seen = world.received("bob").len();
+    assert_eq!(seen, 10, "nothing of the lower layers before their keyframe");
+    for frame in 61..=70 {
+        send_layers(&mut world, sender, ssrcs, frame, &[0, 1], if frame == 61 { &[1] } else { &[] });
+    }
+    let middle = received_pictures(&world, seen);
+    let expected: Vec<_> = (2041..=2050u16).map(|n| (n, n, n as u8, n == 2041)).collect();
+    assert_eq!(middle, expected, "sequence numbers, picture IDs and TL0PICIDX go on from the top layer's");
+    for (index, (_, packet)) in world.received("bob")[seen..].iter().enumerate() {
+        let sent = crate::vp8::tests::payload(1061 + index as u16, 0, true, index == 0);
+        assert_eq!(packet.payload[5..], sent[5..], "the frame itself is forwarded as sent");
+    }
+
+    // The top layer comes back with a keyframe: Bob is back on it at once.
+    let seen = world.received("bob").len();
+    send_layers(&mut world, sender, ssrcs, 71, &[2, 1, 0], &[2]);
+    send_layers(&mut world, sender, ssrcs, 72, &[2, 1, 0], &[]);
+    assert_eq!(received_pictures(&world, seen), [(2051, 2051, 2051u16 as u8, true), (2052, 2052, 2052u16 as u8, false)]);
 }

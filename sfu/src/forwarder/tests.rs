@@ -202,10 +202,10 @@ fn keyframe_requests_from_many_subscribers_are_throttled() {
     let mut out = Vec::new();
     f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
     let t1 = t0 + Duration::from_secs(1);
-    let relayed: Vec<_> = (0..50).filter_map(|_| f.keyframe_request(t1, &track())).collect();
+    let relayed: Vec<_> = (0..50).filter_map(|_| f.keyframe_request(t1, &track(), None)).collect();
     assert_eq!(relayed, vec![KeyframeRequest { publisher: alice(), track: track(), media_ssrc: 77 }]);
-    assert!(f.keyframe_request(t1 + Duration::from_millis(499), &track()).is_none());
-    assert!(f.keyframe_request(t1 + Duration::from_millis(500), &track()).is_some());
+    assert!(f.keyframe_request(t1 + Duration::from_millis(499), &track(), None).is_none());
+    assert!(f.keyframe_request(t1 + Duration::from_millis(500), &track(), None).is_some());
 }
 
 #[test]
@@ -319,9 +319,9 @@ fn a_throttled_keyframe_request_goes_out_when_the_interval_ends() {
     let mut f = room(2, t0);
     let mut out = Vec::new();
     f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
-    assert!(f.keyframe_request(t0, &track()).is_some());
+    assert!(f.keyframe_request(t0, &track(), None).is_some());
     let t1 = t0 + Duration::from_millis(100);
-    assert!(f.keyframe_request(t1, &track()).is_none(), "throttled");
+    assert!(f.keyframe_request(t1, &track(), None).is_none(), "throttled");
     let due = t0 + ForwarderSettings::default().keyframe_interval;
     assert_eq!(f.keyframe_deadline(), Some(due));
     let mut requests = Vec::new();
@@ -341,11 +341,152 @@ fn a_muted_track_forwards_nothing_and_unmuting_asks_for_a_keyframe() {
     assert_eq!(out.len(), 2);
     out.clear();
     assert_eq!(f.set_muted(t0, &track(), true), None);
-    assert!(f.is_muted(&track()));
+    assert!(!f.is_tapped(&track(), 77), "nor to the taps");
     f.forward(t0, &track(), video_packet(77, 2, 3000), &mut out);
     assert!(out.is_empty(), "muted packets go nowhere");
     let t1 = t0 + Duration::from_secs(1);
     assert_eq!(f.set_muted(t1, &track(), false).map(|r| r.media_ssrc), Some(77), "unmute asks for a keyframe");
     f.forward(t1, &track(), video_packet(77, 3, 6000), &mut out);
     assert_eq!(out.len(), 2);
+}
+
+/// SSRCs of the three simulcast layers of [`simulcast_room`]'s track, lowest first.
+const LAYERS: [u32; 3] = [71, 72, 73];
+
+/// A forwarder with one three-layer VP8 simulcast track, every layer bound, and `n`
+/// subscribers that have all negotiated.
+fn simulcast_room(n: usize, now: Instant) -> Forwarder {
+    let mut f = Forwarder::new(ForwarderSettings::default());
+    f.add_simulcast_track(track(), alice(), 90_000, PayloadFormat::Vp8, 3);
+    for (layer, ssrc) in LAYERS.into_iter().enumerate() {
+        f.bind_layer(&track(), layer, ssrc);
+    }
+    for i in 0..n {
+        f.subscribe(&track(), sub(i), 1000 + i as u32, ());
+        f.set_negotiated(now, &track(), &sub(i), negotiated(None));
+    }
+    f
+}
+
+/// Packet `seq` of simulcast `layer`: one packet per frame, picture IDs and TL0PICIDX
+/// counting with it from a base of the layer's own.
+fn layer_packet(layer: usize, seq: u16, key: bool) -> rtp::Packet {
+    let base = 1000 * layer as u16;
+    let mut packet = video_packet(LAYERS[layer], base + seq, u32::from(seq) * 3000);
+    packet.payload = Bytes::from(crate::vp8::tests::payload(base + seq, (base + seq) as u8, true, key));
+    packet
+}
+
+/// The picture ID and TL0PICIDX a subscriber sees in an outgoing packet.
+fn pictures(out: &Outgoing) -> (u16, u8) {
+    let mut payload = out.packet.payload.to_vec();
+    if let Some(patch) = out.patch {
+        patch.apply(&mut payload);
+    }
+    let descriptor = Descriptor::parse(&payload).expect("a VP8 descriptor");
+    (descriptor.picture_id.expect("a picture id").value, descriptor.tl0_pic_idx.expect("a TL0PICIDX").1)
+}
+
+#[test]
+fn a_simulcast_subscriber_gets_the_highest_layer_from_its_keyframe_and_moves_down_when_it_stops() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut f = simulcast_room(2, t0);
+    let mut out = Vec::new();
+    // 33 ms frames on every layer, the highest first; only layer 0 starts with a keyframe.
+    for seq in 0..10u16 {
+        for layer in (0..3).rev() {
+            f.forward(at(u64::from(seq) * 33), &track(), layer_packet(layer, seq, seq == 0 && layer == 0), &mut out);
+        }
+    }
+    assert!(out.is_empty(), "layer 2 sends, and no subscriber has had its keyframe");
+    let requests: Vec<_> = std::iter::from_fn(|| f.take_request()).collect();
+    assert_eq!(requests.len(), 1, "one request for both, throttled after: {requests:?}");
+    assert_eq!(requests[0].media_ssrc, LAYERS[2], "the keyframe is asked of the layer they wait for");
+    // Layer 2's keyframe: both switch, and get layer 2 only.
+    for seq in 10..20u16 {
+        for layer in 0..3 {
+            f.forward(at(u64::from(seq) * 33), &track(), layer_packet(layer, seq, seq == 10 && layer == 2), &mut out);
+        }
+    }
+    assert_eq!(out.len(), 20);
+    let first: Vec<_> = out.iter().filter(|o| o.subscriber == sub(0)).map(|o| o.packet.header.sequence_number).collect();
+    assert_eq!(first, (2010..2020).collect::<Vec<u16>>(), "the first layer keeps its numbers");
+    assert!(out.iter().all(|o| o.patch.is_none()), "nothing to renumber before a switch");
+    // Layer 2 stops; layers 0 and 1 go on, and layer 1's keyframe comes at frame 40.
+    out.clear();
+    for seq in 20..50u16 {
+        for layer in 0..2 {
+            f.forward(at(u64::from(seq) * 33), &track(), layer_packet(layer, seq, seq == 40 && layer == 1), &mut out);
+        }
+    }
+    let requests: Vec<_> = std::iter::from_fn(|| f.take_request()).collect();
+    assert!(requests.iter().all(|r| r.media_ssrc == LAYERS[1]) && !requests.is_empty(), "{requests:?}");
+    let received: Vec<_> = out.iter().filter(|o| o.subscriber == sub(1)).collect();
+    assert_eq!(received.len(), 10, "layer 1 from its keyframe on");
+    let numbers: Vec<(u16, (u16, u8))> = received.iter().map(|o| (o.packet.header.sequence_number, pictures(o))).collect();
+    let expected: Vec<(u16, (u16, u8))> = (0..10u16).map(|i| (2020 + i, (2020 + i, (2020 + i) as u8))).collect();
+    assert_eq!(numbers, expected, "sequence numbers, picture IDs and TL0PICIDX continue from layer 2's");
+    assert!(received
+        .iter()
+        .all(|o| o.packet.header.ssrc == 1001 && o.packet.payload[6] & 1 == u8::from(o.packet.header.sequence_number != 2020)));
+    // Layer 2 resumes with a keyframe: straight back up, numbers still continuous.
+    out.clear();
+    f.forward(at(50 * 33), &track(), layer_packet(2, 50, true), &mut out);
+    f.forward(at(50 * 33), &track(), layer_packet(1, 50, false), &mut out);
+    let numbers: Vec<(u16, (u16, u8))> =
+        out.iter().filter(|o| o.subscriber == sub(1)).map(|o| (o.packet.header.sequence_number, pictures(o))).collect();
+    assert_eq!(numbers, [(2030, (2030, 2030u16 as u8))]);
+}
+
+#[test]
+fn a_simulcast_retransmission_comes_from_the_layer_the_subscriber_had_renumbered() {
+    let now = Instant::now();
+    let mut f = simulcast_room(1, now);
+    let mut out = Vec::new();
+    for seq in 0..5u16 {
+        f.forward(now, &track(), layer_packet(2, seq, seq == 0), &mut out);
+    }
+    for seq in 5..10u16 {
+        f.forward(now + Duration::from_secs(1), &track(), layer_packet(1, seq, seq == 5), &mut out);
+    }
+    assert_eq!(out.len(), 10);
+    let lost = &out[7];
+    let mut resent = Vec::new();
+    assert_eq!(f.on_nack(now + Duration::from_secs(1), &track(), &sub(0), [lost.packet.header.sequence_number], &mut resent), 1);
+    assert_eq!(resent[0].packet.header.sequence_number, lost.packet.header.sequence_number);
+    assert_eq!(resent[0].packet.payload, lost.packet.payload);
+    assert_eq!(pictures(&resent[0]), pictures(lost));
+    // Over RTX the renumbered payload is a copy, written before the original sequence number.
+    let rtx = RtxStream { ssrc: 5000, payload_type: 97 };
+    f.set_negotiated(now, &track(), &sub(0), negotiated(Some(rtx)));
+    let mut resent = Vec::new();
+    f.on_nack(now + Duration::from_secs(1), &track(), &sub(0), [lost.packet.header.sequence_number], &mut resent);
+    assert!(resent[0].rtx && resent[0].patch.is_none());
+    let mut expected = lost.packet.payload.to_vec();
+    lost.patch.expect("renumbered").apply(&mut expected);
+    assert_eq!(resent[0].packet.payload[2..], expected[..]);
+}
+
+#[test]
+fn taps_get_the_highest_simulcast_layer_only() {
+    let now = Instant::now();
+    let mut f = simulcast_room(0, now);
+    assert!(f.is_tapped(&track(), LAYERS[2]));
+    assert!(!f.is_tapped(&track(), LAYERS[0]) && !f.is_tapped(&track(), LAYERS[1]));
+    f.set_muted(now, &track(), true);
+    assert!(!f.is_tapped(&track(), LAYERS[2]), "muted");
+    let single = room(0, now);
+    assert!(single.is_tapped(&track(), 1234), "a single-stream track, whatever its SSRC");
+}
+
+#[test]
+fn packets_of_an_unbound_ssrc_of_a_simulcast_track_go_nowhere() {
+    let now = Instant::now();
+    let mut f = simulcast_room(1, now);
+    let mut out = Vec::new();
+    let mut stranger = layer_packet(2, 0, true);
+    stranger.header.ssrc = 99;
+    f.forward(now, &track(), stranger, &mut out);
+    assert!(out.is_empty());
 }

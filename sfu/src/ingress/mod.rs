@@ -48,6 +48,8 @@ const REPLAY_WINDOW: usize = crate::srtp::gcm::REPLAY_WINDOW as usize;
 /// A stream the publisher sends, known by its SSRC.
 struct Stream {
     ssrc: u32,
+    /// The RID of the simulcast layer it carries.
+    rid: Option<String>,
     track: TrackId,
     reception: Reception,
     /// Video streams that negotiated NACK.
@@ -60,6 +62,9 @@ pub enum Taken {
     Engine(BytesMut),
     /// Opened: forward it as the track's.
     Media(TrackId, Packet),
+    /// Opened, and nothing to forward: padding on a repair stream (a browser probing its
+    /// uplink), noted for the transport-wide feedback.
+    Padding,
     /// Refused (failed authentication, a replay, malformed): dropped.
     Refused(SrtpError),
 }
@@ -71,6 +76,11 @@ pub struct Ingress {
     /// The SSRC the server's feedback is sent from.
     sender_ssrc: u32,
     streams: Vec<Stream>,
+    /// The RTX streams (RFC 4588) of simulcast layers, with the SSRC each repairs.
+    repairs: Vec<(u32, u32)>,
+    /// The id of the repaired-RID header extension (RFC 8852), which names the layer a repair
+    /// stream's first packets repair.
+    repaired_rid: Option<u8>,
     twcc: Option<TwccFeedback>,
     next_report: Option<Instant>,
     next_nack: Option<Instant>,
@@ -88,6 +98,8 @@ impl Ingress {
             unprotect: None,
             sender_ssrc,
             streams: Vec::new(),
+            repairs: Vec::new(),
+            repaired_rid: None,
             twcc: None,
             next_report: None,
             next_nack: None,
@@ -120,24 +132,54 @@ impl Ingress {
         Ok(())
     }
 
-    /// Opens the media of `ssrc` from now on as `track`'s, its timestamps at `clock_rate`;
-    /// `nack` asks the publisher for the packets that go missing.
-    pub fn add_stream(&mut self, now: Instant, ssrc: u32, track: TrackId, clock_rate: u32, nack: bool) {
+    /// Opens the media of `ssrc` (the simulcast layer `rid`, if it is one) from now on as
+    /// `track`'s, its timestamps at `clock_rate`; `nack` asks the publisher for the packets
+    /// that go missing.
+    pub fn add_stream(&mut self, now: Instant, ssrc: u32, rid: Option<String>, track: TrackId, clock_rate: u32, nack: bool) {
         if self.streams.iter().any(|s| s.ssrc == ssrc) {
             return;
         }
         let missing = nack.then(MissingPackets::default);
-        self.streams.push(Stream { ssrc, track, reception: Reception::new(ssrc, clock_rate, now), missing });
+        self.streams.push(Stream { ssrc, rid, track, reception: Reception::new(ssrc, clock_rate, now), missing });
+    }
+
+    /// Takes the repair streams of simulcast layers, named by the repaired-RID header
+    /// extension `extension_id`: their retransmissions are forwarded as the layer's packets,
+    /// their padding counted for the transport-wide feedback.
+    pub fn enable_repaired_rid(&mut self, extension_id: u8) {
+        self.repaired_rid = Some(extension_id);
     }
 
     /// Stops opening and reporting the streams of `track`.
     pub fn remove_track(&mut self, track: &TrackId) {
-        for stream in self.streams.iter().filter(|s| &s.track == track) {
+        let removed: Vec<u32> = self.streams.iter().filter(|s| &s.track == track).map(|s| s.ssrc).collect();
+        self.repairs.retain(|(repair, primary)| {
+            let keep = !removed.contains(primary);
+            if !keep {
+                if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
+                    receiver.remove(*repair);
+                }
+            }
+            keep
+        });
+        for ssrc in &removed {
             if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
-                receiver.remove(stream.ssrc);
+                receiver.remove(*ssrc);
             }
         }
         self.streams.retain(|s| &s.track != track);
+    }
+
+    /// The stream `ssrc` repairs: a repair stream already known, or one whose packet names the
+    /// RID of a layer in its (clear, not yet authenticated) header.
+    fn repaired_by(&self, ssrc: u32, datagram: &[u8]) -> Option<u32> {
+        if let Some((_, primary)) = self.repairs.iter().find(|(repair, _)| *repair == ssrc) {
+            return Some(*primary);
+        }
+        let extension_id = self.repaired_rid?;
+        let header = rtc::rtp::header::Header::unmarshal(&mut &datagram[..]).ok()?;
+        let rid = header.get_extension(extension_id)?;
+        self.streams.iter().find(|s| s.rid.as_ref().is_some_and(|r| r.as_bytes() == rid.as_ref())).map(|s| s.ssrc)
     }
 
     /// Sends transport-wide congestion control feedback for the sequence numbers in header
@@ -150,11 +192,19 @@ impl Ingress {
 
     /// Opens `datagram` if it is RTP of a known stream; anything else is the engine's.
     pub fn take(&mut self, now: Instant, mut datagram: BytesMut) -> Taken {
-        let Some(unprotect) = self.unprotect.as_mut() else { return Taken::Engine(datagram) };
-        let Some(ssrc) = rtp_ssrc(&datagram) else { return Taken::Engine(datagram) };
-        let Some(track) = self.streams.iter().find(|s| s.ssrc == ssrc).map(|s| s.track) else {
+        if self.unprotect.is_none() {
             return Taken::Engine(datagram);
+        }
+        let Some(ssrc) = rtp_ssrc(&datagram) else { return Taken::Engine(datagram) };
+        let (primary, repaired) = match self.streams.iter().any(|s| s.ssrc == ssrc) {
+            true => (ssrc, false),
+            false => match self.repaired_by(ssrc, &datagram) {
+                Some(primary) => (primary, true),
+                None => return Taken::Engine(datagram),
+            },
         };
+        let Some(track) = self.streams.iter().find(|s| s.ssrc == primary).map(|s| s.track) else { return Taken::Engine(datagram) };
+        let Some(unprotect) = self.unprotect.as_mut() else { return Taken::Engine(datagram) };
         let clear = match unprotect {
             Unprotect::Gcm(receiver) => match receiver.open(&mut datagram) {
                 Ok(opened) => {
@@ -173,6 +223,23 @@ impl Ingress {
             Ok(packet) => packet,
             Err(err) => return Taken::Refused(srtp(err)),
         };
+        let packet = match repaired {
+            false => packet,
+            true => {
+                // Authenticated: the repair stream is known from now on (one per layer).
+                if !self.repairs.iter().any(|(repair, _)| *repair == ssrc) {
+                    self.repairs.retain(|(_, p)| *p != primary);
+                    self.repairs.push((ssrc, primary));
+                }
+                match unwrap_rtx(packet, primary) {
+                    Ok(original) => original,
+                    Err(padding) => {
+                        self.note_transport(now, &padding.header);
+                        return Taken::Padding;
+                    }
+                }
+            }
+        };
         self.received(now, &packet);
         Taken::Media(track, packet)
     }
@@ -180,20 +247,25 @@ impl Ingress {
     /// Counts a packet of the publisher's, opened here or delivered by the engine.
     pub fn received(&mut self, now: Instant, packet: &Packet) {
         let header = &packet.header;
-        if let Some(twcc) = &mut self.twcc {
-            if let Some(sequence) =
-                header.get_extension(twcc.extension_id()).and_then(|e| e.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])))
-            {
-                twcc.received(now, sequence);
-                self.next_twcc.get_or_insert(now + FEEDBACK_INTERVAL);
-            }
-        }
+        self.note_transport(now, header);
         let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == header.ssrc) else { return };
         stream.reception.received(now, header.sequence_number, header.timestamp);
         if let Some(missing) = &mut stream.missing {
             missing.received(now, header.sequence_number);
             if !missing.is_empty() {
                 self.next_nack.get_or_insert(now + NACK_INTERVAL);
+            }
+        }
+    }
+
+    /// Notes the transport-wide sequence number of a packet, for the feedback.
+    fn note_transport(&mut self, now: Instant, header: &rtc::rtp::header::Header) {
+        if let Some(twcc) = &mut self.twcc {
+            if let Some(sequence) =
+                header.get_extension(twcc.extension_id()).and_then(|e| e.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])))
+            {
+                twcc.received(now, sequence);
+                self.next_twcc.get_or_insert(now + FEEDBACK_INTERVAL);
             }
         }
     }
@@ -262,10 +334,41 @@ enum Unprotect {
     Context(Box<Context>),
 }
 
+/// The packet an RTX packet (RFC 4588) of a repair stream carries, as the stream `primary`
+/// sent it: its original sequence number leads the payload. Padding alone (no original
+/// sequence number) is given back as it came.
+fn unwrap_rtx(mut packet: Packet, primary: u32) -> Result<Packet, Packet> {
+    let Some(original) = packet.payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return Err(packet) };
+    packet.payload = packet.payload.slice(2..);
+    packet.header.ssrc = primary;
+    packet.header.sequence_number = original;
+    packet.header.padding = false;
+    Ok(packet)
+}
+
 /// The SSRC of an RTP datagram; `None` for anything else (RTCP shares the first byte's
 /// version bits and is told apart by its packet type, 192 to 223, RFC 5761 §4).
 fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
     let header = datagram.get(..12)?;
     let is_rtp = header[0] >> 6 == 2 && !(192..=223).contains(&header[1]);
     is_rtp.then(|| u32::from_be_bytes([header[8], header[9], header[10], header[11]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rtc::rtp::header::Header;
+
+    #[test]
+    fn an_rtx_packet_is_unwrapped_to_the_packet_it_repairs_and_padding_is_told_apart() {
+        let header = Header { ssrc: 9, sequence_number: 500, padding: true, payload_type: 97, timestamp: 3000, ..Default::default() };
+        let rtx = Packet { header: header.clone(), payload: Bytes::from_static(&[0x12, 0x34, 0xAA, 0xBB]) };
+        let original = unwrap_rtx(rtx, 7).expect("a retransmission");
+        assert_eq!((original.header.ssrc, original.header.sequence_number), (7, 0x1234));
+        assert_eq!((original.header.timestamp, original.header.padding), (3000, false));
+        assert_eq!(&original.payload[..], [0xAA, 0xBB]);
+        let padding = Packet { header, payload: Bytes::new() };
+        assert_eq!(unwrap_rtx(padding, 7).expect_err("padding").header.ssrc, 9, "given back as it came");
+    }
 }

@@ -111,13 +111,15 @@ impl GcmSender {
     }
 
     /// Writes `packet`, protected, into `out` (replacing what it held).
-    pub fn protect(&mut self, packet: &Packet, out: &mut Vec<u8>) -> Result<(), SrtpError> {
+    /// `edit` changes the payload (and any padding after it) before it is sealed.
+    pub fn protect(&mut self, packet: &Packet, out: &mut Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Result<(), SrtpError> {
         let header_len = packet.header.marshal_size();
         let clear_len = packet.marshal_size();
         out.clear();
         out.resize(clear_len + TAG_LEN, 0);
         let written = packet.marshal_to(&mut out[..clear_len]).map_err(|e| SrtpError::Srtp(e.to_string()))?;
         out.truncate(written + TAG_LEN);
+        edit(&mut out[header_len..written]);
         let ssrc = packet.header.ssrc;
         let index = self.index(ssrc, packet.header.sequence_number);
         let nonce = self.session.nonce(ssrc, index);
@@ -339,7 +341,7 @@ mod tests {
         let mut out = Vec::new();
         for (ssrc, sequence) in [(1, 65_534), (1, 65_535), (2, 100), (1, 0), (1, 1), (1, 65_535), (1, 2)] {
             let packet = packet(ssrc, sequence, b"a payload of some length");
-            ours.protect(&packet, &mut out).expect("protect");
+            ours.protect(&packet, &mut out, |_| {}).expect("protect");
             let expected = engine.encrypt_rtp(&packet.marshal().expect("marshal")).expect("engine");
             assert_eq!(out, expected.as_ref(), "ssrc {ssrc} seq {sequence}");
             let opened = receiver.decrypt_rtp(&out).expect("opened");
@@ -405,7 +407,7 @@ mod tests {
         let mut sender = GcmSender { session: session(), sent: Vec::new() };
         let packet = Packet::unmarshal(&mut &clear[..]).expect("the vector's packet");
         let mut out = Vec::new();
-        sender.protect(&packet, &mut out).expect("sealed");
+        sender.protect(&packet, &mut out, |_| {}).expect("sealed");
         assert_eq!(out, sealed, "§16.1.1 encryption");
 
         let mut receiver = GcmReceiver { session: session(), received: Vec::new() };
