@@ -11,7 +11,7 @@ use rtc::rtp;
 
 use crate::ids::{ParticipantKey, TrackId};
 use crate::keyframe::KeyframeRequester;
-use crate::munger::RtpMunger;
+use crate::munger::{seq_is_older, RtpMunger};
 use crate::packet_cache::PacketCache;
 use crate::retransmit::{BitrateMeter, RetransmitBudget, MAX_PACKETS_PER_NACK};
 use crate::simulcast::{Decision, LayerSelector, LiveLayers, PayloadFormat};
@@ -106,6 +106,9 @@ struct Layer {
     /// Its recent packets, for NACKs (video only).
     cache: Option<PacketCache>,
     keyframes: KeyframeRequester,
+    /// The newest sequence number it sent (simulcast layers only): an older packet, a late
+    /// retransmission, cannot start a switch to it.
+    newest: Option<u16>,
 }
 
 /// A published track with its subscribers.
@@ -228,6 +231,7 @@ impl<S> Forwarder<S> {
             ssrc: None,
             cache: (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_min_age)),
             keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
+            newest: None,
         };
         let up = UpTrack {
             publisher,
@@ -419,17 +423,23 @@ impl<S> Forwarder<S> {
     /// only; the keyframe requests this makes for subscribers waiting to switch are taken
     /// with [`Forwarder::take_request`].
     pub fn forward(&mut self, now: Instant, track: &TrackId, mut packet: rtp::Packet, out: &mut Vec<Outgoing>) {
-        let Some(up) = self.tracks.get_mut(track).filter(|up| !up.muted) else { return };
+        let Some(up) = self.tracks.get_mut(track) else { return };
+        let Some(layer) = up.layer_of(packet.header.ssrc) else { return };
+        // Which layers send is followed through a mute, so that subscribers resume on the
+        // right one.
+        let target = up.live.as_mut().map(|live| live.on_packet(now, layer));
+        if up.muted {
+            return;
+        }
         if let Some(level) = up.level.as_mut() {
             level.on_packet(now, &packet.header);
         }
         strip_extensions(&mut packet.header);
-        let Some(layer) = up.layer_of(packet.header.ssrc) else { return };
         up.bitrate.add(now, packet_size(&packet));
         if let Some(cache) = up.layers[layer].cache.as_mut() {
             cache.insert(now, &packet);
         }
-        let Some(live) = up.live.as_mut() else {
+        let Some(target) = target else {
             for down in &mut up.downtracks {
                 if let Some(rewritten) = rewrite(now, down, &packet) {
                     out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, patch: None, rtx: false });
@@ -437,14 +447,15 @@ impl<S> Forwarder<S> {
             }
             return;
         };
-        let target = live.on_packet(now, layer);
+        let fresh = up.layers[layer].note_sequence(packet.header.sequence_number);
         let format = up.format;
         let descriptor = (format == PayloadFormat::Vp8).then(|| Descriptor::parse(&packet.payload)).flatten();
+        let keyframe_start =
+            || fresh && descriptor.as_ref().map_or_else(|| format.is_keyframe_start(&packet.payload), |d| d.keyframe_start);
         let mut keyframe = None;
         let mut waiting = false;
         for down in up.downtracks.iter_mut().filter(|d| d.negotiated.is_some()) {
-            let decision =
-                down.selector.decide(layer, target, || *keyframe.get_or_insert_with(|| format.is_keyframe_start(&packet.payload)));
+            let decision = down.selector.decide(layer, target, || *keyframe.get_or_insert_with(keyframe_start));
             waiting |= down.selector.waits_for(target);
             match decision {
                 Decision::Drop => continue,
@@ -460,9 +471,10 @@ impl<S> Forwarder<S> {
             let patch = descriptor.as_ref().and_then(|d| down.pictures.renumber(d));
             out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, patch, rtx: false });
         }
-        // A delta frame of the layer some subscribers wait for: ask for its keyframe.
+        // A delta frame of the layer some subscribers wait for: ask for its keyframe (again
+        // with each one, once the throttle lets it).
         if waiting && layer == target {
-            if let Some(request) = up.layer_keyframe_request(now, track, target) {
+            if let Some(request) = up.layer_keyframe_request(now, track, target, Throttled::Dropped) {
                 self.requests.push(request);
             }
         }
@@ -537,7 +549,7 @@ impl<S> Forwarder<S> {
             (Some(_), Some(subscriber)) => up.downtracks.iter().find(|d| &d.subscriber == subscriber)?.selector.current()?,
             (Some(_), None) => up.layers.len() - 1,
         };
-        up.layer_keyframe_request(now, track, layer)
+        up.layer_keyframe_request(now, track, layer, Throttled::Deferred)
     }
 
     /// When the next deferred keyframe request may go out.
@@ -550,7 +562,7 @@ impl<S> Forwarder<S> {
         for (track, up) in &mut self.tracks {
             for layer in 0..up.layers.len() {
                 if up.layers[layer].keyframes.deferred_until().is_some_and(|at| at <= now) {
-                    out.extend(up.layer_keyframe_request(now, track, layer));
+                    out.extend(up.layer_keyframe_request(now, track, layer, Throttled::Deferred));
                 }
             }
         }
@@ -568,15 +580,40 @@ impl<S> UpTrack<S> {
         self.layers.iter().position(|l| l.ssrc == Some(ssrc))
     }
 
-    /// A keyframe request for `layer`, unless throttled or not video.
-    fn layer_keyframe_request(&mut self, now: Instant, track: &TrackId, layer: usize) -> Option<KeyframeRequest> {
+    /// A keyframe request for `layer`, unless throttled (then dropped or deferred, as
+    /// `throttled` says) or not video.
+    fn layer_keyframe_request(&mut self, now: Instant, track: &TrackId, layer: usize, throttled: Throttled) -> Option<KeyframeRequest> {
         if self.kind != MediaKind::Video {
             return None;
         }
         let layer = self.layers.get_mut(layer)?;
         let media_ssrc = layer.ssrc?;
-        layer.keyframes.should_request(now).then_some(KeyframeRequest { publisher: self.publisher, track: *track, media_ssrc })
+        let allowed = match throttled {
+            Throttled::Deferred => layer.keyframes.should_request(now),
+            Throttled::Dropped => layer.keyframes.try_request(now),
+        };
+        allowed.then_some(KeyframeRequest { publisher: self.publisher, track: *track, media_ssrc })
     }
+}
+
+impl Layer {
+    /// Notes a packet's sequence number; whether it is the newest yet.
+    fn note_sequence(&mut self, sequence: u16) -> bool {
+        let fresh = self.newest.is_none_or(|newest| !seq_is_older(sequence, newest));
+        if fresh {
+            self.newest = Some(sequence);
+        }
+        fresh
+    }
+}
+
+/// What becomes of a keyframe request inside the throttle's interval.
+#[derive(Debug, Clone, Copy)]
+enum Throttled {
+    /// Sent when the interval ends: a subscriber asked once and waits.
+    Deferred,
+    /// Dropped: the packet path asks again with the next packet.
+    Dropped,
 }
 
 /// The bytes a packet takes on the wire, before SRTP: its fixed header and payload.

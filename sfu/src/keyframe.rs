@@ -39,6 +39,18 @@ impl KeyframeRequester {
         }
     }
 
+    /// Whether a request may go out at `now`, for a caller that asks again anyway (the
+    /// packet path, while a subscriber waits for a keyframe): one that may not is dropped,
+    /// not deferred.
+    pub fn try_request(&mut self, now: Instant) -> bool {
+        if self.last_sent.is_some_and(|at| now.saturating_duration_since(at) < self.interval) {
+            return false;
+        }
+        self.last_sent = Some(now);
+        self.deferred = false;
+        true
+    }
+
     /// When a deferred request may go out.
     pub fn deferred_until(&self) -> Option<Instant> {
         self.last_sent.filter(|_| self.deferred).map(|at| at + self.interval)
@@ -60,5 +72,8 @@ mod tests {
         assert_eq!(k.deferred_until(), Some(t0 + Duration::from_millis(500)), "one request waits for the interval");
         assert!(k.should_request(t0 + Duration::from_millis(500)));
         assert_eq!(k.deferred_until(), None, "sending it clears the deferred one");
+        assert!(!k.try_request(t0 + Duration::from_millis(600)), "within the interval");
+        assert_eq!(k.deferred_until(), None, "and not deferred");
+        assert!(k.try_request(t0 + Duration::from_millis(1000)));
     }
 }

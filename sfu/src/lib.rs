@@ -25,6 +25,7 @@ mod feedback_tap;
 pub mod forwarder;
 pub mod fuzz;
 mod h264;
+mod h265;
 pub mod ids;
 pub mod ingress;
 pub mod keyframe;

@@ -24,9 +24,12 @@ pub enum PayloadFormat {
     Vp9,
     /// H.264 (RFC 6184).
     H264,
+    /// H.265 (RFC 7798).
+    H265,
     /// AV1 (the AOM RTP payload format).
     Av1,
-    /// Anything else: its keyframes are not recognised, so it is never switched.
+    /// Anything else: its keyframes are not recognised, so a subscriber is switched at once
+    /// and its decoder asks for the keyframe it lacks.
     Other,
 }
 
@@ -38,22 +41,25 @@ impl PayloadFormat {
             "VP8" => Self::Vp8,
             "VP9" => Self::Vp9,
             "H264" => Self::H264,
+            "H265" => Self::H265,
             "AV1" => Self::Av1,
             _ => Self::Other,
         }
     }
 
-    /// Whether `payload` is the first packet of a keyframe.
+    /// Whether `payload` is the first packet of a keyframe (of a format not recognised: any
+    /// packet).
     pub fn is_keyframe_start(self, payload: &[u8]) -> bool {
         let first = payload.first().copied().unwrap_or_default();
         match self {
             Self::Vp8 => crate::vp8::is_keyframe_start(payload),
             Self::H264 => crate::h264::is_keyframe_start(payload),
+            Self::H265 => crate::h265::is_keyframe_start(payload),
             // VP9 descriptor: B (start of a frame) set, P (inter-picture predicted) clear.
             Self::Vp9 => !payload.is_empty() && first & 0x08 != 0 && first & 0x40 == 0,
             // AV1 aggregation header: N, the first packet of a coded video sequence.
             Self::Av1 => first & 0x08 != 0,
-            Self::Other => false,
+            Self::Other => true,
         }
     }
 }
@@ -188,6 +194,7 @@ mod tests {
         assert!(PayloadFormat::Vp9.is_keyframe_start(&[0x08]));
         assert!(!PayloadFormat::Vp9.is_keyframe_start(&[0x48]), "inter-predicted");
         assert!(PayloadFormat::Av1.is_keyframe_start(&[0x08]));
-        assert!(!PayloadFormat::Other.is_keyframe_start(&[0x08]));
+        assert!(PayloadFormat::H265.is_keyframe_start(&[19 << 1, 1]));
+        assert!(PayloadFormat::Other.is_keyframe_start(&[0x08]), "switched at once");
     }
 }

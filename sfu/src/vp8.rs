@@ -29,8 +29,8 @@ const P: u8 = 0x01;
 /// A picture ID of 7 or 15 bits, and where it sits in the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PictureId {
-    /// Offset of its first octet in the payload.
-    pub at: usize,
+    /// Offset of its first octet in the payload (a descriptor is at most six octets).
+    pub at: u8,
     /// Its value.
     pub value: u16,
     /// Whether it takes 15 bits (two octets) rather than 7.
@@ -53,7 +53,7 @@ pub struct Descriptor {
     /// The picture ID, when the descriptor carries one.
     pub picture_id: Option<PictureId>,
     /// TL0PICIDX and its offset, when the descriptor carries it.
-    pub tl0_pic_idx: Option<(usize, u8)>,
+    pub tl0_pic_idx: Option<(u8, u8)>,
     /// Whether the packet starts a keyframe (the first packet of its first partition, whose
     /// payload header says key frame).
     pub keyframe_start: bool,
@@ -74,14 +74,14 @@ impl Descriptor {
                     let low = *payload.get(len + 1)?;
                     let value = u16::from_be_bytes([high & !M, low]);
                     len += 2;
-                    PictureId { at: len - 2, value, long: true }
+                    PictureId { at: len as u8 - 2, value, long: true }
                 } else {
                     len += 1;
-                    PictureId { at: len - 1, value: u16::from(high), long: false }
+                    PictureId { at: len as u8 - 1, value: u16::from(high), long: false }
                 });
             }
             if extension & L != 0 {
-                tl0_pic_idx = Some((len, *payload.get(len)?));
+                tl0_pic_idx = Some((len as u8, *payload.get(len)?));
                 len += 1;
             }
             if extension & (T | K) != 0 {
@@ -103,7 +103,7 @@ pub fn is_keyframe_start(payload: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Vp8Patch {
     picture_id: Option<PictureId>,
-    tl0_pic_idx: Option<(usize, u8)>,
+    tl0_pic_idx: Option<(u8, u8)>,
 }
 
 impl Vp8Patch {
@@ -112,17 +112,18 @@ impl Vp8Patch {
     pub fn apply(&self, payload: &mut [u8]) {
         if let Some(id) = self.picture_id {
             if id.long {
-                if let Some(octets) = payload.get_mut(id.at..id.at + 2) {
+                let at = usize::from(id.at);
+                if let Some(octets) = payload.get_mut(at..at + 2) {
                     let [high, low] = id.value.to_be_bytes();
                     octets[0] = M | high;
                     octets[1] = low;
                 }
-            } else if let Some(octet) = payload.get_mut(id.at) {
+            } else if let Some(octet) = payload.get_mut(usize::from(id.at)) {
                 *octet = id.value as u8 & !M;
             }
         }
         if let Some((at, value)) = self.tl0_pic_idx {
-            if let Some(octet) = payload.get_mut(at) {
+            if let Some(octet) = payload.get_mut(usize::from(at)) {
                 *octet = value;
             }
         }
@@ -174,10 +175,11 @@ impl PictureNumbering {
     }
 }
 
-/// Whether picture ID `a` follows `b` in the wrapping order of `modulus`.
+/// Whether picture ID `a` follows `b` in the wrapping order of `modulus` (`b` may have come
+/// from a layer whose IDs are longer).
 fn picture_is_newer(a: u16, b: u16, modulus: u32) -> bool {
-    let distance = (u32::from(a) + modulus - u32::from(b)) % modulus;
-    distance < modulus / 2
+    let (a, b) = (u32::from(a) % modulus, u32::from(b) % modulus);
+    (a + modulus - b) % modulus < modulus / 2
 }
 
 #[cfg(test)]
@@ -230,6 +232,18 @@ pub(crate) mod tests {
             assert_eq!(bytes[6..], payload(id, tl0, true, false)[6..], "the frame is untouched");
         }
         assert_eq!(sent, [(110, 110), (111, 111), (112, 112)]);
+    }
+
+    #[test]
+    fn a_layer_of_seven_bit_ids_after_one_of_fifteen_bit_ids_is_renumbered_without_overflow() {
+        let mut numbering = PictureNumbering::default();
+        numbering.renumber(&Descriptor::parse(&payload(20_000, 1, true, false)).unwrap());
+        let short = Descriptor::parse(&[X | S, I, 3, 0x10]).unwrap();
+        numbering.switch(&short);
+        let patch = numbering.renumber(&short).expect("renumbered");
+        let mut bytes = [X | S, I, 3, 0x10];
+        patch.apply(&mut bytes);
+        assert_eq!(u32::from(bytes[2]), (20_000 + 1) % 128, "continues from the last ID, in 7 bits");
     }
 
     #[test]

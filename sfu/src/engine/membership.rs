@@ -8,14 +8,14 @@ use rand::Rng;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_REPAIR_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 use tracing::{info, warn};
 
 use super::participant::{Negotiation, Participant, Peer, Published, Subscription};
 use super::{Engine, Joining, Transmit};
 use crate::egress::Egress;
 use crate::forwarder::{MediaKind, Removed};
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, LayerName};
 use crate::peer::{build_peer, PeerRole};
 use crate::remote::Remote;
 use crate::simulcast::PayloadFormat;
@@ -79,6 +79,7 @@ impl Engine {
         let Some(participant) = self.participants.get_mut(&key) else { return };
         let id = &participant.id;
         let Some(peer) = participant.publisher.as_deref_mut() else { return };
+        let mid = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(receiver_id)).and_then(|t| t.mid().clone());
         let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else { return };
         let kind = match receiver.track().kind() {
             RtpCodecKind::Audio => MediaKind::Audio,
@@ -93,7 +94,7 @@ impl Engine {
         let extensions = &receiver.get_parameters().rtp_parameters.header_extensions;
         let extension_id = |uri: &str| extensions.iter().find(|e| e.uri == uri).and_then(|e| u8::try_from(e.id).ok());
         let (twcc, audio_level) = (extension_id(TRANSPORT_CC_URI), extension_id(AUDIO_LEVEL_URI));
-        let repaired_rid = extension_id(SDES_REPAIR_RTP_STREAM_ID_URI);
+        let repair_names = extension_id(SDES_MID_URI).zip(extension_id(SDES_REPAIR_RTP_STREAM_ID_URI));
         let track = participant.published.get(&media_track_id).map_or_else(TrackId::next, |p| p.track);
         // A simulcast layer: its place among the track's RIDs, as the offer lists them
         // (lowest first), and how many there are.
@@ -104,12 +105,13 @@ impl Engine {
         });
         if let Some(ingress) = peer.ingress.as_mut() {
             let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
-            ingress.add_stream(now, ssrc, rid, track, codec.clock_rate, nack);
+            let name = mid.clone().zip(rid).map(|(mid, rid)| LayerName { mid, rid });
+            ingress.add_stream(now, ssrc, name, track, codec.clock_rate, nack);
             if let Some(extension_id) = twcc {
                 ingress.enable_twcc(now, extension_id);
             }
-            if let Some(extension_id) = repaired_rid.filter(|_| layer.is_some()) {
-                ingress.enable_repaired_rid(extension_id);
+            if let Some((mid_extension, rid_extension)) = repair_names.filter(|_| layer.is_some()) {
+                ingress.enable_repair_streams(mid_extension, rid_extension);
             }
         }
         if participant.published.contains_key(&media_track_id) {
@@ -119,7 +121,6 @@ impl Engine {
             }
             return;
         }
-        let mid = peer.pc.rtp_transceiver(RTCRtpTransceiverId::from(receiver_id)).and_then(|t| t.mid().clone());
         let source = mid.and_then(|mid| participant.sources.get(&mid).copied()).unwrap_or_default();
         let info = TrackInfo { id: track, publisher: id.clone(), kind, source, codec: codec.clone() };
         participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });

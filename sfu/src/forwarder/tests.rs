@@ -490,3 +490,63 @@ fn packets_of_an_unbound_ssrc_of_a_simulcast_track_go_nowhere() {
     f.forward(now, &track(), stranger, &mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_waiting_subscriber_asks_once_per_interval_and_leaves_nothing_deferred_once_switched() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut f = simulcast_room(1, t0);
+    let mut out = Vec::new();
+    for seq in 0..20u16 {
+        f.forward(at(u64::from(seq) * 33), &track(), layer_packet(2, seq, false), &mut out);
+    }
+    let requests: Vec<_> = std::iter::from_fn(|| f.take_request()).collect();
+    assert_eq!(requests.len(), 2, "at 0 and 528 ms, 627 ms of delta frames: {requests:?}");
+    f.forward(at(20 * 33), &track(), layer_packet(2, 20, true), &mut out);
+    assert_eq!(out.len(), 1, "switched at the keyframe");
+    assert_eq!(f.keyframe_deadline(), None, "no request left to go out later");
+}
+
+#[test]
+fn a_late_retransmission_of_a_keyframe_start_does_not_switch_a_subscriber() {
+    let now = Instant::now();
+    let mut f = simulcast_room(1, now);
+    let mut out = Vec::new();
+    for seq in 5..10u16 {
+        f.forward(now, &track(), layer_packet(2, seq, false), &mut out);
+    }
+    f.forward(now, &track(), layer_packet(2, 1, true), &mut out);
+    assert!(out.is_empty(), "the keyframe it started is long gone");
+    f.forward(now, &track(), layer_packet(2, 10, true), &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn an_unmuted_simulcast_track_resumes_on_the_layer_that_sends_without_asking_the_others() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut f = simulcast_room(1, t0);
+    let mut out = Vec::new();
+    let frame = |f: &mut Forwarder, seq: u16, key: bool, out: &mut Vec<Outgoing>| {
+        // The lowest first: after the mute, its packets must not take the others for stopped.
+        for layer in [0, 1, 2] {
+            f.forward(at(u64::from(seq) * 33), &track(), layer_packet(layer, seq, key), out);
+        }
+    };
+    frame(&mut f, 0, true, &mut out);
+    f.set_muted(at(10), &track(), true);
+    for seq in 1..60 {
+        frame(&mut f, seq, false, &mut out);
+    }
+    out.clear();
+    while f.take_request().is_some() {}
+    let request = f.set_muted(at(60 * 33), &track(), false).expect("unmute asks for a keyframe");
+    assert_eq!(request.media_ssrc, LAYERS[2]);
+    frame(&mut f, 60, false, &mut out);
+    frame(&mut f, 61, false, &mut out);
+    assert!(out.is_empty(), "waits for a keyframe after the mute");
+    assert!(std::iter::from_fn(|| f.take_request()).all(|r| r.media_ssrc == LAYERS[2]), "only the top layer is asked");
+    frame(&mut f, 62, true, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].packet.payload, layer_packet(2, 62, true).payload);
+}

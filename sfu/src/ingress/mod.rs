@@ -48,12 +48,22 @@ const REPLAY_WINDOW: usize = crate::srtp::gcm::REPLAY_WINDOW as usize;
 /// A stream the publisher sends, known by its SSRC.
 struct Stream {
     ssrc: u32,
-    /// The RID of the simulcast layer it carries.
-    rid: Option<String>,
+    /// The simulcast layer it carries.
+    layer: Option<LayerName>,
     track: TrackId,
     reception: Reception,
     /// Video streams that negotiated NACK.
     missing: Option<MissingPackets>,
+}
+
+/// A simulcast layer, named as its packets name it: the MID of its track's media section and
+/// its RID (RIDs are unique within one section only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerName {
+    /// The media section's MID.
+    pub mid: String,
+    /// The layer's RID.
+    pub rid: String,
 }
 
 /// What became of a datagram offered to [`Ingress::take`].
@@ -76,11 +86,12 @@ pub struct Ingress {
     /// The SSRC the server's feedback is sent from.
     sender_ssrc: u32,
     streams: Vec<Stream>,
-    /// The RTX streams (RFC 4588) of simulcast layers, with the SSRC each repairs.
+    /// The RTX streams (RFC 4588) of simulcast layers, with the SSRC each repairs: at most
+    /// one per layer.
     repairs: Vec<(u32, u32)>,
-    /// The id of the repaired-RID header extension (RFC 8852), which names the layer a repair
-    /// stream's first packets repair.
-    repaired_rid: Option<u8>,
+    /// The ids of the MID and repaired-RID header extensions (RFC 8852), which name the layer
+    /// a repair stream's first packets repair.
+    repair_names: Option<(u8, u8)>,
     twcc: Option<TwccFeedback>,
     next_report: Option<Instant>,
     next_nack: Option<Instant>,
@@ -99,7 +110,7 @@ impl Ingress {
             sender_ssrc,
             streams: Vec::new(),
             repairs: Vec::new(),
-            repaired_rid: None,
+            repair_names: None,
             twcc: None,
             next_report: None,
             next_nack: None,
@@ -132,54 +143,58 @@ impl Ingress {
         Ok(())
     }
 
-    /// Opens the media of `ssrc` (the simulcast layer `rid`, if it is one) from now on as
-    /// `track`'s, its timestamps at `clock_rate`; `nack` asks the publisher for the packets
-    /// that go missing.
-    pub fn add_stream(&mut self, now: Instant, ssrc: u32, rid: Option<String>, track: TrackId, clock_rate: u32, nack: bool) {
+    /// Opens the media of `ssrc` (the simulcast layer `layer`, if it is one; a layer's
+    /// earlier stream is dropped) from now on as `track`'s, its timestamps at `clock_rate`;
+    /// `nack` asks the publisher for the packets that go missing.
+    pub fn add_stream(&mut self, now: Instant, ssrc: u32, layer: Option<LayerName>, track: TrackId, clock_rate: u32, nack: bool) {
         if self.streams.iter().any(|s| s.ssrc == ssrc) {
             return;
         }
+        let replaced: Vec<u32> = self.streams.iter().filter(|s| layer.is_some() && s.layer == layer).map(|s| s.ssrc).collect();
+        self.forget_streams(&replaced);
         let missing = nack.then(MissingPackets::default);
-        self.streams.push(Stream { ssrc, rid, track, reception: Reception::new(ssrc, clock_rate, now), missing });
+        self.streams.push(Stream { ssrc, layer, track, reception: Reception::new(ssrc, clock_rate, now), missing });
     }
 
-    /// Takes the repair streams of simulcast layers, named by the repaired-RID header
-    /// extension `extension_id`: their retransmissions are forwarded as the layer's packets,
-    /// their padding counted for the transport-wide feedback.
-    pub fn enable_repaired_rid(&mut self, extension_id: u8) {
-        self.repaired_rid = Some(extension_id);
+    /// Takes the repair streams of simulcast layers, named by the MID and repaired-RID header
+    /// extensions (`mid_extension`, `repaired_rid_extension`): their retransmissions are
+    /// forwarded as the layer's packets, their padding counted for the transport-wide
+    /// feedback. Only with AES-GCM, whose receiver keeps no state for a packet that fails
+    /// authentication.
+    pub fn enable_repair_streams(&mut self, mid_extension: u8, repaired_rid_extension: u8) {
+        self.repair_names = Some((mid_extension, repaired_rid_extension));
     }
 
     /// Stops opening and reporting the streams of `track`.
     pub fn remove_track(&mut self, track: &TrackId) {
         let removed: Vec<u32> = self.streams.iter().filter(|s| &s.track == track).map(|s| s.ssrc).collect();
-        self.repairs.retain(|(repair, primary)| {
-            let keep = !removed.contains(primary);
-            if !keep {
-                if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
-                    receiver.remove(*repair);
-                }
-            }
-            keep
-        });
-        for ssrc in &removed {
-            if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
+        self.forget_streams(&removed);
+    }
+
+    /// Forgets the streams `ssrcs`, their repair streams and their SRTP state.
+    fn forget_streams(&mut self, ssrcs: &[u32]) {
+        let repairs = self.repairs.iter().filter(|(_, primary)| ssrcs.contains(primary)).map(|(repair, _)| *repair);
+        let forgotten: Vec<u32> = repairs.chain(ssrcs.iter().copied()).collect();
+        if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
+            for ssrc in &forgotten {
                 receiver.remove(*ssrc);
             }
         }
-        self.streams.retain(|s| &s.track != track);
+        self.repairs.retain(|(repair, _)| !forgotten.contains(repair));
+        self.streams.retain(|s| !forgotten.contains(&s.ssrc));
     }
 
-    /// The stream `ssrc` repairs: a repair stream already known, or one whose packet names the
-    /// RID of a layer in its (clear, not yet authenticated) header.
+    /// The stream `ssrc` repairs: a repair stream already known, or one whose packet names a
+    /// layer in its (clear, not yet authenticated) header.
     fn repaired_by(&self, ssrc: u32, datagram: &[u8]) -> Option<u32> {
         if let Some((_, primary)) = self.repairs.iter().find(|(repair, _)| *repair == ssrc) {
             return Some(*primary);
         }
-        let extension_id = self.repaired_rid?;
+        let (mid_extension, rid_extension) = self.repair_names.filter(|_| matches!(self.unprotect, Some(Unprotect::Gcm(_))))?;
         let header = rtc::rtp::header::Header::unmarshal(&mut &datagram[..]).ok()?;
-        let rid = header.get_extension(extension_id)?;
-        self.streams.iter().find(|s| s.rid.as_ref().is_some_and(|r| r.as_bytes() == rid.as_ref())).map(|s| s.ssrc)
+        let (mid, rid) = (header.get_extension(mid_extension)?, header.get_extension(rid_extension)?);
+        let named = |name: &LayerName| name.mid.as_bytes() == mid.as_ref() && name.rid.as_bytes() == rid.as_ref();
+        self.streams.iter().find(|s| s.layer.as_ref().is_some_and(named)).map(|s| s.ssrc)
     }
 
     /// Sends transport-wide congestion control feedback for the sequence numbers in header
@@ -228,6 +243,12 @@ impl Ingress {
             true => {
                 // Authenticated: the repair stream is known from now on (one per layer).
                 if !self.repairs.iter().any(|(repair, _)| *repair == ssrc) {
+                    let earlier: Vec<u32> = self.repairs.iter().filter(|(_, p)| *p == primary).map(|(r, _)| *r).collect();
+                    if let Some(Unprotect::Gcm(receiver)) = &mut self.unprotect {
+                        for repair in &earlier {
+                            receiver.remove(*repair);
+                        }
+                    }
                     self.repairs.retain(|(_, p)| *p != primary);
                     self.repairs.push((ssrc, primary));
                 }

@@ -1,0 +1,61 @@
+//! H.265 payloads (RFC 7798) as a forwarder needs them: whether a packet starts a keyframe,
+//! the point where a subscriber can be switched to another simulcast layer.
+
+/// NAL unit types (H.265 table 7-1, RFC 7798 §4.4): the IRAP pictures (BLA, IDR, CRA), the
+/// parameter sets that precede them, and the two packet types that carry other units.
+const IRAP: std::ops::RangeInclusive<u8> = 16..=21;
+const PARAMETER_SETS: std::ops::RangeInclusive<u8> = 32..=34;
+const AGGREGATION: u8 = 48;
+const FRAGMENTATION: u8 = 49;
+/// FU header: start of the fragmented NAL unit.
+const FU_START: u8 = 0x80;
+
+/// The type of the NAL unit whose two-octet header starts with `first`.
+fn unit_type(first: u8) -> u8 {
+    (first >> 1) & 0x3F
+}
+
+fn starts_keyframe(unit: u8) -> bool {
+    IRAP.contains(&unit) || PARAMETER_SETS.contains(&unit)
+}
+
+/// Whether an H.265 payload starts a keyframe: it holds a parameter set or the start of an
+/// IRAP picture, alone, aggregated (AP) or fragmented (FU).
+pub fn is_keyframe_start(payload: &[u8]) -> bool {
+    let Some(&first) = payload.first() else { return false };
+    match unit_type(first) {
+        AGGREGATION => aggregated_units(payload.get(2..).unwrap_or_default()).any(starts_keyframe),
+        FRAGMENTATION => payload.get(2).is_some_and(|fu| fu & FU_START != 0 && starts_keyframe(fu & 0x3F)),
+        unit => starts_keyframe(unit),
+    }
+}
+
+/// The type of each unit of an AP's body: 16-bit sizes, each followed by its unit.
+fn aggregated_units(mut body: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    std::iter::from_fn(move || {
+        let size = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        let header = *body.get(2).filter(|_| size > 0)?;
+        body = body.get(2 + size..).unwrap_or_default();
+        Some(unit_type(header))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keyframes_alone_aggregated_and_fragmented() {
+        assert!(is_keyframe_start(&[19 << 1, 1, 0xAA]), "an IDR picture");
+        assert!(is_keyframe_start(&[32 << 1, 1]), "a VPS");
+        assert!(!is_keyframe_start(&[1 << 1, 1, 0xAA]), "a trailing picture");
+        // AP of an SEI (39) then an SPS (33).
+        assert!(is_keyframe_start(&[48 << 1, 1, 0, 2, 39 << 1, 1, 0, 2, 33 << 1, 1]));
+        assert!(!is_keyframe_start(&[48 << 1, 1, 0, 2, 39 << 1, 1, 0, 2, 1 << 1, 1]));
+        assert!(!is_keyframe_start(&[48 << 1, 1, 0, 9, 39 << 1]), "a size past the end");
+        // FU: the start of a CRA picture (21), and a later fragment of one.
+        assert!(is_keyframe_start(&[49 << 1, 1, 0x80 | 21, 0xAA]));
+        assert!(!is_keyframe_start(&[49 << 1, 1, 21, 0xAA]));
+        assert!(!is_keyframe_start(&[]));
+    }
+}
