@@ -126,6 +126,9 @@ struct UpTrack<S> {
     layers: Vec<Layer>,
     /// Which layers send: simulcast tracks only.
     live: Option<LiveLayers>,
+    /// The simulcast layer the taps get: the top one that sends once the track settled, kept
+    /// (a recording follows one stream) unless it stops.
+    tap: LayerSelector,
     /// What the publisher sends, which bounds what a subscriber may have retransmitted.
     bitrate: BitrateMeter,
     /// Muted by its publisher or an admin: its packets go nowhere.
@@ -245,6 +248,7 @@ impl<S> Forwarder<S> {
             format,
             layers: (0..layers).map(|_| layer()).collect(),
             live: None,
+            tap: LayerSelector::default(),
             bitrate: BitrateMeter::default(),
             muted: false,
             level: None,
@@ -417,10 +421,22 @@ impl<S> Forwarder<S> {
         self.keyframe_request(now, track, None)
     }
 
-    /// Whether the taps get this packet of a track: it is not muted, and it is the track's
-    /// only stream or its highest simulcast layer (what a recording keeps).
-    pub fn is_tapped(&self, track: &TrackId, ssrc: u32) -> bool {
-        self.tracks.get(track).is_some_and(|up| !up.muted && (up.live.is_none() || up.layers.last().is_some_and(|l| l.ssrc == Some(ssrc))))
+    /// Whether the taps get this packet (of `ssrc`, with `payload`) of a track, arriving at
+    /// `now`: it is not muted, and it is the track's only stream or the simulcast layer the
+    /// taps follow. That is the top layer that sends, from its first keyframe once the track
+    /// has sent long enough for every layer to show ([`LiveLayers::settled`]), and the same
+    /// layer after that while it sends: a recording keeps one stream.
+    pub fn is_tapped(&mut self, now: Instant, track: &TrackId, ssrc: u32, payload: &[u8]) -> bool {
+        let Some(up) = self.tracks.get_mut(track).filter(|up| !up.muted) else { return false };
+        let Some(live) = up.live.as_ref() else { return true };
+        let Some(layer) = up.layers.iter().position(|l| l.ssrc == Some(ssrc)) else { return false };
+        let target = match up.tap.current() {
+            Some(current) if live.is_sending(now, current) => current,
+            _ if live.settled(now) => live.top(),
+            _ => return false,
+        };
+        let format = up.format;
+        up.tap.decide(layer, target, || format.is_keyframe_start(payload)) != Decision::Drop
     }
 
     /// Fans one packet of a published track out to its subscribers, appending to `out`;
@@ -593,7 +609,7 @@ impl<S> Forwarder<S> {
             // One still waiting for its first keyframe has it asked for by the packet path,
             // of the layer it waits for.
             (Some(_), Some(subscriber)) => up.downtracks.iter().find(|d| &d.subscriber == subscriber)?.selector.current()?,
-            (Some(_), None) => up.layers.len() - 1,
+            (Some(live), None) => up.tap.current().unwrap_or(live.top()),
         };
         up.layer_keyframe_request(now, track, layer, Throttled::Deferred)
     }

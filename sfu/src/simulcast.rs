@@ -120,17 +120,20 @@ impl LayerSelector {
 pub struct LiveLayers {
     last_seen: Vec<Option<Instant>>,
     top: usize,
+    /// When the track's first packet came.
+    first_seen: Option<Instant>,
 }
 
 impl LiveLayers {
     /// A track of `layers` layers, none sending yet.
     pub fn new(layers: usize) -> Self {
-        Self { last_seen: vec![None; layers.max(1)], top: 0 }
+        Self { last_seen: vec![None; layers.max(1)], top: 0, first_seen: None }
     }
 
     /// Notes a packet of `layer` at `now`; returns the highest layer sending, which
     /// subscribers are moved to.
     pub fn on_packet(&mut self, now: Instant, layer: usize) -> usize {
+        self.first_seen.get_or_insert(now);
         if let Some(seen) = self.last_seen.get_mut(layer) {
             *seen = Some(now);
         }
@@ -144,6 +147,17 @@ impl LiveLayers {
 }
 
 impl LiveLayers {
+    /// The highest layer sending, as of the last packet.
+    pub fn top(&self) -> usize {
+        self.top
+    }
+
+    /// Whether the track has sent for [`LAYER_SILENCE`]: long enough for every layer it
+    /// sends to have been seen, so [`LiveLayers::top`] is the top one, not merely the first.
+    pub fn settled(&self, now: Instant) -> bool {
+        self.first_seen.is_some_and(|at| now.saturating_duration_since(at) >= LAYER_SILENCE)
+    }
+
     /// Whether `layer` sent a packet within [`LAYER_SILENCE`] of `now`.
     pub fn is_sending(&self, now: Instant, layer: usize) -> bool {
         self.last_seen.get(layer).copied().flatten().is_some_and(|at| now.saturating_duration_since(at) <= LAYER_SILENCE)
@@ -197,6 +211,8 @@ mod tests {
         assert_eq!(live.highest_sending_at_most(at(1301), 1), 0, "layer 1 stopped");
         assert_eq!(live.highest_sending_at_most(at(1301), 5), 2);
         assert_eq!(LiveLayers::new(3).highest_sending_at_most(at(0), 1), 0, "nothing sends");
+        assert!(live.settled(at(500)) && !live.settled(at(499)), "since the first packet");
+        assert_eq!(live.top(), 2);
     }
 
     #[test]

@@ -492,7 +492,7 @@ impl Engine {
         packet: rtc::rtp::packet::Packet,
         out: &mut dyn Transmit,
     ) {
-        if let Some(room) = room.filter(|_| self.forwarder.is_tapped(track, packet.header.ssrc)) {
+        if let Some(room) = room.filter(|_| self.forwarder.is_tapped(now, track, packet.header.ssrc, &packet.payload)) {
             self.taps.send_rtp(&mut self.counters, room, track, now, &packet);
         }
         self.counters.add(Counter::PacketsIn, 1);

@@ -341,7 +341,7 @@ fn a_muted_track_forwards_nothing_and_unmuting_asks_for_a_keyframe() {
     assert_eq!(out.len(), 2);
     out.clear();
     assert_eq!(f.set_muted(t0, &track(), true), None);
-    assert!(!f.is_tapped(&track(), 77), "nor to the taps");
+    assert!(!f.is_tapped(t0, &track(), 77, &[]), "nor to the taps");
     f.forward(t0, &track(), video_packet(77, 2, 3000), &mut out);
     assert!(out.is_empty(), "muted packets go nowhere");
     let t1 = t0 + Duration::from_secs(1);
@@ -469,15 +469,31 @@ fn a_simulcast_retransmission_comes_from_the_layer_the_subscriber_had_renumbered
 }
 
 #[test]
-fn taps_get_the_highest_simulcast_layer_only() {
-    let now = Instant::now();
-    let mut f = simulcast_room(0, now);
-    assert!(f.is_tapped(&track(), LAYERS[2]));
-    assert!(!f.is_tapped(&track(), LAYERS[0]) && !f.is_tapped(&track(), LAYERS[1]));
-    f.set_muted(now, &track(), true);
-    assert!(!f.is_tapped(&track(), LAYERS[2]), "muted");
-    let single = room(0, now);
-    assert!(single.is_tapped(&track(), 1234), "a single-stream track, whatever its SSRC");
+fn taps_get_the_top_layer_that_sends_once_the_track_settled_and_keep_it() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut f = simulcast_room(0, t0);
+    let mut out = Vec::new();
+    // Layers 0 and 1 send (a 640x480 camera's three encodings are two layers in Chromium);
+    // keyframes at frames 0 and 20.
+    let mut tapped = Vec::new();
+    for seq in 0..30u16 {
+        for layer in [0, 1] {
+            let packet = layer_packet(layer, seq, seq % 20 == 0);
+            let now = at(u64::from(seq) * 33);
+            if f.is_tapped(now, &track(), packet.header.ssrc, &packet.payload) {
+                tapped.push((layer, seq));
+            }
+            f.forward(now, &track(), packet, &mut out);
+        }
+    }
+    let expected: Vec<(usize, u16)> = (20..30).map(|seq| (1, seq)).collect();
+    assert_eq!(tapped, expected, "layer 1 from its first keyframe after 500 ms; never layer 0, nor the silent layer 2");
+    f.set_muted(at(1000), &track(), true);
+    let packet = layer_packet(1, 30, false);
+    assert!(!f.is_tapped(at(1000), &track(), packet.header.ssrc, &packet.payload), "muted");
+    let mut single = room(0, t0);
+    assert!(single.is_tapped(t0, &track(), 1234, &[]), "a single-stream track, whatever its SSRC");
 }
 
 #[test]
