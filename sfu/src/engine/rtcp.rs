@@ -120,7 +120,9 @@ impl Engine {
             })
             .collect();
         let budget = estimate - self.forwarder.single_stream_rate_of(subscriber);
-        for ((track, ..), layer) in tracks.iter().zip(allocation::allocate(budget, &wanted)) {
+        let layers = allocation::allocate(budget, &wanted);
+        debug!(%subscriber, estimate, budget, ?layers, "downlink shared");
+        for ((track, ..), layer) in tracks.iter().zip(layers) {
             self.forwarder.set_max_layer(track, &subscriber, layer);
         }
     }
