@@ -96,18 +96,11 @@ impl TransportWide {
             });
         }
         self.estimator.on_reports(now, &self.reports);
-        let lost = self.reports.iter().filter(|r| !r.arrived).count();
-        tracing::debug!(reports = self.reports.len(), lost, halves = ?self.halves(), "transport-wide feedback");
     }
 
     /// The bitrate the subscriber's link carries, as last estimated, in bits per second.
     pub fn estimate(&self) -> f64 {
         self.estimator.target_bitrate()
-    }
-
-    /// The delay-based and the loss-based estimates the estimate is the lower of.
-    pub fn halves(&self) -> (f64, f64) {
-        (self.estimator.delay_based_bitrate(), self.estimator.loss_based_bitrate())
     }
 
     /// The packet sent with the 16-bit sequence number `sequence`, if the ring still holds it.

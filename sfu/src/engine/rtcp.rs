@@ -120,9 +120,7 @@ impl Engine {
             })
             .collect();
         let budget = estimate - self.forwarder.single_stream_rate_of(subscriber);
-        let layers = allocation::allocate(budget, &wanted);
-        debug!(%subscriber, estimate, budget, ?layers, "downlink shared");
-        for ((track, ..), layer) in tracks.iter().zip(layers) {
+        for ((track, ..), layer) in tracks.iter().zip(allocation::allocate(budget, &wanted)) {
             self.forwarder.set_max_layer(track, &subscriber, layer);
         }
     }
