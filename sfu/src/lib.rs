@@ -18,7 +18,6 @@
 //!   tracks through [`SfuEvent`]s and never reads presence.
 #![forbid(unsafe_code)]
 
-pub mod allocation;
 mod codec;
 pub mod egress;
 mod engine;

@@ -17,10 +17,8 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::{PacketStatusChunk, Tran
 /// dozen video tracks), a second of them; feedback comes every 50 to 100 ms.
 pub const SENT_HISTORY: usize = 2048;
 
-/// The estimate before any feedback, and its bounds, in bits per second. It starts as wide
-/// as a desktop's downlink usually is, so a subscriber starts on the layers it will keep,
-/// and comes down within a second or two where the link is narrower.
-const INITIAL_ESTIMATE: f64 = 2_500_000.0;
+/// The estimate before any feedback, and its bounds, in bits per second.
+const INITIAL_ESTIMATE: f64 = 1_000_000.0;
 const MIN_ESTIMATE: f64 = 30_000.0;
 const MAX_ESTIMATE: f64 = 100_000_000.0;
 

@@ -56,7 +56,6 @@ impl Engine {
                 sources: HashMap::new(),
                 negotiation: Negotiation::Stable,
                 viewer: None,
-                allocated: None,
             },
         );
         if grants.subscribe {

@@ -4,7 +4,7 @@
 //! the server sends on its own schedule (sender reports to subscribers; receiver reports,
 //! NACKs and transport-wide feedback to publishers).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::rtcp;
@@ -18,18 +18,12 @@ use rtc::sansio::Protocol;
 use tracing::debug;
 
 use super::{isolate, Engine, Transmit};
-use crate::allocation::{self, Priority, Wanted};
-use crate::egress::Egress;
 use crate::forwarder::KeyframeRequest;
 use crate::metrics::Counter;
 use crate::peer::PeerRole;
 use crate::round_trip;
 use crate::tap::TapEvent;
-use crate::{ParticipantKey, TrackId, TrackSource};
-
-/// How often a subscriber's downlink is shared anew among its simulcast tracks: its
-/// transport-wide feedback comes every 50 to 100 ms.
-const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
+use crate::{ParticipantKey, TrackId};
 
 impl Engine {
     /// Acts on a subscriber's RTCP about one of the tracks it receives.
@@ -77,51 +71,8 @@ impl Engine {
         else {
             return;
         };
-        let mut any = false;
         for feedback in packets.iter().filter_map(|p| p.as_any().downcast_ref::<TransportLayerCc>()) {
             egress.on_transport_feedback(now, feedback);
-            any = true;
-        }
-        if any {
-            self.allocate(now, subscriber);
-        }
-    }
-
-    /// Shares the subscriber's estimated downlink among the simulcast tracks it receives
-    /// ([`allocation`]), at most once an [`ALLOCATION_INTERVAL`].
-    fn allocate(&mut self, now: Instant, subscriber: ParticipantKey) {
-        let Some(participant) = self.participants.get_mut(&subscriber) else { return };
-        if participant.allocated.is_some_and(|at| now.saturating_duration_since(at) < ALLOCATION_INTERVAL) {
-            return;
-        }
-        participant.allocated = Some(now);
-        let Some(estimate) = participant.subscriber.as_ref().and_then(|p| p.egress.as_ref()).and_then(Egress::estimate) else {
-            return;
-        };
-        let room = participant.room.clone();
-        let tracks = self.forwarder.simulcast_subscriptions_of(subscriber, now);
-        if tracks.is_empty() {
-            return;
-        }
-        let speakers = self.speakers.told.get(&room);
-        let wanted: Vec<Wanted> = tracks
-            .iter()
-            .map(|(track, publisher, layer_rates, current)| {
-                let screen = self
-                    .participants
-                    .get(publisher)
-                    .is_some_and(|p| p.published.values().any(|t| t.track == *track && t.info.source == TrackSource::ScreenShare));
-                let priority = match (screen, speakers.is_some_and(|s| s.contains(publisher))) {
-                    (true, _) => Priority::ScreenShare,
-                    (false, true) => Priority::Speaker,
-                    (false, false) => Priority::Other,
-                };
-                Wanted { priority, layer_rates: layer_rates.clone(), current: *current }
-            })
-            .collect();
-        let budget = estimate - self.forwarder.single_stream_rate_of(subscriber);
-        for ((track, ..), layer) in tracks.iter().zip(allocation::allocate(budget, &wanted)) {
-            self.forwarder.set_max_layer(track, &subscriber, layer);
         }
     }
 
