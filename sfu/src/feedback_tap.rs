@@ -15,7 +15,6 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -29,14 +28,10 @@ pub struct FeedbackTap {
 }
 
 /// What of a subscriber connection's RTCP the worker acts on: NACK, PLI, FIR, receiver
-/// reports, transport-wide feedback.
+/// reports.
 pub fn subscriber_feedback(packet: &dyn rtcp::Packet) -> bool {
     let any = packet.as_any();
-    any.is::<TransportLayerNack>()
-        || any.is::<PictureLossIndication>()
-        || any.is::<FullIntraRequest>()
-        || any.is::<ReceiverReport>()
-        || any.is::<TransportLayerCc>()
+    any.is::<TransportLayerNack>() || any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<ReceiverReport>()
 }
 
 /// What of a publisher connection's RTCP the worker acts on: sender reports.

@@ -122,15 +122,14 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut
     for parameter in ["", "pli"] {
         media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
-    // Transport-wide feedback, both ways: publishers' browsers estimate their uplink from the
-    // worker's ingress's, the egress estimates each subscriber's downlink from its browser's.
-    // No interceptors: the worker's ingress and egress do their work.
-    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
-        let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
-        media.register_header_extension(extension, kind, None).map_err(engine)?;
-    }
+    // Publishers' browsers estimate their uplink from transport-wide feedback, which the
+    // worker's ingress sends. No interceptors: the worker's ingress and egress do their work.
     if role == PeerRole::Publisher {
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
+            let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
+            media.register_header_extension(extension, kind, None).map_err(engine)?;
+        }
         // Simulcast layers are told apart by their RID (RFC 8852); rtc binds a layer's SSRC
         // to its RID from these extensions on its first packets.
         for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, SDES_REPAIR_RTP_STREAM_ID_URI] {

@@ -11,14 +11,12 @@
 //! indexes are separate).
 
 mod reports;
-mod transport_wide;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
@@ -30,11 +28,6 @@ use crate::srtp::gcm::GcmSender;
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use crate::vp8::Vp8Patch;
 use reports::SentStream;
-use transport_wide::TransportWide;
-
-/// The one-byte header extension form (RFC 8285 §4.2) the transport-wide sequence number is
-/// sent in.
-const ONE_BYTE_EXTENSIONS: u16 = 0xBEDE;
 
 /// The send side of one subscriber connection.
 pub struct Egress {
@@ -45,26 +38,12 @@ pub struct Egress {
     datagram: Vec<u8>,
     streams: Vec<SentStream>,
     next_report: Option<Instant>,
-    /// Transport-wide congestion control, once the subscriber negotiated it.
-    transport_wide: Option<TransportWide>,
-    /// The packet being sent with its transport-wide sequence number: kept to save an
-    /// allocation per packet.
-    numbered: Packet,
 }
 
 impl Egress {
     /// A connection's egress, to be started once its DTLS handshake has run through `keys`.
     pub fn new(keys: Arc<KeyCapture>) -> Self {
-        Self {
-            keys,
-            protection: None,
-            remote: None,
-            datagram: Vec::new(),
-            streams: Vec::new(),
-            next_report: None,
-            transport_wide: None,
-            numbered: Packet::default(),
-        }
+        Self { keys, protection: None, remote: None, datagram: Vec::new(), streams: Vec::new(), next_report: None }
     }
 
     /// Whether [`Egress::start`] has keyed it.
@@ -95,28 +74,6 @@ impl Egress {
         self.remote = Some(remote);
     }
 
-    /// Numbers every packet from now on in header extension `extension_id` (the subscriber
-    /// negotiated transport-wide congestion control with it) and estimates the subscriber's
-    /// downlink from its feedback.
-    pub fn enable_transport_wide(&mut self, now: Instant, extension_id: u8) {
-        if self.transport_wide.as_ref().is_none_or(|t| t.extension_id() != extension_id) {
-            self.transport_wide = Some(TransportWide::new(extension_id, now));
-        }
-    }
-
-    /// Takes the subscriber's transport-wide feedback.
-    pub fn on_transport_feedback(&mut self, now: Instant, feedback: &TransportLayerCc) {
-        if let Some(transport_wide) = self.transport_wide.as_mut() {
-            transport_wide.on_feedback(now, feedback);
-        }
-    }
-
-    /// The bitrate the subscriber's downlink carries, in bits per second, once it negotiated
-    /// transport-wide congestion control.
-    pub fn estimate(&self) -> Option<f64> {
-        self.transport_wide.as_ref().map(TransportWide::estimate)
-    }
-
     /// Reports on the stream of `ssrc` from now on, at `clock_rate` (a stream reported on
     /// already keeps its counts and takes the new rate).
     pub fn add_stream(&mut self, ssrc: u32, clock_rate: u32) {
@@ -134,41 +91,21 @@ impl Egress {
         }
     }
 
-    /// Encrypts `packet` for the client, its payload renumbered by `patch` and, once
-    /// negotiated, a transport-wide sequence number added; counts it, and returns the datagram
-    /// and where it goes.
+    /// Encrypts `packet` for the client, its payload renumbered by `patch`, and counts it;
+    /// returns the datagram and where it goes.
     pub fn protect(&mut self, now: Instant, packet: &Packet, patch: Option<&Vp8Patch>) -> Result<(&[u8], Remote), SrtpError> {
         let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(SrtpError::NotConnected) };
-        let mut sequence = None;
-        let packet = match self.transport_wide.as_mut() {
-            Some(transport_wide) => {
-                number(&mut self.numbered, packet, transport_wide.extension_id());
-                sequence = Some(transport_wide.stamp(now, self.numbered.marshal_size() + SRTP_OVERHEAD));
-                &self.numbered
-            }
-            None => packet,
-        };
-        let header_len = packet.header.marshal_size();
-        let edit = |clear: &mut [u8]| {
-            if let Some(sequence) = sequence {
-                // The extension's one element, right after the fixed header, CSRCs and the
-                // extension's own header, then its one-byte element header.
-                let at = 12 + 4 * packet.header.csrc.len() + 4 + 1;
-                if let Some(octets) = clear.get_mut(at..at + 2) {
-                    octets.copy_from_slice(&sequence.to_be_bytes());
-                }
-            }
-            if let Some(patch) = patch {
-                patch.apply(&mut clear[header_len..]);
-            }
-        };
         match protection {
-            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram, edit)?,
+            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram, |payload| {
+                if let Some(patch) = patch {
+                    patch.apply(payload);
+                }
+            })?,
             Protection::Context(context) => {
                 let mut clear = packet.marshal().map_err(srtp)?;
-                if sequence.is_some() || patch.is_some() {
+                if let Some(patch) = patch {
                     let mut edited = clear.to_vec();
-                    edit(&mut edited);
+                    patch.apply(&mut edited[packet.header.marshal_size()..]);
                     clear = edited.as_slice().into();
                 }
                 let protected = context.encrypt_rtp_with_header(&clear, &packet.header).map_err(srtp)?;
@@ -197,30 +134,6 @@ impl Egress {
             self.streams.iter().filter_map(|s| s.report(now, wall_clock)).map(|r| Box::new(r) as Box<dyn rtcp::Packet>).collect();
         (!reports.is_empty()).then_some(reports)
     }
-}
-
-/// What SRTP adds to a packet: the AES-GCM tag (SHA1-80's is 10 bytes).
-const SRTP_OVERHEAD: usize = 16;
-
-/// Copies `packet` into `numbered` (reusing its buffers) with one header extension,
-/// `extension_id`, whose two bytes the transport-wide sequence number is written over once
-/// marshalled. The forwarder stripped the publisher's extensions, so it is the only one.
-fn number(numbered: &mut Packet, packet: &Packet, extension_id: u8) {
-    let (to, from) = (&mut numbered.header, &packet.header);
-    to.version = from.version;
-    to.padding = from.padding;
-    to.marker = from.marker;
-    to.payload_type = from.payload_type;
-    to.sequence_number = from.sequence_number;
-    to.timestamp = from.timestamp;
-    to.ssrc = from.ssrc;
-    to.csrc.clone_from(&from.csrc);
-    to.extension = true;
-    to.extension_profile = ONE_BYTE_EXTENSIONS;
-    to.extensions.clear();
-    to.extensions_padding = 0;
-    to.extensions.push(rtc::rtp::header::Extension { id: extension_id, payload: bytes::Bytes::from_static(&[0, 0]) });
-    numbered.payload = packet.payload.clone();
 }
 
 /// How forwarded RTP is protected: AES-128-GCM of our own, or `rtc`'s context for the others.

@@ -468,7 +468,6 @@ impl Engine {
                 self.forward_published(now, room.as_ref(), &track, packet, out);
             }
             (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
-                self.transport_feedback(now, key.0, &packets);
                 // The sender's track id is the track's own (see `Engine::subscribe`), or a
                 // viewer's slot's.
                 if let Some(track) = TrackId::parse(&track_id).or_else(|| self.viewer_slot_track(key.0, &track_id)) {

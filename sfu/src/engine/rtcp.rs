@@ -12,7 +12,6 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use tracing::debug;
@@ -61,18 +60,6 @@ impl Engine {
                     self.forwarder.set_round_trip(&subscriber, rtt);
                 }
             }
-        }
-    }
-
-    /// Takes a subscriber connection's transport-wide feedback (about the connection, whatever
-    /// track the packet was routed by) into its bandwidth estimate.
-    pub(super) fn transport_feedback(&mut self, now: Instant, subscriber: ParticipantKey, packets: &[Box<dyn rtcp::Packet>]) {
-        let Some(egress) = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut())
-        else {
-            return;
-        };
-        for feedback in packets.iter().filter_map(|p| p.as_any().downcast_ref::<TransportLayerCc>()) {
-            egress.on_transport_feedback(now, feedback);
         }
     }
 

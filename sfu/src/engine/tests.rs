@@ -18,9 +18,6 @@ use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
-    PacketStatusChunk, RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc, TransportLayerCc,
-};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -29,7 +26,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_RTP_STREAM_ID_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 
@@ -117,8 +114,8 @@ impl Client {
         // Audio levels, as browsers send them.
         let level = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };
         media.register_header_extension(level, RtpCodecKind::Audio, None).expect("audio level");
-        // Simulcast layers, named by their RIDs; transport-wide sequence numbers.
-        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI] {
+        // Simulcast layers, named by their RIDs.
+        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI] {
             let extension = RTCRtpHeaderExtensionCapability { uri: uri.to_owned() };
             media.register_header_extension(extension, RtpCodecKind::Video, None).expect("simulcast extensions");
         }
@@ -473,34 +470,6 @@ impl World {
         client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("nack written");
     }
 
-    /// `name` reports the `count` packets from transport-wide number `base` lost, about the
-    /// stream `media_ssrc` it receives.
-    fn report_lost(&mut self, name: &str, media_ssrc: u32, base: u16, count: u16) {
-        let feedback = TransportLayerCc {
-            sender_ssrc: 1,
-            media_ssrc,
-            base_sequence_number: base,
-            packet_status_count: count,
-            reference_time: 0,
-            fb_pkt_count: 0,
-            packet_chunks: vec![PacketStatusChunk::RunLengthChunk(RunLengthChunk {
-                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
-                packet_status_symbol: SymbolTypeTcc::PacketNotReceived,
-                run_length: count,
-            })],
-            recv_deltas: Vec::new(),
-        };
-        let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(feedback)]);
-        let client = &mut self.clients[self.members[name].subscriber];
-        client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("feedback written");
-    }
-
-    /// The engine's estimate of `name`'s downlink.
-    fn estimate(&self, name: &str) -> Option<f64> {
-        let key = self.engine.keys[&self.members[name].id];
-        self.engine.participants[&key].subscriber.as_ref()?.egress.as_ref()?.estimate()
-    }
-
     fn set_muted(&mut self, name: &str, track: TrackId, muted: bool) {
         let participant = self.members[name].id.clone();
         self.engine.handle_command(self.now, Command::SetMuted { participant, track, muted }, &mut self.wire);
@@ -593,27 +562,6 @@ fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes
         assert!(world.members[name].seen.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished(t) if *t == track)), "{name} heard");
     }
     assert!(world.strays.is_empty(), "nothing went to an address no client has");
-}
-
-#[test]
-fn subscribers_packets_carry_transport_wide_numbers_and_their_feedback_moves_the_estimate() {
-    let (mut world, _) = meeting(50);
-    let numbers: Vec<u16> = world
-        .received("bob")
-        .iter()
-        .map(|(_, packet)| {
-            let [extension] = &packet.header.extensions[..] else { panic!("one extension: {:?}", packet.header.extensions) };
-            u16::from_be_bytes([extension.payload[0], extension.payload[1]])
-        })
-        .collect();
-    assert_eq!(numbers.len(), 50);
-    assert!(numbers.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "one number per packet, in order: {numbers:?}");
-    let before = world.estimate("bob").expect("Bob negotiated transport-wide congestion control");
-    let ssrc = world.received("bob")[0].1.header.ssrc;
-    world.report_lost("bob", ssrc, numbers[0], 50);
-    world.run(Duration::from_millis(20));
-    let after = world.estimate("bob").expect("still");
-    assert!(after < before, "every packet lost lowers the estimate: {before} -> {after}");
 }
 
 #[test]

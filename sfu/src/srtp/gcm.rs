@@ -111,7 +111,7 @@ impl GcmSender {
     }
 
     /// Writes `packet`, protected, into `out` (replacing what it held).
-    /// `edit` changes the clear packet (header, payload and any padding) before it is sealed.
+    /// `edit` changes the payload (and any padding after it) before it is sealed.
     pub fn protect(&mut self, packet: &Packet, out: &mut Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Result<(), SrtpError> {
         let header_len = packet.header.marshal_size();
         let clear_len = packet.marshal_size();
@@ -119,7 +119,7 @@ impl GcmSender {
         out.resize(clear_len + TAG_LEN, 0);
         let written = packet.marshal_to(&mut out[..clear_len]).map_err(|e| SrtpError::Srtp(e.to_string()))?;
         out.truncate(written + TAG_LEN);
-        edit(&mut out[..written]);
+        edit(&mut out[header_len..written]);
         let ssrc = packet.header.ssrc;
         let index = self.index(ssrc, packet.header.sequence_number);
         let nonce = self.session.nonce(ssrc, index);
