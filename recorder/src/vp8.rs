@@ -9,50 +9,19 @@
 use bytes::Bytes;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::shared::error::{Error, Result};
+use sfu::vp8::Descriptor;
 
-/// Extended control bits present (first octet).
-const X: u8 = 0x80;
 /// Start of a VP8 partition (first octet).
 const S: u8 = 0x10;
-/// Picture ID present (extension octet).
-const I: u8 = 0x80;
-/// TL0PICIDX present (extension octet).
-const L: u8 = 0x40;
-/// TID present (extension octet).
-const T: u8 = 0x20;
-/// KEYIDX present (extension octet).
-const K: u8 = 0x10;
-/// A 15-bit picture ID (first picture ID octet).
-const M: u8 = 0x80;
 
 /// Strips VP8 payload descriptors.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Vp8Depacketizer;
 
-/// The length of the descriptor at the start of `payload`, if the payload holds one.
-fn descriptor_len(payload: &[u8]) -> Option<usize> {
-    let first = *payload.first()?;
-    if first & X == 0 {
-        return Some(1);
-    }
-    let extension = *payload.get(1)?;
-    let mut len = 2;
-    if extension & I != 0 {
-        len += if *payload.get(len)? & M != 0 { 2 } else { 1 };
-    }
-    if extension & L != 0 {
-        len += 1;
-    }
-    if extension & (T | K) != 0 {
-        len += 1;
-    }
-    Some(len)
-}
-
 impl Depacketizer for Vp8Depacketizer {
     /// The frame data after the descriptor: at least one byte.
     fn depacketize(&mut self, payload: &Bytes) -> Result<Bytes> {
-        match descriptor_len(payload) {
+        match Descriptor::parse(payload).map(|d| usize::from(d.len)) {
             Some(len) if len < payload.len() => Ok(payload.slice(len..)),
             _ => Err(Error::ErrShortPacket),
         }

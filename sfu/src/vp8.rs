@@ -57,6 +57,8 @@ pub struct Descriptor {
     /// Whether the packet starts a keyframe (the first packet of its first partition, whose
     /// payload header says key frame).
     pub keyframe_start: bool,
+    /// Its length in octets: the frame's data follows it.
+    pub len: u8,
 }
 
 impl Descriptor {
@@ -90,7 +92,7 @@ impl Descriptor {
         }
         let starts_partition_zero = first & S != 0 && first & PID == 0;
         let keyframe_start = starts_partition_zero && payload.get(len).is_some_and(|header| header & P == 0);
-        Some(Self { picture_id, tl0_pic_idx, keyframe_start })
+        Some(Self { picture_id, tl0_pic_idx, keyframe_start, len: len as u8 })
     }
 }
 
@@ -201,6 +203,7 @@ pub(crate) mod tests {
         assert_eq!(d.picture_id, Some(PictureId { at: 2, value: 0x1234, long: true }));
         assert_eq!(d.tl0_pic_idx, Some((4, 9)));
         assert!(d.keyframe_start);
+        assert_eq!(d.len, 6);
         assert!(!is_keyframe_start(&payload(1, 1, true, false)), "a delta frame");
         assert!(!is_keyframe_start(&payload(1, 1, false, true)), "not the first packet");
         let short = Descriptor::parse(&[X | S, I, 0x05, 0x10]).unwrap();
