@@ -1,37 +1,25 @@
-//! An interceptor that lets the RTCP the worker acts on through to it: a subscriber's NACKs,
-//! keyframe requests and receiver reports, a publisher's sender reports.
+//! An interceptor that lets the RTCP the worker acts on through to it: a publisher's sender
+//! reports (a subscriber's RTCP never reaches the engine: see [`crate::feedback`]).
 //!
 //! The `rtc` interceptor chain ends inbound RTCP before the application unless a packet is
-//! marked for delivery. The SFU answers NACKs from the publisher's cache, relays PLI/FIR and
-//! sizes that cache by the round trips subscribers' receiver reports show; taps (the
-//! recorder) follow a publisher's clock from its sender reports. The tap marks exactly those.
+//! marked for delivery. Taps (the recorder) follow a publisher's clock from its sender
+//! reports; the tap marks exactly those.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// Marks inbound RTCP for delivery to the application: what [`subscriber_feedback`] or
-/// [`publisher_feedback`] picks, by the connection's role.
+/// Marks inbound RTCP for delivery to the application: what [`publisher_feedback`] picks on
+/// a server's connection.
 pub struct FeedbackTap {
     wanted: fn(&dyn rtcp::Packet) -> bool,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
-}
-
-/// What of a subscriber connection's RTCP the worker acts on: NACK, PLI, FIR, receiver
-/// reports.
-pub fn subscriber_feedback(packet: &dyn rtcp::Packet) -> bool {
-    let any = packet.as_any();
-    any.is::<TransportLayerNack>() || any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<ReceiverReport>()
 }
 
 /// What of a publisher connection's RTCP the worker acts on: sender reports.

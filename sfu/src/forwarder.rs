@@ -91,6 +91,8 @@ struct DownTrack<S> {
     budget: RetransmitBudget,
     /// The simulcast layer it is sent.
     selector: LayerSelector,
+    /// The highest simulcast layer its downlink is given (see [`crate::allocation`]).
+    max_layer: usize,
     /// Its VP8 picture numbers, continued across layer switches.
     pictures: PictureNumbering,
     /// What the caller keeps with the subscription.
@@ -109,6 +111,8 @@ struct Layer {
     /// The newest sequence number it sent (simulcast layers only): an older packet, a late
     /// retransmission, cannot start a switch to it.
     newest: Option<u16>,
+    /// What it sends (simulcast layers only).
+    bitrate: BitrateMeter,
 }
 
 /// A published track with its subscribers.
@@ -235,6 +239,7 @@ impl<S> Forwarder<S> {
             cache: (kind == MediaKind::Video).then(|| PacketCache::new(self.settings.nack_cache_packets, self.settings.nack_cache_min_age)),
             keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
             newest: None,
+            bitrate: BitrateMeter::default(),
         };
         let up = UpTrack {
             publisher,
@@ -332,6 +337,7 @@ impl<S> Forwarder<S> {
             round_trip: Duration::ZERO,
             budget: RetransmitBudget::default(),
             selector: LayerSelector::default(),
+            max_layer: usize::MAX,
             pictures: PictureNumbering::default(),
             link,
         });
@@ -463,6 +469,7 @@ impl<S> Forwarder<S> {
             }
             return;
         };
+        up.layers[layer].bitrate.add(now, packet_size(&packet));
         let fresh = up.layers[layer].note_sequence(packet.header.sequence_number);
         let format = up.format;
         let descriptor = (format == PayloadFormat::Vp8).then(|| Descriptor::parse(&packet.payload)).flatten();
@@ -470,9 +477,15 @@ impl<S> Forwarder<S> {
             || fresh && descriptor.as_ref().map_or_else(|| format.is_keyframe_start(&packet.payload), |d| d.keyframe_start);
         let mut keyframe = None;
         let mut waiting = false;
+        let live = up.live.as_ref();
         for down in up.downtracks.iter_mut().filter(|d| d.negotiated.is_some()) {
+            // Its own target: the highest layer that sends, as far as its downlink is given.
+            let target = match live {
+                Some(live) if down.max_layer < target => live.highest_sending_at_most(now, down.max_layer),
+                _ => target,
+            };
             let decision = down.selector.decide(layer, target, || *keyframe.get_or_insert_with(keyframe_start));
-            waiting |= down.selector.waits_for(target);
+            waiting |= down.selector.waits_for(target) && layer == target;
             match decision {
                 Decision::Drop => continue,
                 Decision::Forward => {}
@@ -489,16 +502,69 @@ impl<S> Forwarder<S> {
         }
         // A delta frame of the layer some subscribers wait for: ask for its keyframe (again
         // with each one, once the throttle lets it).
-        if waiting && layer == target {
-            if let Some(request) = up.layer_keyframe_request(now, track, target, Throttled::Dropped) {
+        if waiting {
+            if let Some(request) = up.layer_keyframe_request(now, track, layer, Throttled::Dropped) {
                 self.requests.push(request);
             }
+        }
+    }
+
+    /// The simulcast tracks `subscriber` receives, each with its publisher, what each of its
+    /// layers sends (bits per second; 0 for one that does not send) and the highest layer the
+    /// subscriber is given now (a scan of the table: for allocation, not the packet path).
+    pub fn simulcast_subscriptions_of(&self, subscriber: ParticipantKey, now: Instant) -> Vec<(TrackId, ParticipantKey, Vec<f64>, usize)> {
+        let simulcast = self.tracks.iter().filter_map(|(track, up)| up.live.as_ref().map(|live| (track, up, live)));
+        simulcast
+            .filter_map(|(track, up, live)| {
+                let down = up.downtracks.iter().find(|d| d.subscriber == subscriber)?;
+                let rates = up
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, layer)| if live.is_sending(now, index) { layer.bitrate.bytes_per_second() * 8.0 } else { 0.0 })
+                    .collect();
+                Some((*track, up.publisher, rates, down.max_layer.min(up.layers.len() - 1)))
+            })
+            .collect()
+    }
+
+    /// What the tracks of one stream that `subscriber` receives send, in bits per second.
+    pub fn single_stream_rate_of(&self, subscriber: ParticipantKey) -> f64 {
+        let single = self.tracks.values().filter(|up| up.live.is_none() && !up.muted);
+        single.filter(|up| up.downtracks.iter().any(|d| d.subscriber == subscriber)).map(|up| up.bitrate.bytes_per_second() * 8.0).sum()
+    }
+
+    /// Gives `subscriber` at most `layer` of the simulcast `track`.
+    pub fn set_max_layer(&mut self, track: &TrackId, subscriber: &ParticipantKey, layer: usize) {
+        let down = self.tracks.get_mut(track).and_then(|up| up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber));
+        if let Some(down) = down {
+            down.max_layer = layer;
         }
     }
 
     /// A keyframe request the packet path made, to send.
     pub fn take_request(&mut self) -> Option<KeyframeRequest> {
         self.requests.pop()
+    }
+
+    /// The header of a padding packet for `subscriber`'s downlink probes: on the repair
+    /// stream of the first of its downtracks that negotiated RTX, numbered on that stream;
+    /// `None` if none did.
+    pub fn padding_header(&mut self, subscriber: ParticipantKey) -> Option<rtp::header::Header> {
+        let downtracks = self.tracks.values_mut().flat_map(|up| up.downtracks.iter_mut());
+        let (down, stream) = downtracks.filter(|d| d.subscriber == subscriber).find_map(|d| {
+            let stream = d.negotiated.and_then(|n| n.rtx)?;
+            Some((d, stream))
+        })?;
+        let sequence_number = down.rtx_sequence;
+        down.rtx_sequence = sequence_number.wrapping_add(1);
+        Some(rtp::header::Header {
+            version: 2,
+            payload_type: stream.payload_type,
+            sequence_number,
+            ssrc: stream.ssrc,
+            ..Default::default()
+        })
     }
 
     /// Answers a subscriber's NACK for the given outgoing sequence numbers from the cache,

@@ -8,18 +8,16 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Command, Engine, EngineSettings, Joining, Transmit};
+use crate::feedback::Feedback;
 use crate::forwarder::ForwarderSettings;
 use crate::metrics::Counters;
 use crate::peer::{PeerRole, PeerSettings};
-use crate::srtp::gcm::{GcmReceiver, GcmSender, KEY_LEN, SALT_LEN};
+use crate::srtp::gcm::{GcmReceiver, GcmRtcpReceiver, GcmSender, KEY_LEN, SALT_LEN};
 use crate::{stun, MediaGrants, ParticipantId, RoomId, SrtpProfile};
 
 /// A datagram as the worker's demultiplexer peeks at it before the engine: the STUN test,
@@ -32,7 +30,8 @@ pub fn stun(data: &[u8]) {
     }
 }
 
-/// An SRTP datagram opened with fixed keys (it fails authentication, as a forgery does); and,
+/// An SRTP and an SRTCP datagram opened with fixed keys (they fail authentication, as a
+/// forgery does); and,
 /// when the input reads as an RTP packet of version 2, that packet sealed and opened again,
 /// which must give it back as it was.
 pub fn srtp(data: &[u8]) {
@@ -47,6 +46,9 @@ pub fn srtp(data: &[u8]) {
         return;
     };
     let _ = receiver.open(&mut data.to_vec());
+    if let Ok(mut rtcp_receiver) = GcmRtcpReceiver::new(provider.crypto(), &key, &salt) {
+        let _ = rtcp_receiver.open(&mut data.to_vec());
+    }
     // The egress seals only what a receiver opened, RTP version 2 (rtc's parser takes any).
     let Ok(packet) = Packet::unmarshal(&mut &data[..]) else { return };
     if packet.header.version != 2 {
@@ -60,25 +62,29 @@ pub fn srtp(data: &[u8]) {
     }
 }
 
-/// An RTCP compound packet from a subscriber or a publisher, parsed as the engine parses it,
-/// with what the engine reads of it: a NACK's lost packets, a receiver report's round trip,
-/// transport-wide feedback's packet statuses.
+/// An RTCP compound packet read as the engine reads a subscriber's (a NACK names at most 17
+/// packets an entry, transport-wide feedback exactly the packets it counts, round trips from
+/// any report block), and parsed by `rtc` as a publisher's is.
 pub fn rtcp(data: &[u8]) {
-    let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut &data[..]) else { return };
     let arrival = crate::round_trip::ntp_middle(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    for packet in &packets {
-        let any = packet.as_any();
-        if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-            let lost = nack.nacks.iter().flat_map(|pair| pair.packet_list()).count();
-            assert!(lost <= 17 * nack.nacks.len(), "a pair names at most 17 packets");
-        } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {
-            for block in &report.reports {
-                let _ = crate::round_trip::round_trip(arrival, block.last_sender_report, block.delay);
+    for feedback in crate::feedback::read(data) {
+        match feedback {
+            Feedback::Nack { lost, .. } => assert!(lost.count() <= 17 * data.len() / 4, "an entry names at most 17 packets"),
+            Feedback::Reports(blocks) => {
+                for block in blocks {
+                    let _ = crate::round_trip::round_trip(arrival, block.last_sender_report, block.delay);
+                }
             }
-        } else if let Some(feedback) = any.downcast_ref::<TransportLayerCc>() {
-            let _ = feedback.packet_chunks.len() + feedback.recv_deltas.len();
+            Feedback::TransportWide(feedback) => {
+                assert_eq!(feedback.packets().count(), usize::from(feedback.status_count()), "every packet counted is read");
+            }
+            Feedback::KeyframeRequest { .. } => {}
         }
-        let _ = packet.marshal();
+    }
+    if let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut &data[..]) {
+        for packet in &packets {
+            let _ = packet.marshal();
+        }
     }
 }
 

@@ -18,9 +18,11 @@
 //!   tracks through [`SfuEvent`]s and never reads presence.
 #![forbid(unsafe_code)]
 
+pub mod allocation;
 mod codec;
 pub mod egress;
 mod engine;
+pub mod feedback;
 mod feedback_tap;
 pub mod forwarder;
 pub mod fuzz;

@@ -24,6 +24,7 @@ pub(crate) enum Counter {
     PublisherNacks,
     TapPackets,
     TapPacketsDropped,
+    ProbePackets,
     EngineRestarts,
     RoundTrips,
     RoundTripMicros,
@@ -45,10 +46,11 @@ const COUNTER_TEXT: [(&str, &str); Counter::EngineRestarts as usize + 1] = [
     ("switchboard_plis_sent_total", "PLIs sent to publishers after throttling."),
     ("switchboard_unroutable_datagrams_total", "Datagrams no connection claimed."),
     ("switchboard_forged_ice_checks_total", "Connectivity checks refused for failing MESSAGE-INTEGRITY."),
-    ("switchboard_srtp_refused_total", "Publishers' SRTP packets refused (authentication, replay, malformed)."),
+    ("switchboard_srtp_refused_total", "Publishers' SRTP and subscribers' SRTCP packets refused (authentication, replay, malformed)."),
     ("switchboard_publisher_nacks_total", "Missing packets NACKed to publishers."),
     ("switchboard_tap_packets_total", "Packets handed to taps (recorders)."),
     ("switchboard_tap_packets_dropped_total", "Packets taps lost to a full queue."),
+    ("switchboard_probe_packets_total", "Padding packets sent to probe subscribers' downlinks."),
     ("switchboard_media_engine_restarts_total", "Media engines replaced after a panic."),
 ];
 

@@ -23,7 +23,7 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_TRANSPORT_CC};
 use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 
-use crate::feedback_tap::{publisher_feedback, subscriber_feedback, FeedbackTap};
+use crate::feedback_tap::{publisher_feedback, FeedbackTap};
 use crate::srtp::KeyCapture;
 use crate::SfuError;
 
@@ -122,14 +122,15 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut
     for parameter in ["", "pli"] {
         media.register_feedback(RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() }, RtpCodecKind::Video);
     }
-    // Publishers' browsers estimate their uplink from transport-wide feedback, which the
-    // worker's ingress sends. No interceptors: the worker's ingress and egress do their work.
+    // Transport-wide feedback, both ways: publishers' browsers estimate their uplink from the
+    // worker's ingress's, the egress estimates each subscriber's downlink from its browser's.
+    // No interceptors: the worker's ingress and egress do their work.
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
+        let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
+        media.register_header_extension(extension, kind, None).map_err(engine)?;
+    }
     if role == PeerRole::Publisher {
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
-            let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
-            media.register_header_extension(extension, kind, None).map_err(engine)?;
-        }
         // Simulcast layers are told apart by their RID (RFC 8852); rtc binds a layer's SSRC
         // to its RID from these extensions on its first packets.
         for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, SDES_REPAIR_RTP_STREAM_ID_URI] {
@@ -140,8 +141,10 @@ pub fn build_peer(now: Instant, role: PeerRole, shared: &PeerSettings, rng: &mut
         let extension = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };
         media.register_header_extension(extension, RtpCodecKind::Audio, None).map_err(engine)?;
     }
-    let wanted = match role {
-        PeerRole::Subscriber => subscriber_feedback,
+    // A subscriber connection's RTCP is opened by its egress and never reaches the engine's
+    // read path, so its tap lets nothing through.
+    let wanted: fn(&dyn rtc::rtcp::Packet) -> bool = match role {
+        PeerRole::Subscriber => |_| false,
         PeerRole::Publisher => publisher_feedback,
     };
     let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::delivering(wanted));

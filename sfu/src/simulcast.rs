@@ -144,9 +144,7 @@ impl LiveLayers {
         }
         self.top
     }
-}
 
-impl LiveLayers {
     /// The highest layer sending, as of the last packet.
     pub fn top(&self) -> usize {
         self.top
@@ -161,6 +159,13 @@ impl LiveLayers {
     /// Whether `layer` sent a packet within [`LAYER_SILENCE`] of `now`.
     pub fn is_sending(&self, now: Instant, layer: usize) -> bool {
         self.last_seen.get(layer).copied().flatten().is_some_and(|at| now.saturating_duration_since(at) <= LAYER_SILENCE)
+    }
+
+    /// The highest layer up to `cap` that sends at `now`; the lowest that sends if none
+    /// below the cap does.
+    pub fn highest_sending_at_most(&self, now: Instant, cap: usize) -> usize {
+        let sending = |layer: &usize| self.is_sending(now, *layer);
+        (0..=cap.min(self.last_seen.len() - 1)).rev().find(sending).or_else(|| (0..self.last_seen.len()).find(sending)).unwrap_or(0)
     }
 }
 
@@ -201,6 +206,9 @@ mod tests {
         assert_eq!(live.on_packet(at(1200), 0), 0, "layer 1 stopped too");
         assert_eq!(live.on_packet(at(1300), 2), 2, "layer 2 resumed");
         assert_eq!(live.on_packet(at(1301), 0), 2);
+        assert_eq!(live.highest_sending_at_most(at(1301), 1), 0, "layer 1 stopped");
+        assert_eq!(live.highest_sending_at_most(at(1301), 5), 2);
+        assert_eq!(LiveLayers::new(3).highest_sending_at_most(at(0), 1), 0, "nothing sends");
         assert!(live.is_sending(at(1301), 0) && !live.is_sending(at(1301), 1), "layer 1 stopped");
         assert!(live.settled(at(500)) && !live.settled(at(499)), "since the first packet");
         assert_eq!(live.top(), 2);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
+use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot, TwccReceiverBuilder};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -31,11 +31,12 @@ use rtc::rtp;
 use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    TYPE_RTCP_FB_TRANSPORT_CC,
 };
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::AUDIO_LEVEL_URI;
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, TRANSPORT_CC_URI};
 use rtc::shared::tcp_framing::{frame_packet, TcpFrameDecoder};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
@@ -185,7 +186,16 @@ impl Connection {
         let settings = SettingEngineBuilder::new().with_answering_dtls_role(answering_role).build();
         let mut registry = Registry::new();
         if receives {
-            registry = registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+            // A browser's receiving connection reports its reception, and which packets arrived
+            // when (transport-wide feedback, which the server estimates its downlink from).
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                media.register_feedback(RTCPFeedback { typ: TYPE_RTCP_FB_TRANSPORT_CC.to_owned(), parameter: String::new() }, kind);
+                let extension = RTCRtpHeaderExtensionCapability { uri: TRANSPORT_CC_URI.to_owned() };
+                media.register_header_extension(extension, kind, None).map_err(engine)?;
+            }
+            registry = registry
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+                .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
         }
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)

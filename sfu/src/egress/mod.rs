@@ -6,44 +6,75 @@
 //! left is the SRTP (RFC 3711, RFC 7714 for AES-GCM) and a datagram to the client's address:
 //! [`Egress`] does that with keys of its own ([`crate::srtp`]: AES-128-GCM sealed in place in
 //! one reused buffer; other profiles through an `rtc` SRTP context), and keeps the sender
-//! report figures the engine's report interceptor would have ([`reports`]). RTCP still goes
-//! through the engine, whose SRTCP context shares the master key (SRTP and SRTCP keys and
-//! indexes are separate).
+//! report figures the engine's report interceptor would have ([`reports`]). It also opens
+//! the subscriber's SRTCP with the client's keys ([`Egress::open_rtcp`]), so its feedback
+//! never goes through the engine's RTCP read path ([`crate::feedback`] reads it); the sender
+//! reports go out through the engine, whose SRTCP context shares the master key (SRTP and
+//! SRTCP keys and indexes are separate).
 
+mod probe;
+mod rate_control;
 mod reports;
+mod transport_wide;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
+use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
+use crate::feedback::TransportFeedback;
 use crate::remote::Remote;
 use crate::schedule::REPORT_INTERVAL;
-use crate::srtp::gcm::GcmSender;
+use crate::srtp::gcm::{GcmRtcpReceiver, GcmSender};
 use crate::srtp::{connection_keys, srtp, KeyCapture, SrtpError};
 use crate::vp8::Vp8Patch;
+use probe::PADDING_LEN;
 use reports::SentStream;
+use transport_wide::TransportWide;
+
+/// The one-byte header extension form (RFC 8285 §4.2) the transport-wide sequence number is
+/// sent in.
+const ONE_BYTE_EXTENSIONS: u16 = 0xBEDE;
 
 /// The send side of one subscriber connection.
 pub struct Egress {
     keys: Arc<KeyCapture>,
     protection: Option<Protection>,
+    /// Opens what the client sends: its RTCP.
+    rtcp: Option<RtcpOpening>,
     remote: Option<Remote>,
     /// The datagram being sent: kept to save an allocation per packet.
     datagram: Vec<u8>,
     streams: Vec<SentStream>,
     next_report: Option<Instant>,
+    /// Transport-wide congestion control, once the subscriber negotiated it.
+    transport_wide: Option<TransportWide>,
+    /// The packet being sent with its transport-wide sequence number: kept to save an
+    /// allocation per packet.
+    numbered: Packet,
 }
 
 impl Egress {
     /// A connection's egress, to be started once its DTLS handshake has run through `keys`.
     pub fn new(keys: Arc<KeyCapture>) -> Self {
-        Self { keys, protection: None, remote: None, datagram: Vec::new(), streams: Vec::new(), next_report: None }
+        Self {
+            keys,
+            protection: None,
+            rtcp: None,
+            remote: None,
+            datagram: Vec::new(),
+            streams: Vec::new(),
+            next_report: None,
+            transport_wide: None,
+            numbered: Packet::default(),
+        }
     }
 
     /// Whether [`Egress::start`] has keyed it.
@@ -64,6 +95,11 @@ impl Egress {
             ProtectionProfile::AeadAes128Gcm => Protection::Gcm(GcmSender::new(crypto, key, salt)?),
             _ => Protection::Context(Box::new(Context::new(key, salt, profile, None, None, crypto).map_err(srtp)?)),
         });
+        let (key, salt) = (&config.keys.remote_master_key, &config.keys.remote_master_salt);
+        self.rtcp = Some(match profile {
+            ProtectionProfile::AeadAes128Gcm => RtcpOpening::Gcm(GcmRtcpReceiver::new(crypto, key, salt)?),
+            _ => RtcpOpening::Context(Box::new(Context::new(key, salt, profile, None, None, crypto).map_err(srtp)?)),
+        });
         self.next_report = Some(first_report);
         Ok(())
     }
@@ -72,6 +108,43 @@ impl Egress {
     /// that nominated the pair (see `engine/ice.rs`).
     pub fn set_remote(&mut self, remote: Remote) {
         self.remote = Some(remote);
+    }
+
+    /// Numbers every packet from now on in header extension `extension_id` (the subscriber
+    /// negotiated transport-wide congestion control with it) and estimates the subscriber's
+    /// downlink from its feedback.
+    pub fn enable_transport_wide(&mut self, now: Instant, extension_id: u8) {
+        if self.transport_wide.as_ref().is_none_or(|t| t.extension_id() != extension_id) {
+            self.transport_wide = Some(TransportWide::new(extension_id, now));
+        }
+    }
+
+    /// Authenticates and decrypts the client's SRTCP datagram in `buf` in place; returns the
+    /// compound RTCP packet it holds, at the start of `buf`.
+    pub fn open_rtcp<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], SrtpError> {
+        let end = match self.rtcp.as_mut().ok_or(SrtpError::NotConnected)? {
+            RtcpOpening::Gcm(receiver) => receiver.open(buf)?,
+            RtcpOpening::Context(context) => {
+                let clear = context.decrypt_rtcp(buf).map_err(srtp)?;
+                let end = clear.len().min(buf.len());
+                buf[..end].copy_from_slice(&clear[..end]);
+                end
+            }
+        };
+        Ok(&buf[..end])
+    }
+
+    /// Takes the subscriber's transport-wide feedback.
+    pub fn on_transport_feedback(&mut self, now: Instant, feedback: &TransportFeedback) {
+        if let Some(transport_wide) = self.transport_wide.as_mut() {
+            transport_wide.on_feedback(now, feedback);
+        }
+    }
+
+    /// The bitrate the subscriber's downlink carries, in bits per second, once it negotiated
+    /// transport-wide congestion control.
+    pub fn estimate(&self) -> Option<f64> {
+        self.transport_wide.as_ref().map(TransportWide::estimate)
     }
 
     /// Reports on the stream of `ssrc` from now on, at `clock_rate` (a stream reported on
@@ -91,21 +164,81 @@ impl Egress {
         }
     }
 
-    /// Encrypts `packet` for the client, its payload renumbered by `patch`, and counts it;
-    /// returns the datagram and where it goes.
+    /// Encrypts `packet` for the client, its payload renumbered by `patch` and, once
+    /// negotiated, a transport-wide sequence number added; counts it, and returns the datagram
+    /// and where it goes.
     pub fn protect(&mut self, now: Instant, packet: &Packet, patch: Option<&Vp8Patch>) -> Result<(&[u8], Remote), SrtpError> {
+        self.seal(now, packet, patch, false)
+    }
+
+    /// Encrypts a padding-only packet of the probe cluster being sent, on the repair stream
+    /// whose SSRC, payload type and next sequence number `header` holds; returns the datagram
+    /// and where it goes.
+    pub fn protect_padding(&mut self, now: Instant, header: Header) -> Result<(&[u8], Remote), SrtpError> {
+        let packet = Packet { header, payload: Bytes::from_static(&PADDING) };
+        self.seal(now, &packet, None, true)
+    }
+
+    /// Starts probing the subscriber's downlink for `desired` bits per second if its estimate
+    /// is under it (see [`probe`]); returns whether a cluster started.
+    pub fn probe_toward(&mut self, now: Instant, desired: f64) -> bool {
+        self.transport_wide.as_mut().is_some_and(|t| t.probe_toward(now, desired))
+    }
+
+    /// Whether a probe cluster is being sent.
+    pub fn is_probing(&self) -> bool {
+        self.transport_wide.as_ref().and_then(TransportWide::padding_deadline).is_some()
+    }
+
+    /// Whether a padding packet of the probe cluster is due at `now` (counted as sent).
+    pub fn padding_due(&mut self, now: Instant) -> bool {
+        self.transport_wide.as_mut().is_some_and(|t| t.prober().padding_due(now))
+    }
+
+    /// Gives up the probe cluster being sent: nothing can carry its padding.
+    pub fn cancel_probe(&mut self, now: Instant) {
+        if let Some(transport_wide) = self.transport_wide.as_mut() {
+            transport_wide.prober().cancel(now);
+        }
+    }
+
+    /// Seals `packet` (see [`Egress::protect`]); `padding` sets its padding bit, its payload
+    /// being all padding.
+    fn seal(&mut self, now: Instant, packet: &Packet, patch: Option<&Vp8Patch>, padding: bool) -> Result<(&[u8], Remote), SrtpError> {
         let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(SrtpError::NotConnected) };
-        match protection {
-            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram, |payload| {
-                if let Some(patch) = patch {
-                    patch.apply(payload);
+        let mut sequence = None;
+        let packet = match self.transport_wide.as_mut() {
+            Some(transport_wide) => {
+                number(&mut self.numbered, packet, transport_wide.extension_id());
+                sequence = Some(transport_wide.stamp(now, self.numbered.marshal_size() + SRTP_OVERHEAD));
+                &self.numbered
+            }
+            None => packet,
+        };
+        let header_len = packet.header.marshal_size();
+        let edit = |clear: &mut [u8]| {
+            if padding {
+                clear[0] |= PADDING_BIT;
+            }
+            if let Some(sequence) = sequence {
+                // The extension's one element, right after the fixed header, CSRCs and the
+                // extension's own header, then its one-byte element header.
+                let at = 12 + 4 * packet.header.csrc.len() + 4 + 1;
+                if let Some(octets) = clear.get_mut(at..at + 2) {
+                    octets.copy_from_slice(&sequence.to_be_bytes());
                 }
-            })?,
+            }
+            if let Some(patch) = patch {
+                patch.apply(&mut clear[header_len..]);
+            }
+        };
+        match protection {
+            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram, edit)?,
             Protection::Context(context) => {
                 let mut clear = packet.marshal().map_err(srtp)?;
-                if let Some(patch) = patch {
+                if sequence.is_some() || patch.is_some() || padding {
                     let mut edited = clear.to_vec();
-                    patch.apply(&mut edited[packet.header.marshal_size()..]);
+                    edit(&mut edited);
                     clear = edited.as_slice().into();
                 }
                 let protected = context.encrypt_rtp_with_header(&clear, &packet.header).map_err(srtp)?;
@@ -119,9 +252,10 @@ impl Egress {
         Ok((&self.datagram, remote))
     }
 
-    /// When the next sender reports are due, once started.
+    /// When the next sender reports, or the next padding packet of a probe, are due.
     pub fn deadline(&self) -> Option<Instant> {
-        self.next_report
+        let padding = self.transport_wide.as_ref().and_then(TransportWide::padding_deadline);
+        self.next_report.into_iter().chain(padding).min()
     }
 
     /// The sender reports of every stream that has sent, if they are due at `now`.
@@ -134,6 +268,47 @@ impl Egress {
             self.streams.iter().filter_map(|s| s.report(now, wall_clock)).map(|r| Box::new(r) as Box<dyn rtcp::Packet>).collect();
         (!reports.is_empty()).then_some(reports)
     }
+}
+
+/// The RTP header's padding bit (RFC 3550 §5.1).
+const PADDING_BIT: u8 = 0x20;
+
+/// The payload of a probe's padding packet: all padding, the last octet counting it.
+static PADDING: [u8; PADDING_LEN] = {
+    let mut padding = [0; PADDING_LEN];
+    padding[PADDING_LEN - 1] = PADDING_LEN as u8;
+    padding
+};
+
+/// What SRTP adds to a packet: the AES-GCM tag (SHA1-80's is 10 bytes).
+const SRTP_OVERHEAD: usize = 16;
+
+/// Copies `packet` into `numbered` (reusing its buffers) with one header extension,
+/// `extension_id`, whose two bytes the transport-wide sequence number is written over once
+/// marshalled. The forwarder stripped the publisher's extensions, so it is the only one.
+fn number(numbered: &mut Packet, packet: &Packet, extension_id: u8) {
+    let (to, from) = (&mut numbered.header, &packet.header);
+    to.version = from.version;
+    to.padding = from.padding;
+    to.marker = from.marker;
+    to.payload_type = from.payload_type;
+    to.sequence_number = from.sequence_number;
+    to.timestamp = from.timestamp;
+    to.ssrc = from.ssrc;
+    to.csrc.clone_from(&from.csrc);
+    to.extension = true;
+    to.extension_profile = ONE_BYTE_EXTENSIONS;
+    to.extensions.clear();
+    to.extensions_padding = 0;
+    to.extensions.push(rtc::rtp::header::Extension { id: extension_id, payload: bytes::Bytes::from_static(&[0, 0]) });
+    numbered.payload = packet.payload.clone();
+}
+
+/// How the client's SRTCP is opened: AES-128-GCM of our own, or `rtc`'s context for the
+/// others.
+enum RtcpOpening {
+    Gcm(GcmRtcpReceiver),
+    Context(Box<Context>),
 }
 
 /// How forwarded RTP is protected: AES-128-GCM of our own, or `rtc`'s context for the others.

@@ -56,6 +56,7 @@ impl Engine {
                 sources: HashMap::new(),
                 negotiation: Negotiation::Stable,
                 viewer: None,
+                allocated: None,
             },
         );
         if grants.subscribe {

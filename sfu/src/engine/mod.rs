@@ -18,6 +18,7 @@
 //! [`participant`] holds what the engine keeps per participant; this module ties them to
 //! the packet path.
 
+mod downlink;
 mod ice;
 mod membership;
 mod negotiation;
@@ -46,6 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::egress::Egress;
+use crate::feedback;
 use crate::forwarder::{Forwarder, ForwarderSettings, Outgoing};
 use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
@@ -186,6 +188,8 @@ pub(crate) struct Engine {
     /// [`Engine::next_deadline`] walks every connection again. The packet path only brings
     /// deadlines forward, and does so here ([`Engine::sooner`]).
     wakeup: Option<Instant>,
+    /// Subscribers whose downlink probe is being sent.
+    probing: Vec<ParticipantKey>,
 }
 
 impl Engine {
@@ -210,6 +214,7 @@ impl Engine {
             warnings: WarningBudget::default(),
             speakers: SpeakerRounds { next: now + speakers::ROUND, told: HashMap::new() },
             wakeup: None,
+            probing: Vec::new(),
         }
     }
 
@@ -325,7 +330,21 @@ impl Engine {
         };
         let Some(participant) = self.participants.get_mut(&key.0) else { return true };
         let Some(peer) = participant.peer_mut(key.1) else { return true };
-        let message = BytesMut::from(payload);
+        let mut message = BytesMut::from(payload);
+        if let Some(egress) = peer.egress.as_mut().filter(|e| e.is_started() && feedback::is_rtcp(payload)) {
+            // A subscriber's RTCP, read here rather than through the engine.
+            match egress.open_rtcp(&mut message) {
+                Ok(compound) => {
+                    let len = compound.len();
+                    self.subscriber_feedback(now, key.0, &message[..len], out);
+                }
+                Err(err) => {
+                    self.counters.add(Counter::SrtpRefused, 1);
+                    debug!(participant = %key.0, %err, "feedback refused");
+                }
+            }
+            return true;
+        }
         let taken = match peer.ingress.as_mut() {
             Some(ingress) => ingress.take(now, message),
             None => Taken::Engine(message),
@@ -367,13 +386,15 @@ impl Engine {
         true
     }
 
-    /// Drains every connection with pending work until none has any, then takes out of
-    /// their rooms the participants whose connection panicked.
+    /// Drains every connection with pending work until none has any, sends the downlink
+    /// probes' padding that is due, then takes out of their rooms the participants whose
+    /// connection panicked.
     pub(crate) fn flush(&mut self, now: Instant, out: &mut dyn Transmit) {
         while let Some(key) = self.dirty.iter().next().cloned() {
             self.dirty.remove(&key);
             self.drain(now, &key, out);
         }
+        self.send_probe_padding(now, out);
         self.remove_poisoned(now, out);
     }
 
@@ -466,13 +487,6 @@ impl Engine {
                 let room = (!self.taps.is_empty()).then(|| participant.room.clone());
                 self.sooner(feedback_due);
                 self.forward_published(now, room.as_ref(), &track, packet, out);
-            }
-            (PeerRole::Subscriber, RTCMessage::RtcpPacket(track_id, packets)) => {
-                // The sender's track id is the track's own (see `Engine::subscribe`), or a
-                // viewer's slot's.
-                if let Some(track) = TrackId::parse(&track_id).or_else(|| self.viewer_slot_track(key.0, &track_id)) {
-                    self.subscriber_rtcp(now, key.0, &track, &packets, out);
-                }
             }
             (PeerRole::Publisher, RTCMessage::RtcpPacket(media_track_id, packets)) => {
                 self.publisher_rtcp(now, key.0, &media_track_id, &packets);

@@ -21,6 +21,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiver, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
 use tracing::{debug, warn};
 
 use super::participant::{Negotiation, Subscription};
@@ -111,8 +112,12 @@ impl Engine {
         participant.negotiation = Negotiation::Stable;
         // Forwarding to a sender starts once its payload type is negotiated.
         let mut ready = Vec::new();
+        let mut transport_wide = None;
         for (track, _, subscription) in self.forwarder.subscriptions_of(key) {
             let Some(mut sender) = peer.pc.rtp_sender(subscription.sender) else { continue };
+            let extensions = &sender.get_parameters().rtp_parameters.header_extensions;
+            transport_wide =
+                transport_wide.or_else(|| extensions.iter().find(|e| e.uri == TRANSPORT_CC_URI).and_then(|e| u8::try_from(e.id).ok()));
             match negotiated(&mut sender, &subscription.codec) {
                 Some(negotiated) => ready.push((track, negotiated)),
                 // A track subscribed after the answered offer went out is in the next one.
@@ -122,6 +127,9 @@ impl Engine {
                 }
                 None => {}
             }
+        }
+        if let (Some(extension_id), Some(egress)) = (transport_wide, peer.egress.as_mut()) {
+            egress.enable_transport_wide(now, extension_id);
         }
         self.narrow_answered_kinds(key);
         self.dirty.insert((key, PeerRole::Subscriber));

@@ -97,6 +97,8 @@ pub(crate) struct Participant {
     pub negotiation: Negotiation,
     /// Set when its subscriber connection is one it offered ([`Viewer`]).
     pub viewer: Option<Viewer>,
+    /// When its downlink was last shared among the simulcast tracks it receives.
+    pub allocated: Option<Instant>,
 }
 
 /// What the engine keeps with a subscription in the forwarder's table (the one record of

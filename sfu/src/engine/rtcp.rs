@@ -8,15 +8,13 @@ use std::time::Instant;
 
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::rtcp;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use tracing::debug;
 
 use super::{isolate, Engine, Transmit};
+use crate::feedback::{self, Feedback};
 use crate::forwarder::KeyframeRequest;
 use crate::metrics::Counter;
 use crate::peer::PeerRole;
@@ -25,42 +23,53 @@ use crate::tap::TapEvent;
 use crate::{ParticipantKey, TrackId};
 
 impl Engine {
-    /// Acts on a subscriber's RTCP about one of the tracks it receives.
-    pub(super) fn subscriber_rtcp(
-        &mut self,
-        now: Instant,
-        subscriber: ParticipantKey,
-        track: &TrackId,
-        packets: &[Box<dyn rtcp::Packet>],
-        out: &mut dyn Transmit,
-    ) {
-        for packet in packets {
-            let any = packet.as_any();
-            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                let lost: Vec<u16> = nack.nacks.iter().flat_map(|pair| pair.packet_list()).collect();
-                self.counters.add(Counter::Nacks, lost.len() as u64);
-                let mut outgoing = std::mem::take(&mut self.outgoing);
-                let found = self.forwarder.on_nack(now, track, &subscriber, lost, &mut outgoing);
-                self.counters.add(Counter::Retransmits, found as u64);
-                self.send_outgoing(now, &mut outgoing, out);
-                self.outgoing = outgoing;
-            } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                self.counters.add(Counter::KeyframeRequests, 1);
-                // A throttled request is deferred: a deadline of the forwarder's.
-                self.forget_deadline();
-                if let Some(request) = self.forwarder.keyframe_request(now, track, Some(&subscriber)) {
-                    self.send_keyframe_request(now, request);
+    /// Acts on a subscriber's RTCP, the compound packet its egress opened: NACKs answered
+    /// from the publisher's packet cache, keyframe requests relayed to the publisher, receiver
+    /// reports' round trips, transport-wide feedback into the subscriber's downlink estimate.
+    pub(super) fn subscriber_feedback(&mut self, now: Instant, subscriber: ParticipantKey, compound: &[u8], out: &mut dyn Transmit) {
+        for feedback in feedback::read(compound) {
+            match feedback {
+                Feedback::Nack { media_ssrc, lost } => {
+                    let Some(track) = self.track_sent_as(subscriber, media_ssrc) else { continue };
+                    self.counters.add(Counter::Nacks, lost.count() as u64);
+                    let mut outgoing = std::mem::take(&mut self.outgoing);
+                    let found = self.forwarder.on_nack(now, &track, &subscriber, lost, &mut outgoing);
+                    self.counters.add(Counter::Retransmits, found as u64);
+                    self.send_outgoing(now, &mut outgoing, out);
+                    self.outgoing = outgoing;
                 }
-            } else if let Some(report) = any.downcast_ref::<ReceiverReport>() {
-                let arrival = round_trip::ntp_middle(self.wall_clock(now));
-                let echoed = report.reports.iter().filter_map(|r| round_trip::round_trip(arrival, r.last_sender_report, r.delay));
-                if let Some(rtt) = echoed.max() {
-                    self.counters.add(Counter::RoundTrips, 1);
-                    self.counters.add(Counter::RoundTripMicros, rtt.as_micros() as u64);
-                    self.forwarder.set_round_trip(&subscriber, rtt);
+                Feedback::KeyframeRequest { media_ssrc } => {
+                    let Some(track) = self.track_sent_as(subscriber, media_ssrc) else { continue };
+                    self.counters.add(Counter::KeyframeRequests, 1);
+                    // A throttled request is deferred: a deadline of the forwarder's.
+                    self.forget_deadline();
+                    if let Some(request) = self.forwarder.keyframe_request(now, &track, Some(&subscriber)) {
+                        self.send_keyframe_request(now, request);
+                    }
+                }
+                Feedback::Reports(blocks) => {
+                    let arrival = round_trip::ntp_middle(self.wall_clock(now));
+                    let echoed = blocks.filter_map(|b| round_trip::round_trip(arrival, b.last_sender_report, b.delay));
+                    if let Some(rtt) = echoed.max() {
+                        self.counters.add(Counter::RoundTrips, 1);
+                        self.counters.add(Counter::RoundTripMicros, rtt.as_micros() as u64);
+                        self.forwarder.set_round_trip(&subscriber, rtt);
+                    }
+                }
+                Feedback::TransportWide(feedback) => {
+                    let egress = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut());
+                    if let Some(egress) = egress {
+                        egress.on_transport_feedback(now, &feedback);
+                        self.allocate(now, subscriber);
+                    }
                 }
             }
         }
+    }
+
+    /// The track `subscriber` receives as the stream `ssrc`.
+    fn track_sent_as(&self, subscriber: ParticipantKey, ssrc: u32) -> Option<TrackId> {
+        self.forwarder.subscriptions_of(subscriber).find(|(_, sent_as, _)| *sent_as == ssrc).map(|(track, _, _)| track)
     }
 
     /// Acts on a publisher's RTCP about one of its tracks: sender reports feed the receiver

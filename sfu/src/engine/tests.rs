@@ -18,6 +18,9 @@ use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+    PacketStatusChunk, RecvDelta, RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc, TransportLayerCc, TYPE_TCC_DELTA_SCALE_FACTOR,
+};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -26,7 +29,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_RTP_STREAM_ID_URI};
+use rtc::sdp::extmap::{AUDIO_LEVEL_URI, SDES_MID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext};
 use tokio::sync::{mpsc, oneshot};
 
@@ -96,13 +99,23 @@ struct Client {
 }
 
 impl Client {
-    fn new(addr: Remote, now: Instant) -> Self {
-        // VP8 and Opus, without RTX: the `rtc` client does not hand RTX packets to the
-        // application, so retransmissions come on the media stream.
+    /// A client of VP8 and Opus, with RTX for VP8 if `rtx` (the `rtc` client does not hand
+    /// RTX packets to the application: without it, retransmissions come on the media stream).
+    fn new(addr: Remote, now: Instant, rtx: bool) -> Self {
         let mut media = MediaEngine::default();
         let nack = RTCPFeedback { typ: "nack".into(), parameter: String::new() };
         let video = RTCRtpCodecParameters { rtp_codec: RTCRtpCodec { rtcp_feedback: vec![nack], ..vp8() }, payload_type: 96 };
         media.register_codec(video, RtpCodecKind::Video).expect("vp8");
+        if rtx {
+            let codec = RTCRtpCodec {
+                mime_type: "video/rtx".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: "apt=96".into(),
+                rtcp_feedback: vec![],
+            };
+            media.register_codec(RTCRtpCodecParameters { rtp_codec: codec, payload_type: 97 }, RtpCodecKind::Video).expect("rtx");
+        }
         let opus = RTCRtpCodec {
             mime_type: "audio/opus".into(),
             clock_rate: 48_000,
@@ -114,8 +127,8 @@ impl Client {
         // Audio levels, as browsers send them.
         let level = RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() };
         media.register_header_extension(level, RtpCodecKind::Audio, None).expect("audio level");
-        // Simulcast layers, named by their RIDs.
-        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI] {
+        // Simulcast layers, named by their RIDs; transport-wide sequence numbers.
+        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI] {
             let extension = RTCRtpHeaderExtensionCapability { uri: uri.to_owned() };
             media.register_header_extension(extension, RtpCodecKind::Video, None).expect("simulcast extensions");
         }
@@ -160,6 +173,35 @@ struct World {
     lossy: Option<(Remote, StdRng, f64)>,
     /// New clients reach the server over TCP only (ICE-TCP, an active candidate).
     over_tcp: bool,
+    /// New clients negotiate RTX.
+    rtx_clients: bool,
+    /// Every RTP datagram the server sent a client: when, to where, its SSRC, its size and
+    /// its transport-wide number (the header is sent in the clear).
+    wire_log: Vec<WireRtp>,
+}
+
+/// One RTP datagram the server sent, as the wire shows it.
+#[derive(Debug, Clone, Copy)]
+struct WireRtp {
+    at: Instant,
+    to: Remote,
+    ssrc: u32,
+    len: usize,
+    transport_wide: Option<u16>,
+}
+
+impl WireRtp {
+    /// Reads an RTP datagram's clear header: the transport-wide number is the first (the only)
+    /// one-byte header extension the egress writes.
+    fn read(at: Instant, to: Remote, datagram: &[u8]) -> Option<Self> {
+        if datagram.len() < 12 || datagram[0] >> 6 != 2 || (192..=223).contains(&datagram[1]) {
+            return None;
+        }
+        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+        let extension = datagram[0] & 0x10 != 0 && datagram.get(12..14) == Some(&[0xBE, 0xDE][..]);
+        let transport_wide = extension.then(|| datagram.get(17..19).map(|n| u16::from_be_bytes([n[0], n[1]]))).flatten();
+        Some(Self { at, to, ssrc, len: datagram.len(), transport_wide })
+    }
 }
 
 impl World {
@@ -187,6 +229,8 @@ impl World {
             next_port: 40_000,
             lossy: None,
             over_tcp: false,
+            rtx_clients: false,
+            wire_log: Vec::new(),
         }
     }
 
@@ -194,7 +238,7 @@ impl World {
         self.next_port += 1;
         let addr = SocketAddr::from(([10, 0, 0, 2], self.next_port));
         let addr = if self.over_tcp { Remote::Tcp(addr) } else { Remote::Udp(addr) };
-        self.clients.push(Client::new(addr, self.now));
+        self.clients.push(Client::new(addr, self.now, self.rtx_clients));
         self.clients.len() - 1
     }
 
@@ -411,6 +455,7 @@ impl World {
                 self.strays.push((datagram, to));
                 continue;
             };
+            self.wire_log.extend(WireRtp::read(now, to, &datagram));
             if let Some((_, rng, loss)) = self.lossy.as_mut().filter(|(lossy, _, _)| *lossy == to) {
                 let rtp = datagram.len() > 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1]);
                 if rtp && rng.random_bool(*loss) {
@@ -468,6 +513,64 @@ impl World {
         let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(nack)]);
         let client = &mut self.clients[self.members[name].subscriber];
         client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("nack written");
+    }
+
+    /// `name` reports on every RTP datagram the server sent it since entry `from` of the wire
+    /// log: each arrived `delay` after it left (a link wider than what it carries), or, with
+    /// no delay, was lost. Returns where the next report starts.
+    fn report(&mut self, name: &str, from: usize, delay: Option<Duration>) -> usize {
+        let to = self.clients[self.members[name].subscriber].addr;
+        let epoch = self.wire_log.first().map_or(self.now, |w| w.at);
+        let fates: Vec<(u16, Option<Instant>)> = self.wire_log[from..]
+            .iter()
+            .filter(|w| w.to == to)
+            .filter_map(|w| Some((w.transport_wide?, delay.map(|delay| w.at + delay))))
+            .collect();
+        let next = self.wire_log.len();
+        let Some(&(base, _)) = fates.first() else { return next };
+        assert!(fates.iter().enumerate().all(|(i, (n, _))| *n == base.wrapping_add(i as u16)), "consecutive numbers");
+        let first = fates.iter().find_map(|(_, arrival)| *arrival).unwrap_or(epoch);
+        let ticks = first.duration_since(epoch).as_millis() as u64 / 64;
+        let mut reported = epoch + Duration::from_millis(ticks * 64);
+        let (mut packet_chunks, mut recv_deltas) = (Vec::new(), Vec::new());
+        for (_, arrival) in &fates {
+            let symbol = match arrival {
+                None => SymbolTypeTcc::PacketNotReceived,
+                Some(arrival) => {
+                    let quarters = arrival.duration_since(reported).as_micros() as i64 / TYPE_TCC_DELTA_SCALE_FACTOR;
+                    reported += Duration::from_micros((quarters * TYPE_TCC_DELTA_SCALE_FACTOR) as u64);
+                    let symbol =
+                        if quarters <= 255 { SymbolTypeTcc::PacketReceivedSmallDelta } else { SymbolTypeTcc::PacketReceivedLargeDelta };
+                    recv_deltas.push(RecvDelta { type_tcc_packet: symbol, delta: quarters * TYPE_TCC_DELTA_SCALE_FACTOR });
+                    symbol
+                }
+            };
+            packet_chunks.push(PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
+                packet_status_symbol: symbol,
+                run_length: 1,
+            }));
+        }
+        let feedback = TransportLayerCc {
+            sender_ssrc: 1,
+            media_ssrc: 1,
+            base_sequence_number: base,
+            packet_status_count: fates.len() as u16,
+            reference_time: ticks as u32,
+            fb_pkt_count: 0,
+            packet_chunks,
+            recv_deltas,
+        };
+        let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(feedback)]);
+        let client = &mut self.clients[self.members[name].subscriber];
+        client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("feedback written");
+        next
+    }
+
+    /// The engine's estimate of `name`'s downlink.
+    fn estimate(&self, name: &str) -> Option<f64> {
+        let key = self.engine.keys[&self.members[name].id];
+        self.engine.participants[&key].subscriber.as_ref()?.egress.as_ref()?.estimate()
     }
 
     fn set_muted(&mut self, name: &str, track: TrackId, muted: bool) {
@@ -562,6 +665,26 @@ fn subscribers_receive_a_publishers_packets_byte_identical_and_leave_unpublishes
         assert!(world.members[name].seen.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished(t) if *t == track)), "{name} heard");
     }
     assert!(world.strays.is_empty(), "nothing went to an address no client has");
+}
+
+#[test]
+fn subscribers_packets_carry_transport_wide_numbers_and_their_feedback_moves_the_estimate() {
+    let (mut world, _) = meeting(50);
+    let numbers: Vec<u16> = world
+        .received("bob")
+        .iter()
+        .map(|(_, packet)| {
+            let [extension] = &packet.header.extensions[..] else { panic!("one extension: {:?}", packet.header.extensions) };
+            u16::from_be_bytes([extension.payload[0], extension.payload[1]])
+        })
+        .collect();
+    assert_eq!(numbers.len(), 50);
+    assert!(numbers.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "one number per packet, in order: {numbers:?}");
+    let before = world.estimate("bob").expect("Bob negotiated transport-wide congestion control");
+    world.report("bob", 0, None);
+    world.run(Duration::from_millis(20));
+    let after = world.estimate("bob").expect("still");
+    assert!(after < before, "every packet lost lowers the estimate: {before} -> {after}");
 }
 
 #[test]
@@ -1050,13 +1173,22 @@ fn the_room_hears_who_speaks_and_when_they_stop_at_most_every_round() {
 /// The RIDs of [`World::publish_simulcast`]'s layers, lowest first.
 const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 
+/// The VP8 payload of simulcast `layer`'s packet `number` (one packet per frame): its
+/// descriptor with picture ID and TL0PICIDX `number`, then 100, 300 or 1,100 bytes of
+/// frame (about 25, 75 and 265 kbit/s at 30 frames a second).
+fn layer_payload(layer: usize, number: u16, keyframe: bool) -> Bytes {
+    let mut payload = crate::vp8::tests::payload(number, number as u8, true, keyframe);
+    payload.resize(payload.len() + [100, 300, 1100][layer], layer as u8);
+    Bytes::from(payload)
+}
+
 /// Sends frame `frame` of each of `layers` (one packet each, 33 ms apart), starting a
 /// keyframe on those `keyframe` names, and lets 33 ms pass. Each layer numbers its packets
 /// and pictures from a base of its own.
 fn send_layers(world: &mut World, sender: RTCRtpSenderId, ssrcs: [u32; 3], frame: u16, layers: &[usize], keyframe: &[usize]) {
     for &layer in layers {
         let number = 1000 * layer as u16 + frame;
-        let payload = Bytes::from(crate::vp8::tests::payload(number, number as u8, true, keyframe.contains(&layer)));
+        let payload = layer_payload(layer, number, keyframe.contains(&layer));
         world.send_vp8("alice", sender, ssrcs[layer], number, Some(SIMULCAST_RIDS[layer]), payload);
     }
     world.run(Duration::from_millis(33));
@@ -1122,7 +1254,7 @@ fn a_simulcast_subscriber_gets_one_layer_switched_at_keyframes_with_its_numbers_
     let expected: Vec<_> = (2041..=2050u16).map(|n| (n, n, n as u8, n == 2041)).collect();
     assert_eq!(middle, expected, "sequence numbers, picture IDs and TL0PICIDX go on from the top layer's");
     for (index, (_, packet)) in world.received("bob")[seen..].iter().enumerate() {
-        let sent = crate::vp8::tests::payload(1061 + index as u16, 0, true, index == 0);
+        let sent = layer_payload(1, 1061 + index as u16, index == 0);
         assert_eq!(packet.payload[5..], sent[5..], "the frame itself is forwarded as sent");
     }
 
@@ -1131,4 +1263,59 @@ fn a_simulcast_subscriber_gets_one_layer_switched_at_keyframes_with_its_numbers_
     send_layers(&mut world, sender, ssrcs, 71, &[2, 1, 0], &[2]);
     send_layers(&mut world, sender, ssrcs, 72, &[2, 1, 0], &[]);
     assert_eq!(received_pictures(&world, seen), [(2051, 2051, 2051u16 as u8, true), (2052, 2052, 2052u16 as u8, false)]);
+}
+
+#[test]
+fn a_subscriber_whose_downlink_loses_its_packets_is_moved_down_then_probed_and_moved_back_up_once_it_carries_them() {
+    let mut world = World::new();
+    world.rtx_clients = true;
+    world.join("bob", false);
+    world.rtx_clients = false;
+    world.join("carol", false);
+    world.join("alice", true);
+    let ssrcs = [0x61, 0x62, 0x63];
+    let sender = world.publish_simulcast("alice", ssrcs);
+    world.run(Duration::from_millis(300));
+    let all = [2, 1, 0];
+    for frame in 1..=30 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 1 || frame == 20 { &all } else { &[] });
+    }
+    for name in ["bob", "carol"] {
+        let top = world.received(name).last().map(|(_, p)| p.payload.clone());
+        assert_eq!(top, Some(layer_payload(2, 2030, false)), "{name} is on the top layer");
+    }
+    // Bob's link loses what he is sent: he says so every 100 ms for two seconds.
+    let mut reported = world.wire_log.len();
+    for frame in 31..=90 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame % 30 == 0 { &all } else { &[] });
+        if frame % 3 == 0 {
+            reported = world.report("bob", reported, None);
+        }
+    }
+    let estimate = world.estimate("bob").expect("an estimate");
+    assert!(estimate < 200_000.0, "{estimate}");
+    // Frame 90 is a keyframe of every layer; Bob's picture numbers run on from the top
+    // layer's, so his frame is compared past them.
+    let last = |world: &World, name: &str| world.received(name).last().map(|(_, p)| p.payload.slice(5..));
+    assert_eq!(last(&world, "bob"), Some(layer_payload(0, 90, true).slice(5..)), "Bob is on the layer his link carries");
+    assert_eq!(last(&world, "carol"), Some(layer_payload(2, 2090, true).slice(5..)), "Carol keeps the top layer");
+    assert_eq!(world.estimate("carol").map(|e| e >= 2_000_000.0), Some(true), "Carol's estimate is her own");
+
+    // Then his link carries everything, 20 ms late: the server probes it with padding on
+    // his repair stream, finds the room, and moves him back up at the next keyframe.
+    let media: Vec<u32> = world.received("bob").iter().map(|(_, p)| p.header.ssrc).collect();
+    let probed_from = world.wire_log.len();
+    for frame in 91..=240 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame % 30 == 0 { &all } else { &[] });
+        if frame % 3 == 0 {
+            reported = world.report("bob", reported, Some(Duration::from_millis(20)));
+        }
+    }
+    let bob = world.clients[world.members["bob"].subscriber].addr;
+    let padding: Vec<&WireRtp> = world.wire_log[probed_from..].iter().filter(|w| w.to == bob && !media.contains(&w.ssrc)).collect();
+    assert!(padding.len() >= 5, "at least a cluster of padding: {}", padding.len());
+    assert!(padding.iter().all(|w| w.len == 12 + 8 + 255 + 16), "padding only, numbered: {padding:?}");
+    let estimate = world.estimate("bob").expect("an estimate");
+    assert!(estimate >= 300_000.0, "the probes found room: {estimate}");
+    assert_eq!(last(&world, "bob"), Some(layer_payload(2, 2240, true).slice(5..)), "Bob is back on the top layer");
 }

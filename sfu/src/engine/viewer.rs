@@ -25,30 +25,17 @@ use crate::forwarder::Removed;
 use crate::peer::PeerRole;
 use crate::{MediaKind, ParticipantKey, SfuError, TrackId, TrackInfo};
 
-/// The prefix of a viewer's slot's track id on its connection, by kind.
-fn slot_prefix(kind: MediaKind) -> &'static str {
-    match kind {
+/// The track id of a viewer's slot `index` on its connection (an RFC 8830 token, as a
+/// track's own id is).
+fn slot_name(kind: MediaKind, index: usize) -> String {
+    let prefix = match kind {
         MediaKind::Audio => "audio",
         MediaKind::Video => "video",
-    }
-}
-
-/// The track id of a viewer's slot `index` on its connection (an RFC 8830 token, as a
-/// track's own id is): what its RTCP comes back with.
-fn slot_name(kind: MediaKind, index: usize) -> String {
-    format!("{}{index}", slot_prefix(kind))
+    };
+    format!("{prefix}{index}")
 }
 
 impl Engine {
-    /// The track a viewer's slot carries now, by the slot's track id on its connection: the
-    /// slot its index names, if it is of the kind the name says.
-    pub(super) fn viewer_slot_track(&self, key: ParticipantKey, name: &str) -> Option<TrackId> {
-        let slots = &self.participants.get(&key)?.viewer.as_ref()?.slots;
-        let (prefix, digits) = name.split_at(name.find(|c: char| c.is_ascii_digit())?);
-        let slot = slots.get(digits.parse::<usize>().ok()?)?;
-        (prefix == slot_prefix(slot.kind)).then_some(slot.track)?
-    }
-
     /// Applies a viewer's offer: opens its receiving connection with a slot per audio and
     /// video m-line (each must receive), fills the slots from `source`'s tracks (an
     /// identity, or the room's first publisher) and returns the server's answer.

@@ -566,3 +566,31 @@ fn an_unmuted_simulcast_track_resumes_on_the_layer_that_sends_without_asking_the
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].packet.payload, layer_packet(2, 62, true).payload);
 }
+
+#[test]
+fn a_subscriber_given_a_lower_layer_moves_to_it_at_its_keyframe_and_the_others_stay() {
+    let now = Instant::now();
+    let mut f = simulcast_room(2, now);
+    let mut out = Vec::new();
+    for layer in [2, 1, 0] {
+        f.forward(now, &track(), layer_packet(layer, 0, true), &mut out);
+    }
+    assert_eq!(out.len(), 2, "both on the top layer");
+    f.set_max_layer(&track(), &sub(1), 1);
+    let subscriptions = f.simulcast_subscriptions_of(sub(1), now);
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!((subscriptions[0].1, subscriptions[0].3), (alice(), 1), "its publisher and the layer it is given");
+    out.clear();
+    for layer in [0, 1, 2] {
+        f.forward(now, &track(), layer_packet(layer, 1, false), &mut out);
+    }
+    let requests: Vec<_> = std::iter::from_fn(|| f.take_request()).collect();
+    assert_eq!(requests.iter().map(|r| r.media_ssrc).collect::<Vec<_>>(), [LAYERS[1]], "a keyframe of layer 1 is asked for");
+    assert_eq!(out.iter().map(|o| o.subscriber).collect::<Vec<_>>(), [sub(0), sub(1)], "until it comes, the top layer");
+    out.clear();
+    for layer in [0, 1, 2] {
+        f.forward(now, &track(), layer_packet(layer, 2, layer == 1), &mut out);
+    }
+    let got: Vec<_> = out.iter().map(|o| (o.subscriber, o.packet.payload.clone())).collect();
+    assert_eq!(got, [(sub(1), layer_packet(1, 2, true).payload), (sub(0), layer_packet(2, 2, false).payload)]);
+}

@@ -4,7 +4,7 @@
 //! caller has marshalled it into another: two copies and an allocation per packet. Here a
 //! packet to send is marshalled once into the caller's buffer and sealed in place, the tag
 //! appended ([`GcmSender`]); a received datagram is opened in place in its own buffer
-//! ([`GcmReceiver`]). The session key and salt come from the master key and salt by the
+//! ([`GcmReceiver`], and [`GcmRtcpReceiver`] for SRTCP). The session key and salt come from the master key and salt by the
 //! AES-CM key derivation of RFC 3711 §4.3 (key derivation rate 0), as every DTLS-SRTP stack
 //! does.
 
@@ -20,9 +20,23 @@ pub const KEY_LEN: usize = 16;
 /// Master and session salt length of AEAD_AES_128_GCM.
 pub const SALT_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-/// Key derivation labels (RFC 3711 §4.3.1): the SRTP encryption key and salt.
-const LABEL_ENCRYPTION: u8 = 0x00;
-const LABEL_SALT: u8 = 0x02;
+/// Key derivation labels (RFC 3711 §4.3.1): the encryption key and salt of SRTP, then of
+/// SRTCP.
+const SRTP_LABELS: Labels = Labels { encryption: 0x00, salt: 0x02 };
+const SRTCP_LABELS: Labels = Labels { encryption: 0x03, salt: 0x05 };
+/// The RTCP header an SRTCP packet leaves in the clear: the first packet's fixed header and
+/// sender SSRC.
+const RTCP_HEADER_LEN: usize = 8;
+/// The E flag and SRTCP index that end an SRTCP packet (RFC 3711 §3.4).
+const SRTCP_INDEX_LEN: usize = 4;
+/// Sender SSRCs whose SRTCP replay state is kept: a client sends its RTCP from one or two.
+const MAX_RTCP_SOURCES: usize = 8;
+
+/// The key derivation labels of one protocol's session key and salt.
+struct Labels {
+    encryption: u8,
+    salt: u8,
+}
 
 /// The session key and salt of one direction of a connection.
 struct Session {
@@ -31,8 +45,8 @@ struct Session {
 }
 
 impl Session {
-    /// Derives the session key and salt from the master key and salt.
-    fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+    /// Derives the session key and salt of `labels` from the master key and salt.
+    fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8], labels: Labels) -> Result<Self, SrtpError> {
         if master_key.len() != KEY_LEN || master_salt.len() != SALT_LEN {
             return Err(SrtpError::Srtp(format!(
                 "AES-128-GCM master key and salt of {} and {} bytes",
@@ -40,9 +54,9 @@ impl Session {
                 master_salt.len()
             )));
         }
-        let key = derive(crypto, master_key, master_salt, LABEL_ENCRYPTION)?;
+        let key = derive(crypto, master_key, master_salt, labels.encryption)?;
         let mut salt = [0; SALT_LEN];
-        salt.copy_from_slice(&derive(crypto, master_key, master_salt, LABEL_SALT)?[..SALT_LEN]);
+        salt.copy_from_slice(&derive(crypto, master_key, master_salt, labels.salt)?[..SALT_LEN]);
         Self::with_session_keys(crypto, &key, salt)
     }
 
@@ -59,6 +73,19 @@ impl Session {
         nonce[2..6].copy_from_slice(&ssrc.to_be_bytes());
         nonce[6..10].copy_from_slice(&index.rollover.to_be_bytes());
         nonce[10..12].copy_from_slice(&index.sequence.to_be_bytes());
+        self.salted(nonce)
+    }
+
+    /// The IV of an SRTCP packet (RFC 7714 §9.1): SSRC and SRTCP index, XORed with the
+    /// session salt.
+    fn rtcp_nonce(&self, ssrc: u32, srtcp_index: u32) -> [u8; SALT_LEN] {
+        let mut nonce = [0; SALT_LEN];
+        nonce[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        nonce[8..12].copy_from_slice(&srtcp_index.to_be_bytes());
+        self.salted(nonce)
+    }
+
+    fn salted(&self, mut nonce: [u8; SALT_LEN]) -> [u8; SALT_LEN] {
         for (byte, salt) in nonce.iter_mut().zip(self.salt) {
             *byte ^= salt;
         }
@@ -107,11 +134,11 @@ pub struct GcmSender {
 impl GcmSender {
     /// Derives the session key and salt from the master key and salt.
     pub fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
-        Ok(Self { session: Session::new(crypto, master_key, master_salt)?, sent: Vec::new() })
+        Ok(Self { session: Session::new(crypto, master_key, master_salt, SRTP_LABELS)?, sent: Vec::new() })
     }
 
     /// Writes `packet`, protected, into `out` (replacing what it held).
-    /// `edit` changes the payload (and any padding after it) before it is sealed.
+    /// `edit` changes the clear packet (header, payload and any padding) before it is sealed.
     pub fn protect(&mut self, packet: &Packet, out: &mut Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Result<(), SrtpError> {
         let header_len = packet.header.marshal_size();
         let clear_len = packet.marshal_size();
@@ -119,7 +146,7 @@ impl GcmSender {
         out.resize(clear_len + TAG_LEN, 0);
         let written = packet.marshal_to(&mut out[..clear_len]).map_err(|e| SrtpError::Srtp(e.to_string()))?;
         out.truncate(written + TAG_LEN);
-        edit(&mut out[header_len..written]);
+        edit(&mut out[..written]);
         let ssrc = packet.header.ssrc;
         let index = self.index(ssrc, packet.header.sequence_number);
         let nonce = self.session.nonce(ssrc, index);
@@ -228,7 +255,7 @@ pub struct Opened {
 impl GcmReceiver {
     /// Derives the session key and salt from the master key and salt.
     pub fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
-        Ok(Self { session: Session::new(crypto, master_key, master_salt)?, received: Vec::new() })
+        Ok(Self { session: Session::new(crypto, master_key, master_salt, SRTP_LABELS)?, received: Vec::new() })
     }
 
     /// Authenticates and decrypts the SRTP datagram in `buf` in place. A packet that fails
@@ -269,6 +296,61 @@ impl GcmReceiver {
     /// Forgets the state of an SSRC no longer received.
     pub fn remove(&mut self, ssrc: u32) {
         self.received.retain(|r| r.ssrc != ssrc);
+    }
+}
+
+/// The SRTCP receive side of one connection, with replay protection by SRTCP index.
+pub struct GcmRtcpReceiver {
+    session: Session,
+    /// What was received from each sender SSRC, the SRTCP index read as a packet index.
+    received: Vec<Received>,
+}
+
+impl GcmRtcpReceiver {
+    /// Derives the SRTCP session key and salt from the master key and salt.
+    pub fn new(crypto: &dyn RTCCrypto, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpError> {
+        Ok(Self { session: Session::new(crypto, master_key, master_salt, SRTCP_LABELS)?, received: Vec::new() })
+    }
+
+    /// Authenticates and decrypts the SRTCP datagram in `buf` in place (RFC 7714 §9: the
+    /// first 8 octets and the E flag with the SRTCP index are authenticated, the rest
+    /// encrypted); returns the length of the clear compound RTCP packet it starts with. A
+    /// packet that fails authentication, is too short, was sent unencrypted or was received
+    /// already is refused and leaves no trace.
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<usize, SrtpError> {
+        let trailer_at = buf
+            .len()
+            .checked_sub(SRTCP_INDEX_LEN)
+            .filter(|&at| at >= RTCP_HEADER_LEN + TAG_LEN)
+            .ok_or_else(|| SrtpError::Srtp("shorter than an SRTCP header, tag and index".into()))?;
+        let trailer = u32::from_be_bytes([buf[trailer_at], buf[trailer_at + 1], buf[trailer_at + 2], buf[trailer_at + 3]]);
+        if trailer >> 31 == 0 {
+            return Err(SrtpError::Srtp("unencrypted SRTCP".into()));
+        }
+        let srtcp_index = trailer & 0x7FFF_FFFF;
+        let index = Index { rollover: srtcp_index >> 16, sequence: srtcp_index as u16 };
+        let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let position = self.received.iter().position(|r| r.ssrc == ssrc);
+        if position.is_some_and(|at| self.received[at].is_replay(index)) {
+            return Err(SrtpError::Srtp(format!("replayed SRTCP index {srtcp_index} from SSRC {ssrc}")));
+        }
+        let mut aad = [0; RTCP_HEADER_LEN + SRTCP_INDEX_LEN];
+        aad[..RTCP_HEADER_LEN].copy_from_slice(&buf[..RTCP_HEADER_LEN]);
+        aad[RTCP_HEADER_LEN..].copy_from_slice(&trailer.to_be_bytes());
+        let nonce = self.session.rtcp_nonce(ssrc, srtcp_index);
+        let end = trailer_at - TAG_LEN;
+        let (body, tag) = buf[RTCP_HEADER_LEN..trailer_at].split_at_mut(end - RTCP_HEADER_LEN);
+        self.session.aead.open_in_place(&nonce, &aad, body, tag).map_err(crypto_error)?;
+        match position {
+            Some(at) => self.received[at].note(index),
+            None => {
+                if self.received.len() == MAX_RTCP_SOURCES {
+                    self.received.remove(0);
+                }
+                self.received.push(Received::new(ssrc, index));
+            }
+        }
+        Ok(end)
     }
 }
 
@@ -420,6 +502,39 @@ mod tests {
             let mut fresh = GcmReceiver { session: session(), received: Vec::new() };
             assert!(fresh.open(&mut forged).is_err(), "byte {at} changed");
         }
+    }
+
+    /// What `rtc`'s context seals as SRTCP, ours opens in place to the same compound packet;
+    /// a replay, a tampered packet, a truncated one and an unencrypted one are refused
+    /// without disturbing what follows.
+    #[test]
+    fn opens_the_srtcp_the_engine_seals_and_refuses_replays_and_forgeries() {
+        let provider = rtc::crypto::default_provider().expect("provider");
+        let (key, salt) = ([4u8; KEY_LEN], [6u8; SALT_LEN]);
+        let mut sender = Context::new(&key, &salt, ProtectionProfile::AeadAes128Gcm, None, None, provider.crypto()).expect("context");
+        let mut ours = GcmRtcpReceiver::new(provider.crypto(), &key, &salt).expect("receiver");
+        // A receiver report from SSRC 0x01020304 with one block, then a PLI.
+        let clear = hex(concat!("81c90007010203040a0b0c0d00000005000012340000000a0000000000000000", "81ce000201020304aabbccdd"));
+        let sealed: Vec<Vec<u8>> = (0..3).map(|_| sender.encrypt_rtcp(&clear).expect("sealed").to_vec()).collect();
+        let open = |ours: &mut GcmRtcpReceiver, datagram: &[u8]| {
+            let mut buf = datagram.to_vec();
+            ours.open(&mut buf).map(|end| buf[..end].to_vec())
+        };
+        assert_eq!(open(&mut ours, &sealed[1]).expect("second"), clear);
+        assert_eq!(open(&mut ours, &sealed[0]).expect("first, late"), clear);
+        assert!(open(&mut ours, &sealed[1]).is_err(), "a replay is refused");
+        let mut forged = sealed[2].clone();
+        forged[10] ^= 1;
+        assert!(open(&mut ours, &forged).is_err(), "a tampered payload fails authentication");
+        let mut reindexed = sealed[2].clone();
+        let last = reindexed.len() - 1;
+        reindexed[last] ^= 1;
+        assert!(open(&mut ours, &reindexed).is_err(), "the index is authenticated");
+        let mut unencrypted = sealed[2].clone();
+        unencrypted[last - 3] &= 0x7F;
+        assert!(open(&mut ours, &unencrypted).is_err(), "the E flag cleared");
+        assert!(open(&mut ours, &sealed[2][..27]).is_err(), "shorter than a header, tag and index");
+        assert_eq!(open(&mut ours, &sealed[2]).expect("the genuine packet after the forgeries"), clear);
     }
 
     /// A late packet within the window is taken once; one beyond it is refused; a bit reused
