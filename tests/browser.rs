@@ -4,7 +4,8 @@
 //! use the meeting page as people would, over HTTPS and WSS (tests/browser/meeting.mjs); a
 //! page publishes over WHIP, the meeting page shows it and another page plays it over WHEP
 //! (tests/browser/whip_whep.mjs), over UDP and again over ICE-TCP alone; a page publishes
-//! simulcast and another follows its layers as the full one stops and resumes
+//! simulcast and another follows its layers as the full one stops and resumes, and a third
+//! behind a relay narrowed to 300 kbit/s is moved to the low layer and back
 //! (tests/browser/simulcast.mjs).
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
@@ -48,10 +49,10 @@ async fn two_chromium_tabs_see_and_hear_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chromium_subscriber_follows_the_simulcast_layers_a_chromium_publisher_sends() {
+async fn chromium_subscribers_follow_the_simulcast_layers_sent_and_their_downlinks() {
     let server = TestServer::start(&[]).await;
     let stdout = node("simulcast.mjs", vec![format!("http://{}", server.http)]).await;
-    for phase in ["full: ", "half: ", "back to full: "] {
+    for phase in ["full: ", "half: ", "back to full: ", "narrowed: ", "adapted: ", "widened: "] {
         assert!(stdout.lines().any(|line| line.starts_with(phase)), "the {phase} phase ran");
     }
 }

@@ -3,9 +3,14 @@
 // The subscriber must decode the full layer; when the publisher stops sending the full
 // layer (its encoding deactivated, as a browser does when its uplink shrinks) it must go
 // on decoding the 640-wide layer, and get the full one back once the publisher resumes it,
-// without its decoding standing still for long. Prints each phase's statistics.
+// without its decoding standing still for long. Then a third page subscribes through a
+// relay that stands for its downlink (relay.mjs): narrowed to 300 kbit/s, it must be moved
+// to the 320-wide layer within 10 s and go on decoding it, losing under a tenth of its video,
+// while the second page keeps the full one, and come back to the full layer within 20 s of
+// the limit lifted (the server probes its link for the room). Prints each phase's statistics.
 // Usage: node simulcast.mjs http://127.0.0.1:PORT
 import { runInBrowser, waitFor } from './chromium.mjs';
+import { rewriteCandidates, ShapedRelay } from './relay.mjs';
 
 const base = process.argv[2];
 if (!base) {
@@ -15,11 +20,13 @@ if (!base) {
 
 /**
  * Opens a page of the server's origin that joins `room` as `identity` through the client
- * library (`window.room`); the publisher publishes its camera at 1280x720.
+ * library (`window.room`); the publisher publishes its camera at 1280x720. `prepare` runs on
+ * the page before it loads.
  */
-async function join(context, room, identity, publish) {
+async function join(context, room, identity, publish, prepare = async () => {}) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.error(`[${identity}] ${m.text()}`); });
+  await prepare(page);
   await page.goto(`${base}/healthz`); // any page of the server's origin
   await page.evaluate(async ({ room, identity, publish }) => {
     const { Switchboard } = await import('/switchboard.js');
@@ -40,7 +47,9 @@ function decoding(page) {
     const stats = await window.room.subscriber.getStats();
     let video = null;
     stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') video = s; });
-    return video ? { framesDecoded: video.framesDecoded || 0, frameWidth: video.frameWidth || 0, freezes: video.freezeCount || 0 } : { framesDecoded: 0 };
+    return video
+      ? { framesDecoded: video.framesDecoded || 0, frameWidth: video.frameWidth || 0, freezes: video.freezeCount || 0, packetsReceived: video.packetsReceived || 0, packetsLost: video.packetsLost || 0 }
+      : { framesDecoded: 0, packetsReceived: 0, packetsLost: 0 };
   });
 }
 
@@ -65,27 +74,43 @@ function setFullLayer(page, active) {
 }
 
 /**
- * Watches the subscriber (every 100 ms) until it decodes `width`-wide frames and has gone on
- * decoding them for a second; returns its statistics then, with the longest time its
- * decoded frames stood still meanwhile (`stallMs`).
+ * Samples the subscriber's decoding every 100 ms until `done(statistics)` gives something or
+ * `ms` pass; returns the last statistics with the longest time its decoded frames stood
+ * still (`stallMs`) and what `done` gave (`null` when the time ran out).
  */
-async function decodesAt(page, width, what) {
-  const deadline = Date.now() + 20000;
+async function sample(page, ms, done) {
+  const started = Date.now();
   let last = await decoding(page);
-  let changed = Date.now();
+  let changed = started;
   let stallMs = 0;
-  let reachedAt = null;
-  while (Date.now() < deadline) {
+  while (Date.now() - started < ms) {
     await new Promise((r) => setTimeout(r, 100));
     const s = await decoding(page);
     if (s.framesDecoded !== last.framesDecoded) changed = Date.now();
     stallMs = Math.max(stallMs, Date.now() - changed);
     last = s;
-    if (s.frameWidth !== width) reachedAt = null;
-    else if (reachedAt === null) reachedAt = { at: Date.now(), frames: s.framesDecoded };
-    else if (Date.now() - reachedAt.at >= 1000 && s.framesDecoded >= reachedAt.frames + 10) return { ...s, stallMs };
+    const result = done(s, Date.now() - started);
+    if (result) return { ...s, stallMs, done: result };
   }
-  throw new Error(`timed out waiting for ${what}: ${JSON.stringify({ ...last, stallMs })}`);
+  return { ...last, stallMs, done: null };
+}
+
+/**
+ * Waits until the subscriber decodes `width`-wide frames and has gone on decoding them for
+ * a second; returns its statistics then, with the longest stall meanwhile and when it first
+ * decoded that width (`reachedMs`).
+ */
+async function decodesAt(page, width, what, timeoutMs = 20000) {
+  let reached = null;
+  const result = await sample(page, timeoutMs, (s, elapsed) => {
+    if (s.frameWidth !== width) reached = null;
+    else if (reached === null) reached = { at: elapsed, frames: s.framesDecoded };
+    else if (elapsed - reached.at >= 1000 && s.framesDecoded >= reached.frames + 10) return { reachedMs: reached.at };
+    return null;
+  });
+  if (!result.done) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(result)}`);
+  const { done, ...s } = result;
+  return { ...s, ...done };
 }
 
 await runInBrowser({}, async (browser) => {
@@ -110,4 +135,42 @@ await runInBrowser({}, async (browser) => {
   const back = await decodesAt(viewer, 1280, 'the viewer to decode the full layer again once it resumed');
   console.log(`back to full: ${JSON.stringify(back)}`);
   if (back.stallMs > 500) throw new Error(`the viewer's video stood still ${back.stallMs} ms at the switch up`);
+
+  // A viewer whose downlink is a relay.
+  const relays = new Map();
+  const relayFor = async (host, port) => {
+    const key = `${host}:${port}`;
+    if (!relays.has(key)) {
+      const relay = new ShapedRelay(host, port);
+      relays.set(key, { relay, port: await relay.start() });
+    }
+    return relays.get(key).port;
+  };
+  const setRate = (bps) => relays.forEach(({ relay }) => relay.setRate(bps));
+  const datagrams = () => [...relays.values()].reduce((sum, { relay }) => ({ dropped: sum.dropped + relay.dropped, forwarded: sum.forwarded + relay.forwarded }), { dropped: 0, forwarded: 0 });
+  const narrow = await join(context, room, 'narrow', false, (page) => rewriteCandidates(page, relayFor));
+  await decodesAt(narrow, 1280, 'the narrow viewer to decode the full layer while its link is wide', 30000);
+  if (relays.size === 0) throw new Error('the narrow viewer did not go through the relay');
+  setRate(300_000);
+  const down = await decodesAt(narrow, 320, 'the narrow viewer to decode the low layer at 300 kbit/s', 10000);
+  const wide = await decoding(viewer);
+  console.log(`narrowed: ${JSON.stringify({ ...down, wideViewerWidth: wide.frameWidth })}`);
+  if (wide.frameWidth !== 1280) throw new Error(`the viewer with a wide link left the full layer: ${JSON.stringify(wide)}`);
+  // Once adapted it goes on decoding, and loses little of its video (the relay's drops also
+  // count the padding of the server's probes, which is no one's media).
+  const before = { ...datagrams(), ...(await decoding(narrow)) };
+  const { done, ...settled } = await sample(narrow, 5000, () => null);
+  const after = datagrams();
+  const dropped = after.dropped - before.dropped;
+  const relayDrops = dropped / Math.max(1, dropped + after.forwarded - before.forwarded);
+  const lost = settled.packetsLost - before.packetsLost;
+  const loss = lost / Math.max(1, lost + settled.packetsReceived - before.packetsReceived);
+  console.log(`adapted: ${JSON.stringify({ ...settled, loss, relayDrops })}`);
+  if (settled.frameWidth !== 320 || settled.stallMs > 1000) throw new Error(`the narrow viewer did not keep decoding the low layer: ${JSON.stringify(settled)}`);
+  // The target is under 2 %; a probe that overshoots may cost a little more on a busy machine.
+  if (loss > 0.1) throw new Error(`the narrow viewer lost ${Math.round(loss * 100)} % of its video once adapted`);
+  setRate(Infinity);
+  const up = await decodesAt(narrow, 1280, 'the narrow viewer to decode the full layer again once its link widened', 20000);
+  console.log(`widened: ${JSON.stringify(up)}`);
+  relays.forEach(({ relay }) => relay.close());
 });

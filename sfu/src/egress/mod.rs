@@ -39,9 +39,9 @@ use probe::PADDING_LEN;
 use reports::SentStream;
 use transport_wide::TransportWide;
 
-/// The one-byte header extension form (RFC 8285 §4.2) the transport-wide sequence number is
-/// sent in.
-const ONE_BYTE_EXTENSIONS: u16 = 0xBEDE;
+/// The header extension block the transport-wide sequence number is sent in: its header and
+/// one word of elements.
+const NUMBER_EXTENSION_LEN: usize = 8;
 
 /// The send side of one subscriber connection.
 pub struct Egress {
@@ -56,9 +56,6 @@ pub struct Egress {
     next_report: Option<Instant>,
     /// Transport-wide congestion control, once the subscriber negotiated it.
     transport_wide: Option<TransportWide>,
-    /// The packet being sent with its transport-wide sequence number: kept to save an
-    /// allocation per packet.
-    numbered: Packet,
 }
 
 impl Egress {
@@ -73,7 +70,6 @@ impl Egress {
             streams: Vec::new(),
             next_report: None,
             transport_wide: None,
-            numbered: Packet::default(),
         }
     }
 
@@ -132,6 +128,14 @@ impl Egress {
             }
         };
         Ok(&buf[..end])
+    }
+
+    /// Takes the share of its packets the subscriber lost, as its receiver reports say (the
+    /// most of any stream's).
+    pub fn on_receiver_loss(&mut self, now: Instant, fraction: f64) {
+        if let Some(transport_wide) = self.transport_wide.as_mut() {
+            transport_wide.on_receiver_loss(now, fraction);
+        }
     }
 
     /// Takes the subscriber's transport-wide feedback.
@@ -206,42 +210,23 @@ impl Egress {
     /// being all padding.
     fn seal(&mut self, now: Instant, packet: &Packet, patch: Option<&Vp8Patch>, padding: bool) -> Result<(&[u8], Remote), SrtpError> {
         let (Some(protection), Some(remote)) = (self.protection.as_mut(), self.remote) else { return Err(SrtpError::NotConnected) };
-        let mut sequence = None;
-        let packet = match self.transport_wide.as_mut() {
-            Some(transport_wide) => {
-                number(&mut self.numbered, packet, transport_wide.extension_id());
-                sequence = Some(transport_wide.stamp(now, self.numbered.marshal_size() + SRTP_OVERHEAD));
-                &self.numbered
-            }
-            None => packet,
-        };
-        let header_len = packet.header.marshal_size();
-        let edit = |clear: &mut [u8]| {
-            if padding {
-                clear[0] |= PADDING_BIT;
-            }
-            if let Some(sequence) = sequence {
-                // The extension's one element, right after the fixed header, CSRCs and the
-                // extension's own header, then its one-byte element header.
-                let at = 12 + 4 * packet.header.csrc.len() + 4 + 1;
-                if let Some(octets) = clear.get_mut(at..at + 2) {
-                    octets.copy_from_slice(&sequence.to_be_bytes());
-                }
-            }
-            if let Some(patch) = patch {
-                patch.apply(&mut clear[header_len..]);
-            }
-        };
+        // The forwarder strips the publisher's header extensions, so the transport-wide
+        // number is the packet's only one.
+        let numbered = self.transport_wide.as_mut().filter(|_| !packet.header.extension).map(|transport_wide| {
+            let size = packet.marshal_size() + NUMBER_EXTENSION_LEN + SRTP_OVERHEAD;
+            (transport_wide.extension_id(), transport_wide.stamp(now, size, padding))
+        });
+        let header_len = marshal_numbered(packet, numbered, &mut self.datagram)?;
+        if padding {
+            self.datagram[0] |= PADDING_BIT;
+        }
+        if let Some(patch) = patch {
+            patch.apply(&mut self.datagram[header_len..]);
+        }
         match protection {
-            Protection::Gcm(sender) => sender.protect(packet, &mut self.datagram, edit)?,
+            Protection::Gcm(sender) => sender.seal(&mut self.datagram, header_len)?,
             Protection::Context(context) => {
-                let mut clear = packet.marshal().map_err(srtp)?;
-                if sequence.is_some() || patch.is_some() || padding {
-                    let mut edited = clear.to_vec();
-                    edit(&mut edited);
-                    clear = edited.as_slice().into();
-                }
-                let protected = context.encrypt_rtp_with_header(&clear, &packet.header).map_err(srtp)?;
+                let protected = context.encrypt_rtp(&self.datagram).map_err(srtp)?;
                 self.datagram.clear();
                 self.datagram.extend_from_slice(&protected);
             }
@@ -270,8 +255,9 @@ impl Egress {
     }
 }
 
-/// The RTP header's padding bit (RFC 3550 §5.1).
+/// The RTP header's padding and extension bits (RFC 3550 §5.1).
 const PADDING_BIT: u8 = 0x20;
+const EXTENSION_BIT: u8 = 0x10;
 
 /// The payload of a probe's padding packet: all padding, the last octet counting it.
 static PADDING: [u8; PADDING_LEN] = {
@@ -283,25 +269,25 @@ static PADDING: [u8; PADDING_LEN] = {
 /// What SRTP adds to a packet: the AES-GCM tag (SHA1-80's is 10 bytes).
 const SRTP_OVERHEAD: usize = 16;
 
-/// Copies `packet` into `numbered` (reusing its buffers) with one header extension,
-/// `extension_id`, whose two bytes the transport-wide sequence number is written over once
-/// marshalled. The forwarder stripped the publisher's extensions, so it is the only one.
-fn number(numbered: &mut Packet, packet: &Packet, extension_id: u8) {
-    let (to, from) = (&mut numbered.header, &packet.header);
-    to.version = from.version;
-    to.padding = from.padding;
-    to.marker = from.marker;
-    to.payload_type = from.payload_type;
-    to.sequence_number = from.sequence_number;
-    to.timestamp = from.timestamp;
-    to.ssrc = from.ssrc;
-    to.csrc.clone_from(&from.csrc);
-    to.extension = true;
-    to.extension_profile = ONE_BYTE_EXTENSIONS;
-    to.extensions.clear();
-    to.extensions_padding = 0;
-    to.extensions.push(rtc::rtp::header::Extension { id: extension_id, payload: bytes::Bytes::from_static(&[0, 0]) });
-    numbered.payload = packet.payload.clone();
+/// Marshals `packet` (which has no header extension) into `out`, replacing what it held,
+/// with the transport-wide sequence number `numbered` names (the extension's ID and the
+/// number) in a one-byte header extension (RFC 8285 §4.2) after its CSRCs; returns the
+/// length of the header.
+fn marshal_numbered(packet: &Packet, numbered: Option<(u8, u16)>, out: &mut Vec<u8>) -> Result<usize, SrtpError> {
+    let header_len = packet.header.marshal_size();
+    out.clear();
+    out.resize(packet.marshal_size(), 0);
+    let written = packet.marshal_to(out).map_err(srtp)?;
+    out.truncate(written);
+    let Some((id, number)) = numbered else { return Ok(header_len) };
+    let [high, low] = number.to_be_bytes();
+    out.resize(written + NUMBER_EXTENSION_LEN, 0);
+    out.copy_within(header_len..written, header_len + NUMBER_EXTENSION_LEN);
+    // The profile, one word of elements, then the element: ID, length less one, the number.
+    let extension = [0xBE, 0xDE, 0, 1, id << 4 | 1, high, low, 0];
+    out[header_len..header_len + NUMBER_EXTENSION_LEN].copy_from_slice(&extension);
+    out[0] |= EXTENSION_BIT;
+    Ok(header_len + NUMBER_EXTENSION_LEN)
 }
 
 /// How the client's SRTCP is opened: AES-128-GCM of our own, or `rtc`'s context for the

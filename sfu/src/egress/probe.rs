@@ -7,22 +7,29 @@
 //! [`CLUSTER_DURATION`] at up to twice the estimate; every packet sent meanwhile belongs to
 //! the cluster, and the subscriber's feedback on them gives the rate they were sent at and
 //! the rate they arrived at. The link carried the lower of the two (a little under what
-//! arrived, if that was clearly less: the link was full). A cluster that finds room lets the
+//! arrived, if that was clearly less: the link was full); a cluster a fifth of which was
+//! lost says nothing. A cluster that finds room lets the
 //! next follow at once (at twice the new estimate); one that does not makes the next wait,
 //! from [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`].
 
 use std::time::{Duration, Instant};
 
-/// How long a cluster's padding is sent for, and the fewest and most packets it has.
-const CLUSTER_DURATION: Duration = Duration::from_millis(30);
-const MIN_CLUSTER_PACKETS: u32 = 5;
+/// How long a cluster's padding is sent for, and the fewest and most packets it has: at
+/// least [`MIN_CLUSTER_BYTES`], so that a shaper's burst allowance (a token bucket's depth,
+/// a few kilobytes) does not pass most of it at once and show a link wider than it is.
+const CLUSTER_DURATION: Duration = Duration::from_millis(50);
+const MIN_CLUSTER_BYTES: usize = 8_000;
 const MAX_CLUSTER_PACKETS: u32 = 100;
 /// The padding of one probe packet: the most an RTP padding count octet can say.
 pub const PADDING_LEN: usize = 255;
 /// A probe packet on the wire: RTP header with the transport-wide number, padding, SRTP tag.
-const PROBE_PACKET_BITS: f64 = ((12 + 8 + PADDING_LEN + 16) * 8) as f64;
-/// A result needs this many of the cluster's packets received.
+const PROBE_PACKET_BYTES: usize = 12 + 8 + PADDING_LEN + 16;
+const PROBE_PACKET_BITS: f64 = (PROBE_PACKET_BYTES * 8) as f64;
+const MIN_CLUSTER_PACKETS: u32 = MIN_CLUSTER_BYTES.div_ceil(PROBE_PACKET_BYTES) as u32;
+/// A result needs this many of the cluster's packets received, and this share of them: a
+/// cluster that lost more overflowed a queue, and what arrived of it says little.
 const MIN_RECEIVED: u32 = 5;
+const MIN_RECEIVED_SHARE: f64 = 0.8;
 /// How long after its last packet a cluster's feedback is waited for.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A cluster whose packets arrived this many times faster than they left measured a queue
@@ -181,7 +188,8 @@ impl Prober {
             return None;
         }
         let cluster = self.cluster.take()?;
-        let result = cluster.measure.result();
+        let result =
+            cluster.measure.result().filter(|_| f64::from(cluster.measure.received) >= MIN_RECEIVED_SHARE * f64::from(cluster.tagged));
         match result {
             Some(rate) if rate >= ROOM_FOUND * cluster.rate => {
                 self.backoff = MIN_BACKOFF;
@@ -233,8 +241,20 @@ mod tests {
     /// Sends a cluster wanted at `desired` over a link of `capacity` bits per second (each
     /// packet queues behind the ones before), every packet reported; returns the result.
     fn probe(prober: &mut Prober, start: Instant, desired: f64, estimate: f64, capacity: f64) -> Option<f64> {
+        probe_losing(prober, start, desired, estimate, capacity, |_| false)
+    }
+
+    /// [`probe`], the packets `lost` picks (by their index) lost on the way.
+    fn probe_losing(
+        prober: &mut Prober,
+        start: Instant,
+        desired: f64,
+        estimate: f64,
+        capacity: f64,
+        lost: impl Fn(usize) -> bool,
+    ) -> Option<f64> {
         assert!(prober.want(start, desired, estimate), "a cluster starts");
-        let size = PROBE_PACKET_BITS as usize / 8;
+        let size = PROBE_PACKET_BYTES;
         let mut link_free = Duration::ZERO;
         let mut sent = Vec::new();
         let mut now = start;
@@ -247,8 +267,8 @@ mod tests {
             }
         }
         assert!(prober.take_result(now).is_none(), "nothing before the feedback");
-        for (id, departure, arrival) in sent {
-            prober.on_report(id, departure, size, Some(arrival));
+        for (index, (id, departure, arrival)) in sent.into_iter().enumerate() {
+            prober.on_report(id, departure, size, (!lost(index)).then_some(arrival));
         }
         prober.take_result(now)
     }
@@ -271,6 +291,15 @@ mod tests {
         assert!((340_000.0..=400_000.0).contains(&result), "a little under the link: {result}");
         assert!(!prober.want(start + Duration::from_millis(900), 3_000_000.0, 500_000.0), "within the backoff");
         assert!(prober.want(start + Duration::from_millis(1_100), 3_000_000.0, 500_000.0), "after it");
+    }
+
+    #[test]
+    fn a_cluster_that_lost_a_fifth_of_its_packets_measures_nothing() {
+        let start = Instant::now();
+        let lossy = probe_losing(&mut Prober::default(), start, 3_000_000.0, 500_000.0, 10_000_000.0, |i| i % 4 == 0);
+        assert_eq!(lossy, None, "a quarter lost");
+        let mostly = probe_losing(&mut Prober::default(), start, 3_000_000.0, 500_000.0, 10_000_000.0, |i| i == 3);
+        assert!(mostly.is_some(), "one lost");
     }
 
     #[test]

@@ -47,8 +47,10 @@ pub struct RateControl {
     /// The acknowledged rate at the last delay-based decrease: near it, the estimate grows
     /// additively. Forgotten once the estimate is well past it.
     capacity: Option<f64>,
-    /// The loss fraction, smoothed.
-    loss: Option<f64>,
+    /// The share of its media packets the transport-wide feedback says were lost, smoothed.
+    feedback_loss: f64,
+    /// The share of its packets the subscriber lost, as its last receiver report said.
+    reported_loss: Option<f64>,
     last_update: Option<Instant>,
     last_decrease: Option<Instant>,
 }
@@ -62,7 +64,8 @@ impl RateControl {
             acknowledged: Throughput::default(),
             target: initial.clamp(MIN_RATE, MAX_RATE),
             capacity: None,
-            loss: None,
+            feedback_loss: 0.0,
+            reported_loss: None,
             last_update: None,
             last_decrease: None,
         }
@@ -73,8 +76,10 @@ impl RateControl {
         self.target
     }
 
-    /// Takes one feedback packet's reports (the packets it names that were sent, in order).
-    pub fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+    /// Takes one feedback packet's reports (the packets it names that were sent, in order),
+    /// of which `media` were media (not a probe's padding, which is lost when it overflows a
+    /// queue on purpose), `media_lost` of them lost.
+    pub fn on_reports(&mut self, now: Instant, reports: &[PacketReport], media: usize, media_lost: usize) {
         if reports.is_empty() {
             return;
         }
@@ -87,19 +92,50 @@ impl RateControl {
                 usage = self.detector.update(trend.at, trend.estimate_ms);
             }
         }
-        let sample = reports.iter().filter(|r| !r.arrived).count() as f64 / reports.len() as f64;
-        let loss = self.loss.map_or(sample, |loss| 0.8 * loss + 0.2 * sample);
-        self.loss = Some(loss);
         let acknowledged = self.acknowledged.rate();
         let step = self.last_update.map_or(Duration::ZERO, |last| now.saturating_duration_since(last).min(MAX_INCREASE_STEP));
         self.last_update = Some(now);
+        if media > 0 {
+            let sample = media_lost as f64 / media as f64;
+            self.feedback_loss = 0.8 * self.feedback_loss + 0.2 * sample;
+        }
+        let loss = self.loss();
         if usage == Usage::Over {
             let delivered = acknowledged.unwrap_or(self.target);
             self.decrease(now, DECREASE_FACTOR * delivered, Some(delivered));
-        } else if loss.min(sample) > HIGH_LOSS {
-            self.decrease(now, self.target * (1.0 - 0.5 * loss), None);
-        } else if usage == Usage::Normal && loss.max(sample) < LOW_LOSS {
+        } else if loss > HIGH_LOSS {
+            self.cut_for_loss(now, loss);
+        } else if usage == Usage::Normal && loss < LOW_LOSS {
             self.increase(step, acknowledged);
+        }
+    }
+
+    /// Takes the share of its packets the subscriber lost since its previous receiver report
+    /// (every second or so).
+    pub fn on_loss(&mut self, now: Instant, fraction: f64) {
+        self.reported_loss = Some(fraction);
+        let loss = self.loss();
+        if loss > HIGH_LOSS {
+            self.cut_for_loss(now, loss);
+        }
+    }
+
+    /// Cuts the estimate by half the `loss`, but not below [`DECREASE_FACTOR`] of what the
+    /// subscriber acknowledged receiving: what arrives, the link carried.
+    fn cut_for_loss(&mut self, now: Instant, loss: f64) {
+        let floor = self.acknowledged.rate().map_or(0.0, |rate| DECREASE_FACTOR * rate);
+        self.decrease(now, (self.target * (1.0 - 0.5 * loss)).max(floor), None);
+    }
+
+    /// The loss acted on: the more of what the transport-wide feedback shows (fresh every 50
+    /// to 100 ms) and what the last receiver report said, once that report confirmed some
+    /// loss; until then no more than the reports say. Chromium's feedback reports most of
+    /// the packets it got as lost for the first seconds of a connection, while its receiver
+    /// reports count none lost.
+    fn loss(&self) -> f64 {
+        match self.reported_loss {
+            Some(reported) if reported >= LOW_LOSS => self.feedback_loss.max(reported),
+            reported => self.feedback_loss.min(reported.unwrap_or(0.0)),
         }
     }
 
@@ -139,13 +175,13 @@ impl RateControl {
 }
 
 /// The span of arrivals the acknowledged rate is measured over, and the least that gives one.
-const THROUGHPUT_WINDOW: Duration = Duration::from_millis(500);
+const THROUGHPUT_WINDOW: Duration = Duration::from_millis(300);
 const THROUGHPUT_MIN_SPAN: Duration = Duration::from_millis(100);
 /// The most packets the window keeps (a second's at 2,000 a second).
 const THROUGHPUT_MAX_PACKETS: usize = 2048;
 
 /// What the subscriber acknowledged receiving, by the arrival times it reported: the bytes
-/// that arrived over the last half second of its clock.
+/// that arrived over the last [`THROUGHPUT_WINDOW`] of its clock.
 #[derive(Default)]
 struct Throughput {
     /// Arrival and size of each packet in the window, in the order reported.
@@ -202,9 +238,19 @@ mod tests {
         let (mut now, mut link_free, mut next_feedback) = (start, start, start + Duration::from_millis(50));
         let mut estimates = Vec::new();
         let mut id = 0;
+        // What a receiver report each second would say was lost.
+        let (mut sent_since_report, mut lost_since_report) = (0u32, 0u32);
+        let mut next_report = start + Duration::from_secs(1);
         while now < start + Duration::from_secs(seconds) {
             let waited = link_free.saturating_duration_since(now);
             let arrived = waited <= queue;
+            sent_since_report += 1;
+            lost_since_report += u32::from(!arrived);
+            if now >= next_report {
+                control.on_loss(now, f64::from(lost_since_report) / f64::from(sent_since_report));
+                (sent_since_report, lost_since_report) = (0, 0);
+                next_report += Duration::from_secs(1);
+            }
             if arrived {
                 link_free = link_free.max(now) + transfer;
             }
@@ -226,7 +272,8 @@ mod tests {
                 let reported = next_feedback - Duration::from_millis(50);
                 let (due, later): (Vec<_>, Vec<_>) = sent.into_iter().partition(|r| r.departure <= reported);
                 sent = later;
-                control.on_reports(next_feedback, &due);
+                let lost = due.iter().filter(|r| !r.arrived).count();
+                control.on_reports(next_feedback, &due, due.len(), lost);
                 if (next_feedback - start).as_millis().is_multiple_of(100) {
                     estimates.push(control.target());
                 }
@@ -261,24 +308,9 @@ mod tests {
     fn heavy_loss_cuts_the_estimate_and_a_probe_raises_it() {
         let start = Instant::now();
         let mut control = RateControl::new(1_000_000.0);
-        let mut now = start;
-        for round in 0..20u64 {
-            now += Duration::from_millis(100);
-            let reports: Vec<PacketReport> = (0..20u64)
-                .map(|i| PacketReport {
-                    ssrc: 0,
-                    id: round * 20 + i,
-                    rtp_sequence_number: 0,
-                    is_twcc: true,
-                    twcc_sequence_number: (round * 20 + i) as u16,
-                    size: 1200,
-                    arrived: i % 3 != 0,
-                    departure: now + Duration::from_millis(i * 5),
-                    arrival: (i % 3 != 0).then(|| Duration::from_millis(round * 100 + i * 5 + 20)),
-                    ecn: Ecn::default(),
-                })
-                .collect();
-            control.on_reports(now + Duration::from_millis(100), &reports);
+        // A third lost, report after report, a second apart.
+        for second in 1..=5 {
+            control.on_loss(start + Duration::from_secs(second), 1.0 / 3.0);
         }
         let cut = control.target();
         assert!(cut < 500_000.0, "a third lost halves it at least: {cut}");

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::debug;
+
 use super::{Engine, Transmit};
 use crate::allocation::{self, Priority, Wanted, UP_MARGIN};
 use crate::egress::Egress;
@@ -13,20 +15,30 @@ use crate::{ParticipantKey, TrackSource};
 /// How often a subscriber's downlink is shared anew among its simulcast tracks: its
 /// transport-wide feedback comes every 50 to 100 ms.
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
+/// An estimate under this share of the one the downlink was last shared by is acted on
+/// within the interval: a congested link is relieved at once.
+const FALL_ACTED_ON_AT_ONCE: f64 = 0.85;
+/// How long the estimate must have had room for a higher layer before a track gets it.
+const UP_HOLD: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Shares the subscriber's estimated downlink among the simulcast tracks it receives, at
-    /// most once an [`ALLOCATION_INTERVAL`]; where a track is held below the top layer its
+    /// most once an [`ALLOCATION_INTERVAL`] unless the estimate fell, a step up only once the
+    /// room for it has lasted [`UP_HOLD`]; where a track is held below the top layer its
     /// publisher sends, probes for what every track's top layer would take.
     pub(super) fn allocate(&mut self, now: Instant, subscriber: ParticipantKey) {
         let Some(participant) = self.participants.get_mut(&subscriber) else { return };
-        if participant.allocated.is_some_and(|at| now.saturating_duration_since(at) < ALLOCATION_INTERVAL) {
-            return;
-        }
-        participant.allocated = Some(now);
         let Some(estimate) = participant.subscriber.as_ref().and_then(|p| p.egress.as_ref()).and_then(Egress::estimate) else {
             return;
         };
+        // A fall of the estimate is acted on at once; anything else waits its turn.
+        let due = participant.allocated.is_none_or(|(at, shared)| {
+            now.saturating_duration_since(at) >= ALLOCATION_INTERVAL || estimate < FALL_ACTED_ON_AT_ONCE * shared
+        });
+        if !due {
+            return;
+        }
+        participant.allocated = Some((now, estimate));
         let room = participant.room.clone();
         let tracks = self.forwarder.simulcast_subscriptions_of(subscriber, now);
         if tracks.is_empty() {
@@ -49,7 +61,20 @@ impl Engine {
             })
             .collect();
         let single_streams = self.forwarder.single_stream_rate_of(subscriber);
-        let chosen = allocation::allocate(estimate - single_streams, &wanted);
+        let mut chosen = allocation::allocate(estimate - single_streams, &wanted);
+        // A step up waits until the room for it has lasted: an estimate a probe raised past
+        // the link falls again within a second, and each switch costs a keyframe.
+        let rises = chosen.iter().zip(&wanted).any(|(layer, track)| *layer > track.current);
+        let room_since = self.participants.get_mut(&subscriber).map(|p| {
+            p.room_since = if rises { Some(p.room_since.unwrap_or(now)) } else { None };
+            p.room_since
+        });
+        if room_since.flatten().is_some_and(|since| now.saturating_duration_since(since) < UP_HOLD) {
+            for (layer, track) in chosen.iter_mut().zip(&wanted) {
+                *layer = (*layer).min(track.current);
+            }
+        }
+        debug!(%subscriber, estimate, single_streams, ?chosen, "downlink shared");
         let mut held_back = false;
         for ((track, ..), (layer, track_wants)) in tracks.iter().zip(chosen.into_iter().zip(&wanted)) {
             held_back |= layer < track_wants.top_sending();

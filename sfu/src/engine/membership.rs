@@ -57,6 +57,7 @@ impl Engine {
                 negotiation: Negotiation::Stable,
                 viewer: None,
                 allocated: None,
+                room_since: None,
             },
         );
         if grants.subscribe {

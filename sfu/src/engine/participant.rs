@@ -97,8 +97,12 @@ pub(crate) struct Participant {
     pub negotiation: Negotiation,
     /// Set when its subscriber connection is one it offered ([`Viewer`]).
     pub viewer: Option<Viewer>,
-    /// When its downlink was last shared among the simulcast tracks it receives.
-    pub allocated: Option<Instant>,
+    /// When its downlink was last shared among the simulcast tracks it receives, and the
+    /// estimate it was shared by.
+    pub allocated: Option<(Instant, f64)>,
+    /// Since when its downlink has had room for a higher layer of some track than it gets:
+    /// it gets it once that has lasted [`super::downlink`]'s hold.
+    pub room_since: Option<Instant>,
 }
 
 /// What the engine keeps with a subscription in the forwarder's table (the one record of

@@ -25,7 +25,8 @@ use crate::{ParticipantKey, TrackId};
 impl Engine {
     /// Acts on a subscriber's RTCP, the compound packet its egress opened: NACKs answered
     /// from the publisher's packet cache, keyframe requests relayed to the publisher, receiver
-    /// reports' round trips, transport-wide feedback into the subscriber's downlink estimate.
+    /// reports' round trips and losses (the most any of its streams lost) and transport-wide
+    /// feedback into the subscriber's downlink estimate.
     pub(super) fn subscriber_feedback(&mut self, now: Instant, subscriber: ParticipantKey, compound: &[u8], out: &mut dyn Transmit) {
         for feedback in feedback::read(compound) {
             match feedback {
@@ -48,6 +49,12 @@ impl Engine {
                     }
                 }
                 Feedback::Reports(blocks) => {
+                    let lost = blocks.map(|b| b.fraction_lost).max();
+                    let egress = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut());
+                    if let (Some(egress), Some(lost)) = (egress, lost) {
+                        egress.on_receiver_loss(now, f64::from(lost) / 256.0);
+                        self.allocate(now, subscriber);
+                    }
                     let arrival = round_trip::ntp_middle(self.wall_clock(now));
                     let echoed = blocks.filter_map(|b| round_trip::round_trip(arrival, b.last_sender_report, b.delay));
                     if let Some(rtt) = echoed.max() {

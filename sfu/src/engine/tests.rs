@@ -17,6 +17,7 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
     PacketStatusChunk, RecvDelta, RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc, TransportLayerCc, TYPE_TCC_DELTA_SCALE_FACTOR,
@@ -516,15 +517,17 @@ impl World {
     }
 
     /// `name` reports on every RTP datagram the server sent it since entry `from` of the wire
-    /// log: each arrived `delay` after it left (a link wider than what it carries), or, with
-    /// no delay, was lost. Returns where the next report starts.
-    fn report(&mut self, name: &str, from: usize, delay: Option<Duration>) -> usize {
+    /// log: the `i`th of them, sent at `at`, arrived at `arrival(i, at)` or was lost (`None`).
+    /// Returns where the next report starts.
+    fn report(&mut self, name: &str, from: usize, arrival: impl Fn(usize, Instant) -> Option<Instant>) -> usize {
         let to = self.clients[self.members[name].subscriber].addr;
         let epoch = self.wire_log.first().map_or(self.now, |w| w.at);
         let fates: Vec<(u16, Option<Instant>)> = self.wire_log[from..]
             .iter()
             .filter(|w| w.to == to)
-            .filter_map(|w| Some((w.transport_wide?, delay.map(|delay| w.at + delay))))
+            .filter_map(|w| w.transport_wide.map(|n| (n, w.at)))
+            .enumerate()
+            .map(|(i, (n, at))| (n, arrival(i, at)))
             .collect();
         let next = self.wire_log.len();
         let Some(&(base, _)) = fates.first() else { return next };
@@ -565,6 +568,15 @@ impl World {
         let client = &mut self.clients[self.members[name].subscriber];
         client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("feedback written");
         next
+    }
+
+    /// `name`'s receiver report: it lost `fraction` of the stream `media_ssrc` since the last.
+    fn report_loss(&mut self, name: &str, media_ssrc: u32, fraction: f64) {
+        let block = ReceptionReport { ssrc: media_ssrc, fraction_lost: (fraction * 256.0).min(255.0) as u8, ..Default::default() };
+        let report = ReceiverReport { ssrc: 1, reports: vec![block], ..Default::default() };
+        let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(report)]);
+        let client = &mut self.clients[self.members[name].subscriber];
+        client.pc.handle_write(TaggedRTCMessage { now: self.now, message }).expect("report written");
     }
 
     /// The engine's estimate of `name`'s downlink.
@@ -681,7 +693,13 @@ fn subscribers_packets_carry_transport_wide_numbers_and_their_feedback_moves_the
     assert_eq!(numbers.len(), 50);
     assert!(numbers.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "one number per packet, in order: {numbers:?}");
     let before = world.estimate("bob").expect("Bob negotiated transport-wide congestion control");
-    world.report("bob", 0, None);
+    // His receiver report says he lost a little (too little to act on), then his
+    // transport-wide feedback says he lost every packet.
+    let ssrc = world.received("bob")[0].1.header.ssrc;
+    world.report_loss("bob", ssrc, 0.05);
+    world.run(Duration::from_millis(20));
+    assert_eq!(world.estimate("bob"), Some(before), "5 % lost");
+    world.report("bob", 0, |_, _| None);
     world.run(Duration::from_millis(20));
     let after = world.estimate("bob").expect("still");
     assert!(after < before, "every packet lost lowers the estimate: {before} -> {after}");
@@ -1284,14 +1302,16 @@ fn a_subscriber_whose_downlink_loses_its_packets_is_moved_down_then_probed_and_m
         let top = world.received(name).last().map(|(_, p)| p.payload.clone());
         assert_eq!(top, Some(layer_payload(2, 2030, false)), "{name} is on the top layer");
     }
-    // Bob's link loses what he is sent: he says so every 100 ms for two seconds.
-    let mut reported = world.wire_log.len();
+    // Bob's link loses most of what he is sent: his receiver reports say so three times a
+    // second, for two seconds.
+    let media_ssrc = world.received("bob")[0].1.header.ssrc;
     for frame in 31..=90 {
-        send_layers(&mut world, sender, ssrcs, frame, &all, if frame % 30 == 0 { &all } else { &[] });
-        if frame % 3 == 0 {
-            reported = world.report("bob", reported, None);
+        if frame % 10 == 1 {
+            world.report_loss("bob", media_ssrc, 0.9);
         }
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame % 30 == 0 { &all } else { &[] });
     }
+    let mut reported = world.wire_log.len();
     let estimate = world.estimate("bob").expect("an estimate");
     assert!(estimate < 200_000.0, "{estimate}");
     // Frame 90 is a keyframe of every layer; Bob's picture numbers run on from the top
@@ -1301,14 +1321,18 @@ fn a_subscriber_whose_downlink_loses_its_packets_is_moved_down_then_probed_and_m
     assert_eq!(last(&world, "carol"), Some(layer_payload(2, 2090, true).slice(5..)), "Carol keeps the top layer");
     assert_eq!(world.estimate("carol").map(|e| e >= 2_000_000.0), Some(true), "Carol's estimate is her own");
 
-    // Then his link carries everything, 20 ms late: the server probes it with padding on
-    // his repair stream, finds the room, and moves him back up at the next keyframe.
+    // Then his link carries everything, 20 ms late, and his reports say so: the server
+    // probes it with padding on his repair stream, finds the room, and moves him back up at
+    // a keyframe once the room has lasted a second.
     let media: Vec<u32> = world.received("bob").iter().map(|(_, p)| p.header.ssrc).collect();
     let probed_from = world.wire_log.len();
     for frame in 91..=240 {
+        if frame % 30 == 1 {
+            world.report_loss("bob", media_ssrc, 0.0);
+        }
         send_layers(&mut world, sender, ssrcs, frame, &all, if frame % 30 == 0 { &all } else { &[] });
         if frame % 3 == 0 {
-            reported = world.report("bob", reported, Some(Duration::from_millis(20)));
+            reported = world.report("bob", reported, |_, at| Some(at + Duration::from_millis(20)));
         }
     }
     let bob = world.clients[world.members["bob"].subscriber].addr;

@@ -130,6 +130,8 @@ pub struct ReportBlocks<'a> {
 pub struct ReportBlock {
     /// The stream reported on.
     pub ssrc: u32,
+    /// The share of its packets lost since the previous report, in 256ths.
+    pub fraction_lost: u8,
     /// The middle 32 bits of the NTP time of the last sender report received on it.
     pub last_sender_report: u32,
     /// Since that report was received, in 1/65536 seconds.
@@ -142,7 +144,12 @@ impl Iterator for ReportBlocks<'_> {
     fn next(&mut self) -> Option<ReportBlock> {
         let (block, rest) = self.blocks.split_first_chunk::<REPORT_BLOCK_LEN>()?;
         self.blocks = rest;
-        Some(ReportBlock { ssrc: be32(&block[..4]), last_sender_report: be32(&block[16..20]), delay: be32(&block[20..24]) })
+        Some(ReportBlock {
+            ssrc: be32(&block[..4]),
+            fraction_lost: block[4],
+            last_sender_report: be32(&block[16..20]),
+            delay: be32(&block[20..24]),
+        })
     }
 }
 
@@ -235,8 +242,8 @@ mod tests {
         assert_eq!(
             blocks.collect::<Vec<_>>(),
             [
-                ReportBlock { ssrc: 10, last_sender_report: 0xAABB_CCDD, delay: 65_536 },
-                ReportBlock { ssrc: 11, last_sender_report: 5, delay: 6 }
+                ReportBlock { ssrc: 10, fraction_lost: 3, last_sender_report: 0xAABB_CCDD, delay: 65_536 },
+                ReportBlock { ssrc: 11, fraction_lost: 3, last_sender_report: 5, delay: 6 }
             ]
         );
         let Some(Feedback::Nack { media_ssrc: 10, lost }) = feedback.next() else { panic!("then the NACK, past the SDES") };

@@ -140,16 +140,25 @@ impl GcmSender {
     /// Writes `packet`, protected, into `out` (replacing what it held).
     /// `edit` changes the clear packet (header, payload and any padding) before it is sealed.
     pub fn protect(&mut self, packet: &Packet, out: &mut Vec<u8>, edit: impl FnOnce(&mut [u8])) -> Result<(), SrtpError> {
-        let header_len = packet.header.marshal_size();
-        let clear_len = packet.marshal_size();
         out.clear();
-        out.resize(clear_len + TAG_LEN, 0);
-        let written = packet.marshal_to(&mut out[..clear_len]).map_err(|e| SrtpError::Srtp(e.to_string()))?;
-        out.truncate(written + TAG_LEN);
-        edit(&mut out[..written]);
-        let ssrc = packet.header.ssrc;
-        let index = self.index(ssrc, packet.header.sequence_number);
+        out.resize(packet.marshal_size(), 0);
+        let written = packet.marshal_to(out).map_err(|e| SrtpError::Srtp(e.to_string()))?;
+        out.truncate(written);
+        edit(out);
+        self.seal(out, packet.header.marshal_size())
+    }
+
+    /// Seals the clear RTP packet in `out`, whose header is its first `header_len` octets, in
+    /// place, and appends the tag.
+    pub fn seal(&mut self, out: &mut Vec<u8>, header_len: usize) -> Result<(), SrtpError> {
+        let written = out.len();
+        if written < 12 || header_len < 12 || header_len > written {
+            return Err(SrtpError::Srtp("not an RTP packet".into()));
+        }
+        let ssrc = u32::from_be_bytes([out[8], out[9], out[10], out[11]]);
+        let index = self.index(ssrc, u16::from_be_bytes([out[2], out[3]]));
         let nonce = self.session.nonce(ssrc, index);
+        out.resize(written + TAG_LEN, 0);
         let (aad, rest) = out.split_at_mut(header_len);
         let (body, tag) = rest.split_at_mut(written - header_len);
         self.session.aead.seal_in_place(&nonce, aad, body, tag).map_err(crypto_error)
