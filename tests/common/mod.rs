@@ -691,14 +691,24 @@ pub mod rtc_client {
         }
 
         /// Applies the server's description; a TCP-only client then adds the server's passive
-        /// TCP candidates as trickled ones, which makes it connect to them.
+        /// TCP candidates as trickled ones, which makes it connect to them: once, on the first
+        /// description, and one stream per address (the engine writes each candidate for two
+        /// components, and webrtc-rs opens a stream for every candidate added, sending each
+        /// packet on whichever of its streams to that address it finds first).
         pub async fn set_remote(&self, description: RTCSessionDescription) {
             let sdp = description.sdp.clone();
+            let first = self.pc.remote_description().await.is_none();
             self.pc.set_remote_description(description).await.expect("apply the server's description");
-            if !self.tcp_only {
+            if !self.tcp_only || !first {
                 return;
             }
+            let mut dialled = std::collections::HashSet::new();
             for line in sdp.lines().filter(|l| l.starts_with("a=candidate:") && l.contains(" tcp ") && l.contains("tcptype passive")) {
+                // a=candidate:<foundation> <component> <transport> <priority> <address> <port> ...
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.get(1) != Some(&"1") || !dialled.insert((fields.get(4).copied(), fields.get(5).copied())) {
+                    continue;
+                }
                 let candidate = webrtc::peer_connection::RTCIceCandidateInit {
                     candidate: line.trim_start_matches("a=").to_owned(),
                     sdp_mid: Some("0".to_owned()),
