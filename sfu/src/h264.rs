@@ -21,9 +21,9 @@ pub fn is_keyframe_start(payload: &[u8]) -> bool {
     }
 }
 
-/// The first octet (the NAL header) of each unit of a STAP-A's body: 16-bit sizes, each
-/// followed by its unit.
-fn aggregated_units(mut body: &[u8]) -> impl Iterator<Item = u8> + '_ {
+/// The first octet (the NAL header) of each unit of an aggregation's body: 16-bit sizes,
+/// each followed by its unit (H.264's STAP-A, H.265's AP).
+pub(crate) fn aggregated_units(mut body: &[u8]) -> impl Iterator<Item = u8> + '_ {
     std::iter::from_fn(move || {
         let size = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
         let header = *body.get(2).filter(|_| size > 0)?;

@@ -1,6 +1,8 @@
 //! H.265 payloads (RFC 7798) as a forwarder needs them: whether a packet starts a keyframe,
 //! the point where a subscriber can be switched to another simulcast layer.
 
+use crate::h264::aggregated_units;
+
 /// NAL unit types (H.265 table 7-1, RFC 7798 §4.4): the IRAP pictures (BLA, IDR, CRA), the
 /// parameter sets that precede them, and the two packet types that carry other units.
 const IRAP: std::ops::RangeInclusive<u8> = 16..=21;
@@ -24,20 +26,10 @@ fn starts_keyframe(unit: u8) -> bool {
 pub fn is_keyframe_start(payload: &[u8]) -> bool {
     let Some(&first) = payload.first() else { return false };
     match unit_type(first) {
-        AGGREGATION => aggregated_units(payload.get(2..).unwrap_or_default()).any(starts_keyframe),
+        AGGREGATION => aggregated_units(payload.get(2..).unwrap_or_default()).map(unit_type).any(starts_keyframe),
         FRAGMENTATION => payload.get(2).is_some_and(|fu| fu & FU_START != 0 && starts_keyframe(fu & 0x3F)),
         unit => starts_keyframe(unit),
     }
-}
-
-/// The type of each unit of an AP's body: 16-bit sizes, each followed by its unit.
-fn aggregated_units(mut body: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    std::iter::from_fn(move || {
-        let size = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-        let header = *body.get(2).filter(|_| size > 0)?;
-        body = body.get(2 + size..).unwrap_or_default();
-        Some(unit_type(header))
-    })
 }
 
 #[cfg(test)]

@@ -181,6 +181,16 @@ struct World {
     wire_log: Vec<WireRtp>,
 }
 
+/// What a test client's packet is: its codec, stream, sequence number, clock ticks per
+/// sequence number (its timestamp), and marker bit.
+struct Written {
+    mime_type: &'static str,
+    ssrc: u32,
+    sequence: u16,
+    ticks: u32,
+    marker: bool,
+}
+
 /// One RTP datagram the server sent, as the wire shows it.
 #[derive(Debug, Clone, Copy)]
 struct WireRtp {
@@ -353,22 +363,31 @@ impl World {
 
     /// Sends `name`'s Opus packet `sequence` with the audio level `level` (-dBov).
     fn send_audio(&mut self, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequence: u16, level: u8) {
+        let packet = Written { mime_type: "audio/opus", ssrc, sequence, ticks: 960, marker: false };
+        self.write_rtp(name, sender, packet, &[(AUDIO_LEVEL_URI, Bytes::from(vec![level]))], Bytes::from_static(&[0xf8, 0xff, 0xfe]));
+    }
+
+    /// Writes `packet` on `name`'s publisher connection through `sender`, with the header
+    /// extensions (by URI, as negotiated) and `payload` given.
+    fn write_rtp(&mut self, name: &str, sender: RTCRtpSenderId, packet: Written, extensions: &[(&str, Bytes)], payload: Bytes) {
         let client = self.members[name].publisher.expect("publishing");
-        let pc = &mut self.clients[client].pc;
-        let mut rtp_sender = pc.rtp_sender(sender).expect("sender");
+        let mut rtp_sender = self.clients[client].pc.rtp_sender(sender).expect("sender");
         let parameters = &rtp_sender.get_parameters().rtp_parameters;
-        let payload_type = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == "audio/opus").expect("opus").payload_type;
-        let extension = parameters.header_extensions.iter().find(|e| e.uri == AUDIO_LEVEL_URI).expect("negotiated").id as u8;
+        let payload_type = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == packet.mime_type).expect("codec").payload_type;
         let mut header = rtp::header::Header {
             version: 2,
             payload_type,
-            ssrc,
-            sequence_number: sequence,
-            timestamp: u32::from(sequence) * 960,
+            ssrc: packet.ssrc,
+            sequence_number: packet.sequence,
+            timestamp: u32::from(packet.sequence) * packet.ticks,
+            marker: packet.marker,
             ..Default::default()
         };
-        header.set_extension(extension, Bytes::from(vec![level])).expect("extension");
-        rtp_sender.write_rtp(self.now, rtp::Packet { header, payload: Bytes::from_static(&[0xf8, 0xff, 0xfe]) }).expect("write");
+        for (uri, value) in extensions {
+            let id = parameters.header_extensions.iter().find(|e| e.uri == *uri).expect("negotiated").id as u8;
+            header.set_extension(id, value.clone()).expect("extension");
+        }
+        rtp_sender.write_rtp(self.now, rtp::Packet { header, payload }).expect("write");
     }
 
     /// Offers `name`'s publisher connection (on `client`) as it now is and applies the
@@ -399,27 +418,15 @@ impl World {
     /// simulcast layer `rid` (named in the MID and RID header extensions, as browsers do).
     fn send_vp8(&mut self, name: &str, sender: RTCRtpSenderId, ssrc: u32, sequence: u16, rid: Option<&str>, payload: Bytes) {
         let client = self.members[name].publisher.expect("publishing");
-        let pc = &mut self.clients[client].pc;
-        let mid = pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)).and_then(|t| t.mid().clone());
-        let mut rtp_sender = pc.rtp_sender(sender).expect("sender");
-        let parameters = &rtp_sender.get_parameters().rtp_parameters;
-        let payload_type = parameters.codecs.iter().find(|c| c.rtp_codec.mime_type == "video/VP8").expect("vp8").payload_type;
-        let extension = |uri: &str| parameters.header_extensions.iter().find(|e| e.uri == uri).expect("negotiated").id as u8;
-        let mut header = rtp::header::Header {
-            version: 2,
-            payload_type,
-            ssrc,
-            sequence_number: sequence,
-            timestamp: u32::from(sequence) * 3000,
-            marker: true,
-            ..Default::default()
+        let mid = self.clients[client].pc.rtp_transceiver(RTCRtpTransceiverId::from(sender)).and_then(|t| t.mid().clone());
+        let extensions = match rid {
+            Some(rid) => {
+                vec![(SDES_MID_URI, Bytes::from(mid.expect("a mid").into_bytes())), (SDES_RTP_STREAM_ID_URI, Bytes::from(rid.to_owned()))]
+            }
+            None => Vec::new(),
         };
-        if let Some(rid) = rid {
-            let mid = mid.expect("a mid");
-            header.set_extension(extension(SDES_MID_URI), Bytes::from(mid.into_bytes())).expect("mid");
-            header.set_extension(extension(SDES_RTP_STREAM_ID_URI), Bytes::from(rid.to_owned())).expect("rid");
-        }
-        rtp_sender.write_rtp(self.now, rtp::Packet { header, payload }).expect("write");
+        let packet = Written { mime_type: "video/VP8", ssrc, sequence, ticks: 3000, marker: true };
+        self.write_rtp(name, sender, packet, &extensions, payload);
     }
 
     /// Moves time on by `duration` in steps, carrying datagrams both ways, answering the
