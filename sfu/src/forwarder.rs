@@ -521,7 +521,7 @@ impl<S> Forwarder<S> {
                     .layers
                     .iter()
                     .enumerate()
-                    .map(|(index, layer)| if live.is_sending(now, index) { layer.bitrate.bytes_per_second() * 8.0 } else { 0.0 })
+                    .map(|(index, layer)| if live.is_sending(now, index) { layer.bitrate.smoothed_bytes_per_second() * 8.0 } else { 0.0 })
                     .collect();
                 Some((*track, up.publisher, rates, down.max_layer.min(up.layers.len() - 1)))
             })

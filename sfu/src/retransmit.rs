@@ -30,6 +30,8 @@ pub struct BitrateMeter {
     window_bytes: usize,
     /// Bytes per second over the last full window.
     rate: f64,
+    /// The rate smoothed over windows (a keyframe's burst weighs a third).
+    smoothed: Option<f64>,
 }
 
 impl BitrateMeter {
@@ -39,6 +41,7 @@ impl BitrateMeter {
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= METER_WINDOW {
             self.rate = self.window_bytes as f64 / elapsed.as_secs_f64();
+            self.smoothed = Some(self.smoothed.map_or(self.rate, |smoothed| 0.7 * smoothed + 0.3 * self.rate));
             self.window_start = Some(now);
             self.window_bytes = 0;
         }
@@ -48,6 +51,12 @@ impl BitrateMeter {
     /// Bytes per second over the last full window (zero before one passed).
     pub fn bytes_per_second(&self) -> f64 {
         self.rate
+    }
+
+    /// Bytes per second smoothed over the windows so far, so that a keyframe's burst does
+    /// not count as what the stream sends (zero before one window passed).
+    pub fn smoothed_bytes_per_second(&self) -> f64 {
+        self.smoothed.unwrap_or(0.0)
     }
 }
 

@@ -1,8 +1,9 @@
 // A UDP relay on loopback that stands for a narrow downlink: what the server sends through it
 // to the client leaves at most at the rate set (a token bucket), waits in a queue of at most
 // `queueMs` worth of bytes at that rate, and is dropped when the queue is full, as a router's
-// tail drop does; what the client sends passes at once. It carries one client's connection:
-// the page's SDP names the relay instead of the server (`rewriteCandidates`).
+// tail drop does; what the client sends passes at once. It carries one page's connection
+// (each address the page sends from as a flow of its own): the page's SDP names the relay
+// instead of the server (`rewriteCandidates`).
 import { createSocket } from 'node:dgram';
 
 /** Bytes a burst may send at once: two full datagrams. */
@@ -14,7 +15,8 @@ export class ShapedRelay {
   /** A relay to the server's media address `host:port`; `start()` binds it. */
   constructor(host, port, { rateBps = Infinity, queueMs = 100 } = {}) {
     Object.assign(this, { host, port, rateBps, queueMs });
-    this.client = null;
+    /** Each client address the page sends from, with the socket its datagrams go on to the server. */
+    this.flows = new Map();
     this.queue = [];
     this.queued = 0;
     this.tokens = BURST_BYTES;
@@ -22,17 +24,15 @@ export class ShapedRelay {
     this.forwarded = 0;
   }
 
-  /** Binds the client's side and the server's side; resolves to the client's side's port. */
+  /**
+   * Binds the client's side; resolves to its port. Each address the page sends from (a
+   * browser checks from every local candidate) gets a socket of its own towards the server,
+   * as a NAT gives each flow a port, so what the server answers goes back to that address.
+   */
   async start() {
     this.front = createSocket('udp4');
-    this.back = createSocket('udp4');
-    this.front.on('message', (datagram, from) => {
-      this.client = from;
-      this.back.send(datagram, this.port, this.host);
-    });
-    this.back.on('message', (datagram) => this.#shape(datagram));
+    this.front.on('message', (datagram, from) => this.#flow(from).back.send(datagram, this.port, this.host));
     await new Promise((resolve) => this.front.bind(0, '127.0.0.1', resolve));
-    await new Promise((resolve) => this.back.bind(0, '127.0.0.1', resolve));
     let last = Date.now();
     this.timer = setInterval(() => {
       const now = Date.now();
@@ -47,9 +47,20 @@ export class ShapedRelay {
     this.rateBps = rateBps;
   }
 
-  #shape(datagram) {
+  #flow(client) {
+    const key = `${client.address}:${client.port}`;
+    if (!this.flows.has(key)) {
+      const back = createSocket('udp4');
+      back.on('message', (datagram) => this.#shape(datagram, client));
+      back.bind(0, '127.0.0.1');
+      this.flows.set(key, { back });
+    }
+    return this.flows.get(key);
+  }
+
+  #shape(datagram, client) {
     if (this.rateBps === Infinity && this.queue.length === 0) {
-      this.#send(datagram);
+      this.#send(datagram, client);
       return;
     }
     const limit = Math.max(BURST_BYTES, (this.rateBps / 8) * (this.queueMs / 1000));
@@ -57,30 +68,29 @@ export class ShapedRelay {
       this.dropped += 1;
       return;
     }
-    this.queue.push(datagram);
+    this.queue.push({ datagram, client });
     this.queued += datagram.length;
   }
 
   #drain(seconds) {
     this.tokens = Math.min(BURST_BYTES, this.tokens + (this.rateBps / 8) * seconds);
-    while (this.queue.length > 0 && (this.rateBps === Infinity || this.tokens >= this.queue[0].length)) {
-      const datagram = this.queue.shift();
+    while (this.queue.length > 0 && (this.rateBps === Infinity || this.tokens >= this.queue[0].datagram.length)) {
+      const { datagram, client } = this.queue.shift();
       this.queued -= datagram.length;
       this.tokens -= datagram.length;
-      this.#send(datagram);
+      this.#send(datagram, client);
     }
   }
 
-  #send(datagram) {
-    if (!this.client) return;
+  #send(datagram, client) {
     this.forwarded += 1;
-    this.front.send(datagram, this.client.port, this.client.address);
+    this.front.send(datagram, client.port, client.address);
   }
 
   close() {
     clearInterval(this.timer);
     this.front.close();
-    this.back.close();
+    this.flows.forEach(({ back }) => back.close());
   }
 }
 

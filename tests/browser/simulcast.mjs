@@ -153,9 +153,10 @@ await runInBrowser({}, async (browser) => {
   if (relays.size === 0) throw new Error('the narrow viewer did not go through the relay');
   setRate(300_000);
   const down = await decodesAt(narrow, 320, 'the narrow viewer to decode the low layer at 300 kbit/s', 10000);
-  const wide = await decoding(viewer);
-  console.log(`narrowed: ${JSON.stringify({ ...down, wideViewerWidth: wide.frameWidth })}`);
-  if (wide.frameWidth !== 1280) throw new Error(`the viewer with a wide link left the full layer: ${JSON.stringify(wide)}`);
+  // The viewer with a wide link is on the full layer (its estimate may dip for a moment on a
+  // busy machine, and come back through its probes).
+  const wide = await decodesAt(viewer, 1280, 'the viewer with a wide link to decode the full layer', 10000);
+  console.log(`narrowed: ${JSON.stringify({ ...down, wideViewerWidth: wide.frameWidth, wideViewerStallMs: wide.stallMs })}`);
   // Once adapted it goes on decoding, and loses little of its video (the relay's drops also
   // count the padding of the server's probes, which is no one's media).
   const before = { ...datagrams(), ...(await decoding(narrow)) };
