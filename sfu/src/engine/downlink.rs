@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::participant::egress_of;
 use super::{Engine, Transmit};
 use crate::allocation::{self, Priority, Wanted, UP_MARGIN};
 use crate::egress::Egress;
@@ -89,7 +90,7 @@ impl Engine {
     /// Starts a probe of `subscriber`'s downlink for `desired` bits per second, if its
     /// estimate is under it and no probe is on or held back.
     fn probe_toward(&mut self, now: Instant, subscriber: ParticipantKey, desired: f64) {
-        let egress = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut());
+        let egress = egress_of(&mut self.participants, subscriber);
         let Some(egress) = egress else { return };
         if egress.probe_toward(now, desired) {
             let deadline = egress.deadline();
@@ -108,7 +109,7 @@ impl Engine {
         }
         let mut probing = std::mem::take(&mut self.probing);
         probing.retain(|key| {
-            let egress = self.participants.get_mut(key).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut());
+            let egress = egress_of(&mut self.participants, *key);
             let Some(egress) = egress else { return false };
             while egress.padding_due(now) {
                 let sealed = match self.forwarder.padding_header(*key) {

@@ -129,3 +129,8 @@ impl Participant {
 pub(crate) fn peer_of<'a>(participants: &'a mut HashMap<ParticipantKey, Participant>, key: &PeerKey) -> Option<&'a mut Peer> {
     participants.get_mut(&key.0).and_then(|p| p.peer_mut(key.1))
 }
+
+/// The egress of `subscriber`'s subscriber connection, if it still has one.
+pub(crate) fn egress_of(participants: &mut HashMap<ParticipantKey, Participant>, subscriber: ParticipantKey) -> Option<&mut Egress> {
+    peer_of(participants, &(subscriber, PeerRole::Subscriber)).and_then(|p| p.egress.as_mut())
+}

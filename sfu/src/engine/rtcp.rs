@@ -13,6 +13,7 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use tracing::debug;
 
+use super::participant::egress_of;
 use super::{isolate, Engine, Transmit};
 use crate::feedback::{self, Feedback};
 use crate::forwarder::KeyframeRequest;
@@ -50,7 +51,7 @@ impl Engine {
                 }
                 Feedback::Reports(blocks) => {
                     let lost = blocks.map(|b| b.fraction_lost).max();
-                    let egress = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut());
+                    let egress = egress_of(&mut self.participants, subscriber);
                     if let (Some(egress), Some(lost)) = (egress, lost) {
                         egress.on_receiver_loss(now, f64::from(lost) / 256.0);
                         self.allocate(now, subscriber);
@@ -64,7 +65,7 @@ impl Engine {
                     }
                 }
                 Feedback::TransportWide(feedback) => {
-                    let egress = self.participants.get_mut(&subscriber).and_then(|p| p.subscriber.as_mut()).and_then(|p| p.egress.as_mut());
+                    let egress = egress_of(&mut self.participants, subscriber);
                     if let Some(egress) = egress {
                         egress.on_transport_feedback(now, &feedback);
                         self.allocate(now, subscriber);
