@@ -5,7 +5,8 @@
 //! page publishes over WHIP, the meeting page shows it and another page plays it over WHEP
 //! (tests/browser/whip_whep.mjs), over UDP and again over ICE-TCP alone; a page publishes
 //! simulcast and another follows its layers as the full one stops and resumes, and a third
-//! behind a relay narrowed to 300 kbit/s is moved to the low layer and back
+//! behind a relay narrowed to 300 kbit/s is moved to the low layer and back, and the second
+//! is sent the layer its video box needs and nothing while the box is hidden
 //! (tests/browser/simulcast.mjs).
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
@@ -49,10 +50,10 @@ async fn two_chromium_tabs_see_and_hear_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_subscribers_follow_the_simulcast_layers_sent_and_their_downlinks() {
+async fn chromium_subscribers_follow_the_simulcast_layers_sent_their_downlinks_and_their_views() {
     let server = TestServer::start(&[]).await;
     let stdout = node("simulcast.mjs", vec![format!("http://{}", server.http)]).await;
-    for phase in ["full: ", "half: ", "back to full: ", "narrowed: ", "adapted: ", "widened: "] {
+    for phase in ["full: ", "half: ", "back to full: ", "narrowed: ", "adapted: ", "widened: ", "thumbnail: ", "hidden: ", "large: "] {
         assert!(stdout.lines().any(|line| line.starts_with(phase)), "the {phase} phase ran");
     }
 }

@@ -95,6 +95,18 @@ async fn grants_limit_what_a_participant_may_do() {
     let no_publisher = json!({"type": "trickle", "target": "publisher", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"});
     expect_error(&mut viewer, no_publisher, "negotiation_state").await;
     expect_error(&mut viewer, json!({"type": "trickle", "target": "sideways", "candidate": "x"}), "invalid_message").await;
+    // Adaptive stream: only of a track it receives, with a whole box of sane size.
+    let view = |extra: Value| {
+        let mut message = json!({"type": "update_subscription", "track_id": "TR_00000000000000a1"});
+        message.as_object_mut().expect("an object").extend(extra.as_object().expect("an object").clone());
+        message
+    };
+    expect_error(&mut viewer, view(json!({"paused": true})), "unknown_track").await;
+    expect_error(&mut viewer, view(json!({"track_id": "nonsense", "width": 320, "height": 180})), "unknown_track").await;
+    expect_error(&mut viewer, view(json!({"width": 320})), "invalid_message").await;
+    expect_error(&mut viewer, view(json!({"width": 320, "height": 1_000_000})), "invalid_message").await;
+    expect_error(&mut viewer, view(json!({"width": -1, "height": 180})), "invalid_message").await;
+    expect_error(&mut viewer, view(json!({"paused": "yes"})), "invalid_message").await;
 
     let mut speaker = server.connect().await;
     speaker.join(&server.token("g", "speaker", &["publish", "publish_data"])).await;

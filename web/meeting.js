@@ -195,7 +195,10 @@ function onTrack({ participantId, trackId, track }) {
   const figure = tile(trackId, label, participantId, { screenShare });
   const described = room.tracks.get(trackId);
   figure.classList.toggle('camera-off', !!(described && described.muted));
-  figure.querySelector('video').srcObject = new MediaStream([track]);
+  const video = figure.querySelector('video');
+  video.srcObject = new MediaStream([track]);
+  // The server sends no more of the video than the tile shows, and none while it is hidden.
+  room.adaptTo(trackId, video);
 }
 
 function renderParticipants() {

@@ -94,6 +94,8 @@ export class Switchboard {
     this.speakers = [];
     /** What each published MediaStreamTrack captures, as `publish` was told. */
     this.sources = new Map();
+    /** Track id → stops watching the element that shows it (`adaptTo`). */
+    this.adapting = new Map();
   }
 
   on(event, handler) {
@@ -186,6 +188,7 @@ export class Switchboard {
         this.#emit('track_published', message.track);
         break;
       case 'track_unpublished':
+        this.#stopAdapting(message.track_id);
         this.tracks.delete(message.track_id);
         this.#emit('track_unpublished', message.track_id);
         break;
@@ -290,6 +293,66 @@ export class Switchboard {
     return this.#request({ type: 'mute', track_id: trackId, muted });
   }
 
+  /**
+   * Tells the server how this client shows a track it receives (adaptive stream): the
+   * `width` and `height` of the box it is rendered in, in device pixels, or `paused` when it
+   * is not shown. The server sends no simulcast layer larger than the box needs, and nothing
+   * of a paused track.
+   */
+  updateSubscription(trackId, { width, height, paused = false } = {}) {
+    const message = { type: 'update_subscription', track_id: trackId, paused };
+    if (width !== undefined && height !== undefined) Object.assign(message, { width: Math.ceil(width), height: Math.ceil(height) });
+    return this.#request(message);
+  }
+
+  /**
+   * Keeps the server told how `element`, the video element showing `trackId`, is shown: its
+   * size while it is on screen, paused while it is not (scrolled away, hidden, or the page in
+   * the background). Until the track is unpublished, the room left, or the returned function
+   * called; a later call for the same track replaces this one.
+   */
+  adaptTo(trackId, element) {
+    this.#stopAdapting(trackId);
+    let intersecting = true;
+    let sent = null;
+    let timer = null;
+    const send = () => {
+      timer = null;
+      const box = element.getBoundingClientRect();
+      const scale = window.devicePixelRatio || 1;
+      const shown = intersecting && document.visibilityState === 'visible' && box.width > 0 && box.height > 0;
+      const view = shown ? { width: box.width * scale, height: box.height * scale } : { paused: true };
+      const key = JSON.stringify(shown ? [Math.ceil(view.width), Math.ceil(view.height)] : 'paused');
+      if (key === sent) return;
+      sent = key;
+      this.updateSubscription(trackId, view).catch(() => { sent = null; });
+    };
+    // A resize is told once it settles, not at every frame of it.
+    const schedule = () => { if (timer === null) timer = setTimeout(send, 150); };
+    const resized = new ResizeObserver(schedule);
+    const seen = new IntersectionObserver((entries) => {
+      intersecting = entries[entries.length - 1].isIntersecting;
+      schedule();
+    });
+    resized.observe(element);
+    seen.observe(element);
+    document.addEventListener('visibilitychange', schedule);
+    const stop = () => {
+      resized.disconnect();
+      seen.disconnect();
+      document.removeEventListener('visibilitychange', schedule);
+      clearTimeout(timer);
+      if (this.adapting.get(trackId) === stop) this.adapting.delete(trackId);
+    };
+    this.adapting.set(trackId, stop);
+    return stop;
+  }
+
+  #stopAdapting(trackId) {
+    const stop = this.adapting.get(trackId);
+    if (stop) stop();
+  }
+
   chat(text) {
     return this.#request({ type: 'chat', text });
   }
@@ -343,6 +406,7 @@ export class Switchboard {
 
   async leave() {
     this.leaving = true;
+    for (const stop of [...this.adapting.values()]) stop();
     try { await this.#request({ type: 'leave' }); } catch (_) { /* closing anyway */ }
     this.ws.close();
     if (this.publisher) this.publisher.close();

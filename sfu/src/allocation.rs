@@ -31,12 +31,15 @@ pub struct Wanted {
     pub layer_rates: Vec<f64>,
     /// The highest layer it may get now.
     pub current: usize,
+    /// The highest layer the subscriber needs at the size it shows the track.
+    pub needed: usize,
 }
 
 impl Wanted {
-    /// The highest layer that sends (the lowest if none does).
+    /// The highest layer that sends, up to the one needed (the lowest if none does).
     pub fn top_sending(&self) -> usize {
-        self.layer_rates.iter().rposition(|rate| *rate > 0.0).unwrap_or(0)
+        let needed = self.layer_rates.len().min(self.needed.saturating_add(1));
+        self.layer_rates[..needed].iter().rposition(|rate| *rate > 0.0).unwrap_or(0)
     }
 
     /// What the highest layer that sends takes, in bits per second.
@@ -46,7 +49,8 @@ impl Wanted {
 }
 
 /// The highest layer each of `tracks` may get (in their order) out of `budget` bits per
-/// second. Every track keeps at least its lowest layer, however short the budget.
+/// second, none above the layer it needs. Every track keeps at least its lowest layer,
+/// however short the budget.
 pub fn allocate(budget: f64, tracks: &[Wanted]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..tracks.len()).collect();
     order.sort_by_key(|&i| tracks[i].priority);
@@ -54,7 +58,7 @@ pub fn allocate(budget: f64, tracks: &[Wanted]) -> Vec<usize> {
     let mut left = budget - (0..tracks.len()).map(|t| rate(t, 0)).sum::<f64>();
     let mut chosen = vec![0; tracks.len()];
     for track in order {
-        let layers = tracks[track].layer_rates.len();
+        let layers = tracks[track].layer_rates.len().min(tracks[track].needed.saturating_add(1));
         for layer in 1..layers {
             if rate(track, layer) <= 0.0 {
                 continue; // not sending: no reason to stop below it, nor to go to it
@@ -78,7 +82,7 @@ mod tests {
     const RATES: [f64; 3] = [150_000.0, 500_000.0, 1_500_000.0];
 
     fn camera(priority: Priority, current: usize) -> Wanted {
-        Wanted { priority, layer_rates: RATES.to_vec(), current }
+        Wanted { priority, layer_rates: RATES.to_vec(), current, needed: usize::MAX }
     }
 
     #[test]
@@ -108,8 +112,18 @@ mod tests {
 
     #[test]
     fn a_layer_that_sends_nothing_is_passed_over() {
-        let tracks = vec![Wanted { priority: Priority::Other, layer_rates: vec![150_000.0, 0.0, 1_500_000.0], current: 2 }];
+        let tracks = vec![Wanted { priority: Priority::Other, layer_rates: vec![150_000.0, 0.0, 1_500_000.0], current: 2, needed: 2 }];
         assert_eq!(allocate(3_000_000.0, &tracks), [2]);
         assert_eq!(allocate(400_000.0, &tracks), [0]);
+    }
+
+    #[test]
+    fn no_track_is_given_more_than_its_view_needs_and_what_it_leaves_goes_to_the_others() {
+        let thumbnail = Wanted { needed: 0, ..camera(Priority::Speaker, 2) };
+        let tracks = vec![thumbnail, camera(Priority::Other, 0)];
+        assert_eq!(allocate(10_000_000.0, &tracks), [0, 2]);
+        assert_eq!(allocate(1_900_000.0, &tracks), [0, 2], "the speaker's thumbnail leaves room for the other");
+        assert_eq!(tracks[0].top_sending(), 0, "its top layer is the one it needs");
+        assert_eq!(tracks[0].top_rate(), 150_000.0);
     }
 }

@@ -14,9 +14,10 @@ use crate::keyframe::KeyframeRequester;
 use crate::munger::{seq_is_older, RtpMunger};
 use crate::packet_cache::PacketCache;
 use crate::retransmit::{BitrateMeter, RetransmitBudget, MAX_PACKETS_PER_NACK};
-use crate::simulcast::{Decision, LayerSelector, LiveLayers, PayloadFormat};
+use crate::simulcast::{layer_for_size, Decision, FrameSize, LayerSelector, LiveLayers, PayloadFormat};
 use crate::speakers::AudioLevel;
 use crate::vp8::{Descriptor, PictureNumbering, Vp8Patch};
+use crate::{h264, vp8};
 
 /// Whether a track carries audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,31 @@ pub struct RtxStream {
     pub payload_type: u8,
 }
 
+/// How a subscriber shows a track (adaptive stream), as its client says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct View {
+    /// Not shown at all: nothing of the track is sent to it.
+    pub paused: bool,
+    /// The box it is shown in, in device pixels; `None`: any size. Of a simulcast track it
+    /// gets no layer above the lowest that fills the box ([`layer_for_size`]).
+    pub size: Option<FrameSize>,
+}
+
+/// A simulcast track one subscriber receives, as its downlink's allocation sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulcastSubscription {
+    /// The track.
+    pub track: TrackId,
+    /// Its publisher.
+    pub publisher: ParticipantKey,
+    /// What each layer sends, in bits per second, lowest first (0: it does not send).
+    pub layer_rates: Vec<f64>,
+    /// The highest layer the subscriber is given now.
+    pub current: usize,
+    /// The highest layer the subscriber's view needs.
+    pub needed: usize,
+}
+
 /// One subscriber's view of a published track.
 #[derive(Debug)]
 struct DownTrack<S> {
@@ -93,6 +119,10 @@ struct DownTrack<S> {
     selector: LayerSelector,
     /// The highest simulcast layer its downlink is given (see [`crate::allocation`]).
     max_layer: usize,
+    /// How its client shows the track.
+    view: View,
+    /// The highest simulcast layer its view needs, from the sizes the layers send.
+    view_layer: usize,
     /// Its VP8 picture numbers, continued across layer switches.
     pictures: PictureNumbering,
     /// What the caller keeps with the subscription.
@@ -113,6 +143,8 @@ struct Layer {
     newest: Option<u16>,
     /// What it sends (simulcast layers only).
     bitrate: BitrateMeter,
+    /// The picture size of its latest keyframe (simulcast VP8 and H.264 layers only).
+    size: Option<FrameSize>,
 }
 
 /// A published track with its subscribers.
@@ -240,6 +272,7 @@ impl<S> Forwarder<S> {
             keyframes: KeyframeRequester::new(self.settings.keyframe_interval),
             newest: None,
             bitrate: BitrateMeter::default(),
+            size: None,
         };
         let up = UpTrack {
             publisher,
@@ -338,6 +371,8 @@ impl<S> Forwarder<S> {
             budget: RetransmitBudget::default(),
             selector: LayerSelector::default(),
             max_layer: usize::MAX,
+            view: View::default(),
+            view_layer: usize::MAX,
             pictures: PictureNumbering::default(),
             link,
         });
@@ -462,7 +497,7 @@ impl<S> Forwarder<S> {
             cache.insert(now, &packet);
         }
         let Some(target) = target else {
-            for down in &mut up.downtracks {
+            for down in up.downtracks.iter_mut().filter(|d| !d.view.paused) {
                 if let Some(rewritten) = rewrite(now, down, &packet) {
                     out.push(Outgoing { subscriber: down.subscriber, track: *track, packet: rewritten, patch: None, rtx: false });
                 }
@@ -475,13 +510,23 @@ impl<S> Forwarder<S> {
         let descriptor = (format == PayloadFormat::Vp8).then(|| Descriptor::parse(&packet.payload)).flatten();
         let keyframe_start =
             || fresh && descriptor.as_ref().map_or_else(|| format.is_keyframe_start(&packet.payload), |d| d.keyframe_start);
+        let size = match (format, &descriptor) {
+            (PayloadFormat::Vp8, Some(d)) if d.keyframe_start => packet.payload.get(usize::from(d.len)..).and_then(vp8::frame_size),
+            (PayloadFormat::H264, _) => h264::frame_size(&packet.payload),
+            _ => None,
+        };
+        if let Some(size) = size {
+            up.set_layer_size(layer, size);
+        }
         let mut keyframe = None;
         let mut waiting = false;
         let live = up.live.as_ref();
-        for down in up.downtracks.iter_mut().filter(|d| d.negotiated.is_some()) {
-            // Its own target: the highest layer that sends, as far as its downlink is given.
+        for down in up.downtracks.iter_mut().filter(|d| d.negotiated.is_some() && !d.view.paused) {
+            // Its own target: the highest layer that sends, as far as its downlink is given
+            // and its view needs.
+            let most = down.max_layer.min(down.view_layer);
             let target = match live {
-                Some(live) if down.max_layer < target => live.highest_sending_at_most(now, down.max_layer),
+                Some(live) if most < target => live.highest_sending_at_most(now, most),
                 _ => target,
             };
             let decision = down.selector.decide(layer, target, || *keyframe.get_or_insert_with(keyframe_start));
@@ -509,29 +554,39 @@ impl<S> Forwarder<S> {
         }
     }
 
-    /// The simulcast tracks `subscriber` receives, each with its publisher, what each of its
-    /// layers sends (bits per second; 0 for one that does not send) and the highest layer the
-    /// subscriber is given now (a scan of the table: for allocation, not the packet path).
-    pub fn simulcast_subscriptions_of(&self, subscriber: ParticipantKey, now: Instant) -> Vec<(TrackId, ParticipantKey, Vec<f64>, usize)> {
+    /// The simulcast tracks `subscriber` receives and has not paused (a scan of the table:
+    /// for allocation, not the packet path).
+    pub fn simulcast_subscriptions_of(&self, subscriber: ParticipantKey, now: Instant) -> Vec<SimulcastSubscription> {
         let simulcast = self.tracks.iter().filter_map(|(track, up)| up.live.as_ref().map(|live| (track, up, live)));
         simulcast
             .filter_map(|(track, up, live)| {
-                let down = up.downtracks.iter().find(|d| d.subscriber == subscriber)?;
+                let down = up.downtracks.iter().find(|d| d.subscriber == subscriber && !d.view.paused)?;
                 let rates = up
                     .layers
                     .iter()
                     .enumerate()
                     .map(|(index, layer)| if live.is_sending(now, index) { layer.bitrate.smoothed_bytes_per_second() * 8.0 } else { 0.0 })
                     .collect();
-                Some((*track, up.publisher, rates, down.max_layer.min(up.layers.len() - 1)))
+                let top = up.layers.len() - 1;
+                Some(SimulcastSubscription {
+                    track: *track,
+                    publisher: up.publisher,
+                    layer_rates: rates,
+                    current: down.max_layer.min(top),
+                    needed: down.view_layer.min(top),
+                })
             })
             .collect()
     }
 
-    /// What the tracks of one stream that `subscriber` receives send, in bits per second.
+    /// What the tracks of one stream that `subscriber` receives, and has not paused, send, in
+    /// bits per second.
     pub fn single_stream_rate_of(&self, subscriber: ParticipantKey) -> f64 {
         let single = self.tracks.values().filter(|up| up.live.is_none() && !up.muted);
-        single.filter(|up| up.downtracks.iter().any(|d| d.subscriber == subscriber)).map(|up| up.bitrate.bytes_per_second() * 8.0).sum()
+        single
+            .filter(|up| up.downtracks.iter().any(|d| d.subscriber == subscriber && !d.view.paused))
+            .map(|up| up.bitrate.bytes_per_second() * 8.0)
+            .sum()
     }
 
     /// Gives `subscriber` at most `layer` of the simulcast `track`.
@@ -540,6 +595,27 @@ impl<S> Forwarder<S> {
         if let Some(down) = down {
             down.max_layer = layer;
         }
+    }
+
+    /// Takes how `subscriber` shows `track` (adaptive stream); `false` if it does not
+    /// receive the track. A paused track is sent nothing. On resuming, the numbering goes on
+    /// from the last packet sent and the subscriber starts again at a keyframe: of its layer
+    /// for a simulcast track (the packet path asks for it), asked for now for a single stream.
+    pub fn set_view(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantKey, view: View) -> bool {
+        let Some(up) = self.tracks.get_mut(track) else { return false };
+        let view_layer = up.view_layer(view);
+        let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { return false };
+        let resumed = down.view.paused && !view.paused;
+        down.view = view;
+        down.view_layer = view_layer;
+        if resumed {
+            down.munger.switch_source();
+            down.selector.restart();
+            if up.live.is_none() {
+                self.requests.extend(up.layer_keyframe_request(now, track, 0, Throttled::Deferred));
+            }
+        }
+        true
     }
 
     /// A keyframe request the packet path made, to send.
@@ -652,6 +728,27 @@ impl<S> Forwarder<S> {
 }
 
 impl<S> UpTrack<S> {
+    /// The highest layer a subscriber with `view` needs: of a simulcast track shown in a box
+    /// of known size, the lowest layer that fills it; any other, every layer.
+    fn view_layer(&self, view: View) -> usize {
+        match view.size {
+            Some(shown) if self.live.is_some() => layer_for_size(self.layers.iter().map(|l| l.size), shown),
+            _ => usize::MAX,
+        }
+    }
+
+    /// Takes the picture size a keyframe of `layer` gave; when it changed, what each
+    /// subscriber's view needs is worked out again.
+    fn set_layer_size(&mut self, layer: usize, size: FrameSize) {
+        if self.layers[layer].size == Some(size) {
+            return;
+        }
+        self.layers[layer].size = Some(size);
+        for index in 0..self.downtracks.len() {
+            self.downtracks[index].view_layer = self.view_layer(self.downtracks[index].view);
+        }
+    }
+
     /// The layer a packet of `ssrc` belongs to: a single-stream track's one, whatever the
     /// SSRC; a simulcast track's by the SSRCs bound.
     fn layer_of(&mut self, ssrc: u32) -> Option<usize> {

@@ -26,7 +26,7 @@ fn starts_keyframe(unit: u8) -> bool {
 pub fn is_keyframe_start(payload: &[u8]) -> bool {
     let Some(&first) = payload.first() else { return false };
     match unit_type(first) {
-        AGGREGATION => aggregated_units(payload.get(2..).unwrap_or_default()).map(unit_type).any(starts_keyframe),
+        AGGREGATION => aggregated_units(payload.get(2..).unwrap_or_default()).map(|unit| unit_type(unit[0])).any(starts_keyframe),
         FRAGMENTATION => payload.get(2).is_some_and(|fu| fu & FU_START != 0 && starts_keyframe(fu & 0x3F)),
         unit => starts_keyframe(unit),
     }

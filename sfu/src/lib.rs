@@ -60,11 +60,12 @@ use std::time::Duration;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 
-pub use forwarder::{ForwarderSettings, MediaKind, Negotiated, RtxStream};
+pub use forwarder::{ForwarderSettings, MediaKind, Negotiated, RtxStream, View};
 pub use ids::{ParticipantId, ParticipantKey, RoomId, TrackId};
 pub use metrics::SfuMetrics;
 pub use peer::{PeerRole, SrtpProfile};
 pub use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+pub use simulcast::FrameSize;
 pub use tap::{TapEvent, TappedRtp};
 
 use engine::{Command, EngineSettings, Joining};
@@ -94,6 +95,9 @@ pub enum SfuError {
     /// The participant is not in the media plane (never joined, or already left).
     #[error("unknown participant")]
     UnknownParticipant,
+    /// The track named is not one the participant receives.
+    #[error("the track is not one this participant receives")]
+    NotSubscribed,
     /// The participant is already in the media plane.
     #[error("participant already joined")]
     AlreadyJoined,
@@ -491,6 +495,14 @@ impl MediaSession {
     /// participant for a keyframe so its subscribers resume at once.
     pub fn set_muted(&self, track: TrackId, muted: bool) {
         let _ = self.worker.send(Command::SetMuted { participant: self.participant.clone(), track, muted });
+    }
+
+    /// Tells how the participant shows one of the tracks it receives (adaptive stream): a
+    /// paused track is not sent to it at all, and of a simulcast track it gets no layer
+    /// larger than the box it shows it in needs.
+    pub async fn set_view(&self, track: TrackId, view: View) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Command::SetView { participant: self.participant.clone(), track, view, reply }, rx).await
     }
 
     async fn request<T>(&self, command: Command, rx: oneshot::Receiver<Result<T, SfuError>>) -> Result<T, SfuError> {

@@ -64,6 +64,37 @@ impl PayloadFormat {
     }
 }
 
+/// A picture's size in pixels, as a layer's keyframes give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSize {
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+impl FrameSize {
+    /// Whether pictures of this size, shown scaled to fit a box of `shown` keeping their
+    /// aspect (CSS `object-fit: contain`), are scaled down or not at all: they reach at least
+    /// one of the box's sides.
+    pub fn covers(self, shown: FrameSize) -> bool {
+        self.width >= shown.width || self.height >= shown.height
+    }
+}
+
+/// The lowest layer of `sizes` (lowest first; `None` where no keyframe told it yet) whose
+/// pictures cover a box of `shown` ([`FrameSize::covers`]); the top layer if none does.
+pub fn layer_for_size(sizes: impl IntoIterator<Item = Option<FrameSize>>, shown: FrameSize) -> usize {
+    let mut top = 0;
+    for (layer, size) in sizes.into_iter().enumerate() {
+        if size.is_some_and(|size| size.covers(shown)) {
+            return layer;
+        }
+        top = layer;
+    }
+    top
+}
+
 /// What to do with one packet for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -212,6 +243,19 @@ mod tests {
         assert!(live.is_sending(at(1301), 0) && !live.is_sending(at(1301), 1), "layer 1 stopped");
         assert!(live.settled(at(500)) && !live.settled(at(499)), "since the first packet");
         assert_eq!(live.top(), 2);
+    }
+
+    #[test]
+    fn a_box_gets_the_lowest_layer_that_reaches_one_of_its_sides() {
+        let size = |width, height| FrameSize { width, height };
+        let sizes = [Some(size(320, 180)), Some(size(640, 360)), Some(size(1280, 720))];
+        assert_eq!(layer_for_size(sizes, size(320, 180)), 0);
+        assert_eq!(layer_for_size(sizes, size(321, 180)), 0, "letterboxed: the height is reached");
+        assert_eq!(layer_for_size(sizes, size(400, 400)), 1);
+        assert_eq!(layer_for_size(sizes, size(0, 0)), 0, "hidden");
+        assert_eq!(layer_for_size(sizes, size(1920, 1080)), 2, "none reaches it: the top one");
+        assert_eq!(layer_for_size([None, None, Some(size(1280, 720))], size(200, 100)), 2, "sizes not known yet");
+        assert_eq!(layer_for_size([None, Some(size(640, 360)), None], size(200, 100)), 1);
     }
 
     #[test]

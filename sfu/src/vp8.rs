@@ -7,6 +7,8 @@
 //! hands the resulting [`Vp8Patch`] to the egress, which writes the few bytes into the
 //! datagram it seals anyway, so the shared payload is never copied.
 
+use crate::simulcast::FrameSize;
+
 /// Extended control bits present (first octet).
 const X: u8 = 0x80;
 /// Start of a VP8 partition (first octet).
@@ -99,6 +101,19 @@ impl Descriptor {
 /// Whether a VP8 payload starts a keyframe.
 pub fn is_keyframe_start(payload: &[u8]) -> bool {
     Descriptor::parse(payload).is_some_and(|d| d.keyframe_start)
+}
+
+/// The picture size a keyframe's first packet gives in its frame header (RFC 6386 §9.1):
+/// `frame` is what follows the payload descriptor; `None` if it does not start a keyframe.
+pub fn frame_size(frame: &[u8]) -> Option<FrameSize> {
+    // A three-octet frame tag (a keyframe when its lowest bit is clear), a start code, then
+    // the 14-bit width and height, little-endian, each under two bits of upscaling.
+    let header = frame.get(..10)?;
+    if header[0] & P != 0 || header[3..6] != [0x9D, 0x01, 0x2A] {
+        return None;
+    }
+    let dimension = |low: u8, high: u8| u32::from(u16::from_le_bytes([low, high]) & 0x3FFF);
+    Some(FrameSize { width: dimension(header[6], header[7]), height: dimension(header[8], header[9]) })
 }
 
 /// New values for a packet's picture ID and TL0PICIDX, written into its payload by the egress.
@@ -195,6 +210,21 @@ pub(crate) mod tests {
         let [high, low] = picture_id.to_be_bytes();
         let header = if key { 0x10 } else { 0x11 };
         vec![first, I | L | T, M | high, low, tl0, 0x20, header, 0xAA, 0xBB]
+    }
+
+    #[test]
+    fn a_keyframe_header_gives_the_picture_size() {
+        let keyframe = [0x50, 0x42, 0x00, 0x9D, 0x01, 0x2A, 0x00, 0x05, 0xD0, 0x02, 0xAA];
+        assert_eq!(frame_size(&keyframe), Some(FrameSize { width: 1280, height: 720 }));
+        let upscaled = [0x50, 0x42, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x41, 0xB4, 0xC0];
+        assert_eq!(frame_size(&upscaled), Some(FrameSize { width: 320, height: 180 }), "scale bits ignored");
+        let mut delta = keyframe;
+        delta[0] |= P;
+        assert_eq!(frame_size(&delta), None, "a delta frame");
+        let mut no_start_code = keyframe;
+        no_start_code[4] = 0;
+        assert_eq!(frame_size(&no_start_code), None);
+        assert_eq!(frame_size(&keyframe[..9]), None, "cut short");
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub enum ErrorCode {
     InvalidCandidate,
     /// The message does not fit the negotiation state.
     NegotiationState,
-    /// The track is not one of this participant's.
+    /// The track is not one of this participant's (or, for `update_subscription`, not one
+    /// it receives).
     UnknownTrack,
     /// A `publish_offer` sends more tracks than `media.max_tracks_per_participant`.
     TooManyTracks,
@@ -171,6 +172,24 @@ pub enum ClientMessage {
         /// Muted or not.
         muted: bool,
     },
+    /// How the client shows one of the tracks it receives (adaptive stream): the size of the
+    /// box it renders it in, in device pixels, or that it does not show it. A paused track
+    /// is not sent; of a simulcast track the server sends no layer larger than the box needs.
+    UpdateSubscription {
+        /// Request id.
+        id: Option<Value>,
+        /// The track.
+        track_id: String,
+        /// The box's width; with `height`, or neither (any size).
+        #[serde(default)]
+        width: Option<u32>,
+        /// The box's height.
+        #[serde(default)]
+        height: Option<u32>,
+        /// Not shown at all (default `false`).
+        #[serde(default)]
+        paused: bool,
+    },
     /// A chat message to the room.
     Chat {
         /// Request id.
@@ -217,7 +236,7 @@ pub enum ClientMessage {
 }
 
 /// The message types a client may send, for error reporting and metrics.
-pub const CLIENT_TYPES: [&str; 13] = [
+pub const CLIENT_TYPES: [&str; 14] = [
     "join",
     "resume",
     "publish_offer",
@@ -225,6 +244,7 @@ pub const CLIENT_TYPES: [&str; 13] = [
     "view_offer",
     "trickle",
     "mute",
+    "update_subscription",
     "chat",
     "start_recording",
     "stop_recording",
@@ -275,6 +295,7 @@ impl ClientMessage {
             Self::ViewOffer { .. } => "view_offer",
             Self::Trickle { .. } => "trickle",
             Self::Mute { .. } => "mute",
+            Self::UpdateSubscription { .. } => "update_subscription",
             Self::Chat { .. } => "chat",
             Self::StartRecording { .. } => "start_recording",
             Self::StopRecording { .. } => "stop_recording",
@@ -294,6 +315,7 @@ impl ClientMessage {
             | Self::ViewOffer { id, .. }
             | Self::Trickle { id, .. }
             | Self::Mute { id, .. }
+            | Self::UpdateSubscription { id, .. }
             | Self::Chat { id, .. }
             | Self::StartRecording { id, .. }
             | Self::StopRecording { id, .. }

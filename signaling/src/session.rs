@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use sfu::{
-    MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackId, TrackInfo, TrackSource,
+    FrameSize, MediaGrants, MediaKind, MediaSession, ParticipantId, PeerRole, RoomId, Sfu, SfuError, SfuEvent, TrackId, TrackInfo,
+    TrackSource, View,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -30,6 +31,8 @@ use crate::state::Ownership;
 
 /// Longest chat message, in characters.
 pub const MAX_CHAT_CHARS: usize = 4096;
+/// The largest box side an `update_subscription` may give, in pixels (beyond any screen).
+pub const MAX_VIEW_PIXELS: u32 = 16_384;
 
 /// A frame received from the client's transport.
 #[derive(Debug)]
@@ -359,6 +362,7 @@ fn sfu_error_code(err: &SfuError) -> ErrorCode {
         SfuError::NotAllowed => ErrorCode::Forbidden,
         SfuError::TooManyTracks { .. } => ErrorCode::TooManyTracks,
         SfuError::NotNegotiated | SfuError::AlreadyReceiving => ErrorCode::NegotiationState,
+        SfuError::NotSubscribed => ErrorCode::UnknownTrack,
         SfuError::UnknownParticipant
         | SfuError::AlreadyJoined
         | SfuError::WorkerGone
@@ -515,6 +519,9 @@ impl Session {
                 self.reply(id, result.map(|()| None)).await;
             }
             ClientMessage::Mute { track_id, muted, .. } => self.mute(id, track_id, muted).await,
+            ClientMessage::UpdateSubscription { track_id, width, height, paused, .. } => {
+                self.update_subscription(id, &track_id, width, height, paused).await
+            }
             ClientMessage::Chat { text, .. } => self.chat(id, text).await,
             ClientMessage::StartRecording { format, identity, .. } => self.start_recording(id, format, identity).await,
             ClientMessage::StopRecording { recording_id, .. } => self.stop_recording(id, recording_id).await,
@@ -699,6 +706,24 @@ impl Session {
         }
         self.set_track_muted(&track_id, muted, true);
         self.send(ServerMessage::Ack { id, message_id: None }).await;
+    }
+
+    /// Tells the media plane how the client shows a track it receives.
+    async fn update_subscription(&mut self, id: Option<Value>, track_id: &str, width: Option<u32>, height: Option<u32>, paused: bool) {
+        let Some(joined) = self.joined.as_ref() else { return };
+        let size = match (width, height) {
+            (None, None) => None,
+            (Some(width), Some(height)) if width <= MAX_VIEW_PIXELS && height <= MAX_VIEW_PIXELS => Some(FrameSize { width, height }),
+            _ => {
+                let message = format!("width and height come together, each at most {MAX_VIEW_PIXELS}");
+                return self.send(ServerMessage::error(id, ErrorCode::InvalidMessage, message)).await;
+            }
+        };
+        let Some(track) = TrackId::parse(track_id) else {
+            return self.send(ServerMessage::error(id, ErrorCode::UnknownTrack, "the track is not one this participant receives")).await;
+        };
+        let result = joined.media.set_view(track, View { paused, size }).await;
+        self.reply(id, result.map(|()| None)).await;
     }
 
     /// Mutes or unmutes one of this participant's tracks, for the room and the records.

@@ -7,7 +7,10 @@
 // relay that stands for its downlink (relay.mjs): narrowed to 300 kbit/s, it must be moved
 // to the 320-wide layer within 10 s and go on decoding it, losing under a tenth of its video,
 // while the second page keeps the full one, and come back to the full layer within 20 s of
-// the limit lifted (the server probes its link for the room). Prints each phase's statistics.
+// the limit lifted (the server probes its link for the room). Last, the second page shows the
+// video in a 320x180 box whose size and visibility the client library tells the server
+// (adaptive stream): it must be sent the 320-wide layer, nothing while the box is hidden, and
+// the full layer again in a 1280x720 box. Prints each phase's statistics.
 // Usage: node simulcast.mjs http://127.0.0.1:PORT
 import { runInBrowser, waitFor } from './chromium.mjs';
 import { rewriteCandidates, ShapedRelay } from './relay.mjs';
@@ -72,6 +75,28 @@ function setFullLayer(page, active) {
     await sender.setParameters(parameters);
   }, active);
 }
+
+/**
+ * Shows the page's received video in a `width`x`height` box (hidden: 0x0) that the client
+ * library keeps the server told of (`adaptTo`).
+ */
+function showVideo(page, width, height) {
+  return page.evaluate(({ width, height }) => {
+    let video = document.getElementById('shown');
+    if (!video) {
+      video = Object.assign(document.createElement('video'), { id: 'shown', muted: true, autoplay: true });
+      Object.assign(video.style, { position: 'fixed', left: '0', top: '0' });
+      const receiver = window.room.subscriber.getReceivers().find((r) => r.track && r.track.kind === 'video');
+      video.srcObject = new MediaStream([receiver.track]);
+      document.body.appendChild(video);
+      const described = [...window.room.tracks.values()].find((t) => t.kind === 'video');
+      window.room.adaptTo(described.track_id, video);
+    }
+    Object.assign(video.style, { display: width ? 'block' : 'none', width: `${width}px`, height: `${height}px` });
+  }, { width, height });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Samples the subscriber's decoding every 100 ms until `done(statistics)` gives something or
@@ -174,4 +199,21 @@ await runInBrowser({}, async (browser) => {
   const up = await decodesAt(narrow, 1280, 'the narrow viewer to decode the full layer again once its link widened', 20000);
   console.log(`widened: ${JSON.stringify(up)}`);
   relays.forEach(({ relay }) => relay.close());
+
+  // Adaptive stream: the second page shows the video in a thumbnail, hides it, then shows it
+  // large.
+  await showVideo(viewer, 320, 180);
+  const thumbnail = await decodesAt(viewer, 320, 'the viewer to decode the low layer in a 320x180 box', 10000);
+  console.log(`thumbnail: ${JSON.stringify(thumbnail)}`);
+  await showVideo(viewer, 0, 0);
+  await sleep(1000);
+  const hidden = await decoding(viewer);
+  await sleep(2000);
+  const stillHidden = await decoding(viewer);
+  const sentWhileHidden = stillHidden.packetsReceived - hidden.packetsReceived;
+  console.log(`hidden: ${JSON.stringify({ packetsIn2s: sentWhileHidden })}`);
+  if (sentWhileHidden > 5) throw new Error(`the viewer was sent ${sentWhileHidden} packets of a video it hid`);
+  await showVideo(viewer, 1280, 720);
+  const large = await decodesAt(viewer, 1280, 'the viewer to decode the full layer in a 1280x720 box', 10000);
+  console.log(`large: ${JSON.stringify(large)}`);
 });

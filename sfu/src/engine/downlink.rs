@@ -48,17 +48,23 @@ impl Engine {
         let speakers = self.speakers.told.get(&room);
         let wanted: Vec<Wanted> = tracks
             .iter()
-            .map(|(track, publisher, layer_rates, current)| {
+            .map(|subscription| {
+                let (track, publisher) = (subscription.track, subscription.publisher);
                 let screen = self
                     .participants
-                    .get(publisher)
-                    .is_some_and(|p| p.published.values().any(|t| t.track == *track && t.info.source == TrackSource::ScreenShare));
-                let priority = match (screen, speakers.is_some_and(|s| s.contains(publisher))) {
+                    .get(&publisher)
+                    .is_some_and(|p| p.published.values().any(|t| t.track == track && t.info.source == TrackSource::ScreenShare));
+                let priority = match (screen, speakers.is_some_and(|s| s.contains(&publisher))) {
                     (true, _) => Priority::ScreenShare,
                     (false, true) => Priority::Speaker,
                     (false, false) => Priority::Other,
                 };
-                Wanted { priority, layer_rates: layer_rates.clone(), current: *current }
+                Wanted {
+                    priority,
+                    layer_rates: subscription.layer_rates.clone(),
+                    current: subscription.current,
+                    needed: subscription.needed,
+                }
             })
             .collect();
         let single_streams = self.forwarder.single_stream_rate_of(subscriber);
@@ -77,9 +83,12 @@ impl Engine {
         }
         debug!(%subscriber, estimate, single_streams, ?chosen, "downlink shared");
         let mut held_back = false;
-        for ((track, ..), (layer, track_wants)) in tracks.iter().zip(chosen.into_iter().zip(&wanted)) {
+        for (subscription, (layer, track_wants)) in tracks.iter().zip(chosen.into_iter().zip(&wanted)) {
             held_back |= layer < track_wants.top_sending();
-            self.forwarder.set_max_layer(track, &subscriber, layer);
+            // A track given every layer its view needs is capped by its view alone: a larger
+            // view then gets its layer from the allocation that view triggers, with no hold.
+            let most = if layer >= track_wants.needed { usize::MAX } else { layer };
+            self.forwarder.set_max_layer(&subscription.track, &subscriber, most);
         }
         if held_back {
             let desired = single_streams + UP_MARGIN * wanted.iter().map(Wanted::top_rate).sum::<f64>();

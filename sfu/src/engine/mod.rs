@@ -48,7 +48,7 @@ use tracing::{debug, warn};
 
 use crate::egress::Egress;
 use crate::feedback;
-use crate::forwarder::{Forwarder, ForwarderSettings, Outgoing};
+use crate::forwarder::{Forwarder, ForwarderSettings, Outgoing, View};
 use crate::ingress::{Ingress, Taken};
 use crate::metrics::{Counter, Counters, Gauges, WorkerMetrics};
 use crate::peer::{PeerRole, PeerSettings};
@@ -127,6 +127,13 @@ pub(crate) enum Command {
         participant: ParticipantId,
         track: TrackId,
         muted: bool,
+    },
+    /// How a subscriber shows one of the tracks it receives.
+    SetView {
+        participant: ParticipantId,
+        track: TrackId,
+        view: View,
+        reply: oneshot::Sender<Result<(), SfuError>>,
     },
 }
 
@@ -627,6 +634,23 @@ impl Engine {
                 if let Some(request) = publishes.then(|| self.forwarder.set_muted(now, &track, muted)).flatten() {
                     self.send_keyframe_request(now, request);
                 }
+            }
+            Command::SetView { participant, track, view, reply } => {
+                let result = self.known(&participant).and_then(|key| {
+                    if !self.forwarder.set_view(now, &track, &key, view) {
+                        return Err(SfuError::NotSubscribed);
+                    }
+                    // Its downlink is shared anew at once, by what it now shows.
+                    if let Some(subscriber) = self.participants.get_mut(&key) {
+                        subscriber.allocated = None;
+                    }
+                    self.allocate(now, key);
+                    Ok(())
+                });
+                while let Some(request) = self.forwarder.take_request() {
+                    self.send_keyframe_request(now, request);
+                }
+                let _ = reply.send(result);
             }
         }
     }

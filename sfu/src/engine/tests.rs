@@ -36,10 +36,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Engine, EngineSettings, Joining, Transmit};
 use crate::feedback_tap::FeedbackTap;
-use crate::forwarder::ForwarderSettings;
+use crate::forwarder::{ForwarderSettings, View};
 use crate::metrics::{Counter, Counters};
 use crate::peer::{add_host_candidates, HostCandidate, PeerRole, PeerSettings, SrtpProfile, FEEDBACK_TAP_SLOT};
 use crate::remote::Remote;
+use crate::simulcast::FrameSize;
 use crate::{MediaGrants, ParticipantId, RoomId, SfuError, SfuEvent, TrackId, TrackSource};
 
 const STEP: Duration = Duration::from_millis(2);
@@ -590,6 +591,13 @@ impl World {
     fn estimate(&self, name: &str) -> Option<f64> {
         let key = self.engine.keys[&self.members[name].id];
         self.engine.participants[&key].subscriber.as_ref()?.egress.as_ref()?.estimate()
+    }
+
+    /// `name` tells how it shows `track`.
+    fn set_view(&mut self, name: &str, track: TrackId, view: View) -> Result<(), SfuError> {
+        let participant = self.members[name].id.clone();
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::SetView { participant, track, view, reply }, rx)
     }
 
     fn set_muted(&mut self, name: &str, track: TrackId, muted: bool) {
@@ -1200,9 +1208,16 @@ const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// The VP8 payload of simulcast `layer`'s packet `number` (one packet per frame): its
 /// descriptor with picture ID and TL0PICIDX `number`, then 100, 300 or 1,100 bytes of
-/// frame (about 25, 75 and 265 kbit/s at 30 frames a second).
+/// frame (about 25, 75 and 265 kbit/s at 30 frames a second). A keyframe's header gives
+/// the layer's size: 320x180, 640x360 or 1280x720.
 fn layer_payload(layer: usize, number: u16, keyframe: bool) -> Bytes {
     let mut payload = crate::vp8::tests::payload(number, number as u8, true, keyframe);
+    if keyframe {
+        let descriptor = crate::vp8::Descriptor::parse(&payload).expect("VP8").len;
+        payload.truncate(usize::from(descriptor));
+        let [width, height] = [320u16 << layer, 180 << layer].map(u16::to_le_bytes);
+        payload.extend_from_slice(&[0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A, width[0], width[1], height[0], height[1]]);
+    }
     payload.resize(payload.len() + [100, 300, 1100][layer], layer as u8);
     Bytes::from(payload)
 }
@@ -1349,4 +1364,63 @@ fn a_subscriber_whose_downlink_loses_its_packets_is_moved_down_then_probed_and_m
     let estimate = world.estimate("bob").expect("an estimate");
     assert!(estimate >= 300_000.0, "the probes found room: {estimate}");
     assert_eq!(last(&world, "bob"), Some(layer_payload(2, 2240, true).slice(5..)), "Bob is back on the top layer");
+}
+
+#[test]
+fn a_subscriber_gets_no_larger_layer_than_its_view_needs_and_nothing_while_it_has_paused() {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.join("alice", true);
+    let ssrcs = [0x71, 0x72, 0x73];
+    let sender = world.publish_simulcast("alice", ssrcs);
+    world.run(Duration::from_millis(300));
+    let all = [2, 1, 0];
+    for frame in 1..=30 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 1 || frame == 20 { &all } else { &[] });
+    }
+    let last = |world: &World| world.received("bob").last().map(|(_, p)| p.payload.slice(5..));
+    assert_eq!(last(&world), Some(layer_payload(2, 2030, false).slice(5..)), "Bob is on the top layer");
+    let track = world.published_track("bob");
+
+    // Bob shows the track in a thumbnail: the lowest layer fills it, and he is moved to it
+    // at its keyframe, which the server asks for.
+    let size = Some(FrameSize { width: 300, height: 200 });
+    world.set_view("bob", track, View { paused: false, size }).expect("Bob receives the track");
+    for frame in 31..=40 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 35 { &[0] } else { &[] });
+    }
+    assert!(plis_for(&world, "alice", ssrcs[0]) >= 1, "a keyframe of the lowest layer was asked for");
+    assert_eq!(last(&world), Some(layer_payload(0, 40, false).slice(5..)), "Bob is on the lowest layer");
+    let size = Some(FrameSize { width: 600, height: 400 });
+    world.set_view("bob", track, View { paused: false, size }).expect("Bob receives the track");
+    for frame in 41..=45 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 42 { &all } else { &[] });
+    }
+    assert_eq!(last(&world), Some(layer_payload(1, 1045, false).slice(5..)), "a larger box: the middle layer");
+
+    // He hides it: nothing of it is sent. Shown again at any size, it resumes on the top
+    // layer at its keyframe, numbered on from the last packet he had.
+    world.set_view("bob", track, View { paused: true, size: None }).expect("Bob receives the track");
+    let before = world.received("bob").len();
+    let numbered = world.received("bob")[before - 1].1.header.sequence_number;
+    for frame in 46..=60 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 50 { &all } else { &[] });
+    }
+    assert_eq!(world.received("bob").len(), before, "nothing while paused");
+    let plis = plis_for(&world, "alice", ssrcs[2]);
+    world.set_view("bob", track, View::default()).expect("Bob receives the track");
+    for frame in 61..=70 {
+        send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 65 { &[2] } else { &[] });
+    }
+    assert!(plis_for(&world, "alice", ssrcs[2]) > plis, "a keyframe of the top layer was asked for");
+    let resumed = &world.received("bob")[before..];
+    assert_eq!(resumed.len(), 6, "from the top layer's keyframe on");
+    assert_eq!(resumed[0].1.header.sequence_number, numbered.wrapping_add(1), "numbered on");
+    assert_eq!(resumed[0].1.payload.slice(5..), layer_payload(2, 2065, true).slice(5..));
+
+    // A track Bob does not receive, and one that is no one's.
+    let err = world.set_view("alice", track, View::default());
+    assert!(matches!(err, Err(SfuError::NotSubscribed)), "Alice does not receive her own track: {err:?}");
+    let err = world.set_view("bob", TrackId::parse("TR_0000000000000000").expect("a track id"), View::default());
+    assert!(matches!(err, Err(SfuError::NotSubscribed)), "{err:?}");
 }

@@ -579,7 +579,7 @@ fn a_subscriber_given_a_lower_layer_moves_to_it_at_its_keyframe_and_the_others_s
     f.set_max_layer(&track(), &sub(1), 1);
     let subscriptions = f.simulcast_subscriptions_of(sub(1), now);
     assert_eq!(subscriptions.len(), 1);
-    assert_eq!((subscriptions[0].1, subscriptions[0].3), (alice(), 1), "its publisher and the layer it is given");
+    assert_eq!((subscriptions[0].publisher, subscriptions[0].current), (alice(), 1), "its publisher and the layer it is given");
     out.clear();
     for layer in [0, 1, 2] {
         f.forward(now, &track(), layer_packet(layer, 1, false), &mut out);
@@ -593,4 +593,71 @@ fn a_subscriber_given_a_lower_layer_moves_to_it_at_its_keyframe_and_the_others_s
     }
     let got: Vec<_> = out.iter().map(|o| (o.subscriber, o.packet.payload.clone())).collect();
     assert_eq!(got, [(sub(1), layer_packet(1, 2, true).payload), (sub(0), layer_packet(2, 2, false).payload)]);
+}
+
+#[test]
+fn a_paused_subscriber_is_sent_nothing_and_resumes_numbered_on_with_a_keyframe_asked_for() {
+    let t0 = Instant::now();
+    let mut f = room(2, t0);
+    let mut out = Vec::new();
+    f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(f.set_view(t0, &track(), &sub(1), View { paused: true, size: None }));
+    assert!(!f.set_view(t0, &track(), &sub(5), View::default()), "not a subscriber");
+    out.clear();
+    for seq in 2..=5 {
+        f.forward(t0, &track(), video_packet(77, seq, u32::from(seq) * 3000), &mut out);
+    }
+    assert!(out.iter().all(|o| o.subscriber == sub(0)) && out.len() == 4, "only the one that shows it");
+    assert_eq!(f.single_stream_rate_of(sub(1)), 0.0, "a paused track takes none of its downlink");
+    assert!(f.take_request().is_none());
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(f.set_view(t1, &track(), &sub(1), View::default()));
+    assert_eq!(f.take_request().map(|r| r.media_ssrc), Some(77), "its decoder starts again at a keyframe");
+    out.clear();
+    f.forward(t1, &track(), video_packet(77, 6, 18_000), &mut out);
+    let resumed = out.iter().find(|o| o.subscriber == sub(1)).expect("sent again");
+    assert_eq!(resumed.packet.header.sequence_number, 2, "right after the last packet it had");
+    assert_eq!(resumed.packet.header.timestamp, 90_000, "a second of clock later");
+}
+
+/// An H.264 packet aggregating a sequence parameter set (STAP-A) for a picture of
+/// `width`, as x264 writes them.
+fn h264_parameter_set(ssrc: u32, seq: u16, width: u32) -> rtp::Packet {
+    let hex = match width {
+        320 => "6764000dacd941419f9f0110000003001000000303c0f142996000",
+        640 => "6742c01ed900a02ff970110000030001000003003c0f162e4800",
+        _ => "6764001facd9405005bb0110000003001000000303c0f183196000",
+    };
+    let sps = crate::h264::tests::sps(hex);
+    let mut packet = video_packet(ssrc, seq, 0);
+    let mut payload = vec![0x78, 0, sps.len() as u8];
+    payload.extend_from_slice(&sps);
+    packet.payload = Bytes::from(payload);
+    packet
+}
+
+#[test]
+fn a_view_needs_the_lowest_layer_that_fills_it_by_the_sizes_the_keyframes_give() {
+    let now = Instant::now();
+    let mut f = Forwarder::new(ForwarderSettings::default());
+    f.add_simulcast_track(track(), alice(), 90_000, PayloadFormat::H264, 3);
+    for (layer, ssrc) in LAYERS.into_iter().enumerate() {
+        f.bind_layer(&track(), layer, ssrc);
+    }
+    f.subscribe(&track(), sub(0), 1000, ());
+    f.set_negotiated(now, &track(), &sub(0), negotiated(None));
+    let needed = |f: &Forwarder| f.simulcast_subscriptions_of(sub(0), now).first().map(|s| s.needed);
+    assert_eq!(needed(&f), Some(2), "any size");
+    assert!(f.set_view(now, &track(), &sub(0), View { paused: false, size: Some(FrameSize { width: 480, height: 270 }) }));
+    assert_eq!(needed(&f), Some(2), "no layer's size known yet: the top one");
+    let mut out = Vec::new();
+    for (layer, width) in [(2, 1280), (0, 320)] {
+        f.forward(now, &track(), h264_parameter_set(LAYERS[layer], 1, width), &mut out);
+    }
+    assert_eq!(needed(&f), Some(2), "the lowest is too small, the middle one not known");
+    f.forward(now, &track(), h264_parameter_set(LAYERS[1], 1, 640), &mut out);
+    assert_eq!(needed(&f), Some(1));
+    assert!(f.set_view(now, &track(), &sub(0), View { paused: true, size: None }));
+    assert!(f.simulcast_subscriptions_of(sub(0), now).is_empty(), "a paused track is not allocated any of the downlink");
 }
