@@ -6,8 +6,8 @@
 //! (tests/browser/whip_whep.mjs), over UDP and again over ICE-TCP alone; a page publishes
 //! simulcast and another follows its layers as the full one stops and resumes, and a third
 //! behind a relay narrowed to 300 kbit/s is moved to the low layer and back, and the second
-//! is sent the layer its video box needs and nothing while the box is hidden
-//! (tests/browser/simulcast.mjs).
+//! is sent the layer its video box needs and nothing while the box is hidden, and the publisher
+//! pauses the layers no one needs (tests/browser/simulcast.mjs).
 //! Needs Debian's `chromium` and `ffmpeg` and `npm ci` in tests/browser, which
 //! `./scripts/test` installs.
 
@@ -53,7 +53,19 @@ async fn two_chromium_tabs_see_and_hear_each_other() {
 async fn chromium_subscribers_follow_the_simulcast_layers_sent_their_downlinks_and_their_views() {
     let server = TestServer::start(&[]).await;
     let stdout = node("simulcast.mjs", vec![format!("http://{}", server.http)]).await;
-    for phase in ["full: ", "half: ", "back to full: ", "narrowed: ", "adapted: ", "widened: ", "thumbnail: ", "hidden: ", "large: "] {
+    for phase in [
+        "full: ",
+        "half: ",
+        "back to full: ",
+        "narrowed: ",
+        "adapted: ",
+        "widened: ",
+        "thumbnail: ",
+        "hidden: ",
+        "large: ",
+        "dynacast paused: ",
+        "dynacast resumed: ",
+    ] {
         assert!(stdout.lines().any(|line| line.starts_with(phase)), "the {phase} phase ran");
     }
 }

@@ -201,6 +201,10 @@ export class Switchboard {
       case 'chat':
         this.#emit('chat', message);
         break;
+      case 'publish_layers':
+        // Dynacast: send only the simulcast layers someone needs.
+        this.publisherQueue = this.publisherQueue.then(() => this.#sendLayers(message.mid, message.active)).catch((e) => this.#emit('error', e));
+        break;
       case 'active_speakers':
         this.speakers = message.speakers;
         this.#emit('active_speakers', message.speakers);
@@ -223,6 +227,17 @@ export class Switchboard {
         this.#emit('error', message);
         break;
     }
+  }
+
+  /** Turns the simulcast layers (by RID) of the publisher's section `mid` on or off. */
+  async #sendLayers(mid, active) {
+    const transceiver = this.publisher && this.publisher.getTransceivers().find((t) => t.mid === mid);
+    if (!transceiver) return;
+    const parameters = transceiver.sender.getParameters();
+    const changes = (parameters.encodings || []).filter((e) => e.rid in active && e.active !== active[e.rid]);
+    if (changes.length === 0) return;
+    for (const encoding of changes) encoding.active = active[encoding.rid];
+    await transceiver.sender.setParameters(parameters);
   }
 
   async #answerSubscriber(sdp) {

@@ -101,6 +101,20 @@ pub struct SimulcastSubscription {
     pub needed: usize,
 }
 
+/// Which layers of a simulcast track its subscribers need (see [`Forwarder::layers_needed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayersNeeded {
+    /// The track.
+    pub track: TrackId,
+    /// Its publisher.
+    pub publisher: ParticipantKey,
+    /// How many layers it has.
+    pub layers: usize,
+    /// The highest layer any subscriber's view needs; `None` when no one receives it, or
+    /// every subscriber paused it.
+    pub highest: Option<usize>,
+}
+
 /// One subscriber's view of a published track.
 #[derive(Debug)]
 struct DownTrack<S> {
@@ -595,6 +609,20 @@ impl<S> Forwarder<S> {
         if let Some(down) = down {
             down.max_layer = layer;
         }
+    }
+
+    /// Of every simulcast track, the highest layer its subscribers' views need (a scan of the
+    /// table, for dynacast: not the packet path).
+    pub fn layers_needed(&self) -> Vec<LayersNeeded> {
+        let simulcast = self.tracks.iter().filter(|(_, up)| up.live.is_some());
+        simulcast
+            .map(|(track, up)| {
+                let top = up.layers.len() - 1;
+                let viewing = up.downtracks.iter().filter(|d| !d.view.paused);
+                let highest = viewing.map(|d| d.view_layer.min(top)).max();
+                LayersNeeded { track: *track, publisher: up.publisher, layers: up.layers.len(), highest }
+            })
+            .collect()
     }
 
     /// Takes how `subscriber` shows `track` (adaptive stream); `false` if it does not

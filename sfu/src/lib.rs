@@ -222,6 +222,16 @@ pub enum SfuEvent {
     /// The room's active speakers changed: who speaks, loudest first, with the smoothed
     /// loudness (0 to 1) of their loudest audio track.
     ActiveSpeakers(Vec<(ParticipantId, f32)>),
+    /// Dynacast: which simulcast layers of one of the participant's tracks anyone needs; the
+    /// client pauses the others (`RTCRtpSender.setParameters`).
+    PublishLayers {
+        /// The track.
+        track: TrackId,
+        /// The mid of its section of the publisher connection.
+        mid: String,
+        /// Each layer by RID, lowest first: whether to send it.
+        active: Vec<(String, bool)>,
+    },
 }
 
 /// How to run the media plane.

@@ -87,6 +87,11 @@ impl Taps {
         self.by_room.is_empty()
     }
 
+    /// Whether a tap is attached to `room`.
+    pub(crate) fn is_tapped(&self, room: &RoomId) -> bool {
+        self.by_room.contains_key(room)
+    }
+
     pub(crate) fn attach(
         &mut self,
         room: RoomId,

@@ -1,6 +1,6 @@
 //! Signaling protocol v1: the JSON messages exchanged over `/ws` (see docs/protocol.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -483,6 +483,16 @@ pub enum ServerMessage {
     TrackUnpublished {
         /// The track.
         track_id: String,
+    },
+    /// Dynacast: which simulcast layers of one of the client's own tracks anyone needs; the
+    /// client pauses the others (`encodings[].active` by RID) and resumes them when told.
+    PublishLayers {
+        /// The track.
+        track_id: String,
+        /// The mid of its section of the publisher connection.
+        mid: String,
+        /// Each layer by RID: whether to send it.
+        active: BTreeMap<String, bool>,
     },
     /// The room's active speakers changed (at most every 300 ms).
     ActiveSpeakers {

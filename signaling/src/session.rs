@@ -828,6 +828,9 @@ impl Session {
             SfuEvent::ActiveSpeakers(speakers) => ServerMessage::ActiveSpeakers {
                 speakers: speakers.into_iter().map(|(id, level)| Speaker { participant_id: id.to_string(), level }).collect(),
             },
+            SfuEvent::PublishLayers { track, mid, active } => {
+                ServerMessage::PublishLayers { track_id: track.to_string(), mid, active: active.into_iter().collect() }
+            }
             SfuEvent::ConnectionFailed => {
                 self.set_status(SessionStatus::Failed);
                 ServerMessage::error(None, ErrorCode::MediaConnectionFailed, "a media connection failed; leave and join again")

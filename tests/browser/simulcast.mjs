@@ -10,7 +10,9 @@
 // the limit lifted (the server probes its link for the room). Last, the second page shows the
 // video in a 320x180 box whose size and visibility the client library tells the server
 // (adaptive stream): it must be sent the 320-wide layer, nothing while the box is hidden, and
-// the full layer again in a 1280x720 box. Prints each phase's statistics.
+// the full layer again in a 1280x720 box. Then, the third page gone and the box small again,
+// no one needs the upper layers: the publisher must be told to pause them (dynacast), and to
+// resume them once the box is large. Prints each phase's statistics.
 // Usage: node simulcast.mjs http://127.0.0.1:PORT
 import { runInBrowser, waitFor } from './chromium.mjs';
 import { rewriteCandidates, ShapedRelay } from './relay.mjs';
@@ -56,12 +58,12 @@ function decoding(page) {
   });
 }
 
-/** What the publisher sends on each layer (by RID): the frames' width, and what limits it. */
+/** What the publisher sends on each layer (by RID): the frames' width, what limits it, and whether the encoding is active. */
 function layers(page) {
   return page.evaluate(async () => {
     const stats = await window.room.publisher.getStats();
     const sent = {};
-    stats.forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') sent[s.rid] = { width: s.frameWidth || 0, limitation: s.qualityLimitationReason }; });
+    stats.forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') sent[s.rid] = { width: s.frameWidth || 0, limitation: s.qualityLimitationReason, active: s.active }; });
     return sent;
   });
 }
@@ -216,4 +218,18 @@ await runInBrowser({}, async (browser) => {
   await showVideo(viewer, 1280, 720);
   const large = await decodesAt(viewer, 1280, 'the viewer to decode the full layer in a 1280x720 box', 10000);
   console.log(`large: ${JSON.stringify(large)}`);
+
+  // Dynacast: the narrow viewer leaves and the box is small again; after three seconds of no
+  // one needing them, the camera is told to pause its upper layers, and to resume them once
+  // the box is large.
+  await narrow.evaluate(() => window.room.leave());
+  await showVideo(viewer, 320, 180);
+  const paused = await waitFor('the camera to pause its upper layers', async () => {
+    const l = await layers(camera);
+    return { ok: l.q?.active === true && l.h?.active === false && l.f?.active === false, l };
+  }, 15000);
+  console.log(`dynacast paused: ${JSON.stringify(paused.l)}`);
+  await showVideo(viewer, 1280, 720);
+  const resumed = await decodesAt(viewer, 1280, 'the viewer to decode the full layer once the camera resumed it', 15000);
+  console.log(`dynacast resumed: ${JSON.stringify(resumed)}`);
 });

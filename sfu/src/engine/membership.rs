@@ -100,11 +100,9 @@ impl Engine {
         let track = participant.published.get(&media_track_id).map_or_else(TrackId::next, |p| p.track);
         // A simulcast layer: its place among the track's RIDs, as the offer lists them
         // (lowest first), and how many there are.
-        let layer = rid.as_ref().and_then(|rid| {
-            let rids: Vec<&str> =
-                receiver.track().codings().iter().map(|c| c.rtp_coding_parameters.rid.as_str()).filter(|r| !r.is_empty()).collect();
-            rids.iter().position(|r| r == rid).map(|index| (index, rids.len()))
-        });
+        let rids: Vec<String> =
+            receiver.track().codings().iter().map(|c| c.rtp_coding_parameters.rid.clone()).filter(|r| !r.is_empty()).collect();
+        let layer = rid.as_ref().and_then(|rid| rids.iter().position(|r| r == rid).map(|index| (index, rids.len())));
         if let Some(ingress) = peer.ingress.as_mut() {
             let nack = kind == MediaKind::Video && codec.rtcp_feedback.iter().any(|f| f.typ == "nack" && f.parameter.is_empty());
             let name = mid.clone().zip(rid).map(|(mid, rid)| LayerName { mid, rid });
@@ -123,9 +121,10 @@ impl Engine {
             }
             return;
         }
-        let source = mid.and_then(|mid| participant.sources.get(&mid).copied()).unwrap_or_default();
+        let source = mid.as_ref().and_then(|mid| participant.sources.get(mid).copied()).unwrap_or_default();
         let info = TrackInfo { id: track, publisher: id.clone(), kind, source, codec: codec.clone() };
-        participant.published.insert(media_track_id, Published { track, receiver: receiver_id, info: info.clone() });
+        let published = Published { track, receiver: receiver_id, info: info.clone(), mid, rids };
+        participant.published.insert(media_track_id, published);
         match layer {
             Some((index, count)) if kind == MediaKind::Video => {
                 self.forwarder.add_simulcast_track(track, key, codec.clock_rate, PayloadFormat::of(&codec.mime_type), count);

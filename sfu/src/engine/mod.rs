@@ -13,12 +13,14 @@
 //!
 //! Layout: [`ice`] routes datagrams to connections and decides which sources may speak for
 //! one; [`membership`] lets participants and their tracks in and out; [`negotiation`] makes
-//! and takes session descriptions; [`rtcp`] handles feedback;
-//! [`viewer`] serves participants that offer their receiving connection themselves (WHEP);
+//! and takes session descriptions; [`rtcp`] handles feedback; [`downlink`] shares each
+//! subscriber's estimated downlink among its simulcast tracks and probes it; [`dynacast`]
+//! tells publishers which simulcast layers anyone needs; [`viewer`] serves participants that offer their receiving connection themselves (WHEP);
 //! [`participant`] holds what the engine keeps per participant; this module ties them to
 //! the packet path.
 
 mod downlink;
+mod dynacast;
 mod ice;
 mod membership;
 mod negotiation;
@@ -197,6 +199,8 @@ pub(crate) struct Engine {
     wakeup: Option<Instant>,
     /// Subscribers whose downlink probe is being sent.
     probing: Vec<ParticipantKey>,
+    /// What each simulcast track's publisher was last told to send (dynacast).
+    demand: HashMap<TrackId, dynacast::Demand>,
 }
 
 impl Engine {
@@ -222,6 +226,7 @@ impl Engine {
             speakers: SpeakerRounds { next: now + speakers::ROUND, told: HashMap::new() },
             wakeup: None,
             probing: Vec::new(),
+            demand: HashMap::new(),
         }
     }
 
@@ -280,6 +285,7 @@ impl Engine {
         self.send_due_feedback(now);
         if now >= self.speakers.next {
             self.rank_speakers(now);
+            self.tell_layers_needed(now);
         }
         let mut requests = Vec::new();
         self.forwarder.due_keyframe_requests(now, &mut requests);

@@ -43,6 +43,10 @@ pub(crate) struct Published {
     pub track: TrackId,
     pub receiver: RTCRtpReceiverId,
     pub info: TrackInfo,
+    /// The mid of its section of the publisher connection.
+    pub mid: Option<String>,
+    /// Its simulcast layers' RIDs, lowest first (none: one stream).
+    pub rids: Vec<String>,
 }
 
 /// Where the server's offers on the subscriber connection stand.

@@ -1424,3 +1424,53 @@ fn a_subscriber_gets_no_larger_layer_than_its_view_needs_and_nothing_while_it_ha
     let err = world.set_view("bob", TrackId::parse("TR_0000000000000000").expect("a track id"), View::default());
     assert!(matches!(err, Err(SfuError::NotSubscribed)), "{err:?}");
 }
+
+/// The dynacast orders `name` heard: which of its layers (by RID) to send.
+fn layer_orders(world: &World, name: &str) -> Vec<Vec<(String, bool)>> {
+    let orders = world.members[name].seen.iter().filter_map(|e| match e {
+        SfuEvent::PublishLayers { active, .. } => Some(active.clone()),
+        _ => None,
+    });
+    orders.collect()
+}
+
+#[test]
+fn a_publisher_is_told_to_pause_the_layers_no_one_needs_and_to_resume_them_when_needed() {
+    let mut world = World::new();
+    world.join("bob", false);
+    world.join("alice", true);
+    let ssrcs = [0x81, 0x82, 0x83];
+    let sender = world.publish_simulcast("alice", ssrcs);
+    world.run(Duration::from_millis(300));
+    for frame in 1..=30 {
+        send_layers(&mut world, sender, ssrcs, frame, &[2, 1, 0], if frame == 1 { &[2, 1, 0] } else { &[] });
+    }
+    let track = world.published_track("bob");
+    let layers = |sent: [bool; 3]| vec![SIMULCAST_RIDS.map(str::to_owned).into_iter().zip(sent).collect::<Vec<_>>()];
+    assert!(layer_orders(&world, "alice").is_empty(), "Bob needs every layer, which Alice sends from the start");
+
+    // Bob shows the track in a thumbnail: the layers above the lowest are paused once no one
+    // has needed them for three seconds.
+    let size = Some(FrameSize { width: 320, height: 180 });
+    world.set_view("bob", track, View { paused: false, size }).expect("Bob receives the track");
+    world.run(Duration::from_millis(2500));
+    assert!(layer_orders(&world, "alice").is_empty(), "not yet");
+    world.run(Duration::from_millis(1000));
+    assert_eq!(layer_orders(&world, "alice"), layers([true, false, false]));
+
+    // He shows it large again: every layer resumes at the next round.
+    world.set_view("bob", track, View::default()).expect("Bob receives the track");
+    world.run(Duration::from_millis(400));
+    assert_eq!(layer_orders(&world, "alice")[1..], layers([true, true, true]));
+
+    // He pauses it: no one needs any layer. A recording then needs every one.
+    world.set_view("bob", track, View { paused: true, size: None }).expect("Bob receives the track");
+    world.run(Duration::from_millis(3500));
+    assert_eq!(layer_orders(&world, "alice")[2..], layers([false, false, false]));
+    let (sink, _tapped) = mpsc::unbounded_channel();
+    let (reply, rx) = oneshot::channel();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    world.command(Command::AttachTap { room: RoomId::new("demo"), id: 1, sink, queued, capacity: 10, reply }, rx);
+    world.run(Duration::from_millis(400));
+    assert_eq!(layer_orders(&world, "alice")[3..], layers([true, true, true]));
+}
