@@ -6,11 +6,13 @@
 //! allocation wants more than the estimate, a cluster of padding packets is sent for
 //! [`CLUSTER_DURATION`] at up to twice the estimate; every packet sent meanwhile belongs to
 //! the cluster, and the subscriber's feedback on them gives the rate they were sent at and
-//! the rate they arrived at. The link carried the lower of the two (a little under what
-//! arrived, if that was clearly less: the link was full); a cluster a fifth of which was
-//! lost says nothing. A cluster that finds room lets the
-//! next follow at once (at twice the new estimate); one that does not makes the next wait,
-//! from [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`].
+//! the rate the later half of them arrived at (a shaper passes its first few kilobytes at
+//! once, then only the link's rate). The link carried the lower of the two (a little under
+//! what arrived, if that was clearly less: the link was full); a cluster a fifth of which was
+//! lost says nothing. A cluster that arrived as fast as it left lets the next follow at once
+//! (at twice the new estimate); one that filled the link or measured nothing makes the next
+//! wait, from [`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], so that a full link is not
+//! overfilled again and again.
 
 use std::time::{Duration, Instant};
 
@@ -39,8 +41,6 @@ const MAX_RECEIVE_RATIO: f64 = 2.0;
 /// the result is then [`SATURATED_SHARE`] of what arrived.
 const SATURATED_RATIO: f64 = 0.9;
 const SATURATED_SHARE: f64 = 0.95;
-/// A result of at least this share of the cluster's rate found room.
-const ROOM_FOUND: f64 = 0.7;
 /// The wait after a cluster that found no room, doubling from the least to the most.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
@@ -79,10 +79,12 @@ struct Measure {
     /// The earliest and latest departure, and the size of the latest.
     first_sent: Option<Instant>,
     last_sent: Option<(Instant, usize)>,
-    /// The earliest arrival with its size, and the latest (the receiver's clock).
-    first_arrival: Option<(Duration, usize)>,
-    last_arrival: Option<Duration>,
+    /// Each arrival (the receiver's clock) with its size, the first [`MAX_ARRIVALS`].
+    arrivals: Vec<(Duration, usize)>,
 }
+
+/// The most arrivals of one cluster kept: its padding and the media sent beside it.
+const MAX_ARRIVALS: usize = 512;
 
 impl Default for Prober {
     fn default() -> Self {
@@ -171,10 +173,9 @@ impl Prober {
         if measure.last_sent.is_none_or(|(last, _)| departure >= last) {
             measure.last_sent = Some((departure, size));
         }
-        if measure.first_arrival.is_none_or(|(first, _)| arrival < first) {
-            measure.first_arrival = Some((arrival, size));
+        if measure.arrivals.len() < MAX_ARRIVALS {
+            measure.arrivals.push((arrival, size));
         }
-        measure.last_arrival = Some(measure.last_arrival.map_or(arrival, |last| last.max(arrival)));
     }
 
     /// The rate the link carried in the cluster, once every packet of it was reported on (or
@@ -187,17 +188,17 @@ impl Prober {
         if cluster.reported < cluster.tagged && !timed_out {
             return None;
         }
-        let cluster = self.cluster.take()?;
+        let mut cluster = self.cluster.take()?;
         let result =
             cluster.measure.result().filter(|_| f64::from(cluster.measure.received) >= MIN_RECEIVED_SHARE * f64::from(cluster.tagged));
         match result {
-            Some(rate) if rate >= ROOM_FOUND * cluster.rate => {
+            Some(Carried { saturated: false, .. }) => {
                 self.backoff = MIN_BACKOFF;
                 self.next_allowed = None;
             }
             _ => self.back_off(now),
         }
-        result
+        result.map(|carried| carried.rate)
     }
 
     fn back_off(&mut self, now: Instant) {
@@ -213,24 +214,38 @@ impl Cluster {
     }
 }
 
+/// What a cluster found the link carried.
+struct Carried {
+    /// Bits per second.
+    rate: f64,
+    /// Whether it filled the link (arrived clearly slower than it left).
+    saturated: bool,
+}
+
 impl Measure {
-    /// The lower of the rates the cluster's packets left and arrived at, in bits per second.
-    fn result(&self) -> Option<f64> {
+    /// The lower of the rates the cluster's packets left at and the later half of them
+    /// arrived at, in bits per second.
+    fn result(&mut self) -> Option<Carried> {
         if self.received < MIN_RECEIVED {
             return None;
         }
         let (first_sent, (last_sent, last_size)) = (self.first_sent?, self.last_sent?);
-        let ((first_arrival, first_size), last_arrival) = (self.first_arrival?, self.last_arrival?);
+        self.arrivals.sort_unstable_by_key(|(arrival, _)| *arrival);
+        let later = &self.arrivals[self.arrivals.len() / 2..];
+        let ((first_arrival, first_size), (last_arrival, _)) = (*later.first()?, *later.last()?);
         let (sending, arriving) = (last_sent.saturating_duration_since(first_sent), last_arrival.saturating_sub(first_arrival));
         if sending.is_zero() || arriving.is_zero() {
             return None;
         }
         let sent = (self.bytes - last_size) as f64 * 8.0 / sending.as_secs_f64();
-        let arrived = (self.bytes - first_size) as f64 * 8.0 / arriving.as_secs_f64();
+        let later_bytes: usize = later.iter().map(|(_, size)| size).sum();
+        let arrived = (later_bytes - first_size) as f64 * 8.0 / arriving.as_secs_f64();
         if arrived > MAX_RECEIVE_RATIO * sent {
             return None;
         }
-        Some(if arrived < SATURATED_RATIO * sent { SATURATED_SHARE * arrived } else { sent.min(arrived) })
+        let saturated = arrived < SATURATED_RATIO * sent;
+        let rate = if saturated { SATURATED_SHARE * arrived } else { sent.min(arrived) };
+        Some(Carried { rate, saturated })
     }
 }
 
@@ -241,29 +256,53 @@ mod tests {
     /// Sends a cluster wanted at `desired` over a link of `capacity` bits per second (each
     /// packet queues behind the ones before), every packet reported; returns the result.
     fn probe(prober: &mut Prober, start: Instant, desired: f64, estimate: f64, capacity: f64) -> Option<f64> {
-        probe_losing(prober, start, desired, estimate, capacity, |_| false)
+        probe_losing(prober, start, desired, estimate, Shaper::new(capacity, PROBE_PACKET_BYTES), |_| false)
     }
 
-    /// [`probe`], the packets `lost` picks (by their index) lost on the way.
+    /// A link of `rate` bits per second behind a token bucket of `burst` bytes, full at the
+    /// start: what the bucket holds passes at once, then the link's rate.
+    struct Shaper {
+        rate: f64,
+        burst: f64,
+        tokens: f64,
+        /// When the last packet left it.
+        last_out: Duration,
+    }
+
+    impl Shaper {
+        fn new(rate: f64, burst: usize) -> Self {
+            Self { rate, burst: burst as f64, tokens: burst as f64, last_out: Duration::ZERO }
+        }
+
+        /// When a packet of `size` bytes that reached it at `at` leaves it (in order).
+        fn pass(&mut self, at: Duration, size: usize) -> Duration {
+            let ready = at.max(self.last_out);
+            self.tokens = (self.tokens + (ready - self.last_out).as_secs_f64() * self.rate / 8.0).min(self.burst);
+            let wait = (size as f64 - self.tokens).max(0.0) * 8.0 / self.rate;
+            self.tokens += wait * self.rate / 8.0 - size as f64;
+            self.last_out = ready + Duration::from_secs_f64(wait);
+            self.last_out
+        }
+    }
+
+    /// [`probe`] through `link`, the packets `lost` picks (by their index) lost on the way.
     fn probe_losing(
         prober: &mut Prober,
         start: Instant,
         desired: f64,
         estimate: f64,
-        capacity: f64,
+        mut link: Shaper,
         lost: impl Fn(usize) -> bool,
     ) -> Option<f64> {
         assert!(prober.want(start, desired, estimate), "a cluster starts");
         let size = PROBE_PACKET_BYTES;
-        let mut link_free = Duration::ZERO;
         let mut sent = Vec::new();
         let mut now = start;
         while let Some(due) = prober.deadline() {
             now = due.max(now);
             while prober.padding_due(now) {
                 let id = prober.tag();
-                link_free = link_free.max(now - start) + Duration::from_secs_f64(size as f64 * 8.0 / capacity);
-                sent.push((id, now, link_free));
+                sent.push((id, now, link.pass(now - start, size)));
             }
         }
         assert!(prober.take_result(now).is_none(), "nothing before the feedback");
@@ -294,11 +333,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_through_a_token_bucket_measures_the_link_not_the_burst_it_passed() {
+        let start = Instant::now();
+        // 300 kbit/s behind a 2,400-byte bucket: its first eight packets pass at once.
+        let shaped = Shaper::new(300_000.0, 2_400);
+        let mut prober = Prober::default();
+        let result = probe_losing(&mut prober, start, 1_000_000.0, 500_000.0, shaped, |_| false).expect("a result");
+        assert!((270_000.0..=300_000.0).contains(&result), "a little under the link: {result}");
+        assert!(!prober.want(start + Duration::from_millis(900), 1_000_000.0, result), "it filled the link: the next waits");
+    }
+
+    #[test]
     fn a_cluster_that_lost_a_fifth_of_its_packets_measures_nothing() {
         let start = Instant::now();
-        let lossy = probe_losing(&mut Prober::default(), start, 3_000_000.0, 500_000.0, 10_000_000.0, |i| i % 4 == 0);
+        let wide = || Shaper::new(10_000_000.0, PROBE_PACKET_BYTES);
+        let lossy = probe_losing(&mut Prober::default(), start, 3_000_000.0, 500_000.0, wide(), |i| i % 4 == 0);
         assert_eq!(lossy, None, "a quarter lost");
-        let mostly = probe_losing(&mut Prober::default(), start, 3_000_000.0, 500_000.0, 10_000_000.0, |i| i == 3);
+        let mostly = probe_losing(&mut Prober::default(), start, 3_000_000.0, 500_000.0, wide(), |i| i == 3);
         assert!(mostly.is_some(), "one lost");
     }
 
