@@ -316,7 +316,9 @@ export class Switchboard {
    */
   updateSubscription(trackId, { width, height, paused = false } = {}) {
     const message = { type: 'update_subscription', track_id: trackId, paused };
-    if (width !== undefined && height !== undefined) Object.assign(message, { width: Math.ceil(width), height: Math.ceil(height) });
+    // The server takes sides of at most 16384 pixels.
+    const side = (pixels) => Math.min(16384, Math.ceil(pixels));
+    if (width !== undefined && height !== undefined) Object.assign(message, { width: side(width), height: side(height) });
     return this.#request(message);
   }
 

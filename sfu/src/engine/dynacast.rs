@@ -1,7 +1,7 @@
 //! Dynacast: the simulcast layers no one needs are paused at their publisher, which then
 //! neither encodes nor sends them, and resumed as soon as someone needs them again.
 //!
-//! A layer is needed when a subscriber's view needs it or one below it is too small
+//! A layer is needed when some subscriber's view needs it or a higher one
 //! ([`crate::forwarder::Forwarder::layers_needed`]): the layers above the highest needed
 //! pause, the ones below keep sending, so a subscriber whose downlink narrows has a layer to
 //! move down to at once. A tapped room (recorded) needs every layer. A layer pauses only once
@@ -15,10 +15,10 @@ use crate::SfuEvent;
 /// How long no one must have needed a layer before its publisher is told to pause it: a view
 /// that shrinks for a moment (a tile resized, a page scrolled past) does not stop a layer
 /// whose encoder would then start again with a keyframe.
-pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(3);
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
 /// What a simulcast track's publisher was last told to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Demand {
     /// The highest layer it was told to send; `None`: none (nobody receives the track).
     told: Option<usize>,

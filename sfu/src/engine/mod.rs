@@ -15,9 +15,9 @@
 //! one; [`membership`] lets participants and their tracks in and out; [`negotiation`] makes
 //! and takes session descriptions; [`rtcp`] handles feedback; [`downlink`] shares each
 //! subscriber's estimated downlink among its simulcast tracks and probes it; [`dynacast`]
-//! tells publishers which simulcast layers anyone needs; [`viewer`] serves participants that offer their receiving connection themselves (WHEP);
-//! [`participant`] holds what the engine keeps per participant; this module ties them to
-//! the packet path.
+//! tells publishers which simulcast layers anyone needs; [`viewer`] serves participants that
+//! offer their receiving connection themselves (WHEP); [`participant`] holds what the
+//! engine keeps per participant; this module ties them to the packet path.
 
 mod downlink;
 mod dynacast;
