@@ -603,11 +603,16 @@ impl<S> Forwarder<S> {
             .sum()
     }
 
-    /// Gives `subscriber` at most `layer` of the simulcast `track`.
+    /// Gives `subscriber` at most `layer` of the simulcast `track`. One sent a higher layer
+    /// is sent nothing more of it: its downlink is short of room, and the lower layer's
+    /// keyframe comes sooner through a link that drained than queued behind the old layer.
     pub fn set_max_layer(&mut self, track: &TrackId, subscriber: &ParticipantKey, layer: usize) {
         let down = self.tracks.get_mut(track).and_then(|up| up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber));
         if let Some(down) = down {
             down.max_layer = layer;
+            if down.selector.current().is_some_and(|current| current > layer) {
+                down.selector.restart();
+            }
         }
     }
 
