@@ -1234,6 +1234,21 @@ fn send_layers(world: &mut World, sender: RTCRtpSenderId, ssrcs: [u32; 3], frame
     world.run(Duration::from_millis(33));
 }
 
+/// A room where `subscribers` (each with RTX or not) joined before Alice, who then published
+/// one VP8 track of three simulcast layers with `ssrcs` ([`World::publish_simulcast`]).
+fn simulcast_room(subscribers: &[(&'static str, bool)], ssrcs: [u32; 3]) -> (World, RTCRtpSenderId) {
+    let mut world = World::new();
+    for &(name, rtx) in subscribers {
+        world.rtx_clients = rtx;
+        world.join(name, false);
+    }
+    world.rtx_clients = false;
+    world.join("alice", true);
+    let sender = world.publish_simulcast("alice", ssrcs);
+    world.run(Duration::from_millis(300));
+    (world, sender)
+}
+
 /// The PLIs `name`'s publisher connection received for the stream `ssrc`.
 fn plis_for(world: &World, name: &str, ssrc: u32) -> usize {
     let client = &world.clients[world.members[name].publisher.expect("publishing")];
@@ -1255,12 +1270,8 @@ fn received_pictures(world: &World, from: usize) -> Vec<(u16, u16, u8, bool)> {
 
 #[test]
 fn a_simulcast_subscriber_gets_one_layer_switched_at_keyframes_with_its_numbers_continued() {
-    let mut world = World::new();
-    world.join("bob", false);
-    world.join("alice", true);
     let ssrcs = [0x51, 0x52, 0x53];
-    let sender = world.publish_simulcast("alice", ssrcs);
-    world.run(Duration::from_millis(300));
+    let (mut world, sender) = simulcast_room(&[("bob", false)], ssrcs);
     let all = [0, 1, 2];
     // Every layer sends; the browser's first keyframes went before Bob's subscription was
     // negotiated, so the server asks for one of the top layer.
@@ -1307,15 +1318,8 @@ fn a_simulcast_subscriber_gets_one_layer_switched_at_keyframes_with_its_numbers_
 
 #[test]
 fn a_subscriber_whose_downlink_loses_its_packets_is_moved_down_then_probed_and_moved_back_up_once_it_carries_them() {
-    let mut world = World::new();
-    world.rtx_clients = true;
-    world.join("bob", false);
-    world.rtx_clients = false;
-    world.join("carol", false);
-    world.join("alice", true);
     let ssrcs = [0x61, 0x62, 0x63];
-    let sender = world.publish_simulcast("alice", ssrcs);
-    world.run(Duration::from_millis(300));
+    let (mut world, sender) = simulcast_room(&[("bob", true), ("carol", false)], ssrcs);
     let all = [2, 1, 0];
     for frame in 1..=30 {
         send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 1 || frame == 20 { &all } else { &[] });
@@ -1368,12 +1372,8 @@ fn a_subscriber_whose_downlink_loses_its_packets_is_moved_down_then_probed_and_m
 
 #[test]
 fn a_subscriber_gets_no_larger_layer_than_its_view_needs_and_nothing_while_it_has_paused() {
-    let mut world = World::new();
-    world.join("bob", false);
-    world.join("alice", true);
     let ssrcs = [0x71, 0x72, 0x73];
-    let sender = world.publish_simulcast("alice", ssrcs);
-    world.run(Duration::from_millis(300));
+    let (mut world, sender) = simulcast_room(&[("bob", false)], ssrcs);
     let all = [2, 1, 0];
     for frame in 1..=30 {
         send_layers(&mut world, sender, ssrcs, frame, &all, if frame == 1 || frame == 20 { &all } else { &[] });
@@ -1436,12 +1436,8 @@ fn layer_orders(world: &World, name: &str) -> Vec<Vec<(String, bool)>> {
 
 #[test]
 fn a_publisher_is_told_to_pause_the_layers_no_one_needs_and_to_resume_them_when_needed() {
-    let mut world = World::new();
-    world.join("bob", false);
-    world.join("alice", true);
     let ssrcs = [0x81, 0x82, 0x83];
-    let sender = world.publish_simulcast("alice", ssrcs);
-    world.run(Duration::from_millis(300));
+    let (mut world, sender) = simulcast_room(&[("bob", false)], ssrcs);
     for frame in 1..=30 {
         send_layers(&mut world, sender, ssrcs, frame, &[2, 1, 0], if frame == 1 { &[2, 1, 0] } else { &[] });
     }
