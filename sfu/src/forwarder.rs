@@ -17,7 +17,7 @@ use crate::retransmit::{BitrateMeter, RetransmitBudget, MAX_PACKETS_PER_NACK};
 use crate::simulcast::{layer_for_size, Decision, FrameSize, LayerSelector, LiveLayers, PayloadFormat};
 use crate::speakers::AudioLevel;
 use crate::vp8::{Descriptor, PictureNumbering, Vp8Patch};
-use crate::{h264, vp8};
+use crate::{h264, vp8, vp9};
 
 /// Whether a track carries audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ struct Layer {
     newest: Option<u16>,
     /// What it sends (simulcast layers only).
     bitrate: BitrateMeter,
-    /// The picture size of its latest keyframe (simulcast VP8 and H.264 layers only).
+    /// The picture size of its latest keyframe (simulcast VP8, VP9 and H.264 layers only).
     size: Option<FrameSize>,
 }
 
@@ -527,6 +527,7 @@ impl<S> Forwarder<S> {
         let size = match (format, &descriptor) {
             (PayloadFormat::Vp8, Some(d)) if d.keyframe_start => packet.payload.get(usize::from(d.len)..).and_then(vp8::frame_size),
             (PayloadFormat::H264, _) => h264::frame_size(&packet.payload),
+            (PayloadFormat::Vp9, _) => vp9::frame_size(&packet.payload),
             _ => None,
         };
         if let Some(size) = size {

@@ -49,6 +49,7 @@ mod stun;
 pub mod tap;
 mod tcp;
 pub mod vp8;
+mod vp9;
 mod worker;
 
 use std::collections::HashMap;
