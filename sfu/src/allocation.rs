@@ -36,10 +36,14 @@ pub struct Wanted {
 }
 
 impl Wanted {
+    /// What each layer up to the one needed sends, lowest first: the layers it may get.
+    fn layers_needed(&self) -> &[f64] {
+        &self.layer_rates[..self.layer_rates.len().min(self.needed.saturating_add(1))]
+    }
+
     /// The highest layer that sends, up to the one needed (the lowest if none does).
     pub fn top_sending(&self) -> usize {
-        let needed = self.layer_rates.len().min(self.needed.saturating_add(1));
-        self.layer_rates[..needed].iter().rposition(|rate| *rate > 0.0).unwrap_or(0)
+        self.layers_needed().iter().rposition(|rate| *rate > 0.0).unwrap_or(0)
     }
 
     /// What the highest layer that sends takes, in bits per second.
@@ -58,8 +62,7 @@ pub fn allocate(budget: f64, tracks: &[Wanted]) -> Vec<usize> {
     let mut left = budget - (0..tracks.len()).map(|t| rate(t, 0)).sum::<f64>();
     let mut chosen = vec![0; tracks.len()];
     for track in order {
-        let layers = tracks[track].layer_rates.len().min(tracks[track].needed.saturating_add(1));
-        for layer in 1..layers {
+        for layer in 1..tracks[track].layers_needed().len() {
             if rate(track, layer) <= 0.0 {
                 continue; // not sending: no reason to stop below it, nor to go to it
             }

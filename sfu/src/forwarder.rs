@@ -86,6 +86,11 @@ pub struct View {
     pub size: Option<FrameSize>,
 }
 
+/// A view given for a track the subscriber does not receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the subscriber does not receive the track")]
+pub struct NotReceived;
+
 /// A simulcast track one subscriber receives, as its downlink's allocation sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimulcastSubscription {
@@ -631,25 +636,32 @@ impl<S> Forwarder<S> {
             .collect()
     }
 
-    /// Takes how `subscriber` shows `track` (adaptive stream); `false` if it does not
-    /// receive the track. A paused track is sent nothing. On resuming, the numbering goes on
-    /// from the last packet sent and the subscriber starts again at a keyframe: of its layer
-    /// for a simulcast track (the packet path asks for it), asked for now for a single stream.
-    pub fn set_view(&mut self, now: Instant, track: &TrackId, subscriber: &ParticipantKey, view: View) -> bool {
-        let Some(up) = self.tracks.get_mut(track) else { return false };
+    /// Takes how `subscriber` shows `track` (adaptive stream). A paused track is sent
+    /// nothing. On resuming, the numbering goes on from the last packet sent and the
+    /// subscriber starts again at a keyframe: of its layer for a simulcast track (the packet
+    /// path asks for it); for a single stream, the request returned (unless throttled).
+    pub fn set_view(
+        &mut self,
+        now: Instant,
+        track: &TrackId,
+        subscriber: &ParticipantKey,
+        view: View,
+    ) -> Result<Option<KeyframeRequest>, NotReceived> {
+        let up = self.tracks.get_mut(track).ok_or(NotReceived)?;
         let view_layer = up.view_layer(view);
-        let Some(down) = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber) else { return false };
+        let down = up.downtracks.iter_mut().find(|d| &d.subscriber == subscriber).ok_or(NotReceived)?;
         let resumed = down.view.paused && !view.paused;
         down.view = view;
         down.view_layer = view_layer;
-        if resumed {
-            down.munger.switch_source();
-            down.selector.restart();
-            if up.live.is_none() {
-                self.requests.extend(up.layer_keyframe_request(now, track, 0, Throttled::Deferred));
-            }
+        if !resumed {
+            return Ok(None);
         }
-        true
+        down.munger.switch_source();
+        down.selector.restart();
+        if up.live.is_some() {
+            return Ok(None);
+        }
+        Ok(up.layer_keyframe_request(now, track, 0, Throttled::Deferred))
     }
 
     /// A keyframe request the packet path made, to send.

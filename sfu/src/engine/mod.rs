@@ -643,8 +643,9 @@ impl Engine {
             }
             Command::SetView { participant, track, view, reply } => {
                 let result = self.known(&participant).and_then(|key| {
-                    if !self.forwarder.set_view(now, &track, &key, view) {
-                        return Err(SfuError::NotSubscribed);
+                    let request = self.forwarder.set_view(now, &track, &key, view).map_err(|_| SfuError::NotSubscribed)?;
+                    if let Some(request) = request {
+                        self.send_keyframe_request(now, request);
                     }
                     // Its downlink is shared anew at once, by what it now shows.
                     if let Some(subscriber) = self.participants.get_mut(&key) {
@@ -653,9 +654,6 @@ impl Engine {
                     self.allocate(now, key);
                     Ok(())
                 });
-                while let Some(request) = self.forwarder.take_request() {
-                    self.send_keyframe_request(now, request);
-                }
                 let _ = reply.send(result);
             }
         }

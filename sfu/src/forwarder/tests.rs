@@ -602,8 +602,8 @@ fn a_paused_subscriber_is_sent_nothing_and_resumes_numbered_on_with_a_keyframe_a
     let mut out = Vec::new();
     f.forward(t0, &track(), video_packet(77, 1, 0), &mut out);
     assert_eq!(out.len(), 2);
-    assert!(f.set_view(t0, &track(), &sub(1), View { paused: true, size: None }));
-    assert!(!f.set_view(t0, &track(), &sub(5), View::default()), "not a subscriber");
+    assert_eq!(f.set_view(t0, &track(), &sub(1), View { paused: true, size: None }), Ok(None));
+    assert_eq!(f.set_view(t0, &track(), &sub(5), View::default()), Err(NotReceived), "not a subscriber");
     out.clear();
     for seq in 2..=5 {
         f.forward(t0, &track(), video_packet(77, seq, u32::from(seq) * 3000), &mut out);
@@ -612,8 +612,8 @@ fn a_paused_subscriber_is_sent_nothing_and_resumes_numbered_on_with_a_keyframe_a
     assert_eq!(f.single_stream_rate_of(sub(1)), 0.0, "a paused track takes none of its downlink");
     assert!(f.take_request().is_none());
     let t1 = t0 + Duration::from_secs(1);
-    assert!(f.set_view(t1, &track(), &sub(1), View::default()));
-    assert_eq!(f.take_request().map(|r| r.media_ssrc), Some(77), "its decoder starts again at a keyframe");
+    let resumed = f.set_view(t1, &track(), &sub(1), View::default()).expect("a subscriber");
+    assert_eq!(resumed.map(|r| r.media_ssrc), Some(77), "its decoder starts again at a keyframe");
     out.clear();
     f.forward(t1, &track(), video_packet(77, 6, 18_000), &mut out);
     let resumed = out.iter().find(|o| o.subscriber == sub(1)).expect("sent again");
@@ -649,7 +649,7 @@ fn a_view_needs_the_lowest_layer_that_fills_it_by_the_sizes_the_keyframes_give()
     f.set_negotiated(now, &track(), &sub(0), negotiated(None));
     let needed = |f: &Forwarder| f.simulcast_subscriptions_of(sub(0), now).first().map(|s| s.needed);
     assert_eq!(needed(&f), Some(2), "any size");
-    assert!(f.set_view(now, &track(), &sub(0), View { paused: false, size: Some(FrameSize { width: 480, height: 270 }) }));
+    assert!(f.set_view(now, &track(), &sub(0), View { paused: false, size: Some(FrameSize { width: 480, height: 270 }) }).is_ok());
     assert_eq!(needed(&f), Some(2), "no layer's size known yet: the top one");
     let mut out = Vec::new();
     for (layer, width) in [(2, 1280), (0, 320)] {
@@ -658,6 +658,6 @@ fn a_view_needs_the_lowest_layer_that_fills_it_by_the_sizes_the_keyframes_give()
     assert_eq!(needed(&f), Some(2), "the lowest is too small, the middle one not known");
     f.forward(now, &track(), h264_parameter_set(LAYERS[1], 1, 640), &mut out);
     assert_eq!(needed(&f), Some(1));
-    assert!(f.set_view(now, &track(), &sub(0), View { paused: true, size: None }));
+    assert!(f.set_view(now, &track(), &sub(0), View { paused: true, size: None }).is_ok());
     assert!(f.simulcast_subscriptions_of(sub(0), now).is_empty(), "a paused track is not allocated any of the downlink");
 }
